@@ -1,0 +1,526 @@
+#!/usr/bin/env bash
+# Project-private RabbitMQ and PostgreSQL for seatrush development, tests and
+# the demo. Both listen on 127.0.0.1 only, on their own ports, with all state
+# under .services/, so they never interfere with system-wide servers
+# (RabbitMQ node rabbit@localhost on 5672, PostgreSQL on 5432).
+#
+# Usage: scripts/services.sh [start|stop|status|env]
+#   start   (default) install packages if missing, start both instances if
+#           not running, wait until they accept connections, then print
+#           `export AMQP_URL=...` / `export DATABASE_URL=...` on stdout.
+#           If AMQP_URL and DATABASE_URL are both already set (to something
+#           other than the private URLs) nothing is started; they are echoed.
+#   env     print the export lines only (same URL choice as start), start
+#           nothing.
+#   stop    stop both private instances (only these; never by name pattern).
+#   status  report (on stdout) whether each private instance is running;
+#           exit status 0 only if both are.
+#
+#   eval "$(scripts/services.sh start)"
+#
+# For start/env, human-readable messages go to stderr and stdout carries only
+# the export lines.
+#
+# Environment:
+#   SEATRUSH_SERVICES_DIR    state dir (default: <repo>/.services)
+#   SEATRUSH_AMQP_PORT       AMQP port (default 25673; 25672 is taken by the
+#                            system RabbitMQ's Erlang distribution listener)
+#   SEATRUSH_AMQP_DIST_PORT  Erlang distribution port (default AMQP port+20000)
+#   SEATRUSH_PG_PORT         PostgreSQL port (default 25432)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+state=${SEATRUSH_SERVICES_DIR:-$root/.services}
+
+amqp_port=${SEATRUSH_AMQP_PORT:-25673}
+dist_port=${SEATRUSH_AMQP_DIST_PORT:-$((amqp_port + 20000))}
+pg_port=${SEATRUSH_PG_PORT:-25432}
+
+rmq_node="seatrush-${amqp_port}@localhost"
+rmq_dir="$state/rabbitmq-$amqp_port"
+rmq_bin=/usr/lib/rabbitmq/bin
+
+private_amqp_url="amqp://guest:guest@127.0.0.1:${amqp_port}/%2f"
+private_database_url="postgres://seatrush@127.0.0.1:${pg_port}/seatrush"
+
+wait_secs=60
+
+# ---------------------------------------------------------------- helpers
+
+say() { printf '[services] %s\n' "$*" >&2; }
+
+die() {
+    say "ERROR: $*"
+    exit 1
+}
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Print the last lines of a log file to stderr (for failure diagnostics).
+log_tail() {
+    local f=$1
+    if [ -f "$f" ]; then
+        say "---- last lines of $f ----"
+        tail -n 40 "$f" >&2 || true
+        say "----"
+    fi
+}
+
+# True if something accepts TCP connections on 127.0.0.1:<port>.
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# True if <pid> is alive and its command line or environment mentions
+# <marker>; guards against killing an unrelated process that reused a pid.
+pid_is_ours() {
+    local pid=$1 marker=$2
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    # Read fully before matching (grep -q in a pipe + pipefail = SIGPIPE races).
+    local info
+    info=$({ tr '\0' '\n' <"/proc/$pid/cmdline" && tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null) || true
+    [[ $info == *"$marker"* ]]
+}
+
+read_pid() { [ -f "$1" ] && tr -dc '0-9' <"$1" || true; }
+
+# Close every fd but stdin/stdout/stderr in the current (sub)shell, so that
+# daemons do not inherit our lock or a caller's pipes (a daemon holding the
+# write end of `$(...)` or `| tee` would make the caller hang).
+close_extra_fds() {
+    local f fd
+    for f in /proc/$BASHPID/fd/*; do
+        fd=${f##*/}
+        case $fd in 0 | 1 | 2 | 255 | '*') continue ;; esac
+        eval "exec $fd>&-"
+    done
+}
+
+# Serialise start/stop so parallel callers (e.g. concurrent test runs) do not
+# start duplicate servers.
+take_lock() {
+    mkdir -p "$state"
+    exec 9>"$state/.lock"
+    if command -v flock >/dev/null; then
+        flock -w 300 9 || die "timed out waiting for $state/.lock"
+    fi
+}
+
+export_lines() {
+    printf 'export AMQP_URL=%s\n' "$1"
+    printf 'export DATABASE_URL=%s\n' "$2"
+}
+
+# Both URLs set and not pointing at our private instances => caller brings
+# its own servers. (If they equal the private URLs, e.g. after an earlier
+# eval, we still make sure the private servers are running.)
+using_external() {
+    [ -n "${AMQP_URL:-}" ] && [ -n "${DATABASE_URL:-}" ] || return 1
+    [ "$AMQP_URL" != "$private_amqp_url" ] || [ "$DATABASE_URL" != "$private_database_url" ]
+}
+
+# ---------------------------------------------------------------- packages
+
+# Highest installed PostgreSQL server bin dir; /usr/local/bin may hold other
+# copies, so Debian's versioned dirs win and PATH is only a fallback.
+pg_bindir() {
+    local d
+    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then
+        echo "$d"
+    elif command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then
+        dirname "$(command -v pg_ctl)"
+    fi
+}
+
+have_packages() {
+    [ -x "$rmq_bin/rabbitmq-server" ] && [ -n "$(pg_bindir)" ]
+}
+
+ensure_packages() {
+    have_packages && return 0
+    say "installing rabbitmq-server and postgresql (apt-get)"
+    local sudo=()
+    if ! is_root; then
+        command -v sudo >/dev/null || die "need root or sudo to install packages"
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" apt-get update >&2
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends rabbitmq-server postgresql >&2
+    have_packages || die "packages installed but rabbitmq-server / initdb still not found"
+}
+
+# ---------------------------------------------------------------- RabbitMQ
+
+# Run a RabbitMQ script (rabbitmq-server, rabbitmqctl, ...) against the
+# private node. The scripts under /usr/lib/rabbitmq/bin are used directly:
+# Debian's /usr/sbin wrappers switch to the rabbitmq user when run as root,
+# which would drop HOME and pick up the system node's cookie.
+rmq_vars=(
+    HOME="$rmq_dir/home" # private .erlang.cookie
+    RABBITMQ_NODENAME="$rmq_node"
+    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+    RABBITMQ_NODE_PORT="$amqp_port"
+    RABBITMQ_DIST_PORT="$dist_port"
+    RABBITMQ_MNESIA_BASE="$rmq_dir/mnesia"
+    RABBITMQ_LOG_BASE="$rmq_dir/log"
+    RABBITMQ_PID_FILE="$rmq_dir/rabbitmq.pid"
+    RABBITMQ_ENABLED_PLUGINS_FILE="$rmq_dir/enabled_plugins"
+    RABBITMQ_CONFIG_FILE="$rmq_dir/rabbitmq.conf"
+    RABBITMQ_ADVANCED_CONFIG_FILE="$rmq_dir/advanced.config"
+    # Our own (empty) env file instead of /etc/rabbitmq/rabbitmq-env.conf,
+    # which names the system node.
+    RABBITMQ_CONF_ENV_FILE="$rmq_dir/rabbitmq-env.conf"
+    # Keep epmd and Erlang distribution on loopback.
+    ERL_EPMD_ADDRESS=127.0.0.1
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+)
+
+rmq_env() {
+    (
+        close_extra_fds
+        cd "$rmq_dir"
+        exec env "${rmq_vars[@]}" "$@"
+    )
+}
+
+# rabbitmqctl / rabbitmq-plugins against the private node, bounded in time.
+rmqctl() { rmq_env timeout 60 "$rmq_bin/rabbitmqctl" -n "$rmq_node" -q "$@"; }
+rmqplugins() { rmq_env timeout 60 "$rmq_bin/rabbitmq-plugins" -n "$rmq_node" -q "$@"; }
+
+rmq_write_config() {
+    mkdir -p "$rmq_dir/home" "$rmq_dir/mnesia" "$rmq_dir/log"
+    # Only the consistent-hash exchange; no management (15672) or other
+    # listener-bearing plugins.
+    echo '[rabbitmq_consistent_hash_exchange].' >"$rmq_dir/enabled_plugins"
+    cat >"$rmq_dir/rabbitmq.conf" <<EOF
+# Generated by scripts/services.sh; private seatrush node, loopback only.
+listeners.tcp.default = 127.0.0.1:${amqp_port}
+EOF
+    echo '# Intentionally empty: keeps /etc/rabbitmq/rabbitmq-env.conf out.' \
+        >"$rmq_dir/rabbitmq-env.conf"
+    # Create the cookie up front so server and rabbitmqctl agree on it and do
+    # not race to generate it.
+    local cookie="$rmq_dir/home/.erlang.cookie"
+    if [ ! -s "$cookie" ]; then
+        (umask 077 && od -An -tx1 -N20 /dev/urandom | tr -d ' \n' | tr a-f A-F >"$cookie")
+        chmod 400 "$cookie"
+    fi
+}
+
+rmq_beam_pid() { read_pid "$rmq_dir/rabbitmq.pid"; }
+
+# True if the given VM pid or server-script pid is alive and belongs to this
+# node (the VM's command line carries our private HOME, the script's
+# environment our node name). Zombies count as dead.
+rmq_alive() {
+    pid_is_ours "$1" "$rmq_dir/home" || pid_is_ours "$2" "RABBITMQ_NODENAME=$rmq_node"
+}
+
+# Cheap liveness check from the recorded pid files.
+rmq_running() {
+    rmq_alive "$(rmq_beam_pid)" "$(read_pid "$rmq_dir/server.pid")"
+}
+
+rmq_start() {
+    if rmq_running && rmqctl await_startup --timeout 15 >/dev/null 2>&1; then
+        say "rabbitmq: $rmq_node already running on 127.0.0.1:$amqp_port"
+        return 0
+    fi
+    if rmq_running; then
+        # Alive but not (yet) answering, e.g. still booting: wait, bounded.
+        rmq_wait "$rmq_dir/log/startup.log"
+        return 0
+    fi
+    local p
+    for p in "$amqp_port" "$dist_port"; do
+        port_open "$p" && die "rabbitmq: 127.0.0.1:$p is already in use by another process (set SEATRUSH_AMQP_PORT / SEATRUSH_AMQP_DIST_PORT)"
+    done
+
+    rmq_write_config
+    rm -f "$rmq_dir/rabbitmq.pid" "$rmq_dir/server.pid"
+    local startup_log="$rmq_dir/log/startup.log"
+    say "rabbitmq: starting $rmq_node on 127.0.0.1:$amqp_port (dist $dist_port)"
+    # The foreground server script runs in the background in its own session,
+    # so the caller's Ctrl-C or closed pipes cannot reach it; it records its
+    # own pid (it forwards SIGTERM to the VM, a fallback for stop). No fd of
+    # ours stays open in it, so `eval "$(... start)"` returns.
+    (
+        close_extra_fds
+        cd "$rmq_dir"
+        exec setsid env "${rmq_vars[@]}" sh -c 'echo $$ >"$0"; exec "$@"' \
+            "$rmq_dir/server.pid" "$rmq_bin/rabbitmq-server"
+    ) </dev/null >"$startup_log" 2>&1 &
+
+    rmq_wait "$startup_log"
+}
+
+rmq_wait() {
+    local startup_log=$1 deadline=$((SECONDS + wait_secs))
+    local node_log="$rmq_dir/log/$rmq_node.log"
+    # The launcher writes server.pid as its first action.
+    local i
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        [ -s "$rmq_dir/server.pid" ] && break
+        sleep 0.5
+    done
+    while :; do
+        if rmqctl await_startup --timeout 10 >/dev/null 2>&1 &&
+            port_open "$amqp_port"; then
+            break
+        fi
+        if ! rmq_running; then
+            log_tail "$startup_log"
+            log_tail "$node_log"
+            die "rabbitmq: server process exited during startup"
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log_tail "$startup_log"
+            log_tail "$node_log"
+            die "rabbitmq: $rmq_node not ready after ${wait_secs}s"
+        fi
+        sleep 1
+    done
+    # The exchange type is required by the application; fail loudly if the
+    # plugin did not come up.
+    local enabled
+    enabled=$(rmqplugins list -e -m 2>/dev/null) || true
+    if ! grep -qx rabbitmq_consistent_hash_exchange <<<"$enabled"; then
+        log_tail "$node_log"
+        die "rabbitmq: rabbitmq_consistent_hash_exchange is not enabled on $rmq_node"
+    fi
+    say "rabbitmq: ready on 127.0.0.1:$amqp_port (node $rmq_node)"
+}
+
+rmq_stop() {
+    local beam server
+    beam=$(rmq_beam_pid)
+    server=$(read_pid "$rmq_dir/server.pid")
+    if ! rmq_running; then
+        say "rabbitmq: $rmq_node not running"
+        rm -f "$rmq_dir/rabbitmq.pid" "$rmq_dir/server.pid"
+        return 0
+    fi
+    say "rabbitmq: stopping $rmq_node"
+    # Graceful stop addressed to this node only (never the system node).
+    rmqctl stop >&2 || true
+    local i
+    for i in $(seq 1 60); do
+        rmq_alive "$beam" "$server" || break
+        sleep 0.5
+    done
+    # Fallback: signal only the recorded pids, after checking they are ours.
+    local sig pid
+    for sig in TERM KILL; do
+        rmq_alive "$beam" "$server" || break
+        for pid in "$beam" "$server"; do
+            if rmq_alive "$pid" "$pid"; then
+                say "rabbitmq: sending SIG$sig to recorded pid $pid"
+                kill -s "$sig" "$pid" 2>/dev/null || true
+            fi
+        done
+        for i in $(seq 1 30); do
+            rmq_alive "$beam" "$server" || break
+            sleep 0.5
+        done
+    done
+    rm -f "$rmq_dir/rabbitmq.pid" "$rmq_dir/server.pid"
+    say "rabbitmq: stopped"
+}
+
+rmq_status() {
+    if rmq_running; then
+        local ready="not accepting connections"
+        port_open "$amqp_port" && ready="accepting connections"
+        echo "rabbitmq: running (node $rmq_node, pid $(rmq_beam_pid), 127.0.0.1:$amqp_port $ready)"
+        return 0
+    fi
+    echo "rabbitmq: not running (node $rmq_node, port $amqp_port)"
+    return 1
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+# initdb and pg_ctl refuse to run as root, so as root the cluster belongs to
+# the `postgres` system user. That user must be able to reach the state dir;
+# if it cannot (e.g. a checkout under a 0700 home dir), the cluster lives in
+# /tmp/seatrush-pg-<port> instead of chmod-ing the user's parent dirs.
+pg_as_postgres() { is_root; }
+
+pg_base() {
+    # The state dir may not exist yet; check its nearest existing ancestor.
+    local d=$state
+    while [ ! -d "$d" ]; do d=$(dirname "$d"); done
+    if pg_as_postgres && id postgres >/dev/null 2>&1 &&
+        ! (cd / && runuser -u postgres -- test -x "$d") 2>/dev/null; then
+        echo "/tmp/seatrush-pg-$pg_port"
+    else
+        echo "$state/postgres-$pg_port"
+    fi
+}
+
+pg_base_dir=$(pg_base)
+pg_data="$pg_base_dir/data"
+pg_sock="$pg_base_dir/run"
+# Unix socket paths are limited to ~107 bytes; clients use TCP, so the socket
+# only has to be creatable.
+[ "${#pg_sock}" -le 80 ] || pg_sock="/tmp/seatrush-pg-sock-$pg_port"
+pg_log="$pg_base_dir/postgres.log"
+
+# Run a PostgreSQL binary as the cluster owner, with extra fds closed and
+# cwd=/ (the postgres user may not be able to read the caller's cwd).
+pg() {
+    local bin
+    bin="$(pg_bindir)/$1"
+    shift
+    if pg_as_postgres; then
+        (close_extra_fds && cd / && exec runuser -u postgres -- "$bin" "$@")
+    else
+        (close_extra_fds && cd / && exec "$bin" "$@")
+    fi
+}
+
+pg_running() {
+    [ -f "$pg_data/PG_VERSION" ] && pg pg_ctl -D "$pg_data" status >/dev/null 2>&1
+}
+
+pg_init() {
+    [ -f "$pg_data/PG_VERSION" ] && return 0
+    say "postgres: initialising cluster in $pg_data"
+    mkdir -p "$pg_base_dir"
+    if pg_as_postgres; then
+        id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' user to own the cluster"
+        chown postgres: "$pg_base_dir"
+        chmod 700 "$pg_base_dir"
+    fi
+    pg initdb -D "$pg_data" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 \
+        >"$state/initdb-$pg_port.log" 2>&1 || {
+        log_tail "$state/initdb-$pg_port.log"
+        die "postgres: initdb failed"
+    }
+}
+
+pg_start() {
+    mkdir -p "$state"
+    if pg_running; then
+        say "postgres: already running on 127.0.0.1:$pg_port ($pg_data)"
+    else
+        port_open "$pg_port" && die "postgres: 127.0.0.1:$pg_port is already in use by another process (set SEATRUSH_PG_PORT)"
+        pg_init
+        if pg_as_postgres; then
+            install -d -o postgres -m 700 "$pg_sock"
+        else
+            mkdir -p "$pg_sock"
+        fi
+        say "postgres: starting on 127.0.0.1:$pg_port ($pg_data)"
+        if ! pg pg_ctl -D "$pg_data" -l "$pg_log" \
+            -o "-p $pg_port -k $pg_sock -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" \
+            start -w -t "$wait_secs" >&2; then
+            log_tail "$pg_log"
+            die "postgres: failed to start within ${wait_secs}s"
+        fi
+    fi
+    pg_wait
+    pg_bootstrap
+}
+
+pg_wait() {
+    local deadline=$((SECONDS + wait_secs))
+    until pg pg_isready -q -h 127.0.0.1 -p "$pg_port" -d postgres -U postgres; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log_tail "$pg_log"
+            die "postgres: not accepting connections after ${wait_secs}s"
+        fi
+        sleep 1
+    done
+}
+
+psql_admin() {
+    pg psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres "$@"
+}
+
+# Role `seatrush` (superuser: tests create their own databases) and database
+# `seatrush` owned by it.
+pg_bootstrap() {
+    if [ "$(psql_admin -tAc "select 1 from pg_roles where rolname = 'seatrush'")" != 1 ]; then
+        say "postgres: creating role seatrush"
+        psql_admin -c 'create role seatrush with login superuser createdb'
+    fi
+    if [ "$(psql_admin -tAc "select 1 from pg_database where datname = 'seatrush'")" != 1 ]; then
+        say "postgres: creating database seatrush"
+        psql_admin -c 'create database seatrush owner seatrush'
+    fi
+    say "postgres: ready on 127.0.0.1:$pg_port (database seatrush)"
+}
+
+pg_stop() {
+    if ! pg_running; then
+        say "postgres: not running ($pg_data)"
+        return 0
+    fi
+    say "postgres: stopping ($pg_data)"
+    # pg_ctl addresses this data directory only; fast = disconnect clients.
+    pg pg_ctl -D "$pg_data" stop -m fast -w -t "$wait_secs" >&2 ||
+        pg pg_ctl -D "$pg_data" stop -m immediate -w -t 30 >&2
+    say "postgres: stopped"
+}
+
+pg_status() {
+    if pg_running; then
+        local ready="not accepting connections"
+        pg pg_isready -q -h 127.0.0.1 -p "$pg_port" && ready="accepting connections"
+        echo "postgres: running (pid $(head -n 1 "$pg_data/postmaster.pid" 2>/dev/null || echo '?'), 127.0.0.1:$pg_port $ready, $pg_data)"
+        return 0
+    fi
+    echo "postgres: not running (port $pg_port, $pg_data)"
+    return 1
+}
+
+# ---------------------------------------------------------------- commands
+
+cmd_start() {
+    if using_external; then
+        say "AMQP_URL and DATABASE_URL already set; using those servers, starting nothing"
+        export_lines "$AMQP_URL" "$DATABASE_URL"
+        return 0
+    fi
+    take_lock
+    ensure_packages
+    pg_start
+    rmq_start
+    export_lines "$private_amqp_url" "$private_database_url"
+}
+
+cmd_env() {
+    if using_external; then
+        export_lines "$AMQP_URL" "$DATABASE_URL"
+    else
+        export_lines "$private_amqp_url" "$private_database_url"
+    fi
+}
+
+cmd_stop() {
+    take_lock
+    if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_stop; else say "rabbitmq: not installed"; fi
+    if [ -n "$(pg_bindir)" ]; then pg_stop; else say "postgres: not installed"; fi
+}
+
+cmd_status() {
+    local rc=0
+    if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_status || rc=1; else echo "rabbitmq: not installed"; rc=1; fi
+    if [ -n "$(pg_bindir)" ]; then pg_status || rc=1; else echo "postgres: not installed"; rc=1; fi
+    return "$rc"
+}
+
+case "${1:-start}" in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2 ;;
+    *)
+        say "unknown command: $1 (expected start|stop|status|env)"
+        exit 2
+        ;;
+esac

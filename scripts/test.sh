@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, unit and property tests, and the integration tests
+# against a real RabbitMQ and PostgreSQL. Uses AMQP_URL/DATABASE_URL when both are set; otherwise
+# installs (if needed) and starts project-private services on loopback.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+eval "$(scripts/services.sh start)"
+export AMQP_URL DATABASE_URL
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --features failpoints -- -D warnings
+# failpoints compiles in the named fail points the crash tests inject faults with.
+cargo test --features failpoints -- "$@"

@@ -1,0 +1,140 @@
+//! The AMQP edge: the only module that knows lapin (invariant I7).
+//!
+//! It declares the topology, turns deliveries into [`Incoming`] messages with an [`AckHandle`],
+//! and publishes answers, events and dead letters with publisher confirms. Everything else in
+//! seatrush speaks in these types.
+
+mod consumer;
+mod publisher;
+mod topology;
+
+use lapin::{Connection, ConnectionProperties};
+
+pub use consumer::{AckHandle, Deliveries, Incoming};
+pub use publisher::{DeadCopy, Outgoing, PendingConfirm, Publisher, ReplyTo};
+pub use topology::Topology;
+
+/// Errors at the broker's edge.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("broker error")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused message for {0} (publisher confirm nack)")]
+    Nacked(String),
+    #[error(
+        "the delivery could not be settled: its channel is closed, so the broker redelivers it"
+    )]
+    NotSettled,
+}
+
+pub type Result<T, E = AmqpError> = std::result::Result<T, E>;
+
+/// One connection to the broker. Channels are created from it per purpose.
+pub struct Broker {
+    connection: Connection,
+}
+
+impl Broker {
+    /// Connects; `name` shows up in the broker's connection list.
+    pub async fn connect(url: &str, name: &str) -> Result<Self> {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let connection = Connection::connect(url, properties).await?;
+        Ok(Self { connection })
+    }
+
+    /// A publisher in confirm mode: every message is confirmed by the broker before its
+    /// [`PendingConfirm`] resolves.
+    pub async fn confirmed_publisher(&self) -> Result<Publisher> {
+        Publisher::confirmed(self.connection.create_channel().await?).await
+    }
+
+    /// Declares the whole topology (idempotent).
+    pub async fn declare(&self, topology: &Topology) -> Result<()> {
+        let channel = self.connection.create_channel().await?;
+        topology.declare(&channel).await?;
+        channel.close(200, "topology declared".into()).await?;
+        Ok(())
+    }
+
+    /// Consumes a queue on its own channel with the given prefetch.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        prefetch: u16,
+    ) -> Result<Deliveries> {
+        Deliveries::start(
+            self.connection.create_channel().await?,
+            queue,
+            consumer_tag,
+            prefetch,
+        )
+        .await
+    }
+
+    /// Declares an exclusive, server-named queue for answers and consumes it (client side).
+    pub async fn reply_queue(&self) -> Result<(String, Deliveries)> {
+        let channel = self.connection.create_channel().await?;
+        Deliveries::exclusive(channel, None).await
+    }
+
+    /// Declares an exclusive queue bound to `exchange` with `pattern` and consumes it.
+    pub async fn subscribe(&self, exchange: &str, pattern: &str) -> Result<Deliveries> {
+        let channel = self.connection.create_channel().await?;
+        let (_, deliveries) = Deliveries::exclusive(channel, Some((exchange, pattern))).await?;
+        Ok(deliveries)
+    }
+
+    /// Whether the connection is still usable.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Closes the connection; unacked deliveries go back to their queues.
+    pub async fn close(&self) {
+        if self.is_connected() {
+            let _ = self.connection.close(200, "bye".into()).await;
+        }
+    }
+}
+
+impl Broker {
+    /// Deletes every queue and exchange of a topology (for tests and decommissioning); messages
+    /// in them are lost.
+    pub async fn delete_topology(&self, topology: &Topology) -> Result<()> {
+        let channel = self.connection.create_channel().await?;
+        topology.delete(&channel).await?;
+        let _ = channel.close(200, "topology deleted".into()).await;
+        Ok(())
+    }
+
+    /// Takes up to `max` messages from the topology's dead-letter queue (acking them), waiting up
+    /// to `wait` for the first.
+    pub async fn drain_dead_letters(
+        &self,
+        topology: &Topology,
+        max: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<Incoming>> {
+        let mut deliveries = self
+            .consume(&topology.dead_queue(), "dead-letter-reader", 100)
+            .await?;
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            match tokio::time::timeout(wait, deliveries.next()).await {
+                Ok(Some(Ok(message))) => taken.push(message),
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut kept = Vec::with_capacity(taken.len());
+        for mut message in taken {
+            let ack = std::mem::replace(&mut message.ack, AckHandle::detached());
+            ack.ack().await?;
+            kept.push(message);
+        }
+        deliveries.cancel().await;
+        drop(deliveries);
+        Ok(kept)
+    }
+}

@@ -1,0 +1,207 @@
+//! Publishing answers, final events, requests and dead letters.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+
+use super::{AmqpError, Incoming, Result, Topology};
+
+/// Where a client listens for its answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub queue: String,
+    pub correlation_id: Option<String>,
+}
+
+/// A message ready to be published.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    exchange: String,
+    routing_key: String,
+    body: Vec<u8>,
+    properties: BasicProperties,
+}
+
+const PERSISTENT: u8 = 2;
+
+fn json_properties() -> BasicProperties {
+    BasicProperties::default().with_content_type("application/json".into())
+}
+
+impl Outgoing {
+    /// An answer to the client's `reply_to` queue (default exchange). Transient: a reply queue
+    /// belongs to a live client.
+    pub fn reply(to: &ReplyTo, body: Vec<u8>) -> Self {
+        let mut properties = json_properties();
+        if let Some(id) = &to.correlation_id {
+            properties = properties.with_correlation_id(id.as_str().into());
+        }
+        Self {
+            exchange: String::new(),
+            routing_key: to.queue.clone(),
+            body,
+            properties,
+        }
+    }
+
+    /// A final event on the events exchange, persistent.
+    pub fn event(topology: &Topology, course_id: &str, student_id: &str, body: Vec<u8>) -> Self {
+        Self {
+            exchange: topology.events_exchange(),
+            routing_key: Topology::event_key(course_id, student_id),
+            body,
+            properties: json_properties().with_delivery_mode(PERSISTENT),
+        }
+    }
+
+    /// A request, as any producer publishes it: persistent, to the consistent-hash exchange,
+    /// routed by course id, with the request id as `message_id`.
+    pub fn request(
+        topology: &Topology,
+        course_id: &str,
+        request_id: &str,
+        reply_to: Option<&ReplyTo>,
+        body: Vec<u8>,
+    ) -> Self {
+        let mut properties = json_properties()
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(request_id.into());
+        if let Some(to) = reply_to {
+            properties = properties.with_reply_to(to.queue.as_str().into());
+            if let Some(id) = &to.correlation_id {
+                properties = properties.with_correlation_id(id.as_str().into());
+            }
+        }
+        Self {
+            exchange: topology.requests_exchange(),
+            routing_key: course_id.to_owned(),
+            body,
+            properties,
+        }
+    }
+
+    /// A raw message to the request exchange, for tests and tools that must send malformed
+    /// input exactly as a broken producer would.
+    pub fn raw_request(
+        topology: &Topology,
+        routing_key: &str,
+        message_id: Option<&str>,
+        reply_to: Option<&ReplyTo>,
+        body: Vec<u8>,
+    ) -> Self {
+        let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+        if let Some(id) = message_id {
+            properties = properties.with_message_id(id.into());
+        }
+        if let Some(to) = reply_to {
+            properties = properties.with_reply_to(to.queue.as_str().into());
+        }
+        Self {
+            exchange: topology.requests_exchange(),
+            routing_key: routing_key.to_owned(),
+            body,
+            properties,
+        }
+    }
+
+    /// A copy of a message for the dead-letter exchange, with the reason in a header.
+    pub fn dead_letter(topology: &Topology, original: &DeadCopy<'_>, reason: &str) -> Self {
+        let mut headers = FieldTable::default();
+        let mut put = |k: &str, v: &str| {
+            headers.insert(
+                k.into(),
+                AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
+            );
+        };
+        put(crate::protocol::REASON_HEADER, reason);
+        put("x-seatrush-routing-key", original.routing_key);
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_headers(headers);
+        if let Some(id) = original.message_id {
+            properties = properties.with_message_id(id.into());
+        }
+        if let Some(to) = original.reply_to {
+            properties = properties.with_reply_to(to.into());
+        }
+        Self {
+            exchange: topology.dead_exchange(),
+            routing_key: String::new(),
+            body: original.body.to_vec(),
+            properties,
+        }
+    }
+}
+
+/// What is kept of a message that is dead-lettered.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadCopy<'a> {
+    pub message_id: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+}
+
+impl<'a> DeadCopy<'a> {
+    pub fn of(incoming: &'a Incoming) -> Self {
+        Self {
+            message_id: incoming.message_id.as_deref(),
+            reply_to: incoming.reply_to.as_deref(),
+            routing_key: &incoming.routing_key,
+            body: &incoming.body,
+        }
+    }
+}
+
+/// A published message whose broker confirmation has not been awaited yet.
+pub struct PendingConfirm {
+    target: String,
+    confirm: PublisherConfirm,
+}
+
+impl PendingConfirm {
+    /// Waits for the broker's confirm; a nack is an error.
+    pub async fn confirmed(self) -> Result<()> {
+        match self.confirm.await? {
+            Confirmation::Nack(_) => Err(AmqpError::Nacked(self.target)),
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        }
+    }
+}
+
+/// Publishes on one channel; cheap to clone, safe to share between tasks.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    pub(super) async fn confirmed(channel: Channel) -> Result<Self> {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel })
+    }
+
+    /// Sends a message; the returned confirm resolves when the broker has it. Dropping it
+    /// without awaiting is fine for messages that may be lost (provisional answers).
+    pub async fn send(&self, message: Outgoing) -> Result<PendingConfirm> {
+        let target = format!("{}/{}", message.exchange, message.routing_key);
+        let confirm = self
+            .channel
+            .basic_publish(
+                message.exchange.into(),
+                message.routing_key.into(),
+                BasicPublishOptions::default(),
+                &message.body,
+                message.properties,
+            )
+            .await?;
+        Ok(PendingConfirm { target, confirm })
+    }
+
+    /// Sends and waits for the confirm.
+    pub async fn send_confirmed(&self, message: Outgoing) -> Result<()> {
+        self.send(message).await?.confirmed().await
+    }
+}

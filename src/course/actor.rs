@@ -1,0 +1,330 @@
+//! One course actor: a supervisor task that (re)starts an instance task, which loads the course
+//! from Postgres and then decides its requests one at a time from memory.
+//!
+//! Why two tasks: an instance may panic (a bug, or a test's fail point). The supervisor sees the
+//! panic through the instance's `JoinHandle`, waits until the course's earlier decisions are
+//! durable, and starts a fresh instance that reloads the state. The mailbox and the message in
+//! hand live outside the instance (behind mutexes the supervisor also holds), so the message that
+//! was being decided is decided again by the next instance rather than lost.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::{Notify, mpsc};
+
+use super::decision::{CourseState, Decision, Effect, unknown_course};
+use crate::amqp::{DeadCopy, Outgoing, Publisher, Topology};
+use crate::domain::CourseId;
+use crate::pipeline::{Decided, Envelope};
+use crate::protocol::{Answer, Stage, request_body};
+use crate::store::{Pending, Store};
+
+/// How many crashes in how long make a course actor give up on the message at hand.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+/// What the actor needs from the rest of the worker.
+pub struct ActorContext {
+    pub store: Store,
+    /// For provisional answers: fast and unconfirmed, since the final answer is the binding one.
+    pub replies: Publisher,
+    /// Confirmed, for dead-lettering a message the course cannot get past.
+    pub dead_letters: Publisher,
+    pub topology: Topology,
+    pub committer: mpsc::Sender<Decided>,
+    pub restarts: RestartPolicy,
+}
+
+/// Shared between a course's actor, the registry and the committer.
+#[derive(Debug, Default)]
+pub struct CourseTicket {
+    /// Messages handed to this actor and not yet settled; an actor with none can be stopped.
+    routed: AtomicUsize,
+    /// Decisions sent to the committer and not yet committed; a reload waits for zero, so the
+    /// state it reads includes every decision already taken.
+    uncommitted: AtomicUsize,
+    committed: Notify,
+    /// Set when the database disagreed with a decision: the actor reloads before the next one.
+    stale: AtomicBool,
+}
+
+impl CourseTicket {
+    pub(super) fn route(&self) {
+        self.routed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn unroute(&self) {
+        self.routed.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.routed.load(Ordering::SeqCst) == 0
+    }
+
+    /// The committer reports a decision as durable (or abandoned); `in_step` is false when the
+    /// final verdict differs from what the actor decided, or the commit failed.
+    pub fn settled(&self, in_step: bool) {
+        if !in_step {
+            self.stale.store(true, Ordering::SeqCst);
+        }
+        self.uncommitted.fetch_sub(1, Ordering::SeqCst);
+        self.routed.fetch_sub(1, Ordering::SeqCst);
+        self.committed.notify_waiters();
+    }
+
+    async fn all_committed(&self) {
+        loop {
+            let notified = self.committed.notified();
+            if self.uncommitted.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Sends the provisional answer and hands the decision to the group commit.
+///
+/// Used by course actors, and by the intake for requests naming an unknown course.
+pub async fn submit(
+    ctx: &ActorContext,
+    envelope: Envelope,
+    decision: Decision,
+    ticket: Option<Arc<CourseTicket>>,
+) -> Result<(), mpsc::error::SendError<Decided>> {
+    if let Some(to) = &envelope.reply_to {
+        let mut answer = Answer::decided(&envelope.request, &decision.verdict, Stage::Provisional);
+        answer.replayed = decision.replay;
+        // Best effort by design: a lost provisional answer is covered by the final one.
+        if let Err(e) = ctx
+            .replies
+            .send(Outgoing::reply(to, answer.to_json()))
+            .await
+        {
+            tracing::debug!(error = %e, "provisional answer not sent");
+        }
+    }
+    if let Some(ticket) = &ticket {
+        ticket.uncommitted.fetch_add(1, Ordering::SeqCst);
+    }
+    let decided = Decided {
+        pending: Pending {
+            request: envelope.request,
+            provisional: decision.verdict,
+            effect: decision.effect,
+            replay: decision.replay,
+            partition: envelope.partition,
+            epoch: envelope.epoch,
+        },
+        reply_to: envelope.reply_to,
+        ack: envelope.ack,
+        ticket,
+        guard: envelope.guard,
+    };
+    ctx.committer.send(decided).await
+}
+
+/// Why an instance ended.
+enum Stop {
+    /// Every sender is gone and the mailbox is empty: passivated, evicted or shutting down.
+    MailboxClosed,
+    /// The database disagreed with this instance's memory: reload and go on.
+    Reload,
+}
+
+type InHand = Arc<Mutex<Option<Envelope>>>;
+type Mailbox = Arc<tokio::sync::Mutex<mpsc::Receiver<Envelope>>>;
+
+/// The supervisor: runs instances until the mailbox closes, restarting crashed ones.
+pub(super) async fn supervise(
+    course: CourseId,
+    mailbox: mpsc::Receiver<Envelope>,
+    ticket: Arc<CourseTicket>,
+    ctx: Arc<ActorContext>,
+    halt: tokio_util::sync::CancellationToken,
+) {
+    let mailbox: Mailbox = Arc::new(tokio::sync::Mutex::new(mailbox));
+    let in_hand: InHand = Arc::new(Mutex::new(None));
+    let mut crashes: VecDeque<Instant> = VecDeque::new();
+    loop {
+        let instance = tokio::spawn(run_instance(
+            course.clone(),
+            mailbox.clone(),
+            in_hand.clone(),
+            ticket.clone(),
+            ctx.clone(),
+        ));
+        let abort = instance.abort_handle();
+        let ended = tokio::select! {
+            ended = instance => ended,
+            // The worker is abandoning its session: whatever is in hand returns to its queue.
+            _ = halt.cancelled() => {
+                abort.abort();
+                return;
+            }
+        };
+        match ended {
+            Ok(Stop::MailboxClosed) => return,
+            Ok(Stop::Reload) => {
+                tracing::info!(course_id = %course, "course state reloaded after the database disagreed");
+            }
+            Err(e) if e.is_panic() => {
+                let now = Instant::now();
+                crashes.push_back(now);
+                while crashes
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > ctx.restarts.window)
+                {
+                    crashes.pop_front();
+                }
+                tracing::error!(
+                    course_id = %course,
+                    crashes = crashes.len(),
+                    "course actor panicked; restarting it with its state reloaded"
+                );
+                if crashes.len() > ctx.restarts.max_restarts as usize {
+                    let taken = in_hand
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take();
+                    if let Some(envelope) = taken {
+                        give_up(&ctx, envelope, crashes.len(), &ticket).await;
+                    }
+                    crashes.clear();
+                }
+            }
+            // Cancelled: the runtime is shutting down.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Dead-letters a message the course crashed on too often, so it stops blocking the course.
+async fn give_up(ctx: &ActorContext, envelope: Envelope, crashes: usize, ticket: &CourseTicket) {
+    let request = &envelope.request;
+    let body = request_body(request);
+    let reply_to = envelope.reply_to.as_ref().map(|r| r.queue.as_str());
+    let copy = DeadCopy {
+        message_id: Some(request.request_id.as_str()),
+        reply_to,
+        routing_key: request.course_id.as_str(),
+        body: &body,
+    };
+    let reason = format!("course actor crashed {crashes} times deciding this request");
+    tracing::error!(course_id = %request.course_id, request_id = %request.request_id, %reason, "dead-lettering");
+    match ctx
+        .dead_letters
+        .send_confirmed(Outgoing::dead_letter(&ctx.topology, &copy, &reason))
+        .await
+    {
+        Ok(()) => {
+            if let Err(e) = envelope.ack.ack().await {
+                tracing::warn!(error = %e, "ack of a dead-lettered request failed; it will be redelivered");
+            }
+        }
+        // Not acked: the broker redelivers it, and its delivery limit dead-letters it in the end.
+        Err(e) => {
+            tracing::warn!(error = %e, "dead-lettering failed; leaving the request to the broker")
+        }
+    }
+    ticket.unroute();
+}
+
+async fn run_instance(
+    course: CourseId,
+    mailbox: Mailbox,
+    in_hand: InHand,
+    ticket: Arc<CourseTicket>,
+    ctx: Arc<ActorContext>,
+) -> Stop {
+    ticket.all_committed().await;
+    ticket.stale.store(false, Ordering::SeqCst);
+    let mut state = load(&ctx.store, &course).await;
+    loop {
+        let carried = in_hand
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let envelope = match carried {
+            Some(envelope) => envelope,
+            None => match mailbox.lock().await.recv().await {
+                Some(envelope) => envelope,
+                None => return Stop::MailboxClosed,
+            },
+        };
+        if ticket.stale.load(Ordering::SeqCst) {
+            *in_hand.lock().unwrap_or_else(PoisonError::into_inner) = Some(envelope);
+            return Stop::Reload;
+        }
+        // The message stays in hand while it is decided, so a panic leaves it to the next
+        // instance.
+        let decision = {
+            let mut slot = in_hand.lock().unwrap_or_else(PoisonError::into_inner);
+            let envelope = slot.insert(envelope);
+            before_decide(&envelope.request);
+            match state.as_mut() {
+                Some(state) => state.decide(&envelope.request),
+                None => Decision {
+                    verdict: unknown_course(),
+                    effect: Effect::None,
+                    replay: false,
+                },
+            }
+        };
+        let Some(envelope) = in_hand
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            continue;
+        };
+        if submit(&ctx, envelope, decision, Some(ticket.clone()))
+            .await
+            .is_err()
+        {
+            // The committer is gone: the worker is stopping and the message returns to its
+            // queue when the channel closes.
+            return Stop::MailboxClosed;
+        }
+    }
+}
+
+/// Loads the course, retrying while the database is unreachable; `None` if it does not exist.
+async fn load(store: &Store, course: &CourseId) -> Option<CourseState> {
+    let mut delays = ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .build();
+    loop {
+        match store.load_course(course).await {
+            Ok(snapshot) => {
+                return snapshot.map(|s| CourseState::from_snapshot(course.clone(), s));
+            }
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(course_id = %course, error = %e, ?delay, "loading course failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// A named fail point before each decision, for fault-injection tests: `course-decide-<course>`
+/// (for example `FAILPOINTS=course-decide-CS101=1*panic`). Compiled out without the
+/// `failpoints` feature.
+#[cfg(feature = "failpoints")]
+fn before_decide(request: &crate::domain::Request) {
+    let name = format!("course-decide-{}", request.course_id);
+    fail::eval(&name, |_| ());
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn before_decide(_: &crate::domain::Request) {}

@@ -1,0 +1,212 @@
+//! The registry: finds the actor of a course, starts it on first request, bounds how many are
+//! alive, and stops those that sit idle.
+//!
+//! The map only ever holds courses that exist (the catalog is asked before anything is spawned),
+//! and never more than `max_actors` of them (invariant I6).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::actor::{ActorContext, CourseTicket, supervise};
+use super::catalog::Catalog;
+use crate::domain::CourseId;
+use crate::pipeline::Envelope;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryConfig {
+    /// Requests a course actor's mailbox holds before its sender waits.
+    pub mailbox: usize,
+    /// Live course actors at most; past it, the least recently used idle one is stopped.
+    pub max_actors: usize,
+    /// An actor with nothing to do for this long stops; the next request brings it back.
+    pub idle_timeout: Duration,
+}
+
+/// Where a request went.
+pub enum Routed {
+    /// In its course actor's mailbox.
+    Delivered,
+    /// The course does not exist; the request is handed back to be answered as such.
+    UnknownCourse(Envelope),
+}
+
+/// How to stop the actors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    Drain,
+    Halt,
+}
+
+struct Entry {
+    sender: mpsc::Sender<Envelope>,
+    ticket: Arc<CourseTicket>,
+    last_used: Instant,
+}
+
+/// Cheap to clone; every clone is the same registry.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    actors: Mutex<HashMap<CourseId, Entry>>,
+    catalog: Catalog,
+    ctx: Arc<ActorContext>,
+    config: RegistryConfig,
+    tasks: TaskTracker,
+    halt: CancellationToken,
+}
+
+impl Registry {
+    pub fn new(catalog: Catalog, ctx: Arc<ActorContext>, config: RegistryConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                actors: Mutex::new(HashMap::new()),
+                catalog,
+                ctx,
+                config,
+                tasks: TaskTracker::new(),
+                halt: CancellationToken::new(),
+            }),
+        }
+    }
+
+    fn actors(&self) -> std::sync::MutexGuard<'_, HashMap<CourseId, Entry>> {
+        self.inner
+            .actors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many course actors are alive.
+    pub fn live(&self) -> usize {
+        self.actors().len()
+    }
+
+    /// Delivers a request to its course actor, starting the actor if needed. Waits while the
+    /// mailbox is full (backpressure reaches the broker through the prefetch limit).
+    /// While the database cannot be asked whether a course exists, this waits: the partition
+    /// stops taking deliveries rather than answering "unknown" for a course that may exist.
+    pub async fn route(&self, mut envelope: Envelope) -> Routed {
+        loop {
+            let course = envelope.request.course_id.clone();
+            // Counting the message on the ticket under the map's lock is what makes stopping an
+            // idle actor race-free: an actor is only removed while its count is zero.
+            let live = self.actors().get_mut(&course).map(|entry| {
+                entry.last_used = Instant::now();
+                entry.ticket.route();
+                (entry.sender.clone(), entry.ticket.clone())
+            });
+            match live {
+                Some((sender, ticket)) => match sender.send(envelope).await {
+                    Ok(()) => return Routed::Delivered,
+                    Err(mpsc::error::SendError(back)) => {
+                        // The actor ended between lookup and send; forget it and start anew.
+                        ticket.unroute();
+                        self.forget(&course, &ticket);
+                        envelope = back;
+                    }
+                },
+                None => {
+                    match self.inner.catalog.contains(&course).await {
+                        Ok(true) => {}
+                        Ok(false) => return Routed::UnknownCourse(envelope),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the course catalog; waiting");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    }
+                    if !self.start(&course) {
+                        // Every live actor is busy and the bound is reached: wait for one to
+                        // settle rather than exceed it.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts an actor for `course` unless one is alive; false when the bound is reached and no
+    /// idle actor can make room.
+    fn start(&self, course: &CourseId) -> bool {
+        let mut actors = self.actors();
+        if actors.contains_key(course) {
+            return true;
+        }
+        if actors.len() >= self.inner.config.max_actors {
+            let victim = actors
+                .iter()
+                .filter(|(_, e)| e.ticket.is_idle())
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(id, _)| id.clone());
+            match victim {
+                // Dropping the entry drops the only sender: the actor ends on its own.
+                Some(id) => {
+                    actors.remove(&id);
+                }
+                None => return false,
+            }
+        }
+        let (sender, mailbox) = mpsc::channel(self.inner.config.mailbox);
+        let ticket = Arc::new(CourseTicket::default());
+        actors.insert(
+            course.clone(),
+            Entry {
+                sender,
+                ticket: ticket.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        self.inner.tasks.spawn(supervise(
+            course.clone(),
+            mailbox,
+            ticket,
+            self.inner.ctx.clone(),
+            self.inner.halt.clone(),
+        ));
+        true
+    }
+
+    fn forget(&self, course: &CourseId, ticket: &Arc<CourseTicket>) {
+        let mut actors = self.actors();
+        if actors
+            .get(course)
+            .is_some_and(|e| Arc::ptr_eq(&e.ticket, ticket))
+        {
+            actors.remove(course);
+        }
+    }
+
+    /// Stops actors idle for longer than the timeout, until `shutdown`.
+    pub async fn sweep_idle(&self, shutdown: CancellationToken) {
+        let timeout = self.inner.config.idle_timeout;
+        let period = (timeout / 4).max(Duration::from_millis(50));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    self.actors().retain(|_, e| !e.ticket.is_idle() || e.last_used.elapsed() < timeout);
+                }
+            }
+        }
+    }
+
+    /// Stops every actor and waits for them: once its mailbox is empty (`Close::Drain`), or at
+    /// once, abandoning what they hold (`Close::Halt`, after a fault).
+    pub async fn close(&self, how: Close) {
+        self.actors().clear();
+        if how == Close::Halt {
+            self.inner.halt.cancel();
+        }
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}

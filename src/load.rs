@@ -1,0 +1,209 @@
+//! A crowd of requests fired at the workers exactly as producers would publish them, with every
+//! answer collected and timed. The demo and the integration tests use it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use crate::amqp::{Broker, Outgoing, ReplyTo, Topology};
+use crate::client::parse_answer;
+use crate::domain::Request;
+use crate::protocol::{Answer, Stage, request_body};
+
+/// Publishes not yet confirmed at most; bounds the publisher's memory and keeps the broker's
+/// flow control out of the way.
+const CONFIRM_WINDOW: usize = 2000;
+
+/// The answers to one published message.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub request: Request,
+    /// The provisional answer and its latency from publish.
+    pub provisional: Option<(Answer, Duration)>,
+    /// Every final answer received (exactly one when all is well) and its latency.
+    pub finals: Vec<(Answer, Duration)>,
+}
+
+/// What a crowd saw.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub answered: Vec<Answered>,
+    /// From the first publish to the last confirm.
+    pub publish_time: Duration,
+    /// From the first publish to the last final answer (or the timeout).
+    pub total_time: Duration,
+    /// Whether every message got a final answer before the timeout.
+    pub complete: bool,
+}
+
+impl Report {
+    /// Messages that got no final answer.
+    pub fn lost(&self) -> usize {
+        self.answered.iter().filter(|a| a.finals.is_empty()).count()
+    }
+
+    /// Messages that got more than one final answer.
+    pub fn duplicated(&self) -> usize {
+        self.answered.iter().filter(|a| a.finals.len() > 1).count()
+    }
+
+    /// Final answers that contradict the provisional one sent earlier.
+    pub fn contradicted(&self) -> usize {
+        self.answered
+            .iter()
+            .filter(|a| match (&a.provisional, a.finals.first()) {
+                (Some((p, _)), Some((f, _))) => p.outcome != f.outcome || p.reason != f.reason,
+                _ => false,
+            })
+            .count()
+    }
+
+    /// Requests per second, end to end.
+    pub fn throughput(&self) -> f64 {
+        self.answered.len() as f64 / self.total_time.as_secs_f64().max(1e-9)
+    }
+
+    /// The q-quantile (0..=1) of provisional or final latencies, in milliseconds.
+    pub fn latency_ms(&self, stage: Stage, q: f64) -> f64 {
+        let mut all: Vec<Duration> = self
+            .answered
+            .iter()
+            .filter_map(|a| match stage {
+                Stage::Provisional => a.provisional.as_ref().map(|(_, d)| *d),
+                Stage::Final => a.finals.first().map(|(_, d)| *d),
+            })
+            .collect();
+        if all.is_empty() {
+            return 0.0;
+        }
+        all.sort_unstable();
+        let rank = ((all.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        all[rank].as_secs_f64() * 1000.0
+    }
+
+    /// How many final answers had each outcome (`outcome` or `outcome/reason`).
+    pub fn outcomes(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for (answer, _) in self.answered.iter().filter_map(|a| a.finals.first()) {
+            let key = match &answer.reason {
+                Some(reason) => format!("{}/{reason}", answer.outcome),
+                None => answer.outcome.clone(),
+            };
+            *counts.entry(key).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// Publishes every request (persistent, confirmed, as fast as the broker confirms) and waits up
+/// to `timeout` for every final answer.
+pub async fn fire(
+    amqp_url: &str,
+    topology: &Topology,
+    requests: Vec<Request>,
+    timeout: Duration,
+) -> anyhow::Result<Report> {
+    let broker = Broker::connect(amqp_url, "seatrush-crowd")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let publisher = broker.confirmed_publisher().await?;
+    let (queue, mut replies) = broker.reply_queue().await?;
+    let n = requests.len();
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::from_std(start + timeout);
+
+    // The collector notes when each answer arrived; latencies are computed at the end against
+    // the publish instants.
+    let collector = tokio::spawn(async move {
+        let mut got: Vec<(usize, Answer, Instant)> = Vec::with_capacity(n * 2);
+        let mut finals = 0usize;
+        while finals < n {
+            let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, replies.next()).await
+            else {
+                break;
+            };
+            let index = message
+                .correlation_id
+                .as_deref()
+                .and_then(|c| c.parse::<usize>().ok());
+            let (Some(index), Ok(answer)) = (index, parse_answer(&message.body)) else {
+                continue;
+            };
+            if answer.stage == Stage::Final {
+                finals += 1;
+            }
+            got.push((index, answer, Instant::now()));
+        }
+        got
+    });
+
+    let mut sent_at = Vec::with_capacity(n);
+    let mut confirms = FuturesUnordered::new();
+    for (index, request) in requests.iter().enumerate() {
+        let to = ReplyTo {
+            queue: queue.clone(),
+            correlation_id: Some(index.to_string()),
+        };
+        let message = Outgoing::request(
+            topology,
+            request.course_id.as_str(),
+            request.request_id.as_str(),
+            Some(&to),
+            request_body(request),
+        );
+        sent_at.push(Instant::now());
+        confirms.push(publisher.send(message).await?.confirmed());
+        while confirms.len() >= CONFIRM_WINDOW {
+            if let Some(confirmed) = confirms.next().await {
+                confirmed.context("publishing a request")?;
+            }
+        }
+    }
+    while let Some(confirmed) = confirms.next().await {
+        confirmed.context("publishing a request")?;
+    }
+    let publish_time = start.elapsed();
+
+    // On timeout the collector returns what arrived; the rest counts as lost.
+    let got = collector.await.context("the answer collector failed")?;
+    let complete = got
+        .iter()
+        .filter(|(_, a, _)| a.stage == Stage::Final)
+        .count()
+        >= n;
+    let total_time = got
+        .iter()
+        .filter(|(_, a, _)| a.stage == Stage::Final)
+        .map(|(_, _, at)| at.duration_since(start))
+        .max()
+        .unwrap_or_else(|| start.elapsed());
+    broker.close().await;
+
+    let mut answered: Vec<Answered> = requests
+        .into_iter()
+        .map(|request| Answered {
+            request,
+            provisional: None,
+            finals: Vec::new(),
+        })
+        .collect();
+    for (index, answer, at) in got {
+        let Some(slot) = answered.get_mut(index) else {
+            continue;
+        };
+        let latency = at.duration_since(sent_at[index]);
+        match answer.stage {
+            Stage::Provisional => slot.provisional = Some((answer, latency)),
+            Stage::Final => slot.finals.push((answer, latency)),
+        }
+    }
+    Ok(Report {
+        answered,
+        publish_time,
+        total_time,
+        complete,
+    })
+}

@@ -1,0 +1,399 @@
+//! The `seatrush` command: parses arguments, sets up logging and calls into the library.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use seatrush::amqp::Topology;
+use seatrush::client::Client;
+use seatrush::course::RestartPolicy;
+use seatrush::domain::{Action, CourseId, Request, RequestId, StudentId};
+use seatrush::store::Store;
+use seatrush::telemetry::{self, LogFormat};
+use seatrush::worker::{self, WorkerConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "seatrush",
+    version,
+    about = "Course enrollment that survives the flash crowd"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// RabbitMQ URL (amqp:// or amqps://).
+    #[arg(long, env = "AMQP_URL", global = true, hide_env_values = true)]
+    amqp_url: Option<String>,
+    /// PostgreSQL URL (sslmode and the rest as URL parameters).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Prefix of every exchange and queue name.
+    #[arg(
+        long,
+        env = "SEATRUSH_PREFIX",
+        default_value = "seatrush",
+        global = true
+    )]
+    prefix: String,
+    /// Number of partition queues; fixed at first setup.
+    #[arg(long, env = "SEATRUSH_PARTITIONS", default_value_t = 16, global = true)]
+    partitions: u16,
+    /// Log line format.
+    #[arg(
+        long,
+        env = "SEATRUSH_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
+    log_format: LogFormat,
+}
+
+impl Common {
+    fn amqp_url(&self) -> anyhow::Result<String> {
+        self.amqp_url.clone().context(
+            "no broker: set AMQP_URL or pass --amqp-url (scripts/services.sh start prints one)",
+        )
+    }
+
+    fn database_url(&self) -> anyhow::Result<String> {
+        self.database_url.clone().context(
+            "no database: set DATABASE_URL or pass --database-url (scripts/services.sh start prints one)",
+        )
+    }
+
+    fn topology(&self, delivery_limit: u32, max_queue_length: u32) -> Topology {
+        Topology {
+            prefix: self.prefix.clone(),
+            partitions: self.partitions,
+            delivery_limit,
+            max_queue_length,
+        }
+    }
+
+    async fn store(&self) -> anyhow::Result<Store> {
+        Store::connect(&self.database_url()?, 4)
+            .await
+            .context("connecting to PostgreSQL")
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the database migrations.
+    Migrate,
+    /// Run a worker until SIGINT or SIGTERM.
+    Worker(WorkerArgs),
+    /// Manage courses.
+    #[command(subcommand)]
+    Course(CourseCommand),
+    /// Enroll a student and print the provisional and final answers.
+    Enroll(RequestArgs),
+    /// Drop a student's seat and print the provisional and final answers.
+    Drop(RequestArgs),
+    /// Print final events as they happen.
+    Watch {
+        #[arg(long)]
+        course: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the invariants on the live database; exit 1 on any violation.
+    Audit {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a small flash crowd against a worker it starts, and print a report.
+    Demo {
+        #[arg(long, default_value_t = 50)]
+        courses: usize,
+        #[arg(long, default_value_t = 30)]
+        seats: u32,
+        #[arg(long, default_value_t = 3000)]
+        students: usize,
+    },
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// This worker's id (default: random).
+    #[arg(long, env = "SEATRUSH_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Unacked deliveries per partition.
+    #[arg(long, env = "SEATRUSH_PREFETCH", default_value_t = 250)]
+    prefetch: u16,
+    /// Requests a course actor's mailbox holds.
+    #[arg(long, env = "SEATRUSH_MAILBOX", default_value_t = 512)]
+    mailbox: usize,
+    /// Live course actors at most.
+    #[arg(long, env = "SEATRUSH_MAX_ACTORS", default_value_t = 5000)]
+    max_actors: usize,
+    /// Seconds a course actor may sit idle before it stops.
+    #[arg(long, env = "SEATRUSH_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    idle_timeout_secs: u64,
+    /// Most decisions per transaction.
+    #[arg(long, env = "SEATRUSH_BATCH_MAX", default_value_t = 1000)]
+    batch_max: usize,
+    /// Milliseconds to wait for more decisions before committing a batch that is not full.
+    #[arg(long, env = "SEATRUSH_BATCH_LINGER_MS", default_value_t = 5)]
+    batch_linger_ms: u64,
+    /// Milliseconds a partition lease lasts without renewal.
+    #[arg(long, env = "SEATRUSH_LEASE_MS", default_value_t = 6000)]
+    lease_ms: u64,
+    /// Seconds a graceful shutdown waits for in-flight requests.
+    #[arg(long, env = "SEATRUSH_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    drain_timeout_secs: u64,
+    /// Deliveries of one message before the broker dead-letters it.
+    #[arg(long, env = "SEATRUSH_DELIVERY_LIMIT", default_value_t = 20)]
+    delivery_limit: u32,
+    /// Messages a partition queue holds before publishes are refused.
+    #[arg(long, env = "SEATRUSH_MAX_QUEUE_LENGTH", default_value_t = 1_000_000)]
+    max_queue_length: u32,
+    /// Database connections of this worker.
+    #[arg(long, env = "SEATRUSH_DB_CONNECTIONS", default_value_t = 8)]
+    db_connections: u32,
+}
+
+#[derive(Subcommand)]
+enum CourseCommand {
+    /// Create a course.
+    Add {
+        id: String,
+        #[arg(long)]
+        seats: u32,
+    },
+    /// List courses with their seat counts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct RequestArgs {
+    course: String,
+    student: String,
+    /// The request id (default: random); reuse one to retry safely.
+    #[arg(long)]
+    request_id: Option<String>,
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for the final answer.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+    let cli = Cli::parse();
+    telemetry::init(cli.common.log_format, "info,sqlx=warn,lapin=warn");
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let common = cli.common;
+    match cli.command {
+        Command::Migrate => {
+            let store = common.store().await?;
+            store.migrate().await?;
+            store.ensure_partitions(common.partitions).await?;
+            println!("database is up to date");
+        }
+        Command::Worker(args) => {
+            let config = worker_config(&common, args)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            worker::run(config, shutdown).await?;
+        }
+        Command::Course(CourseCommand::Add { id, seats }) => {
+            let course = CourseId::parse(id)?;
+            common.store().await?.add_course(&course, seats).await?;
+            println!("course {course} added with {seats} seats");
+        }
+        Command::Course(CourseCommand::List { json }) => {
+            let courses = common.store().await?.list_courses().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&courses)?);
+            } else {
+                println!(
+                    "{:<24} {:>8} {:>8} {:>10}",
+                    "course", "seats", "enrolled", "seats left"
+                );
+                for c in courses {
+                    println!(
+                        "{:<24} {:>8} {:>8} {:>10}",
+                        c.course_id, c.capacity, c.enrolled, c.seats_left
+                    );
+                }
+            }
+        }
+        Command::Enroll(args) => return request(&common, Action::Enroll, args).await,
+        Command::Drop(args) => return request(&common, Action::Drop, args).await,
+        Command::Watch { course, json } => {
+            let course = course.map(CourseId::parse).transpose()?;
+            let client = Client::connect(&common.amqp_url()?, common.topology(0, 0)).await?;
+            let mut events = client.watch(course.as_ref()).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    event = events.next() => event,
+                };
+                let Some(event) = event else { break };
+                let event = event?;
+                if json {
+                    println!("{}", serde_json::to_string(&event)?);
+                } else {
+                    println!("{}", describe(&event));
+                }
+            }
+        }
+        Command::Audit { json } => {
+            let violations = common.store().await?.audit().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "clean": violations.is_empty(), "violations": violations })
+                );
+            } else if violations.is_empty() {
+                println!(
+                    "audit clean: no course over capacity, counters match, no student twice, outcomes agree"
+                );
+            } else {
+                println!("{} violation(s):", violations.len());
+                for v in &violations {
+                    println!("  {}: {}", v.check, v.detail);
+                }
+            }
+            if !violations.is_empty() {
+                return Ok(std::process::ExitCode::from(1));
+            }
+        }
+        Command::Demo {
+            courses,
+            seats,
+            students,
+        } => {
+            let exe = std::env::current_exe().context("locating the seatrush binary")?;
+            seatrush::demo::run(seatrush::demo::DemoConfig {
+                amqp_url: common.amqp_url()?,
+                database_url: common.database_url()?,
+                topology: common.topology(20, 1_000_000),
+                courses,
+                seats,
+                students,
+                exe,
+                worker_log: std::env::temp_dir().join("seatrush-demo-worker.log"),
+            })
+            .await?;
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn worker_config(common: &Common, args: WorkerArgs) -> anyhow::Result<WorkerConfig> {
+    let mut config = WorkerConfig::new(common.amqp_url()?, common.database_url()?);
+    config.topology = common.topology(args.delivery_limit, args.max_queue_length);
+    if let Some(id) = args.worker_id {
+        config.worker_id = id;
+    }
+    config.prefetch = args.prefetch;
+    config.mailbox = args.mailbox.max(1);
+    config.max_actors = args.max_actors.max(1);
+    config.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
+    config.batch_max = args.batch_max.max(1);
+    config.batch_linger = Duration::from_millis(args.batch_linger_ms);
+    config.lease = Duration::from_millis(args.lease_ms.max(300));
+    config.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    config.db_connections = args.db_connections.max(2);
+    config.restarts = RestartPolicy {
+        max_restarts: 5,
+        window: Duration::from_secs(30),
+    };
+    Ok(config)
+}
+
+async fn request(
+    common: &Common,
+    action: Action,
+    args: RequestArgs,
+) -> anyhow::Result<std::process::ExitCode> {
+    let request = Request {
+        request_id: RequestId::parse(
+            args.request_id
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+        )?,
+        action,
+        course_id: CourseId::parse(args.course)?,
+        student_id: StudentId::parse(args.student)?,
+    };
+    let client = Client::connect(&common.amqp_url()?, common.topology(0, 0)).await?;
+    let answers = client
+        .request(&request, Duration::from_secs(args.timeout_secs))
+        .await?;
+    if args.json {
+        if let Some(p) = &answers.provisional {
+            println!("{}", serde_json::to_string(p)?);
+        }
+        println!("{}", serde_json::to_string(&answers.final_answer)?);
+    } else {
+        if let Some(p) = &answers.provisional {
+            println!("provisional: {}", describe(p));
+        }
+        println!("final:       {}", describe(&answers.final_answer));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn describe(a: &seatrush::protocol::Answer) -> String {
+    let mut line = format!(
+        "{} {} {} -> {}",
+        a.action, a.course_id, a.student_id, a.outcome
+    );
+    if let Some(reason) = &a.reason {
+        line.push_str(&format!(" ({reason})"));
+    }
+    line.push_str(&format!(
+        ", {} seats left, request {}",
+        a.seats_left, a.request_id
+    ));
+    if a.replayed {
+        line.push_str(", replayed");
+    }
+    if a.revised {
+        line.push_str(", revised from the provisional answer");
+    }
+    if let Some(detail) = &a.detail {
+        line.push_str(&format!(": {detail}"));
+    }
+    line
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,139 @@
+//! The store: the only module that speaks SQL (invariant I7).
+//!
+//! Postgres is the source of truth. The store loads a course for its actor, writes batches of
+//! decisions in one transaction (`commit`), keeps partition ownership (`ownership`) and checks
+//! the invariants on the live database (`audit`).
+
+mod audit;
+mod commit;
+mod courses;
+mod ownership;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+pub use audit::Violation;
+pub use commit::{Committed, Pending};
+pub use courses::CourseRow;
+pub use ownership::Lease;
+
+/// Embedded migrations; sqlx takes an advisory lock while applying them, so several workers
+/// starting at once are safe.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Errors at the store's edge.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the database was set up with {recorded} partitions but this worker was started with \
+         {requested}; start it with --partitions {recorded} (changing the count would move courses \
+         between partitions under running workers)"
+    )]
+    PartitionMismatch { recorded: u16, requested: u16 },
+    #[error("fenced: this worker no longer owns partition(s) {partitions:?} at the epoch it holds")]
+    Fenced { partitions: Vec<u16> },
+    #[error("inconsistent batch: {0}")]
+    Inconsistent(String),
+    #[error("course {0} already exists")]
+    CourseExists(String),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed: a lost connection, a restarting server, a
+    /// serialization failure or deadlock, an exhausted resource. A broken constraint or a bad
+    /// statement is not transient: retrying would fail the same way.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // SQLSTATE classes: 08 connection, 40 rollback (serialization, deadlock),
+                // 53 insufficient resources, 57 operator intervention (shutdown), 58 system.
+                ["08", "40", "53", "57", "58"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            }),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects a pool. `max_connections` bounds what one process holds open.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.application_name("seatrush"))
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Applies any pending migration.
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Records the partition count on first setup, or checks it against the recorded one, and
+    /// makes sure every partition has an ownership row.
+    pub async fn ensure_partitions(&self, requested: u16) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO topology (partitions) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(i32::from(requested))
+            .execute(&mut *tx)
+            .await?;
+        let recorded: i32 = sqlx::query_scalar("SELECT partitions FROM topology")
+            .fetch_one(&mut *tx)
+            .await?;
+        let recorded = u16::try_from(recorded).unwrap_or(0);
+        if recorded != requested {
+            return Err(StoreError::PartitionMismatch {
+                recorded,
+                requested,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO partitions (partition) SELECT generate_series(0, $1 - 1) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(i32::from(requested))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// How many transactions have written decisions so far.
+    pub async fn decision_batches(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM decision_batches")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

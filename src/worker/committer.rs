@@ -1,0 +1,216 @@
+//! The group commit and the finalizer.
+//!
+//! The committer takes decisions as the course actors hand them over and writes them in batches:
+//! everything already waiting (up to `batch_max`), plus whatever arrives within `batch_linger`.
+//! One batch commits at a time, so batches reach Postgres in the order their decisions were
+//! taken. While a batch commits, the next fills up: under load the batch size grows by itself.
+//!
+//! The finalizer then publishes each final answer (reply and event) with publisher confirms and
+//! only then acks the deliveries: a final event never precedes its commit (I2) and a delivery is
+//! never acked before its commit (I1).
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::join_all;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::session::Fault;
+use crate::amqp::{Outgoing, Publisher, Topology};
+use crate::pipeline::Decided;
+use crate::protocol::{Answer, Stage};
+use crate::store::{Committed, Store, StoreError};
+
+pub(super) struct Committer {
+    pub store: Store,
+    pub publisher: Publisher,
+    pub topology: Topology,
+    pub worker_id: String,
+    pub batch_max: usize,
+    pub batch_linger: Duration,
+    pub fault: Fault,
+}
+
+type CommittedBatch = Vec<(Decided, Committed)>;
+
+impl Committer {
+    pub(super) async fn run(self, mut decided: mpsc::Receiver<Decided>, stop: CancellationToken) {
+        // A couple of batches may wait for their confirms while the next one commits.
+        let (to_finalizer, committed) = mpsc::channel::<CommittedBatch>(2);
+        let finalizer = tokio::spawn(finalize(
+            committed,
+            self.publisher.clone(),
+            self.topology.clone(),
+            self.fault.clone(),
+        ));
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => break,
+                first = decided.recv() => match first {
+                    Some(first) => first,
+                    None => break,
+                },
+            };
+            let batch = self.gather(first, &mut decided).await;
+            match self.commit(&batch, &stop).await {
+                Some(Ok(results)) => {
+                    for (d, c) in batch.iter().zip(&results) {
+                        if let Some(ticket) = &d.ticket {
+                            ticket.settled(!c.diverged);
+                        }
+                    }
+                    let pairs = batch.into_iter().zip(results).collect();
+                    if to_finalizer.send(pairs).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Err(e)) => self.abandon(batch, &e).await,
+                // Stopping while the database is unreachable: the batch is not acked and returns
+                // to the queues when the connection closes.
+                None => break,
+            }
+        }
+        drop(to_finalizer);
+        let _ = finalizer.await;
+    }
+
+    /// Everything already waiting, then whatever arrives within the linger time.
+    async fn gather(&self, first: Decided, decided: &mut mpsc::Receiver<Decided>) -> Vec<Decided> {
+        let mut batch = Vec::with_capacity(self.batch_max.min(1024));
+        batch.push(first);
+        while batch.len() < self.batch_max {
+            match decided.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        let deadline = Instant::now() + self.batch_linger;
+        while batch.len() < self.batch_max {
+            match tokio::time::timeout_at(deadline, decided.recv()).await {
+                Ok(Some(d)) => batch.push(d),
+                _ => break,
+            }
+        }
+        batch
+    }
+
+    /// Commits, retrying transient failures with backoff for as long as it takes. Meanwhile the
+    /// bounded channels fill up and the consumers stop taking deliveries, so an outage never
+    /// piles requests up in memory. `None` if asked to stop first.
+    async fn commit(
+        &self,
+        batch: &[Decided],
+        stop: &CancellationToken,
+    ) -> Option<Result<Vec<Committed>, StoreError>> {
+        let pending: Vec<&crate::store::Pending> = batch.iter().map(|d| &d.pending).collect();
+        let mut delays = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times()
+            .build();
+        let mut failures = 0u32;
+        loop {
+            match self.store.commit(&self.worker_id, &pending).await {
+                Ok(results) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "group commit succeeded again");
+                    }
+                    return Some(Ok(results));
+                }
+                Err(e) if e.is_transient() => {
+                    if failures == 0 {
+                        tracing::warn!(
+                            error = format!("{:#}", anyhow::Error::new(e)),
+                            size = batch.len(),
+                            "group commit failed; retrying"
+                        );
+                    }
+                    failures += 1;
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// A batch that can never commit (fenced, or refused by a constraint): its deliveries go back
+    /// to the queue, and its courses reload before deciding again.
+    async fn abandon(&self, batch: Vec<Decided>, error: &StoreError) {
+        tracing::error!(
+            error = format!("{:#}", anyhow::Error::msg(error.to_string())),
+            size = batch.len(),
+            "group commit refused; returning the batch to the queues"
+        );
+        for d in batch {
+            if let Some(ticket) = &d.ticket {
+                ticket.settled(false);
+            }
+            if let Err(e) = d.ack.requeue().await {
+                self.fault
+                    .raise(anyhow::Error::new(e).context("returning a refused batch"));
+                return;
+            }
+        }
+    }
+}
+
+/// Publishes the final answers of committed batches, waits for the broker's confirms, then acks.
+async fn finalize(
+    mut batches: mpsc::Receiver<CommittedBatch>,
+    publisher: Publisher,
+    topology: Topology,
+    fault: Fault,
+) {
+    while let Some(batch) = batches.recv().await {
+        let mut confirms = Vec::with_capacity(batch.len() * 2);
+        for (decided, committed) in &batch {
+            let request = &decided.pending.request;
+            let mut answer = Answer::decided(request, &committed.verdict, Stage::Final);
+            answer.replayed = committed.replayed;
+            answer.revised = committed.revised;
+            let body = answer.to_json();
+            if let Some(to) = &decided.reply_to {
+                confirms.push(publisher.send(Outgoing::reply(to, body.clone())).await);
+            }
+            confirms.push(
+                publisher
+                    .send(Outgoing::event(
+                        &topology,
+                        request.course_id.as_str(),
+                        request.student_id.as_str(),
+                        body,
+                    ))
+                    .await,
+            );
+        }
+        let confirmed = join_all(
+            confirms
+                .into_iter()
+                .map(|sent| async move { sent?.confirmed().await }),
+        )
+        .await;
+        if let Some(Err(e)) = confirmed.into_iter().find(Result::is_err) {
+            // Not acked: the requests are redelivered and replay their committed outcome.
+            fault.raise(anyhow::Error::new(e).context("publishing final answers"));
+            return;
+        }
+        let acks = join_all(batch.into_iter().map(|(decided, _)| async move {
+            let acked = decided.ack.ack().await;
+            drop(decided.guard);
+            acked
+        }))
+        .await;
+        if let Some(Err(e)) = acks.into_iter().find(Result::is_err) {
+            fault.raise(anyhow!(e).context("acking committed requests"));
+            return;
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The intake: consumes one partition, parses each delivery once, and routes it to its course
+//! actor; what cannot be parsed is dead-lettered with its reason and answered where possible.
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use tokio_util::sync::CancellationToken;
+
+use super::session::Fault;
+use crate::amqp::{Broker, DeadCopy, Deliveries, Incoming, Outgoing, ReplyTo, Topology};
+use crate::course::{ActorContext, Decision, Effect, Registry, Routed, submit, unknown_course};
+use crate::pipeline::{Envelope, InFlight, InFlightGuard};
+use crate::protocol::{Answer, Invalid, parse_request};
+use crate::store::Lease;
+
+#[derive(Clone)]
+pub(super) struct Intake {
+    pub broker: Arc<Broker>,
+    pub registry: Registry,
+    pub ctx: Arc<ActorContext>,
+    pub topology: Topology,
+    pub prefetch: u16,
+    pub in_flight: InFlight,
+    pub fault: Fault,
+}
+
+impl Intake {
+    /// Consumes the partition held by `lease` until `stop`. Deliveries are handled one at a time,
+    /// which keeps each course's requests in arrival order. Returns the cancelled consumer,
+    /// whose channel must stay open until what it delivered is settled.
+    pub(super) async fn consume(self, lease: Lease, stop: CancellationToken) -> Option<Deliveries> {
+        let queue = self.topology.partition_queue(lease.partition);
+        let tag = format!("p{}-e{}", lease.partition, lease.epoch);
+        let mut deliveries = match self.broker.consume(&queue, &tag, self.prefetch).await {
+            Ok(deliveries) => deliveries,
+            Err(e) => {
+                self.fault
+                    .raise(anyhow::Error::new(e).context(format!("consuming {queue}")));
+                return None;
+            }
+        };
+        tracing::info!(partition = %lease.partition, epoch = lease.epoch, "consuming partition");
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = deliveries.next() => next,
+            };
+            match next {
+                Some(Ok(incoming)) => self.handle(incoming, lease).await,
+                Some(Err(e)) => {
+                    self.fault
+                        .raise(anyhow::Error::new(e).context(format!("consuming {queue}")));
+                    break;
+                }
+                None => {
+                    if !stop.is_cancelled() {
+                        self.fault
+                            .raise(anyhow!("the broker cancelled the consumer of {queue}"));
+                    }
+                    break;
+                }
+            }
+        }
+        // Stop the flow but keep the channel: what is in flight is still acked on it.
+        deliveries.cancel().await;
+        tracing::info!(partition = %lease.partition, "stopped consuming partition");
+        Some(deliveries)
+    }
+
+    async fn handle(&self, incoming: Incoming, lease: Lease) {
+        let guard = self.in_flight.enter();
+        match parse_request(incoming.message_id.as_deref(), &incoming.body) {
+            Ok(request) => {
+                let reply_to = incoming.reply_to.map(|queue| ReplyTo {
+                    queue,
+                    correlation_id: incoming.correlation_id,
+                });
+                let envelope = Envelope {
+                    request,
+                    reply_to,
+                    ack: incoming.ack,
+                    partition: lease.partition,
+                    epoch: lease.epoch,
+                    guard,
+                };
+                if let Routed::UnknownCourse(envelope) = self.registry.route(envelope).await {
+                    // Recorded like any decision (so it replays), without spawning anything.
+                    let decision = Decision {
+                        verdict: unknown_course(),
+                        effect: Effect::None,
+                        replay: false,
+                    };
+                    // An error means the committer is gone (shutting down): the delivery
+                    // returns to its queue with the channel.
+                    let _ = submit(&self.ctx, envelope, decision, None).await;
+                }
+            }
+            Err(invalid) => self.reject(incoming, invalid, guard).await,
+        }
+    }
+
+    /// Dead-letters a message that is not a valid request, with the reason in a header, answers
+    /// it if it can be answered, and only then acks it.
+    async fn reject(&self, incoming: Incoming, invalid: Box<Invalid>, guard: InFlightGuard) {
+        tracing::debug!(why = %invalid.why, message_id = ?incoming.message_id, "invalid request");
+        let dead = Outgoing::dead_letter(&self.topology, &DeadCopy::of(&incoming), &invalid.why);
+        if let Err(e) = self.ctx.replies.send_confirmed(dead).await {
+            self.fault
+                .raise(anyhow::Error::new(e).context("dead-lettering an invalid request"));
+            return;
+        }
+        if let (true, Some(queue)) = (invalid.answerable, &incoming.reply_to) {
+            let to = ReplyTo {
+                queue: queue.clone(),
+                correlation_id: incoming.correlation_id.clone(),
+            };
+            let answer = Answer::invalid(&invalid).to_json();
+            if let Err(e) = self.ctx.replies.send(Outgoing::reply(&to, answer)).await {
+                tracing::debug!(error = %e, "answer to an invalid request not sent");
+            }
+        }
+        if let Err(e) = incoming.ack.ack().await {
+            self.fault
+                .raise(anyhow::Error::new(e).context("acking an invalid request"));
+        }
+        drop(guard);
+    }
+}

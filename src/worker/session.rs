@@ -1,0 +1,163 @@
+//! One broker session: everything that lives as long as one AMQP connection.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::WorkerConfig;
+use super::committer::Committer;
+use super::intake::Intake;
+use super::ownership::Ownership;
+use crate::amqp::Broker;
+use crate::course::{ActorContext, Catalog, Close, Registry, RegistryConfig};
+use crate::pipeline::InFlight;
+use crate::store::Store;
+
+/// Lets any task of the session end it with an error (a lost connection, a refused publish).
+#[derive(Clone, Default)]
+pub(super) struct Fault {
+    token: CancellationToken,
+    error: Arc<Mutex<Option<anyhow::Error>>>,
+}
+
+impl Fault {
+    pub(super) fn raise(&self, error: anyhow::Error) {
+        let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+        self.token.cancel();
+    }
+
+    pub(super) fn take(&self) -> Option<anyhow::Error> {
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// Runs until `shutdown` (then drains: stop consuming, commit and ack what is in flight, release
+/// the partitions) or until a fault (then returns the error; unacked messages are redelivered).
+pub(super) async fn run(
+    config: &WorkerConfig,
+    store: &Store,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let broker = Arc::new(
+        Broker::connect(&config.amqp_url, &config.worker_id)
+            .await
+            .context("connecting to RabbitMQ")?,
+    );
+    broker
+        .declare(&config.topology)
+        .await
+        .context("declaring the topology (is the consistent-hash exchange plugin enabled?)")?;
+    let finals = broker
+        .confirmed_publisher()
+        .await
+        .context("opening the answer channel")?;
+
+    let fault = Fault::default();
+    let tasks = TaskTracker::new();
+    let in_flight = InFlight::default();
+    let (to_committer, from_actors) = mpsc::channel(config.batch_max * 4);
+    let ctx = Arc::new(ActorContext {
+        store: store.clone(),
+        // Provisional and final answers share a channel, so a client's queue receives them in
+        // that order.
+        replies: finals.clone(),
+        dead_letters: finals.clone(),
+        topology: config.topology.clone(),
+        committer: to_committer,
+        restarts: config.restarts,
+    });
+    let registry = Registry::new(
+        Catalog::new(store.clone(), config.catalog_refresh),
+        ctx.clone(),
+        RegistryConfig {
+            mailbox: config.mailbox,
+            max_actors: config.max_actors,
+            idle_timeout: config.idle_timeout,
+        },
+    );
+
+    // Stops the consumers; cancelled first on shutdown so in-flight work can finish.
+    let stop_intake = CancellationToken::new();
+    // Stops the committer and the sweeper, once nothing is in flight any more.
+    let stop_pipeline = CancellationToken::new();
+
+    let committer = Committer {
+        store: store.clone(),
+        publisher: finals,
+        topology: config.topology.clone(),
+        worker_id: config.worker_id.clone(),
+        batch_max: config.batch_max,
+        batch_linger: config.batch_linger,
+        fault: fault.clone(),
+    };
+    tasks.spawn(committer.run(from_actors, stop_pipeline.clone()));
+    tasks.spawn({
+        let registry = registry.clone();
+        let stop = stop_pipeline.clone();
+        async move { registry.sweep_idle(stop).await }
+    });
+    let intake = Intake {
+        broker: broker.clone(),
+        registry: registry.clone(),
+        ctx: ctx.clone(),
+        topology: config.topology.clone(),
+        prefetch: config.prefetch,
+        in_flight: in_flight.clone(),
+        fault: fault.clone(),
+    };
+    let ownership = Ownership {
+        store: store.clone(),
+        worker_id: config.worker_id.clone(),
+        lease: config.lease,
+        partitions: config.topology.partitions,
+        intake,
+    };
+    let owner = tokio::spawn(ownership.run(stop_intake.clone()));
+
+    tokio::select! {
+        _ = shutdown.cancelled() => tracing::info!("shutting down: draining in-flight requests"),
+        _ = fault.token.cancelled() => {}
+    }
+    stop_intake.cancel();
+    // The ownership task stops every consumer and hands back the partitions it held, with the
+    // consumers' channels, which must stay open until the in-flight deliveries are acked.
+    let stopped = owner.await.unwrap_or_default();
+    let mut faulted = fault.token.is_cancelled();
+    if !faulted {
+        let left = in_flight.drained(config.drain_timeout).await;
+        if left > 0 {
+            tracing::warn!(left, "drain timed out; the rest returns to the queues");
+            faulted = true;
+        }
+    }
+    stop_pipeline.cancel();
+    registry
+        .close(if faulted { Close::Halt } else { Close::Drain })
+        .await;
+    drop(ctx);
+    tasks.close();
+    tasks.wait().await;
+    drop(stopped.channels);
+    broker.close().await;
+    // Released only after the connection is closed, so the next owner cannot get a delivery
+    // this worker still holds unacked.
+    if let Err(e) = store
+        .release_partitions(&config.worker_id, &stopped.partitions)
+        .await
+    {
+        tracing::warn!(error = %e, "could not release partitions; their leases will expire");
+    }
+    match fault.take() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}

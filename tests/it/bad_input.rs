@@ -1,0 +1,137 @@
+//! Bad input gets its documented answer or dead-letter reason, and harms nothing else.
+
+use std::time::Duration;
+
+use seatrush::amqp::{Outgoing, ReplyTo};
+use seatrush::client::parse_answer;
+use seatrush::protocol::{REASON_HEADER, Stage};
+
+use crate::helpers::{TestEnv, assert_exactly_one_final, enroll};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_answered_or_dead_lettered_and_the_worker_goes_on() {
+    // Arrange
+    let mut env = TestEnv::new().await;
+    let courses = env.add_courses("ok", 1, 5).await;
+    env.start_worker(env.worker_config()).await;
+    let broker = env.broker().await;
+    let publisher = broker.confirmed_publisher().await.expect("publisher");
+    let (queue, mut replies) = broker.reply_queue().await.expect("reply queue");
+    let to = ReplyTo {
+        queue,
+        correlation_id: None,
+    };
+    let good = br#"{"action":"enroll","course_id":"ok000","student_id":"s1"}"#.to_vec();
+    let cases: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
+        (
+            "ok000",
+            Some("bad-json"),
+            b"{\"action\": \"enroll\", oops".to_vec(),
+        ),
+        ("ok000", None, good.clone()),
+        ("ok000", Some("huge"), vec![b'x'; 1 << 20]),
+        (
+            "ok000",
+            Some("bad-student"),
+            br#"{"action":"enroll","course_id":"ok000","student_id":"s p a c e"}"#.to_vec(),
+        ),
+        (
+            "ok000",
+            Some("bad-action"),
+            br#"{"action":"steal","course_id":"ok000","student_id":"s1"}"#.to_vec(),
+        ),
+        ("ok000", Some("bad.request.id"), good.clone()),
+        (
+            "nope",
+            Some("unknown-course"),
+            br#"{"action":"enroll","course_id":"nope","student_id":"s1"}"#.to_vec(),
+        ),
+    ];
+
+    // Act
+    for (key, id, body) in cases {
+        publisher
+            .send_confirmed(Outgoing::raw_request(
+                &env.topology,
+                key,
+                id,
+                Some(&to),
+                body,
+            ))
+            .await
+            .expect("publish");
+    }
+
+    // Assert: answers for what can be answered (valid message_id and a reply address).
+    let mut finals = std::collections::HashMap::new();
+    while finals.len() < 5 {
+        let message = tokio::time::timeout(Duration::from_secs(30), replies.next())
+            .await
+            .expect("answers arrive")
+            .expect("reply queue open")
+            .expect("delivery");
+        let answer = parse_answer(&message.body).expect("answers are JSON");
+        if answer.stage == Stage::Final {
+            finals.insert(answer.request_id.clone(), answer);
+        }
+    }
+    for id in ["bad-json", "huge", "bad-student", "bad-action"] {
+        let answer = &finals[id];
+        assert_eq!(answer.outcome, "rejected", "{id}");
+        assert_eq!(answer.reason.as_deref(), Some("invalid"), "{id}");
+        assert!(answer.detail.is_some(), "{id} says why");
+    }
+    assert_eq!(
+        finals["unknown-course"].reason.as_deref(),
+        Some("unknown_course")
+    );
+    assert_eq!(finals["bad-student"].student_id, "s p a c e");
+
+    // Dead letters: every message that was not a valid request, each with its reason.
+    let dead = broker
+        .drain_dead_letters(&env.topology, 6, Duration::from_secs(10))
+        .await
+        .expect("dead letters");
+    let reasons: Vec<(Option<String>, String)> = dead
+        .iter()
+        .map(|m| {
+            let reason = m
+                .headers
+                .iter()
+                .find(|(k, _)| k == REASON_HEADER)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            (m.message_id.clone(), reason)
+        })
+        .collect();
+    assert_eq!(reasons.len(), 6, "{reasons:#?}");
+    let reason_of = |id: Option<&str>| {
+        reasons
+            .iter()
+            .find(|(m, _)| m.as_deref() == id)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("no dead letter for {id:?}: {reasons:#?}"))
+    };
+    assert!(reason_of(Some("bad-json")).contains("not a valid request"));
+    assert!(reason_of(None).contains("message_id is missing"));
+    assert!(reason_of(Some("huge")).contains("limit"));
+    assert!(reason_of(Some("bad-student")).contains("student_id"));
+    assert!(reason_of(Some("bad-action")).contains("steal"));
+    assert!(reason_of(Some("bad.request.id")).contains("request_id"));
+    let huge = dead
+        .iter()
+        .find(|m| m.message_id.as_deref() == Some("huge"));
+    assert_eq!(
+        huge.map(|m| m.body.len()),
+        Some(1 << 20),
+        "the body is kept for inspection"
+    );
+
+    // The worker is still there and nothing else was affected.
+    let report = env.fire(vec![enroll("after", &courses[0], "s2")]).await;
+    assert_exactly_one_final(&report);
+    assert_eq!(report.outcomes().get("enrolled"), Some(&1));
+    assert!(env.store.audit().await.expect("audit").is_empty());
+    broker.close().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,219 @@
+//! The test environment: a fresh database and topology per test, and workers to run against them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::Connection;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use seatrush::amqp::{Broker, Topology};
+use seatrush::demo::{self, DemoConfig};
+use seatrush::domain::{Action, CourseId, Request, RequestId, StudentId};
+use seatrush::load::{self, Report};
+use seatrush::store::Store;
+use seatrush::worker::{self, WorkerConfig};
+
+fn required(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run scripts/test.sh, which starts private services, or point {var} at a server")
+    })
+}
+
+/// Replaces the database name in a Postgres URL.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// One test's private world.
+pub struct TestEnv {
+    pub amqp_url: String,
+    pub database_url: String,
+    admin_url: String,
+    db_name: String,
+    pub topology: Topology,
+    pub store: Store,
+    workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        seatrush::telemetry::init(seatrush::telemetry::LogFormat::Pretty, "warn,seatrush=info");
+        let amqp_url = required("AMQP_URL");
+        let admin_url = required("DATABASE_URL");
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("seatrush_it_{}", &id[..12]);
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+        let database_url = with_database(&admin_url, &db_name);
+        let store = Store::connect(&database_url, 4).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let topology = Topology {
+            prefix: format!("it{}", &id[..12]),
+            partitions: 4,
+            delivery_limit: 20,
+            max_queue_length: 1_000_000,
+        };
+        store
+            .ensure_partitions(topology.partitions)
+            .await
+            .expect("record partitions");
+        Self {
+            amqp_url,
+            database_url,
+            admin_url,
+            db_name,
+            topology,
+            store,
+            workers: Vec::new(),
+        }
+    }
+
+    /// A worker configuration for this environment, with test-friendly timings.
+    pub fn worker_config(&self) -> WorkerConfig {
+        let mut config = WorkerConfig::new(self.amqp_url.clone(), self.database_url.clone());
+        config.topology = self.topology.clone();
+        config.lease = Duration::from_secs(3);
+        config
+    }
+
+    /// Starts an in-process worker and waits until it holds every partition.
+    pub async fn start_worker(&mut self, config: WorkerConfig) {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(worker::run(config, shutdown.clone()));
+        self.workers.push((shutdown, handle));
+        self.wait_for_partitions().await;
+    }
+
+    pub async fn wait_for_partitions(&self) {
+        demo::wait_for_partitions(&self.store, self.topology.partitions)
+            .await
+            .expect("a worker takes the partitions");
+    }
+
+    /// Stops every in-process worker gracefully and checks they exited cleanly.
+    pub async fn stop_workers(&mut self) {
+        for (shutdown, handle) in self.workers.drain(..) {
+            shutdown.cancel();
+            handle
+                .await
+                .expect("worker task")
+                .expect("worker exits cleanly");
+        }
+    }
+
+    /// A configuration for worker processes of this environment.
+    pub fn process_config(&self, log: &str) -> DemoConfig {
+        DemoConfig {
+            amqp_url: self.amqp_url.clone(),
+            database_url: self.database_url.clone(),
+            topology: self.topology.clone(),
+            courses: 0,
+            seats: 0,
+            students: 0,
+            exe: PathBuf::from(env!("CARGO_BIN_EXE_seatrush")),
+            worker_log: std::env::temp_dir().join(format!("{}-{log}.log", self.topology.prefix)),
+        }
+    }
+
+    pub async fn add_courses(&self, prefix: &str, count: usize, seats: u32) -> Vec<CourseId> {
+        let courses: Vec<CourseId> = (0..count)
+            .map(|k| CourseId::parse(format!("{prefix}{k:03}")).expect("valid id"))
+            .collect();
+        let rows: Vec<(CourseId, u32)> = courses.iter().map(|c| (c.clone(), seats)).collect();
+        self.store.add_courses(&rows).await.expect("add courses");
+        courses
+    }
+
+    pub async fn fire(&self, requests: Vec<Request>) -> Report {
+        load::fire(
+            &self.amqp_url,
+            &self.topology,
+            requests,
+            Duration::from_secs(180),
+        )
+        .await
+        .expect("fire the crowd")
+    }
+
+    pub async fn broker(&self) -> Broker {
+        Broker::connect(&self.amqp_url, "seatrush-test")
+            .await
+            .expect("connect to the broker")
+    }
+
+    /// Asserts the audit is clean and final answers match the enrollment rows.
+    pub async fn assert_consistent(&self, report: &Report, courses: &[CourseId]) {
+        let violations = self.store.audit().await.expect("audit");
+        assert!(violations.is_empty(), "audit violations: {violations:#?}");
+        let held = self.store.seats_held(courses).await.expect("seats");
+        assert_eq!(
+            demo::mismatched_seats(report, &held),
+            0,
+            "final enrolled answers and enrollment rows differ"
+        );
+    }
+
+    /// Stops workers, deletes the topology and drops the database.
+    pub async fn cleanup(mut self) {
+        self.stop_workers().await;
+        self.store.close().await;
+        let broker = self.broker().await;
+        broker
+            .delete_topology(&self.topology)
+            .await
+            .expect("delete topology");
+        broker.close().await;
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url)
+            .await
+            .expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.db_name
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("drop the test database");
+    }
+}
+
+pub fn enroll(request_id: &str, course: &CourseId, student: &str) -> Request {
+    Request {
+        request_id: RequestId::parse(request_id).expect("valid request id"),
+        action: Action::Enroll,
+        course_id: course.clone(),
+        student_id: StudentId::parse(student).expect("valid student id"),
+    }
+}
+
+/// Asserts every published message got exactly one final answer.
+pub fn assert_exactly_one_final(report: &Report) {
+    assert!(
+        report.complete,
+        "not every request got its final answer in time"
+    );
+    assert_eq!(report.lost(), 0, "requests without a final answer");
+    assert_eq!(
+        report.duplicated(),
+        0,
+        "requests with several final answers"
+    );
+}

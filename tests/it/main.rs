@@ -1,0 +1,8 @@
+//! Integration tests: a real RabbitMQ and a real PostgreSQL (set `AMQP_URL` and `DATABASE_URL`,
+//! or run `scripts/test.sh`, which starts private ones). Each test gets its own database and its
+//! own exchange and queue names, so tests run in parallel without seeing each other.
+
+mod bad_input;
+mod crowd;
+mod helpers;
+mod restarts;

@@ -1,0 +1,93 @@
+//! Crashes and restarts: an actor that panics, a worker stopped mid-burst.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use seatrush::demo;
+
+use crate::helpers::{TestEnv, assert_exactly_one_final, enroll};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_actor_is_restarted_and_the_message_keeps_its_one_outcome() {
+    // Arrange: the course's fail point panics on its first evaluation only.
+    let mut env = TestEnv::new().await;
+    let courses = env
+        .add_courses(&format!("{}p", env.topology.prefix), 1, 3)
+        .await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = hits.clone();
+    fail::cfg_callback(format!("course-decide-{}", courses[0]), move || {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("injected panic in the course actor");
+        }
+    })
+    .expect("configure the fail point");
+    env.start_worker(env.worker_config()).await;
+    let requests = (0..5)
+        .map(|s| enroll(&format!("p{s}"), &courses[0], &format!("s{s}")))
+        .collect();
+
+    // Act
+    let report = env.fire(requests).await;
+
+    // Assert
+    assert!(
+        hits.load(Ordering::SeqCst) >= 2,
+        "the fail point did not fire: run the tests with --features failpoints (scripts/test.sh does)"
+    );
+    assert_exactly_one_final(&report);
+    let outcomes = report.outcomes();
+    assert_eq!(outcomes.get("enrolled"), Some(&3), "{outcomes:?}");
+    assert_eq!(outcomes.get("rejected/full"), Some(&2), "{outcomes:?}");
+    env.assert_consistent(&report, &courses).await;
+    fail::remove(format!("course-decide-{}", courses[0]));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_burst_then_restart_loses_and_doubles_nothing() {
+    // Arrange: a worker process (so it gets a real SIGTERM) and a crowd bigger than one burst.
+    let env = TestEnv::new().await;
+    let courses = env.add_courses("t", 40, 30).await;
+    let processes = env.process_config("sigterm");
+    let first = demo::start_worker(&processes, "first")
+        .await
+        .expect("start worker");
+    env.wait_for_partitions().await;
+    let requests = demo::crowd(&courses, 6000, "burst", 3);
+    let crowd = {
+        let amqp_url = env.amqp_url.clone();
+        let topology = env.topology.clone();
+        tokio::spawn(async move {
+            seatrush::load::fire(&amqp_url, &topology, requests, Duration::from_secs(180)).await
+        })
+    };
+
+    // Act: stop the worker once it has committed part of the crowd, then start another.
+    let start = std::time::Instant::now();
+    while env.store.decision_batches().await.expect("count") < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the worker never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    demo::stop_worker(first, Duration::from_secs(60))
+        .await
+        .expect("the worker drains and exits 0 on SIGTERM");
+    let answered_before_restart = env.store.decision_batches().await.expect("count");
+    let second = demo::start_worker(&processes, "second")
+        .await
+        .expect("restart");
+    let report = crowd.await.expect("crowd task").expect("crowd");
+    demo::stop_worker(second, Duration::from_secs(60))
+        .await
+        .expect("the second worker exits 0");
+
+    // Assert
+    assert!(answered_before_restart >= 3);
+    assert_exactly_one_final(&report);
+    env.assert_consistent(&report, &courses).await;
+    env.cleanup().await;
+}
