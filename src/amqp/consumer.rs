@@ -174,6 +174,13 @@ impl Deliveries {
         }))
     }
 
+    /// Closes the channel: deliveries not acked return to the queue.
+    pub async fn close(self) {
+        if let Err(e) = self.channel.close(200, "consumer done".into()).await {
+            tracing::debug!(error = %e, "closing a consumer channel failed");
+        }
+    }
+
     /// Stops the flow of new deliveries. The channel stays open as long as `self` lives, so
     /// deliveries already taken can still be acked on it; whatever was buffered and not taken
     /// returns to the queue when it closes.

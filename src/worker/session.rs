@@ -146,7 +146,9 @@ pub(super) async fn run(
     drop(ctx);
     tasks.close();
     tasks.wait().await;
-    drop(stopped.channels);
+    for channel in stopped.channels {
+        channel.close().await;
+    }
     broker.close().await;
     // Released only after the connection is closed, so the next owner cannot get a delivery
     // this worker still holds unacked.

@@ -3,6 +3,7 @@
 //! own exchange and queue names, so tests run in parallel without seeing each other.
 
 mod bad_input;
+mod cli;
 mod crowd;
 mod helpers;
 mod restarts;

@@ -91,3 +91,48 @@ async fn sigterm_mid_burst_then_restart_loses_and_doubles_nothing() {
     env.assert_consistent(&report, &courses).await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_and_idle_actors_come_back_with_their_state() {
+    // Arrange: six one-seat courses but room for only two live actors, which also stop when idle
+    // for 200 ms; so every course actor is stopped and restarted along the way.
+    let mut env = TestEnv::new().await;
+    let courses = env.add_courses("few", 6, 1).await;
+    let mut config = env.worker_config();
+    config.max_actors = 2;
+    config.idle_timeout = Duration::from_millis(200);
+    env.start_worker(config).await;
+    let first: Vec<_> = courses
+        .iter()
+        .map(|c| enroll(&format!("a-{c}"), c, "a"))
+        .collect();
+
+    // Act
+    let round1 = env.fire(first.clone()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut second: Vec<_> = courses
+        .iter()
+        .map(|c| enroll(&format!("b-{c}"), c, "b"))
+        .collect();
+    second.extend(first);
+    let round2 = env.fire(second).await;
+
+    // Assert: the seat taken in round 1 and its request id were reloaded from Postgres.
+    assert_exactly_one_final(&round1);
+    assert_eq!(round1.outcomes().get("enrolled"), Some(&6));
+    assert_exactly_one_final(&round2);
+    for answered in &round2.answered {
+        let (answer, _) = &answered.finals[0];
+        if answer.student_id == "b" {
+            assert_eq!(
+                (answer.outcome.as_str(), answer.reason.as_deref()),
+                ("rejected", Some("full"))
+            );
+        } else {
+            assert_eq!(answer.outcome, "enrolled");
+            assert!(answer.replayed, "the stored outcome is replayed");
+        }
+    }
+    env.assert_consistent(&round2, &courses).await;
+    env.cleanup().await;
+}
