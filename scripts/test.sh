@@ -9,6 +9,11 @@ cd "$root"
 eval "$(scripts/services.sh start)"
 export AMQP_URL DATABASE_URL
 
+# rustfmt and clippy come with rustup's default profile; add them if this toolchain lacks them.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --features failpoints -- -D warnings
 # failpoints compiles in the named fail points the crash tests inject faults with.
