@@ -97,3 +97,73 @@ async fn a_worker_with_another_partition_count_refuses_to_start() {
     assert!(message.contains("--partitions 4"), "{message}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_each_final_event_of_the_course() {
+    // Arrange: a watcher process on one course.
+    let mut env = TestEnv::new().await;
+    env.add_courses("w", 2, 5).await;
+    env.start_worker(env.worker_config()).await;
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_seatrush"))
+        .args(["watch", "--course", "w000", "--json"])
+        .env("AMQP_URL", &env.amqp_url)
+        .env("SEATRUSH_PREFIX", &env.topology.prefix)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start watch");
+    let stdout = watcher.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    // The watcher's queue must be bound before the events are published; its first event
+    // proves it, so keep enrolling until one shows up.
+    let mut seen = Vec::new();
+    for attempt in 0..50 {
+        let course = if attempt % 2 == 0 { "w000" } else { "w001" };
+        let out = seatrush(&env, &["enroll", course, &format!("s{attempt}")]).await;
+        assert!(out.status.success(), "{out:?}");
+        if let Ok(Ok(Some(line))) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), lines.next_line()).await
+        {
+            seen.push(line);
+            break;
+        }
+    }
+
+    // Assert: the event is the final answer of a w000 request, in JSON.
+    let event: serde_json::Value =
+        serde_json::from_str(seen.first().expect("an event arrives")).expect("JSON");
+    assert_eq!(event["stage"], "final");
+    assert_eq!(event["course_id"], "w000");
+    assert_eq!(event["outcome"], "enrolled");
+    watcher.kill().await.expect("stop watch");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_safe_when_several_processes_run_them_at_once() {
+    // Arrange
+    let mut env = TestEnv::new().await;
+    let fresh = env.empty_database().await;
+
+    // Act: three concurrent `seatrush migrate` on an empty database.
+    let runs = (0..3).map(|_| {
+        Command::new(env!("CARGO_BIN_EXE_seatrush"))
+            .arg("migrate")
+            .env("DATABASE_URL", &fresh)
+            .env("SEATRUSH_PARTITIONS", "4")
+            .output()
+    });
+    let outputs = futures::future::join_all(runs).await;
+
+    // Assert
+    for output in outputs {
+        let output = output.expect("run migrate");
+        assert!(output.status.success(), "{output:?}");
+    }
+    let store = seatrush::store::Store::connect(&fresh, 1)
+        .await
+        .expect("connect");
+    assert!(store.audit().await.expect("schema in place").is_empty());
+    store.close().await;
+    env.cleanup().await;
+}

@@ -46,6 +46,7 @@ pub struct TestEnv {
     db_name: String,
     pub topology: Topology,
     pub store: Store,
+    extra_databases: Vec<String>,
     workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -83,8 +84,23 @@ impl TestEnv {
             db_name,
             topology,
             store,
+            extra_databases: Vec::new(),
             workers: Vec::new(),
         }
+    }
+
+    /// Another empty database (no migrations), dropped at cleanup; returns its URL.
+    pub async fn empty_database(&mut self) -> String {
+        let name = format!("{}_{}", self.db_name, self.extra_databases.len());
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url)
+            .await
+            .expect("connect to DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create a database");
+        self.extra_databases.push(name.clone());
+        with_database(&self.admin_url, &name)
     }
 
     /// A worker configuration for this environment, with test-friendly timings.
@@ -185,13 +201,14 @@ impl TestEnv {
         let mut admin = sqlx::PgConnection::connect(&self.admin_url)
             .await
             .expect("connect");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.db_name
-        )))
-        .execute(&mut admin)
-        .await
-        .expect("drop the test database");
+        for name in self.extra_databases.iter().chain([&self.db_name]) {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await
+            .expect("drop a test database");
+        }
     }
 }
 
