@@ -38,6 +38,18 @@ fn with_database(url: &str, name: &str) -> String {
     out
 }
 
+/// Runs one statement on the server's admin connection (database creation and removal, which
+/// cannot run inside the test database itself).
+async fn admin(admin_url: &str, statement: String) {
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("connect to DATABASE_URL");
+    sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+}
+
 /// One test's private world.
 pub struct TestEnv {
     pub amqp_url: String,
@@ -57,13 +69,7 @@ impl TestEnv {
         let admin_url = required("DATABASE_URL");
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("seatrush_it_{}", &id[..12]);
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .expect("connect to DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create the test database");
+        admin(&admin_url, format!("CREATE DATABASE {db_name}")).await;
         let database_url = with_database(&admin_url, &db_name);
         let store = Store::connect(&database_url, 4).await.expect("connect");
         store.migrate().await.expect("migrate");
@@ -92,13 +98,7 @@ impl TestEnv {
     /// Another empty database (no migrations), dropped at cleanup; returns its URL.
     pub async fn empty_database(&mut self) -> String {
         let name = format!("{}_{}", self.db_name, self.extra_databases.len());
-        let mut admin = sqlx::PgConnection::connect(&self.admin_url)
-            .await
-            .expect("connect to DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create a database");
+        admin(&self.admin_url, format!("CREATE DATABASE {name}")).await;
         self.extra_databases.push(name.clone());
         with_database(&self.admin_url, &name)
     }
@@ -198,16 +198,12 @@ impl TestEnv {
             .await
             .expect("delete topology");
         broker.close().await;
-        let mut admin = sqlx::PgConnection::connect(&self.admin_url)
-            .await
-            .expect("connect");
         for name in self.extra_databases.iter().chain([&self.db_name]) {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await
-            .expect("drop a test database");
+            admin(
+                &self.admin_url,
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
+            .await;
         }
     }
 }
