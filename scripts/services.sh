@@ -71,6 +71,23 @@ port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# True if an AMQP 0-9-1 server answers the protocol header on 127.0.0.1:<port>
+# (its first frame is a method frame, type 1).
+amqp_answers() {
+    local reply
+    reply=$(timeout 5 bash -c '
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf "AMQP\x00\x00\x09\x01" >&3
+        head -c 1 <&3 | od -An -tx1' _ "$1" 2>/dev/null) || return 1
+    [[ "$reply" == *01* ]]
+}
+
+# True if PostgreSQL on 127.0.0.1:<port> accepts the seatrush role on its database.
+pg_answers() {
+    command -v psql >/dev/null || return 1
+    psql -X -q -A -t "postgres://seatrush@127.0.0.1:$1/seatrush" -c 'select 1' >/dev/null 2>&1
+}
+
 # True if <pid> is alive and its command line or environment mentions
 # <marker>; guards against killing an unrelated process that reused a pid.
 pid_is_ours() {
@@ -231,6 +248,12 @@ rmq_start() {
     if rmq_running; then
         # Alive but not (yet) answering, e.g. still booting: wait, bounded.
         rmq_wait "$rmq_dir/log/startup.log"
+        return 0
+    fi
+    # Another checkout on this machine (a CI clone, a second work tree) may already run the
+    # private node on this port: a server that speaks AMQP there is reused rather than fought.
+    if port_open "$amqp_port" && amqp_answers "$amqp_port"; then
+        say "rabbitmq: reusing the AMQP server already on 127.0.0.1:$amqp_port"
         return 0
     fi
     local p
@@ -405,6 +428,10 @@ pg_start() {
     mkdir -p "$state"
     if pg_running; then
         say "postgres: already running on 127.0.0.1:$pg_port ($pg_data)"
+    elif port_open "$pg_port" && pg_answers "$pg_port"; then
+        # Started from another checkout on this machine: reuse it, as for RabbitMQ.
+        say "postgres: reusing the server already on 127.0.0.1:$pg_port"
+        return 0
     else
         port_open "$pg_port" && die "postgres: 127.0.0.1:$pg_port is already in use by another process (set SEATRUSH_PG_PORT)"
         pg_init
