@@ -22,6 +22,8 @@ pub mod domain;
 pub mod load;
 pub mod pipeline;
 pub mod protocol;
+pub mod rush;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -2,6 +2,8 @@
 //! answer collected and timed. The demo and the integration tests use it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,15 +14,35 @@ use crate::amqp::{Broker, Outgoing, ReplyTo, Topology};
 use crate::client::parse_answer;
 use crate::domain::Request;
 use crate::protocol::{Answer, Stage, request_body};
+use crate::stats::Latency;
 
 /// Publishes not yet confirmed at most; bounds the publisher's memory and keeps the broker's
 /// flow control out of the way.
 const CONFIRM_WINDOW: usize = 2000;
 
+/// How fast to publish.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// Everything, as fast as the broker confirms.
+    Burst,
+    /// This many requests per second.
+    Rate(f64),
+}
+
+/// Counters a progress display can read while a crowd runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub published: AtomicUsize,
+    pub provisional: AtomicUsize,
+    pub finals: AtomicUsize,
+}
+
 /// The answers to one published message.
 #[derive(Debug, Clone)]
 pub struct Answered {
     pub request: Request,
+    /// When it was published, from the first publish.
+    pub sent: Duration,
     /// The provisional answer and its latency from publish.
     pub provisional: Option<(Answer, Duration)>,
     /// Every final answer received (exactly one when all is well) and its latency.
@@ -66,22 +88,20 @@ impl Report {
         self.answered.len() as f64 / self.total_time.as_secs_f64().max(1e-9)
     }
 
-    /// The q-quantile (0..=1) of provisional or final latencies, in milliseconds.
-    pub fn latency_ms(&self, stage: Stage, q: f64) -> f64 {
-        let mut all: Vec<Duration> = self
-            .answered
+    /// The latencies of one stage, from publish to answer.
+    pub fn latencies(&self, stage: Stage) -> Vec<Duration> {
+        self.answered
             .iter()
             .filter_map(|a| match stage {
                 Stage::Provisional => a.provisional.as_ref().map(|(_, d)| *d),
                 Stage::Final => a.finals.first().map(|(_, d)| *d),
             })
-            .collect();
-        if all.is_empty() {
-            return 0.0;
-        }
-        all.sort_unstable();
-        let rank = ((all.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
-        all[rank].as_secs_f64() * 1000.0
+            .collect()
+    }
+
+    /// The latency summary of one stage.
+    pub fn latency(&self, stage: Stage) -> Latency {
+        Latency::of(self.latencies(stage))
     }
 
     /// How many final answers had each outcome (`outcome` or `outcome/reason`).
@@ -106,6 +126,26 @@ pub async fn fire(
     requests: Vec<Request>,
     timeout: Duration,
 ) -> anyhow::Result<Report> {
+    fire_with(
+        amqp_url,
+        topology,
+        requests,
+        timeout,
+        Pace::Burst,
+        Arc::new(Progress::default()),
+    )
+    .await
+}
+
+/// [`fire`] at a chosen pace, counting progress as it goes.
+pub async fn fire_with(
+    amqp_url: &str,
+    topology: &Topology,
+    requests: Vec<Request>,
+    timeout: Duration,
+    pace: Pace,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Report> {
     let broker = Broker::connect(amqp_url, "seatrush-crowd")
         .await
         .context("connecting to RabbitMQ")?;
@@ -117,6 +157,7 @@ pub async fn fire(
 
     // The collector notes when each answer arrived; latencies are computed at the end against
     // the publish instants.
+    let counters = progress.clone();
     let collector = tokio::spawn(async move {
         let mut got: Vec<(usize, Answer, Instant)> = Vec::with_capacity(n * 2);
         let mut finals = 0usize;
@@ -134,6 +175,9 @@ pub async fn fire(
             };
             if answer.stage == Stage::Final {
                 finals += 1;
+                counters.finals.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.provisional.fetch_add(1, Ordering::Relaxed);
             }
             got.push((index, answer, Instant::now()));
         }
@@ -143,6 +187,10 @@ pub async fn fire(
     let mut sent_at = Vec::with_capacity(n);
     let mut confirms = FuturesUnordered::new();
     for (index, request) in requests.iter().enumerate() {
+        if let Pace::Rate(rate) = pace {
+            let due = start + Duration::from_secs_f64(index as f64 / rate.max(1e-3));
+            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+        }
         let to = ReplyTo {
             queue: queue.clone(),
             correlation_id: Some(index.to_string()),
@@ -156,6 +204,7 @@ pub async fn fire(
         );
         sent_at.push(Instant::now());
         confirms.push(publisher.send(message).await?.confirmed());
+        progress.published.fetch_add(1, Ordering::Relaxed);
         while confirms.len() >= CONFIRM_WINDOW {
             if let Some(confirmed) = confirms.next().await {
                 confirmed.context("publishing a request")?;
@@ -184,8 +233,10 @@ pub async fn fire(
 
     let mut answered: Vec<Answered> = requests
         .into_iter()
-        .map(|request| Answered {
+        .zip(&sent_at)
+        .map(|(request, at)| Answered {
             request,
+            sent: at.duration_since(start),
             provisional: None,
             finals: Vec::new(),
         })

@@ -10,6 +10,8 @@ use seatrush::amqp::Topology;
 use seatrush::client::Client;
 use seatrush::course::RestartPolicy;
 use seatrush::domain::{Action, CourseId, Request, RequestId, StudentId};
+use seatrush::load::Pace;
+use seatrush::rush::{RushConfig, Services, Workers};
 use seatrush::store::Store;
 use seatrush::telemetry::{self, LogFormat};
 use seatrush::worker::{self, WorkerConfig};
@@ -79,6 +81,14 @@ impl Common {
         }
     }
 
+    fn services(&self) -> anyhow::Result<Services> {
+        Ok(Services {
+            amqp_url: self.amqp_url()?,
+            database_url: self.database_url()?,
+            topology: self.topology(20, 1_000_000),
+        })
+    }
+
     async fn store(&self) -> anyhow::Result<Store> {
         Store::connect(&self.database_url()?, 4)
             .await
@@ -111,14 +121,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a small flash crowd against a worker it starts, and print a report.
+    /// Fire a flash crowd at real workers, measure it, and check every answer and the audit.
+    Rush(RushArgs),
+    /// The demo: two workers, a flash crowd with progress, the report and the audit.
     Demo {
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 300)]
         courses: usize,
         #[arg(long, default_value_t = 30)]
         seats: u32,
-        #[arg(long, default_value_t = 3000)]
+        #[arg(long, default_value_t = 20_000)]
         students: usize,
+        #[arg(long, default_value_t = 3)]
+        choices: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
     },
 }
 
@@ -151,6 +167,10 @@ struct WorkerArgs {
     /// Seconds a graceful shutdown waits for in-flight requests.
     #[arg(long, env = "SEATRUSH_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// Milliseconds between the last ack and closing the channels on shutdown, so the broker
+    /// applies the acks first.
+    #[arg(long, env = "SEATRUSH_SETTLE_GRACE_MS", default_value_t = 1000)]
+    settle_grace_ms: u64,
     /// Deliveries of one message before the broker dead-letters it.
     #[arg(long, env = "SEATRUSH_DELIVERY_LIMIT", default_value_t = 20)]
     delivery_limit: u32,
@@ -160,6 +180,46 @@ struct WorkerArgs {
     /// Database connections of this worker.
     #[arg(long, env = "SEATRUSH_DB_CONNECTIONS", default_value_t = 8)]
     db_connections: u32,
+}
+
+#[derive(Args)]
+struct RushArgs {
+    /// Courses to create for this rush.
+    #[arg(long, default_value_t = 300)]
+    courses: usize,
+    /// Seats per course.
+    #[arg(long, default_value_t = 30)]
+    seats: u32,
+    /// Students in the crowd.
+    #[arg(long, default_value_t = 40_000)]
+    students: usize,
+    /// Courses each student asks for (popularity is skewed).
+    #[arg(long, default_value_t = 3)]
+    choices: usize,
+    /// Publish everything as fast as the broker confirms (the default).
+    #[arg(long, conflicts_with = "rate")]
+    burst: bool,
+    /// Publish this many requests per second instead.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Start this many worker processes and stop them at the end.
+    #[arg(long, default_value_t = 1, conflicts_with = "external")]
+    workers: usize,
+    /// Use workers that are already running.
+    #[arg(long)]
+    external: bool,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Name for this run's courses and students (default: fresh); reusing one reuses them.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Seed of the crowd's choices and arrival order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds to wait for the last final answer.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -286,26 +346,73 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::from(1));
             }
         }
+        Command::Rush(args) => return rush(&common, args).await,
         Command::Demo {
             courses,
             seats,
             students,
+            choices,
+            workers,
         } => {
-            let exe = std::env::current_exe().context("locating the seatrush binary")?;
             seatrush::demo::run(seatrush::demo::DemoConfig {
-                amqp_url: common.amqp_url()?,
-                database_url: common.database_url()?,
-                topology: common.topology(20, 1_000_000),
+                services: common.services()?,
                 courses,
                 seats,
                 students,
-                exe,
-                worker_log: std::env::temp_dir().join("seatrush-demo-worker.log"),
+                choices,
+                workers,
+                exe: std::env::current_exe().context("locating the seatrush binary")?,
+                log_dir: std::env::temp_dir().join("seatrush-demo"),
             })
             .await?;
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn rush(common: &Common, args: RushArgs) -> anyhow::Result<std::process::ExitCode> {
+    let workers = if args.external {
+        Workers::External
+    } else {
+        Workers::Spawn {
+            count: args.workers.max(1),
+            exe: std::env::current_exe().context("locating the seatrush binary")?,
+            args: Vec::new(),
+        }
+    };
+    let pace = match args.rate {
+        Some(rate) if !args.burst => Pace::Rate(rate),
+        _ => Pace::Burst,
+    };
+    let done = seatrush::rush::run(
+        RushConfig {
+            services: common.services()?,
+            courses: args.courses,
+            seats: args.seats,
+            students: args.students,
+            choices: args.choices,
+            pace,
+            workers,
+            tag: args
+                .tag
+                .unwrap_or_else(|| seatrush::rush::fresh_tag("rush")),
+            seed: args.seed,
+            timeout: Duration::from_secs(args.timeout_secs),
+            log_dir: std::env::temp_dir().join("seatrush-rush"),
+        },
+        true,
+    )
+    .await?;
+    print!("{}", seatrush::rush::describe(&done.report));
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&done.report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if done.report.passed() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }
 
 fn worker_config(common: &Common, args: WorkerArgs) -> anyhow::Result<WorkerConfig> {
@@ -322,6 +429,7 @@ fn worker_config(common: &Common, args: WorkerArgs) -> anyhow::Result<WorkerConf
     config.batch_linger = Duration::from_millis(args.batch_linger_ms);
     config.lease = Duration::from_millis(args.lease_ms.max(300));
     config.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
+    config.settle_grace = Duration::from_millis(args.settle_grace_ms);
     config.db_connections = args.db_connections.max(2);
     config.restarts = RestartPolicy {
         max_restarts: 5,

@@ -41,6 +41,9 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// How long a graceful shutdown waits for in-flight requests to be committed and acked.
     pub drain_timeout: Duration,
+    /// Pause between the last ack and closing the consumer channels on graceful shutdown, so the
+    /// broker applies the acks before it sees the channels close.
+    pub settle_grace: Duration,
     pub db_connections: u32,
     pub restarts: RestartPolicy,
     /// How often at most the catalog of course ids is re-read on a miss.
@@ -68,6 +71,7 @@ impl WorkerConfig {
             batch_linger: Duration::from_millis(5),
             lease: Duration::from_secs(6),
             drain_timeout: Duration::from_secs(30),
+            settle_grace: Duration::from_secs(1),
             db_connections: 8,
             restarts: RestartPolicy {
                 max_restarts: 5,

@@ -94,10 +94,14 @@ async fn twenty_thousand_requests_with_duplicates_batch_and_replay() {
         report.throughput(),
         batches as f64 / report.answered.len() as f64,
         report.answered.len() as f64 / batches.max(1) as f64,
-        report.latency_ms(seatrush::protocol::Stage::Provisional, 0.5),
-        report.latency_ms(seatrush::protocol::Stage::Provisional, 0.99),
-        report.latency_ms(seatrush::protocol::Stage::Final, 0.5),
-        report.latency_ms(seatrush::protocol::Stage::Final, 0.99),
+        report
+            .latency(seatrush::protocol::Stage::Provisional)
+            .p50_ms,
+        report
+            .latency(seatrush::protocol::Stage::Provisional)
+            .p99_ms,
+        report.latency(seatrush::protocol::Stage::Final).p50_ms,
+        report.latency(seatrush::protocol::Stage::Final).p99_ms,
     );
     assert!(
         batches as usize * 50 <= report.answered.len(),

@@ -8,9 +8,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use seatrush::amqp::{Broker, Topology};
-use seatrush::demo::{self, DemoConfig};
 use seatrush::domain::{Action, CourseId, Request, RequestId, StudentId};
 use seatrush::load::{self, Report};
+use seatrush::rush::{self, Services, WorkerProcess};
 use seatrush::store::Store;
 use seatrush::worker::{self, WorkerConfig};
 
@@ -73,6 +73,7 @@ impl TestEnv {
         let database_url = with_database(&admin_url, &db_name);
         let store = Store::connect(&database_url, 4).await.expect("connect");
         store.migrate().await.expect("migrate");
+        std::fs::create_dir_all(std::env::temp_dir().join("seatrush-it")).expect("log dir");
         let topology = Topology {
             prefix: format!("it{}", &id[..12]),
             partitions: 4,
@@ -120,7 +121,7 @@ impl TestEnv {
     }
 
     pub async fn wait_for_partitions(&self) {
-        demo::wait_for_partitions(&self.store, self.topology.partitions)
+        rush::wait_for_partitions(&self.store, self.topology.partitions)
             .await
             .expect("a worker takes the partitions");
     }
@@ -136,18 +137,26 @@ impl TestEnv {
         }
     }
 
-    /// A configuration for worker processes of this environment.
-    pub fn process_config(&self, log: &str) -> DemoConfig {
-        DemoConfig {
+    /// Where this environment's services are, for worker processes and rushes.
+    pub fn services(&self) -> Services {
+        Services {
             amqp_url: self.amqp_url.clone(),
             database_url: self.database_url.clone(),
             topology: self.topology.clone(),
-            courses: 0,
-            seats: 0,
-            students: 0,
-            exe: PathBuf::from(env!("CARGO_BIN_EXE_seatrush")),
-            worker_log: std::env::temp_dir().join(format!("{}-{log}.log", self.topology.prefix)),
         }
+    }
+
+    /// Starts a `seatrush worker` process for this environment.
+    pub fn worker_process(&self, worker_id: &str) -> WorkerProcess {
+        let log = self
+            .log_dir()
+            .join(format!("{}-{worker_id}.log", self.topology.prefix));
+        WorkerProcess::start(&exe(), &self.services(), worker_id, log, &[])
+            .expect("start a worker process")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        std::env::temp_dir().join("seatrush-it")
     }
 
     pub async fn add_courses(&self, prefix: &str, count: usize, seats: u32) -> Vec<CourseId> {
@@ -182,7 +191,7 @@ impl TestEnv {
         assert!(violations.is_empty(), "audit violations: {violations:#?}");
         let held = self.store.seats_held(courses).await.expect("seats");
         assert_eq!(
-            demo::mismatched_seats(report, &held),
+            rush::mismatched_seats(report, &held),
             0,
             "final enrolled answers and enrollment rows differ"
         );
@@ -208,6 +217,11 @@ impl TestEnv {
     }
 }
 
+/// The `seatrush` binary built for these tests.
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_seatrush"))
+}
+
 pub fn enroll(request_id: &str, course: &CourseId, student: &str) -> Request {
     Request {
         request_id: RequestId::parse(request_id).expect("valid request id"),
@@ -219,14 +233,23 @@ pub fn enroll(request_id: &str, course: &CourseId, student: &str) -> Request {
 
 /// Asserts every published message got exactly one final answer.
 pub fn assert_exactly_one_final(report: &Report) {
-    assert!(
-        report.complete,
-        "not every request got its final answer in time"
-    );
-    assert_eq!(report.lost(), 0, "requests without a final answer");
-    assert_eq!(
+    let summary = format!(
+        "lost {}, duplicated {}, complete {}, finals {} for {} requests",
+        report.lost(),
         report.duplicated(),
-        0,
-        "requests with several final answers"
+        report.complete,
+        report
+            .answered
+            .iter()
+            .map(|a| a.finals.len())
+            .sum::<usize>(),
+        report.answered.len()
     );
+    assert!(report.complete, "not every final answer in time: {summary}");
+    assert_eq!(
+        report.lost(),
+        0,
+        "requests without a final answer: {summary}"
+    );
+    assert_eq!(report.duplicated(), 0, "several final answers: {summary}");
 }

@@ -7,3 +7,4 @@ mod cli;
 mod crowd;
 mod helpers;
 mod restarts;
+mod rush;

@@ -4,8 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use seatrush::demo;
-
 use crate::helpers::{TestEnv, assert_exactly_one_final, enroll};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,12 +48,9 @@ async fn sigterm_mid_burst_then_restart_loses_and_doubles_nothing() {
     // Arrange: a worker process (so it gets a real SIGTERM) and a crowd bigger than one burst.
     let env = TestEnv::new().await;
     let courses = env.add_courses("t", 40, 30).await;
-    let processes = env.process_config("sigterm");
-    let first = demo::start_worker(&processes, "first")
-        .await
-        .expect("start worker");
+    let first = env.worker_process("first");
     env.wait_for_partitions().await;
-    let requests = demo::crowd(&courses, 6000, "burst", 3);
+    let requests = seatrush::rush::crowd(&courses, 6000, 1, "burst", 3).expect("crowd");
     let crowd = {
         let amqp_url = env.amqp_url.clone();
         let topology = env.topology.clone();
@@ -73,15 +68,15 @@ async fn sigterm_mid_burst_then_restart_loses_and_doubles_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    demo::stop_worker(first, Duration::from_secs(60))
+    first
+        .stop(Duration::from_secs(60))
         .await
         .expect("the worker drains and exits 0 on SIGTERM");
     let answered_before_restart = env.store.decision_batches().await.expect("count");
-    let second = demo::start_worker(&processes, "second")
-        .await
-        .expect("restart");
+    let second = env.worker_process("second");
     let report = crowd.await.expect("crowd task").expect("crowd");
-    demo::stop_worker(second, Duration::from_secs(60))
+    second
+        .stop(Duration::from_secs(60))
         .await
         .expect("the second worker exits 0");
 

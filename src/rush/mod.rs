@@ -1,0 +1,326 @@
+//! The rush: the seeds' flash crowd fired at real workers exactly as producers would, with every
+//! answer timed and the invariants checked at the end.
+
+mod plan;
+mod progress;
+mod workers;
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use plan::{course_ids, crowd};
+pub use workers::{Services, Usage, WorkerProcess, usage_of};
+
+use crate::domain::CourseId;
+use crate::load::{self, Pace, Progress};
+use crate::protocol::Stage;
+use crate::store::Store;
+
+/// Who runs the workers.
+#[derive(Debug, Clone)]
+pub enum Workers {
+    /// Start this many worker processes from `exe` and stop them at the end.
+    Spawn {
+        count: usize,
+        exe: PathBuf,
+        args: Vec<String>,
+    },
+    /// Use workers that are already running.
+    External,
+}
+
+#[derive(Debug, Clone)]
+pub struct RushConfig {
+    pub services: Services,
+    pub courses: usize,
+    pub seats: u32,
+    pub students: usize,
+    pub choices: usize,
+    pub pace: Pace,
+    pub workers: Workers,
+    /// Names the courses and students; a fresh one per run unless given.
+    pub tag: String,
+    pub seed: u64,
+    /// How long to wait for the last final answer.
+    pub timeout: Duration,
+    /// Where worker logs go.
+    pub log_dir: PathBuf,
+}
+
+/// The figures of one rush; serialized as the `--json` file.
+#[derive(Debug, Clone, Serialize)]
+pub struct RushReport {
+    pub tag: String,
+    pub requests: usize,
+    pub courses: usize,
+    pub seats: u32,
+    pub students: usize,
+    pub choices: usize,
+    pub workers: Option<usize>,
+    pub pace: String,
+    pub publish_rps: f64,
+    pub throughput_rps: f64,
+    pub elapsed_s: f64,
+    pub provisional_p50_ms: f64,
+    pub provisional_p90_ms: f64,
+    pub provisional_p99_ms: f64,
+    pub provisional_max_ms: f64,
+    pub final_p50_ms: f64,
+    pub final_p90_ms: f64,
+    pub final_p99_ms: f64,
+    pub final_max_ms: f64,
+    pub transactions: i64,
+    pub requests_per_commit: f64,
+    /// Worker CPU (user + system) per request, for workers this rush started.
+    pub worker_cpu_us_per_request: Option<f64>,
+    /// The largest peak resident memory among the workers this rush started.
+    pub worker_peak_rss_mib: Option<f64>,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub contradicted: usize,
+    /// Audit violations plus final answers that disagree with the enrollment rows.
+    pub violations: usize,
+    pub outcomes: BTreeMap<String, usize>,
+    pub audit: Vec<crate::store::Violation>,
+}
+
+impl RushReport {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.violations == 0
+    }
+}
+
+/// A finished rush: the report and the raw answers (for charts).
+pub struct Rush {
+    pub report: RushReport,
+    pub load: load::Report,
+}
+
+/// Runs a rush; errors only when it could not run (the report says whether its checks passed).
+pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush> {
+    let services = &config.services;
+    let store = Store::connect(&services.database_url, 4)
+        .await
+        .context("connecting to PostgreSQL")?;
+    store.migrate().await?;
+    store
+        .ensure_partitions(services.topology.partitions)
+        .await?;
+
+    let courses = course_ids(&config.tag, config.courses)?;
+    let rows: Vec<(CourseId, u32)> = courses.iter().map(|c| (c.clone(), config.seats)).collect();
+    store.add_courses(&rows).await?;
+    let requests = crowd(
+        &courses,
+        config.students,
+        config.choices,
+        &config.tag,
+        config.seed,
+    )?;
+
+    let mut started = Vec::new();
+    if let Workers::Spawn { count, exe, args } = &config.workers {
+        std::fs::create_dir_all(&config.log_dir)?;
+        for n in 0..*count {
+            let id = format!("{}-w{n}", config.tag);
+            let log = config.log_dir.join(format!("{id}.log"));
+            started.push(WorkerProcess::start(exe, services, &id, log, args)?);
+        }
+    }
+    wait_for_partitions(&store, services.topology.partitions).await?;
+    // Costs are counted from here: start-up (migrations, topology) is not the rush's.
+    let cpu_before: Vec<Duration> = started
+        .iter()
+        .map(|w| w.usage().map(|u| u.cpu).unwrap_or_default())
+        .collect();
+    let batches_before = store.decision_batches().await?;
+
+    let progress = Arc::new(Progress::default());
+    let done = CancellationToken::new();
+    let display = show_progress.then(|| {
+        tokio::spawn(progress::show(
+            progress.clone(),
+            requests.len(),
+            done.clone(),
+        ))
+    });
+    let fired = load::fire_with(
+        &services.amqp_url,
+        &services.topology,
+        requests,
+        config.timeout,
+        config.pace,
+        progress,
+    )
+    .await;
+    done.cancel();
+    if let Some(display) = display {
+        let _ = display.await;
+    }
+    let fired = fired?;
+
+    let transactions = store.decision_batches().await? - batches_before;
+    let usages: Vec<Option<Usage>> = started.iter().map(WorkerProcess::usage).collect();
+    let held = store.seats_held(&courses).await?;
+    let mut stop_errors = Vec::new();
+    for worker in started {
+        if let Err(e) = worker.stop(Duration::from_secs(60)).await {
+            stop_errors.push(format!("{e:#}"));
+        }
+    }
+    let audit = store.audit().await?;
+    store.close().await;
+
+    let n = fired.answered.len();
+    let cpu: Option<Duration> = usages
+        .iter()
+        .zip(&cpu_before)
+        .map(|(u, before)| u.map(|u| u.cpu.saturating_sub(*before)))
+        .sum();
+    let peak = usages.iter().flatten().map(|u| u.peak_rss).max();
+    let provisional = fired.latency(Stage::Provisional);
+    let final_ = fired.latency(Stage::Final);
+    let mismatched = mismatched_seats(&fired, &held);
+    let report = RushReport {
+        tag: config.tag.clone(),
+        requests: n,
+        courses: config.courses,
+        seats: config.seats,
+        students: config.students,
+        choices: config.choices,
+        workers: match &config.workers {
+            Workers::Spawn { count, .. } => Some(*count),
+            Workers::External => None,
+        },
+        pace: match config.pace {
+            Pace::Burst => "burst".into(),
+            Pace::Rate(r) => format!("{r}/s"),
+        },
+        publish_rps: n as f64 / fired.publish_time.as_secs_f64().max(1e-9),
+        throughput_rps: fired.throughput(),
+        elapsed_s: fired.total_time.as_secs_f64(),
+        provisional_p50_ms: provisional.p50_ms,
+        provisional_p90_ms: provisional.p90_ms,
+        provisional_p99_ms: provisional.p99_ms,
+        provisional_max_ms: provisional.max_ms,
+        final_p50_ms: final_.p50_ms,
+        final_p90_ms: final_.p90_ms,
+        final_p99_ms: final_.p99_ms,
+        final_max_ms: final_.max_ms,
+        transactions,
+        requests_per_commit: n as f64 / transactions.max(1) as f64,
+        worker_cpu_us_per_request: cpu.map(|c| c.as_secs_f64() * 1e6 / n.max(1) as f64),
+        worker_peak_rss_mib: peak.map(|b| b as f64 / (1024.0 * 1024.0)),
+        lost: fired.lost(),
+        duplicated: fired.duplicated(),
+        contradicted: fired.contradicted(),
+        violations: audit.len() + mismatched,
+        outcomes: fired.outcomes().into_iter().collect(),
+        audit,
+    };
+    if !stop_errors.is_empty() {
+        anyhow::bail!("workers did not stop cleanly: {}", stop_errors.join("; "));
+    }
+    Ok(Rush {
+        report,
+        load: fired,
+    })
+}
+
+/// A fresh tag for a run's course and student names.
+pub fn fresh_tag(kind: &str) -> String {
+    format!("{kind}{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+/// The report as a short text for people.
+pub fn describe(r: &RushReport) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!(
+        "rush {}: {} requests from {} students ({} choices each) over {} courses of {} seats, {}{}",
+        r.tag,
+        r.requests,
+        r.students,
+        r.choices,
+        r.courses,
+        r.seats,
+        r.pace,
+        r.workers
+            .map_or(", external workers".into(), |w| format!(", {w} worker(s)"))
+    ));
+    line(format!(
+        "  published at {:.0}/s; every final answer in {:.2} s: {:.0} requests/s end to end",
+        r.publish_rps, r.elapsed_s, r.throughput_rps
+    ));
+    line(format!(
+        "  provisional answer  p50 {:>8.1} ms  p90 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms",
+        r.provisional_p50_ms, r.provisional_p90_ms, r.provisional_p99_ms, r.provisional_max_ms
+    ));
+    line(format!(
+        "  final answer        p50 {:>8.1} ms  p90 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms",
+        r.final_p50_ms, r.final_p90_ms, r.final_p99_ms, r.final_max_ms
+    ));
+    line(format!(
+        "  {} transactions wrote the decisions: {:.0} requests per commit",
+        r.transactions, r.requests_per_commit
+    ));
+    if let (Some(cpu), Some(rss)) = (r.worker_cpu_us_per_request, r.worker_peak_rss_mib) {
+        line(format!(
+            "  worker CPU {cpu:.1} µs per request; peak memory {rss:.1} MiB"
+        ));
+    }
+    let outcomes: Vec<String> = r.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    line(format!("  outcomes: {}", outcomes.join(", ")));
+    line(format!(
+        "  lost {}, duplicated {}, provisional answers contradicted {}, violations {}",
+        r.lost, r.duplicated, r.contradicted, r.violations
+    ));
+    for v in &r.audit {
+        line(format!("  audit: {}: {}", v.check, v.detail));
+    }
+    line(format!(
+        "  checks: {}",
+        if r.passed() {
+            "every request answered exactly once, answers match Postgres, audit clean"
+        } else {
+            "FAILED"
+        }
+    ));
+    out
+}
+
+/// Waits until every partition is held by a live worker.
+pub async fn wait_for_partitions(store: &Store, partitions: u16) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while store.live_partitions().await? < i64::from(partitions) {
+        if start.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("no worker took all {partitions} partitions within a minute");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Final `enrolled` answers without a seat in Postgres, plus seats without such an answer.
+pub fn mismatched_seats(report: &load::Report, held: &[(String, String)]) -> usize {
+    let answered: HashSet<(String, String)> = report
+        .answered
+        .iter()
+        .filter_map(|a| a.finals.first())
+        .filter(|(f, _)| f.outcome == "enrolled")
+        .map(|(f, _)| (f.course_id.clone(), f.student_id.clone()))
+        .collect();
+    let held: HashSet<(String, String)> = held.iter().cloned().collect();
+    answered.symmetric_difference(&held).count()
+}

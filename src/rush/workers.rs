@@ -1,0 +1,153 @@
+//! Worker processes started by a rush, the demo or a test, and what they cost.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::amqp::Topology;
+
+/// Where the services are, as passed to worker processes.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub amqp_url: String,
+    pub database_url: String,
+    pub topology: Topology,
+}
+
+/// CPU time and memory of a process, read from `/proc`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// User plus system CPU time.
+    pub cpu: Duration,
+    /// Peak resident memory (VmHWM), bytes.
+    pub peak_rss: u64,
+    /// Current resident memory (VmRSS), bytes.
+    pub rss: u64,
+}
+
+/// A `seatrush worker` child process.
+pub struct WorkerProcess {
+    pub worker_id: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl WorkerProcess {
+    /// Starts `exe worker` against `services`, logging to `log`.
+    pub fn start(
+        exe: &std::path::Path,
+        services: &Services,
+        worker_id: &str,
+        log: PathBuf,
+        extra_args: &[String],
+    ) -> anyhow::Result<Self> {
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(exe)
+            .arg("worker")
+            .arg("--worker-id")
+            .arg(worker_id)
+            .args(extra_args)
+            .env("AMQP_URL", &services.amqp_url)
+            .env("DATABASE_URL", &services.database_url)
+            .env("SEATRUSH_PREFIX", &services.topology.prefix)
+            .env(
+                "SEATRUSH_PARTITIONS",
+                services.topology.partitions.to_string(),
+            )
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a worker process")?;
+        Ok(Self {
+            worker_id: worker_id.to_owned(),
+            log,
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// CPU and memory so far; `None` once the process is gone.
+    pub fn usage(&self) -> Option<Usage> {
+        usage_of(self.pid()?)
+    }
+
+    /// Sends a signal to this process (by its pid).
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        let pid = self.pid().context("the worker has already exited")?;
+        kill(Pid::from_raw(i32::try_from(pid)?), signal).context("signalling the worker")
+    }
+
+    /// SIGTERM, then waits for a clean exit (code 0) within `within`; kills it otherwise.
+    pub async fn stop(mut self, within: Duration) -> anyhow::Result<()> {
+        if self.child.id().is_some() {
+            self.signal(Signal::SIGTERM)?;
+        }
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                if !status.success() {
+                    bail!(
+                        "worker {} exited with {status} (log: {})",
+                        self.worker_id,
+                        self.log.display()
+                    );
+                }
+                Ok(())
+            }
+            Err(_) => {
+                self.child.kill().await?;
+                bail!("worker {} did not stop within {within:?}", self.worker_id)
+            }
+        }
+    }
+}
+
+/// Reads `/proc/<pid>/stat` (utime, stime) and `/proc/<pid>/status` (VmHWM, VmRSS).
+pub fn usage_of(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(100);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some(Usage {
+        cpu: Duration::from_micros(ticks * 1_000_000 / per_second),
+        peak_rss: kib("VmHWM:")? * 1024,
+        rss: kib("VmRSS:")? * 1024,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_process_has_a_usage() {
+        let usage = super::usage_of(std::process::id()).expect("own /proc entry");
+        assert!(usage.peak_rss >= usage.rss && usage.rss > 0);
+    }
+}
