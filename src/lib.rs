@@ -15,6 +15,8 @@
 //! - [`load`]: a flash crowd of requests with answer collection, used by the demo and tests.
 
 pub mod amqp;
+pub mod bench;
+pub mod charts;
 pub mod client;
 pub mod course;
 pub mod demo;

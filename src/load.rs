@@ -258,3 +258,74 @@ pub async fn fire_with(
         complete,
     })
 }
+
+/// What a flood saw: counts only, so a million requests cost no memory here.
+#[derive(Debug, Clone, Copy)]
+pub struct Flood {
+    pub published: usize,
+    pub finals: usize,
+    pub elapsed: Duration,
+}
+
+/// Publishes `count` requests from `requests` as fast as the broker confirms and counts final
+/// answers until all arrived or `timeout` passed. Keeps nothing per request.
+pub async fn flood(
+    amqp_url: &str,
+    topology: &Topology,
+    requests: impl Iterator<Item = Request>,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<Flood> {
+    let broker = Broker::connect(amqp_url, "seatrush-flood")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let publisher = broker.confirmed_publisher().await?;
+    let (queue, mut replies) = broker.reply_queue().await?;
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::from_std(start + timeout);
+    let collector = tokio::spawn(async move {
+        let mut finals = 0usize;
+        while finals < count {
+            let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, replies.next()).await
+            else {
+                break;
+            };
+            if parse_answer(&message.body).is_ok_and(|a| a.stage == Stage::Final) {
+                finals += 1;
+            }
+        }
+        finals
+    });
+    let to = ReplyTo {
+        queue,
+        correlation_id: None,
+    };
+    let mut confirms = FuturesUnordered::new();
+    let mut published = 0usize;
+    for request in requests.take(count) {
+        let message = Outgoing::request(
+            topology,
+            request.course_id.as_str(),
+            request.request_id.as_str(),
+            Some(&to),
+            request_body(&request),
+        );
+        confirms.push(publisher.send(message).await?.confirmed());
+        published += 1;
+        while confirms.len() >= CONFIRM_WINDOW {
+            if let Some(confirmed) = confirms.next().await {
+                confirmed.context("publishing a request")?;
+            }
+        }
+    }
+    while let Some(confirmed) = confirms.next().await {
+        confirmed.context("publishing a request")?;
+    }
+    let finals = collector.await.context("the answer collector failed")?;
+    broker.close().await;
+    Ok(Flood {
+        published,
+        finals,
+        elapsed: start.elapsed(),
+    })
+}

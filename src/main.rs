@@ -123,6 +123,8 @@ enum Command {
     },
     /// Fire a flash crowd at real workers, measure it, and check every answer and the audit.
     Rush(RushArgs),
+    /// Compare seatrush with the broker's ceiling and a naive Postgres design, in one run.
+    Bench(BenchArgs),
     /// The demo: two workers, a flash crowd with progress, the report and the audit.
     Demo {
         #[arg(long, default_value_t = 300)]
@@ -219,6 +221,44 @@ struct RushArgs {
     seed: u64,
     /// Seconds to wait for the last final answer.
     #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// The same burst through the broker alone, a naive Postgres design, and seatrush.
+    Burst,
+    /// Requests naming random unknown courses: the worker's memory must stay flat.
+    Junk,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, value_enum, default_value = "burst")]
+    scenario: Scenario,
+    /// Where report.md, bench.json (or junk.json) and the charts go.
+    #[arg(long, default_value = "bench-out")]
+    out: std::path::PathBuf,
+    #[arg(long, default_value_t = 300)]
+    courses: usize,
+    #[arg(long, default_value_t = 30)]
+    seats: u32,
+    /// Students in the burst; with one choice each, the seeds' 10,000 requests at once.
+    #[arg(long, default_value_t = 10_000)]
+    students: usize,
+    #[arg(long, default_value_t = 1)]
+    choices: usize,
+    /// seatrush worker processes.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Connections of the naive design.
+    #[arg(long, default_value_t = 32)]
+    naive_connections: u32,
+    /// Requests of the junk scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    junk_requests: usize,
+    /// Seconds to wait for the last answer of each run.
+    #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
 }
 
@@ -347,6 +387,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Rush(args) => return rush(&common, args).await,
+        Command::Bench(args) => return bench(&common, args).await,
         Command::Demo {
             courses,
             seats,
@@ -368,6 +409,44 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn bench(common: &Common, args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    let config = seatrush::bench::BenchConfig {
+        services: common.services()?,
+        courses: args.courses,
+        seats: args.seats,
+        students: args.students,
+        choices: args.choices,
+        workers: args.workers.max(1),
+        naive_connections: args.naive_connections.max(1),
+        exe: std::env::current_exe().context("locating the seatrush binary")?,
+        out: args.out.clone(),
+        timeout: Duration::from_secs(args.timeout_secs),
+    };
+    match args.scenario {
+        Scenario::Burst => {
+            let (report, samples) = seatrush::bench::burst(&config).await?;
+            seatrush::bench::write_outputs(&args.out, &report, &samples)?;
+            print!("{}", seatrush::bench::markdown(&report));
+            println!("\nwritten to {}", args.out.display());
+            Ok(if report.seatrush.passed() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            })
+        }
+        Scenario::Junk => {
+            let report = seatrush::bench::junk(&config, args.junk_requests).await?;
+            seatrush::bench::write_junk(&args.out, &report)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.answered == report.requests {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            })
+        }
+    }
 }
 
 async fn rush(common: &Common, args: RushArgs) -> anyhow::Result<std::process::ExitCode> {

@@ -7,6 +7,7 @@
 mod audit;
 mod commit;
 mod courses;
+mod naive;
 mod ownership;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 pub use audit::Violation;
 pub use commit::{Committed, Pending};
 pub use courses::CourseRow;
+pub use naive::{Naive, NaiveOutcome};
 pub use ownership::Lease;
 
 /// Embedded migrations; sqlx takes an advisory lock while applying them, so several workers

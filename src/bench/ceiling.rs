@@ -1,0 +1,103 @@
+//! The broker's ceiling: the same requests through the same RabbitMQ with the same queue types,
+//! doing only what seatrush's path needs from the broker (persistent confirmed publish into the
+//! partition queues, delivery with manual ack, one answer published with a confirm and received)
+//! and nothing else: no database, no actors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::amqp::{Broker, Outgoing, Publisher, ReplyTo, Topology};
+use crate::domain::{Outcome, Partition, Request, Verdict};
+use crate::load::{self, Pace, Progress};
+use crate::protocol::{Answer, Stage, parse_request};
+
+/// Runs the echo consumers on a topology of their own, fires `requests` at it, and tears the
+/// topology down.
+pub async fn run(
+    amqp_url: &str,
+    topology: Topology,
+    prefetch: u16,
+    requests: Vec<Request>,
+    timeout: Duration,
+) -> anyhow::Result<load::Report> {
+    let broker = Arc::new(
+        Broker::connect(amqp_url, "seatrush-bench-ceiling")
+            .await
+            .context("connecting to RabbitMQ")?,
+    );
+    broker.declare(&topology).await?;
+    let publisher = broker.confirmed_publisher().await?;
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    for p in 0..topology.partitions {
+        let queue = topology.partition_queue(Partition(p));
+        let deliveries = broker.consume(&queue, "ceiling", prefetch).await?;
+        tasks.spawn(echo(deliveries, publisher.clone(), stop.clone()));
+    }
+    let fired = load::fire_with(
+        amqp_url,
+        &topology,
+        requests,
+        timeout,
+        Pace::Burst,
+        Arc::new(Progress::default()),
+    )
+    .await;
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    broker.delete_topology(&topology).await?;
+    broker.close().await;
+    fired
+}
+
+/// Answers every delivery once, confirmed, then acks it.
+async fn echo(
+    mut deliveries: crate::amqp::Deliveries,
+    publisher: Publisher,
+    stop: CancellationToken,
+) {
+    let verdict = Verdict {
+        outcome: Outcome::Enrolled,
+        reason: None,
+        seats_left: 0,
+    };
+    let inflight = TaskTracker::new();
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = deliveries.next() => next,
+        };
+        let Some(Ok(incoming)) = next else { break };
+        let Ok(request) = parse_request(incoming.message_id.as_deref(), &incoming.body) else {
+            let _ = incoming.ack.ack().await;
+            continue;
+        };
+        let Some(queue) = incoming.reply_to else {
+            let _ = incoming.ack.ack().await;
+            continue;
+        };
+        let to = ReplyTo {
+            queue,
+            correlation_id: incoming.correlation_id,
+        };
+        let body = Answer::decided(&request, &verdict, Stage::Final).to_json();
+        let Ok(confirm) = publisher.send(Outgoing::reply(&to, body)).await else {
+            break;
+        };
+        let ack = incoming.ack;
+        // Confirms and acks overlap across messages, as seatrush's finalizer overlaps a batch.
+        inflight.spawn(async move {
+            if confirm.confirmed().await.is_ok() {
+                let _ = ack.ack().await;
+            }
+        });
+    }
+    inflight.close();
+    inflight.wait().await;
+    deliveries.close().await;
+}
