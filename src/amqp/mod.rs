@@ -5,12 +5,14 @@
 //! seatrush speaks in these types.
 
 mod consumer;
+mod outbox;
 mod publisher;
 mod topology;
 
 use lapin::{Connection, ConnectionProperties};
 
 pub use consumer::{AckHandle, Deliveries, Incoming};
+pub use outbox::{Outbox, Posted};
 pub use publisher::{DeadCopy, Outgoing, PendingConfirm, Publisher, ReplyTo};
 pub use topology::Topology;
 
@@ -25,6 +27,8 @@ pub enum AmqpError {
         "the delivery could not be settled: its channel is closed, so the broker redelivers it"
     )]
     NotSettled,
+    #[error("the outbox is closed: the worker is stopping")]
+    OutboxClosed,
 }
 
 pub type Result<T, E = AmqpError> = std::result::Result<T, E>;

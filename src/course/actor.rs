@@ -16,7 +16,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{Notify, mpsc};
 
 use super::decision::{CourseState, Decision, Effect, unknown_course};
-use crate::amqp::{DeadCopy, Outgoing, Publisher, Topology};
+use crate::amqp::{DeadCopy, Outbox, Outgoing, Topology};
 use crate::domain::CourseId;
 use crate::pipeline::{Decided, Envelope};
 use crate::protocol::{Answer, Stage, request_body};
@@ -32,10 +32,9 @@ pub struct RestartPolicy {
 /// What the actor needs from the rest of the worker.
 pub struct ActorContext {
     pub store: Store,
-    /// For provisional answers: fast and unconfirmed, since the final answer is the binding one.
-    pub replies: Publisher,
-    /// Confirmed, for dead-lettering a message the course cannot get past.
-    pub dead_letters: Publisher,
+    /// Every outgoing message: provisional answers (unconfirmed: the final answer is the binding
+    /// one), dead letters (confirmed).
+    pub outbox: Outbox,
     pub topology: Topology,
     pub committer: mpsc::Sender<Decided>,
     pub restarts: RestartPolicy,
@@ -102,11 +101,7 @@ pub async fn submit(
         let mut answer = Answer::decided(&envelope.request, &decision.verdict, Stage::Provisional);
         answer.replayed = decision.replay;
         // Best effort by design: a lost provisional answer is covered by the final one.
-        if let Err(e) = ctx
-            .replies
-            .send(Outgoing::reply(to, answer.to_json()))
-            .await
-        {
+        if let Err(e) = ctx.outbox.post(Outgoing::reply(to, answer.to_json())).await {
             tracing::debug!(error = %e, "provisional answer not sent");
         }
     }
@@ -218,11 +213,12 @@ async fn give_up(ctx: &ActorContext, envelope: Envelope, crashes: usize, ticket:
     };
     let reason = format!("course actor crashed {crashes} times deciding this request");
     tracing::error!(course_id = %request.course_id, request_id = %request.request_id, %reason, "dead-lettering");
-    match ctx
-        .dead_letters
-        .send_confirmed(Outgoing::dead_letter(&ctx.topology, &copy, &reason))
-        .await
-    {
+    let dead = Outgoing::dead_letter(&ctx.topology, &copy, &reason);
+    let confirmed = match ctx.outbox.post_confirmed(dead).await {
+        Ok(posted) => posted.confirmed().await,
+        Err(e) => Err(e),
+    };
+    match confirmed {
         Ok(()) => {
             if let Err(e) = envelope.ack.ack().await {
                 tracing::warn!(error = %e, "ack of a dead-lettered request failed; it will be redelivered");

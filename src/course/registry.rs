@@ -32,7 +32,7 @@ pub enum Routed {
     /// In its course actor's mailbox.
     Delivered,
     /// The course does not exist; the request is handed back to be answered as such.
-    UnknownCourse(Envelope),
+    UnknownCourse(Box<Envelope>),
 }
 
 /// How to stop the actors.
@@ -116,7 +116,7 @@ impl Registry {
                 None => {
                     match self.inner.catalog.contains(&course).await {
                         Ok(true) => {}
-                        Ok(false) => return Routed::UnknownCourse(envelope),
+                        Ok(false) => return Routed::UnknownCourse(Box::new(envelope)),
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot read the course catalog; waiting");
                             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -19,14 +19,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::session::Fault;
-use crate::amqp::{Outgoing, Publisher, Topology};
+use crate::amqp::{Outbox, Outgoing, Topology};
 use crate::pipeline::Decided;
 use crate::protocol::{Answer, Stage};
 use crate::store::{Committed, Store, StoreError};
 
 pub(super) struct Committer {
     pub store: Store,
-    pub publisher: Publisher,
+    pub outbox: Outbox,
     pub topology: Topology,
     pub worker_id: String,
     pub batch_max: usize,
@@ -42,7 +42,7 @@ impl Committer {
         let (to_finalizer, committed) = mpsc::channel::<CommittedBatch>(2);
         let finalizer = tokio::spawn(finalize(
             committed,
-            self.publisher.clone(),
+            self.outbox.clone(),
             self.topology.clone(),
             self.fault.clone(),
         ));
@@ -165,7 +165,7 @@ impl Committer {
 /// Publishes the final answers of committed batches, waits for the broker's confirms, then acks.
 async fn finalize(
     mut batches: mpsc::Receiver<CommittedBatch>,
-    publisher: Publisher,
+    outbox: Outbox,
     topology: Topology,
     fault: Fault,
 ) {
@@ -178,11 +178,15 @@ async fn finalize(
             answer.revised = committed.revised;
             let body = answer.to_json();
             if let Some(to) = &decided.reply_to {
-                confirms.push(publisher.send(Outgoing::reply(to, body.clone())).await);
+                confirms.push(
+                    outbox
+                        .post_confirmed(Outgoing::reply(to, body.clone()))
+                        .await,
+                );
             }
             confirms.push(
-                publisher
-                    .send(Outgoing::event(
+                outbox
+                    .post_confirmed(Outgoing::event(
                         &topology,
                         request.course_id.as_str(),
                         request.student_id.as_str(),

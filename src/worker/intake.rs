@@ -92,7 +92,7 @@ impl Intake {
                     };
                     // An error means the committer is gone (shutting down): the delivery
                     // returns to its queue with the channel.
-                    let _ = submit(&self.ctx, envelope, decision, None).await;
+                    let _ = submit(&self.ctx, *envelope, decision, None).await;
                 }
             }
             Err(invalid) => self.reject(incoming, invalid, guard).await,
@@ -104,7 +104,11 @@ impl Intake {
     async fn reject(&self, incoming: Incoming, invalid: Box<Invalid>, guard: InFlightGuard) {
         tracing::debug!(why = %invalid.why, message_id = ?incoming.message_id, "invalid request");
         let dead = Outgoing::dead_letter(&self.topology, &DeadCopy::of(&incoming), &invalid.why);
-        if let Err(e) = self.ctx.replies.send_confirmed(dead).await {
+        let confirmed = match self.ctx.outbox.post_confirmed(dead).await {
+            Ok(posted) => posted.confirmed().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = confirmed {
             self.fault
                 .raise(anyhow::Error::new(e).context("dead-lettering an invalid request"));
             return;
@@ -115,7 +119,7 @@ impl Intake {
                 correlation_id: incoming.correlation_id.clone(),
             };
             let answer = Answer::invalid(&invalid).to_json();
-            if let Err(e) = self.ctx.replies.send(Outgoing::reply(&to, answer)).await {
+            if let Err(e) = self.ctx.outbox.post(Outgoing::reply(&to, answer)).await {
                 tracing::debug!(error = %e, "answer to an invalid request not sent");
             }
         }

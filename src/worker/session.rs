@@ -11,7 +11,7 @@ use super::WorkerConfig;
 use super::committer::Committer;
 use super::intake::Intake;
 use super::ownership::Ownership;
-use crate::amqp::Broker;
+use crate::amqp::{Broker, Outbox};
 use crate::course::{ActorContext, Catalog, Close, Registry, RegistryConfig};
 use crate::pipeline::InFlight;
 use crate::store::Store;
@@ -56,10 +56,13 @@ pub(super) async fn run(
         .declare(&config.topology)
         .await
         .context("declaring the topology (is the consistent-hash exchange plugin enabled?)")?;
-    let finals = broker
+    let publisher = broker
         .confirmed_publisher()
         .await
         .context("opening the answer channel")?;
+    // Provisional and final answers share one outbox and one channel, so a client's queue
+    // receives them in that order.
+    let (outbox, outbox_task) = Outbox::start(publisher, config.batch_max * 4);
 
     let fault = Fault::default();
     let tasks = TaskTracker::new();
@@ -67,10 +70,7 @@ pub(super) async fn run(
     let (to_committer, from_actors) = mpsc::channel(config.batch_max * 4);
     let ctx = Arc::new(ActorContext {
         store: store.clone(),
-        // Provisional and final answers share a channel, so a client's queue receives them in
-        // that order.
-        replies: finals.clone(),
-        dead_letters: finals.clone(),
+        outbox: outbox.clone(),
         topology: config.topology.clone(),
         committer: to_committer,
         restarts: config.restarts,
@@ -92,7 +92,7 @@ pub(super) async fn run(
 
     let committer = Committer {
         store: store.clone(),
-        publisher: finals,
+        outbox,
         topology: config.topology.clone(),
         worker_id: config.worker_id.clone(),
         batch_max: config.batch_max,
@@ -146,6 +146,15 @@ pub(super) async fn run(
     drop(ctx);
     tasks.close();
     tasks.wait().await;
+    // Every sender of the outbox is gone with the registry and the intake: it ends once what
+    // it holds is handed to the connection.
+    drop(registry);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), outbox_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the outbox did not finish within 10 s");
+    }
     // RabbitMQ applies quorum-queue acks asynchronously: a channel closed right after its last
     // acks can return some just-acked messages to the queue, to be redelivered (and answered
     // twice). Observed on 3.10 in a few percent of shutdowns under load; a short pause before

@@ -1,0 +1,99 @@
+//! The outbox: one task publishes every outgoing message of a worker, many at a time.
+//!
+//! Why: with lapin, each publish hands frames to the connection's I/O thread and waits for it to
+//! write them. Awaiting publishes one by one costs a round trip between threads per message, and
+//! on a busy two-core machine those wake-ups, not the work, were most of the worker's CPU. The
+//! outbox takes whatever is queued, issues all the sends at once (so the I/O thread writes them
+//! in one go), and hands each caller its broker confirm. Being one FIFO, it also keeps a
+//! request's provisional answer ahead of its final one.
+
+use futures::future::join_all;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{AmqpError, Outgoing, PendingConfirm, Publisher, Result};
+
+/// Most messages handed to the I/O thread in one go.
+const BURST: usize = 512;
+
+struct Letter {
+    message: Outgoing,
+    /// Where the broker's confirm goes; none for messages that may be lost.
+    confirm: Option<oneshot::Sender<Result<PendingConfirm>>>,
+}
+
+/// Queues messages for the outbox task; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    letters: mpsc::Sender<Letter>,
+}
+
+/// A queued message's confirm, to be awaited.
+pub struct Posted {
+    confirm: oneshot::Receiver<Result<PendingConfirm>>,
+}
+
+impl Posted {
+    /// Waits until the broker confirms the message; an error if it refused it or the outbox
+    /// could not send it.
+    pub async fn confirmed(self) -> Result<()> {
+        self.confirm
+            .await
+            .map_err(|_| AmqpError::OutboxClosed)??
+            .confirmed()
+            .await
+    }
+}
+
+impl Outbox {
+    /// Starts the outbox task on `publisher`. It ends when every `Outbox` clone is dropped.
+    pub fn start(publisher: Publisher, capacity: usize) -> (Self, JoinHandle<()>) {
+        let (letters, inbox) = mpsc::channel(capacity);
+        (Self { letters }, tokio::spawn(run(publisher, inbox)))
+    }
+
+    /// Queues a message that may be lost (a provisional answer).
+    pub async fn post(&self, message: Outgoing) -> Result<()> {
+        self.letters
+            .send(Letter {
+                message,
+                confirm: None,
+            })
+            .await
+            .map_err(|_| AmqpError::OutboxClosed)
+    }
+
+    /// Queues a message whose broker confirm the caller will await.
+    pub async fn post_confirmed(&self, message: Outgoing) -> Result<Posted> {
+        let (tx, confirm) = oneshot::channel();
+        self.letters
+            .send(Letter {
+                message,
+                confirm: Some(tx),
+            })
+            .await
+            .map_err(|_| AmqpError::OutboxClosed)?;
+        Ok(Posted { confirm })
+    }
+}
+
+async fn run(publisher: Publisher, mut inbox: mpsc::Receiver<Letter>) {
+    let mut burst = Vec::with_capacity(BURST);
+    while inbox.recv_many(&mut burst, BURST).await > 0 {
+        let (messages, confirms): (Vec<Outgoing>, Vec<_>) =
+            burst.drain(..).map(|l| (l.message, l.confirm)).unzip();
+        let sent = join_all(messages.into_iter().map(|m| publisher.send(m))).await;
+        for (result, confirm) in sent.into_iter().zip(confirms) {
+            match confirm {
+                Some(tx) => {
+                    let _ = tx.send(result);
+                }
+                None => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "an unconfirmed message was not sent");
+                    }
+                }
+            }
+        }
+    }
+}
