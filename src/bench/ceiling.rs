@@ -15,12 +15,23 @@ use crate::domain::{Outcome, Partition, Request, Verdict};
 use crate::load::{self, Pace, Progress};
 use crate::protocol::{Answer, Stage, parse_request};
 
+/// What the echo consumer publishes per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// One answer: the ceiling as the benchmark defines it.
+    One,
+    /// The messages seatrush itself publishes: a provisional answer, a final answer and a final
+    /// event. The gap between this and seatrush is seatrush's own cost.
+    SameAsSeatrush,
+}
+
 /// Runs the echo consumers on a topology of their own, fires `requests` at it, and tears the
 /// topology down.
 pub async fn run(
     amqp_url: &str,
     topology: Topology,
     prefetch: u16,
+    echo_kind: Echo,
     requests: Vec<Request>,
     timeout: Duration,
 ) -> anyhow::Result<load::Report> {
@@ -36,7 +47,13 @@ pub async fn run(
     for p in 0..topology.partitions {
         let queue = topology.partition_queue(Partition(p));
         let deliveries = broker.consume(&queue, "ceiling", prefetch).await?;
-        tasks.spawn(echo(deliveries, publisher.clone(), stop.clone()));
+        tasks.spawn(echo(
+            deliveries,
+            publisher.clone(),
+            topology.clone(),
+            echo_kind,
+            stop.clone(),
+        ));
     }
     let fired = load::fire_with(
         amqp_url,
@@ -59,6 +76,8 @@ pub async fn run(
 async fn echo(
     mut deliveries: crate::amqp::Deliveries,
     publisher: Publisher,
+    topology: Topology,
+    echo_kind: Echo,
     stop: CancellationToken,
 ) {
     let verdict = Verdict {
@@ -86,15 +105,38 @@ async fn echo(
             correlation_id: incoming.correlation_id,
         };
         let body = Answer::decided(&request, &verdict, Stage::Final).to_json();
-        let Ok(confirm) = publisher.send(Outgoing::reply(&to, body)).await else {
-            break;
-        };
+        let mut messages = Vec::with_capacity(3);
+        if echo_kind == Echo::SameAsSeatrush {
+            let provisional = Answer::decided(&request, &verdict, Stage::Provisional).to_json();
+            messages.push((Outgoing::reply(&to, provisional), false));
+            messages.push((
+                Outgoing::event(
+                    &topology,
+                    request.course_id.as_str(),
+                    request.student_id.as_str(),
+                    body.clone(),
+                ),
+                true,
+            ));
+        }
+        messages.push((Outgoing::reply(&to, body), true));
+        let mut confirms = Vec::with_capacity(2);
+        for (message, confirmed) in messages {
+            match publisher.send(message).await {
+                Ok(confirm) if confirmed => confirms.push(confirm),
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
         let ack = incoming.ack;
         // Confirms and acks overlap across messages, as seatrush's finalizer overlaps a batch.
         inflight.spawn(async move {
-            if confirm.confirmed().await.is_ok() {
-                let _ = ack.ack().await;
+            for confirm in confirms {
+                if confirm.confirmed().await.is_err() {
+                    return;
+                }
             }
+            let _ = ack.ack().await;
         });
     }
     inflight.close();

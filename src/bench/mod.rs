@@ -79,8 +79,13 @@ pub struct NaiveFigures {
 pub struct BenchReport {
     pub scenario: &'static str,
     pub ceiling: DesignFigures,
+    /// The broker alone publishing what seatrush publishes per request (provisional answer,
+    /// final answer, final event): what the broker's share of seatrush's path costs.
+    pub ceiling_same_messages: DesignFigures,
     pub naive: NaiveFigures,
     pub ratio_to_ceiling: f64,
+    /// seatrush against the broker doing seatrush's messages: the part of the gap that is ours.
+    pub ratio_to_same_messages: f64,
     pub ratio_to_naive: f64,
     /// The broker alone's time for the whole burst plus one second: the budget for seatrush's
     /// final p99.
@@ -118,8 +123,9 @@ pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples
     };
     let ceiling = ceiling::run(
         &config.services.amqp_url,
-        ceiling_topology,
+        ceiling_topology.clone(),
         250,
+        ceiling::Echo::One,
         stream.clone(),
         config.timeout,
     )
@@ -128,6 +134,22 @@ pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples
     anyhow::ensure!(
         ceiling.complete,
         "the broker ceiling run did not get every answer"
+    );
+
+    eprintln!("[bench] 1b/3 broker alone with seatrush's messages (provisional, final, event)");
+    let same = ceiling::run(
+        &config.services.amqp_url,
+        ceiling_topology,
+        250,
+        ceiling::Echo::SameAsSeatrush,
+        stream.clone(),
+        config.timeout,
+    )
+    .await
+    .context("measuring the broker with seatrush's messages")?;
+    anyhow::ensure!(
+        same.complete,
+        "the same-messages ceiling run did not get every answer"
     );
 
     eprintln!(
@@ -176,8 +198,15 @@ pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples
         ceiling.latency(crate::protocol::Stage::Final),
     );
     let budget = ceiling.total_time.as_secs_f64() * 1000.0 + 1000.0;
+    let same_figures = DesignFigures::of(
+        n,
+        same.total_time,
+        same.latency(crate::protocol::Stage::Final),
+    );
     let report = BenchReport {
         scenario: "burst",
+        ratio_to_same_messages: rush.report.throughput_rps / same_figures.throughput_rps.max(1e-9),
+        ceiling_same_messages: same_figures,
         ratio_to_ceiling: rush.report.throughput_rps / ceiling_figures.throughput_rps.max(1e-9),
         ratio_to_naive: rush.report.throughput_rps / naive.figures.throughput_rps.max(1e-9),
         final_p99_budget_ms: budget,

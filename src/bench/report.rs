@@ -86,6 +86,15 @@ pub fn markdown(r: &BenchReport) -> String {
         c.final_p99_ms,
         c.final_max_ms,
     );
+    let m = &r.ceiling_same_messages;
+    row(
+        "broker alone, seatrush's messages",
+        m.throughput_rps,
+        m.elapsed_s,
+        m.final_p50_ms,
+        m.final_p99_ms,
+        m.final_max_ms,
+    );
     let n = &r.naive.figures;
     row(
         "naive Postgres",
@@ -108,6 +117,12 @@ pub fn markdown(r: &BenchReport) -> String {
         md,
         "- **ratio_to_ceiling**: {:.2} (target at least 0.85)",
         r.ratio_to_ceiling
+    );
+    let _ = writeln!(
+        md,
+        "- **ratio_to_same_messages**: {:.2} (against the broker alone publishing what seatrush \
+         publishes per request: a provisional answer, a final answer and a final event)",
+        r.ratio_to_same_messages
     );
     let _ = writeln!(md, "- **ratio_to_naive**: {:.2}", r.ratio_to_naive);
     let _ = writeln!(
