@@ -131,6 +131,15 @@ impl<A> Settled<A> {
     /// settled tags from `below` grew and holds an acked delivery.
     fn settle(&mut self, tag: u64, acker: Option<A>) -> Option<A> {
         self.ahead.insert(tag, acker);
+        let held = self.ahead.len();
+        if held >= 1024 && held.is_power_of_two() {
+            // A delivery that is never settled holds back every ack after it on its channel.
+            tracing::warn!(
+                held,
+                below = self.below,
+                "acks held back behind an unsettled delivery"
+            );
+        }
         // A `multiple` ack at the highest acked tag of the run covers every acked tag below
         // it; requeued tags in the run were settled by their own nack already.
         let mut last = None;

@@ -7,7 +7,9 @@
 //! in one go), and hands each caller its broker confirm. Being one FIFO, it also keeps a
 //! request's provisional answer ahead of its final one.
 
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -79,21 +81,37 @@ impl Outbox {
 
 async fn run(publisher: Publisher, mut inbox: mpsc::Receiver<Letter>) {
     let mut burst = Vec::with_capacity(BURST);
-    while inbox.recv_many(&mut burst, BURST).await > 0 {
+    // Confirms nobody waits for are still awaited here: the client keeps every confirm dropped
+    // before the broker answered (for its `wait_for_confirms`), so dropping them would grow
+    // memory by one entry per provisional answer, forever.
+    let mut unwatched = FuturesUnordered::new();
+    loop {
+        let received = tokio::select! {
+            received = inbox.recv_many(&mut burst, BURST) => received,
+            Some(confirmed) = unwatched.next(), if !unwatched.is_empty() => {
+                if let Err(e) = confirmed {
+                    tracing::debug!(error = %e, "an unconfirmed message was refused");
+                }
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         let (messages, confirms): (Vec<Outgoing>, Vec<_>) =
             burst.drain(..).map(|l| (l.message, l.confirm)).unzip();
         let sent = join_all(messages.into_iter().map(|m| publisher.send(m))).await;
         for (result, confirm) in sent.into_iter().zip(confirms) {
-            match confirm {
-                Some(tx) => {
+            match (confirm, result) {
+                (Some(tx), result) => {
                     let _ = tx.send(result);
                 }
-                None => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "an unconfirmed message was not sent");
-                    }
+                (None, Ok(pending)) => unwatched.push(pending.confirmed()),
+                (None, Err(e)) => {
+                    tracing::debug!(error = %e, "an unconfirmed message was not sent")
                 }
             }
         }
     }
+    while unwatched.next().await.is_some() {}
 }

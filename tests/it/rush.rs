@@ -64,3 +64,120 @@ async fn a_small_rush_with_two_workers_passes_its_checks() {
     assert!(report["transactions"].as_i64().unwrap_or(0) > 0);
     env.cleanup().await;
 }
+
+const BENCH_FIELDS: &[&str] = &[
+    "ratio_to_ceiling",
+    "ratio_to_same_messages",
+    "ratio_to_naive",
+    "final_p99_budget_ms",
+];
+
+fn bench_command(env: &TestEnv) -> Command {
+    let mut command = Command::new(exe());
+    command
+        .env("AMQP_URL", &env.amqp_url)
+        .env("DATABASE_URL", &env.database_url)
+        .env("SEATRUSH_PREFIX", &env.topology.prefix)
+        .env("SEATRUSH_PARTITIONS", env.topology.partitions.to_string());
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_bench_writes_its_report_charts_and_ratios() {
+    // Arrange
+    let env = TestEnv::new().await;
+    let out = env.log_dir().join(format!("{}-bench", env.topology.prefix));
+
+    // Act
+    let output = bench_command(&env)
+        .args([
+            "bench",
+            "--courses",
+            "20",
+            "--seats",
+            "10",
+            "--students",
+            "800",
+        ])
+        .args(["--naive-connections", "8", "--out"])
+        .arg(&out)
+        .output()
+        .await
+        .expect("run seatrush bench");
+
+    // Assert
+    assert!(
+        output.status.success(),
+        "bench failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for file in ["report.md", "bench.json", "latency.svg", "throughput.svg"] {
+        assert!(out.join(file).is_file(), "{file} is written");
+    }
+    let svg = std::fs::read_to_string(out.join("latency.svg")).expect("chart");
+    assert!(svg.starts_with("<svg") && svg.contains("seatrush") && svg.contains("broker ceiling"));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("bench.json")).expect("bench.json"))
+            .expect("JSON");
+    for field in BENCH_FIELDS.iter().chain(RUSH_FIELDS) {
+        assert!(report[field].is_number(), "field {field} in {report:#}");
+    }
+    assert!(report["ceiling"]["throughput_rps"].as_f64().unwrap_or(0.0) > 0.0);
+    assert!(report["naive"]["throughput_rps"].as_f64().unwrap_or(0.0) > 0.0);
+    assert_eq!(report["naive"]["violations"], 0);
+    assert_eq!(report["requests"], 800);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["violations"], 0);
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(md.contains("ratio_to_ceiling") && md.contains("naive Postgres"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_junk_scenario_answers_every_unknown_course_and_reports_memory() {
+    // Arrange
+    let env = TestEnv::new().await;
+    let out = env.log_dir().join(format!("{}-junk", env.topology.prefix));
+
+    // Act
+    let output = bench_command(&env)
+        .args([
+            "bench",
+            "--scenario",
+            "junk",
+            "--junk-requests",
+            "3000",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .await
+        .expect("run seatrush bench --scenario junk");
+
+    // Assert
+    assert!(
+        output.status.success(),
+        "junk failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("junk.json")).expect("junk.json"))
+            .expect("JSON");
+    assert_eq!(report["requests"], 3000);
+    assert_eq!(report["answered"], 3000);
+    for field in [
+        "rss_before_mib",
+        "rss_after_mib",
+        "rss_growth_mib",
+        "peak_rss_mib",
+    ] {
+        assert!(report[field].as_f64().unwrap_or(0.0).is_finite(), "{field}");
+    }
+    assert!(report["rss_before_mib"].as_f64().unwrap_or(0.0) > 0.0);
+    // Unknown courses start no actor: nothing is enrolled anywhere.
+    let courses = env.store.list_courses().await.expect("courses");
+    assert!(courses.is_empty(), "junk created courses: {courses:?}");
+    env.cleanup().await;
+}
