@@ -98,6 +98,7 @@ pub struct BenchReport {
 /// The raw samples behind the charts.
 pub struct Samples {
     pub ceiling: load::Report,
+    pub same_messages: load::Report,
     pub naive_latencies: Vec<Duration>,
     pub seatrush: load::Report,
 }
@@ -219,6 +220,7 @@ pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples
         report,
         Samples {
             ceiling,
+            same_messages: same,
             naive_latencies,
             seatrush: rush.load,
         },

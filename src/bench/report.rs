@@ -24,12 +24,18 @@ pub fn write_outputs(out: &Path, report: &BenchReport, samples: &Samples) -> any
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(report)?)?;
     let (ceiling_lat, ceiling_done) = timings(&samples.ceiling);
+    let (same_lat, same_done) = timings(&samples.same_messages);
     let (rush_lat, rush_done) = timings(&samples.seatrush);
     let series = [
         Series {
             name: "broker ceiling",
             latencies: &ceiling_lat,
             completions: &ceiling_done,
+        },
+        Series {
+            name: "broker alone, seatrush's messages",
+            latencies: &same_lat,
+            completions: &same_done,
         },
         Series {
             name: "naive Postgres",
