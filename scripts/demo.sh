@@ -6,9 +6,21 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# Stop at the end what this script started, unless asked to keep it (SEATRUSH_KEEP_SERVICES=1).
+started_here=false
+if [ -z "${AMQP_URL:-}" ] || [ -z "${DATABASE_URL:-}" ]; then
+    scripts/services.sh status >/dev/null 2>&1 || started_here=true
+fi
+stop_services() {
+    if $started_here && [ "${SEATRUSH_KEEP_SERVICES:-0}" != 1 ]; then
+        scripts/services.sh stop
+    fi
+}
+trap stop_services EXIT
+
 eval "$(scripts/services.sh start)"
 export AMQP_URL DATABASE_URL
 
 cargo build --release --quiet
 target/release/seatrush migrate
-exec target/release/seatrush demo "$@"
+target/release/seatrush demo "$@"

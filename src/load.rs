@@ -329,3 +329,76 @@ pub async fn flood(
         elapsed: start.elapsed(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Action, CourseId, RequestId, StudentId};
+
+    fn answer(stage: Stage, outcome: &str, reason: Option<&str>) -> Answer {
+        Answer {
+            request_id: "r".into(),
+            course_id: "c".into(),
+            student_id: "s".into(),
+            action: "enroll".into(),
+            stage,
+            outcome: outcome.into(),
+            reason: reason.map(str::to_owned),
+            seats_left: 0,
+            replayed: false,
+            revised: false,
+            detail: None,
+        }
+    }
+
+    fn answered(provisional: Option<&str>, finals: &[(&str, Option<&str>, u64)]) -> Answered {
+        Answered {
+            request: Request {
+                request_id: RequestId::parse("r").unwrap(),
+                action: Action::Enroll,
+                course_id: CourseId::parse("c").unwrap(),
+                student_id: StudentId::parse("s").unwrap(),
+            },
+            sent: Duration::ZERO,
+            provisional: provisional.map(|o| {
+                (
+                    answer(Stage::Provisional, o, None),
+                    Duration::from_millis(1),
+                )
+            }),
+            finals: finals
+                .iter()
+                .map(|(o, r, ms)| (answer(Stage::Final, o, *r), Duration::from_millis(*ms)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_report_counts_lost_duplicated_and_contradicted_answers() {
+        let report = Report {
+            answered: vec![
+                answered(Some("enrolled"), &[("enrolled", None, 10)]),
+                answered(Some("enrolled"), &[("rejected", Some("full"), 20)]),
+                answered(None, &[]),
+                answered(
+                    None,
+                    &[
+                        ("rejected", Some("full"), 30),
+                        ("rejected", Some("full"), 40),
+                    ],
+                ),
+            ],
+            publish_time: Duration::from_secs(1),
+            total_time: Duration::from_secs(2),
+            complete: false,
+        };
+        assert_eq!(report.lost(), 1);
+        assert_eq!(report.duplicated(), 1);
+        assert_eq!(report.contradicted(), 1);
+        assert_eq!(report.throughput(), 2.0);
+        assert_eq!(report.outcomes().get("rejected/full"), Some(&2));
+        assert_eq!(report.outcomes().get("enrolled"), Some(&1));
+        let finals = report.latency(Stage::Final);
+        assert_eq!((finals.p50_ms, finals.max_ms), (20.0, 30.0));
+    }
+}

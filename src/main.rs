@@ -131,7 +131,7 @@ enum Command {
         courses: usize,
         #[arg(long, default_value_t = 30)]
         seats: u32,
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 40_000)]
         students: usize,
         #[arg(long, default_value_t = 3)]
         choices: usize,
