@@ -203,8 +203,11 @@ rmq_env() {
 }
 
 # rabbitmqctl / rabbitmq-plugins against the private node, bounded in time.
-rmqctl() { rmq_env timeout 60 "$rmq_bin/rabbitmqctl" -n "$rmq_node" -q "$@"; }
-rmqplugins() { rmq_env timeout 60 "$rmq_bin/rabbitmq-plugins" -n "$rmq_node" -q "$@"; }
+# --foreground: the Erlang VM touches the terminal, and in the background process group timeout
+# would otherwise put it in, it is stopped by SIGTTOU/SIGTTIN and hangs an interactive shell.
+# Stdin from /dev/null for the same reason.
+rmqctl() { rmq_env timeout --foreground 60 "$rmq_bin/rabbitmqctl" -n "$rmq_node" -q "$@" </dev/null; }
+rmqplugins() { rmq_env timeout --foreground 60 "$rmq_bin/rabbitmq-plugins" -n "$rmq_node" -q "$@" </dev/null; }
 
 rmq_write_config() {
     mkdir -p "$rmq_dir/home" "$rmq_dir/mnesia" "$rmq_dir/log"
