@@ -7,16 +7,12 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use crate::load::Pace;
-use crate::rush::{self, RushConfig, Services, Workers};
+use crate::rush::{self, Crowd, RushConfig, Services};
 
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
     pub services: Services,
-    pub courses: usize,
-    pub seats: u32,
-    pub students: usize,
-    pub choices: usize,
+    pub crowd: Crowd,
     pub workers: usize,
     /// The `seatrush` binary the workers are started from.
     pub exe: PathBuf,
@@ -30,11 +26,11 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     println!();
     println!(
         "Enrollment opens: {} students each want {} of {} courses ({} seats each, {} seats in all).",
-        config.students,
-        config.choices,
-        config.courses,
-        config.seats,
-        config.courses as u64 * u64::from(config.seats)
+        config.crowd.students,
+        config.crowd.choices,
+        config.crowd.courses,
+        config.crowd.seats,
+        config.crowd.courses as u64 * u64::from(config.crowd.seats)
     );
     println!(
         "They all ask at the same moment: every request is published to RabbitMQ at once, routed \
@@ -49,27 +45,17 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     );
     println!("Worker logs: {}", config.log_dir.display());
     println!();
-    let rush = rush::run(
-        RushConfig {
-            services: config.services,
-            courses: config.courses,
-            seats: config.seats,
-            students: config.students,
-            choices: config.choices,
-            pace: Pace::Burst,
-            workers: Workers::Spawn {
-                count: config.workers,
-                exe: config.exe,
-                args: Vec::new(),
-            },
-            tag,
-            seed: 7,
-            timeout: Duration::from_secs(300),
-            log_dir: config.log_dir,
-        },
-        true,
-    )
-    .await?;
+    let mut rush_config = RushConfig::burst(
+        config.services,
+        config.crowd,
+        config.workers,
+        config.exe,
+        tag,
+        config.log_dir,
+    );
+    rush_config.seed = 7;
+    rush_config.timeout = Duration::from_secs(300);
+    let rush = rush::run(rush_config, true).await?;
     println!();
     print!("{}", rush::describe(&rush.report));
     let example = rush

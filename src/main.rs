@@ -11,7 +11,7 @@ use seatrush::client::Client;
 use seatrush::course::RestartPolicy;
 use seatrush::domain::{Action, CourseId, Request, RequestId, StudentId};
 use seatrush::load::Pace;
-use seatrush::rush::{RushConfig, Services, Workers};
+use seatrush::rush::{Crowd, RushConfig, Services, Workers};
 use seatrush::store::Store;
 use seatrush::telemetry::{self, LogFormat};
 use seatrush::worker::{self, WorkerConfig};
@@ -397,10 +397,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } => {
             seatrush::demo::run(seatrush::demo::DemoConfig {
                 services: common.services()?,
-                courses,
-                seats,
-                students,
-                choices,
+                crowd: Crowd {
+                    courses,
+                    seats,
+                    students,
+                    choices,
+                },
                 workers,
                 exe: std::env::current_exe().context("locating the seatrush binary")?,
                 log_dir: std::env::temp_dir().join("seatrush-demo"),
@@ -414,10 +416,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 async fn bench(common: &Common, args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let config = seatrush::bench::BenchConfig {
         services: common.services()?,
-        courses: args.courses,
-        seats: args.seats,
-        students: args.students,
-        choices: args.choices,
+        crowd: Crowd {
+            courses: args.courses,
+            seats: args.seats,
+            students: args.students,
+            choices: args.choices,
+        },
         workers: args.workers.max(1),
         naive_connections: args.naive_connections.max(1),
         exe: std::env::current_exe().context("locating the seatrush binary")?,
@@ -466,10 +470,12 @@ async fn rush(common: &Common, args: RushArgs) -> anyhow::Result<std::process::E
     let done = seatrush::rush::run(
         RushConfig {
             services: common.services()?,
-            courses: args.courses,
-            seats: args.seats,
-            students: args.students,
-            choices: args.choices,
+            crowd: Crowd {
+                courses: args.courses,
+                seats: args.seats,
+                students: args.students,
+                choices: args.choices,
+            },
             pace,
             workers,
             tag: args

@@ -18,18 +18,15 @@ pub use report::{markdown, write_junk, write_outputs};
 
 use crate::amqp::Topology;
 use crate::domain::{Action, CourseId, Request, RequestId, StudentId};
-use crate::load::{self, Pace};
-use crate::rush::{self, RushConfig, RushReport, Services, WorkerProcess, Workers};
+use crate::load;
+use crate::rush::{self, Crowd, RushConfig, RushReport, Services, WorkerProcess};
 use crate::stats::Latency;
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     pub services: Services,
-    pub courses: usize,
-    pub seats: u32,
-    pub students: usize,
-    pub choices: usize,
+    pub crowd: Crowd,
     pub workers: usize,
     pub naive_connections: u32,
     pub exe: PathBuf,
@@ -113,8 +110,9 @@ pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples
     store
         .ensure_partitions(config.services.topology.partitions)
         .await?;
-    let courses = rush::course_ids(&tag, config.courses)?;
-    let stream = rush::crowd(&courses, config.students, config.choices, &tag, 1)?;
+    let crowd = config.crowd;
+    let courses = rush::course_ids(&tag, crowd.courses)?;
+    let stream = rush::crowd(&courses, crowd.students, crowd.choices, &tag, 1)?;
     let n = stream.len();
 
     eprintln!("[bench] 1/3 broker ceiling: {n} requests through RabbitMQ alone");
@@ -160,7 +158,7 @@ pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples
     let (naive, naive_latencies) = naive::run(
         &store,
         &courses,
-        config.seats,
+        config.crowd.seats,
         config.naive_connections,
         &stream,
     )
@@ -170,27 +168,16 @@ pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples
         "[bench] 3/3 seatrush: {n} requests through {} worker(s)",
         config.workers
     );
-    let rush = rush::run(
-        RushConfig {
-            services: config.services.clone(),
-            courses: config.courses,
-            seats: config.seats,
-            students: config.students,
-            choices: config.choices,
-            pace: Pace::Burst,
-            workers: Workers::Spawn {
-                count: config.workers,
-                exe: config.exe.clone(),
-                args: Vec::new(),
-            },
-            tag,
-            seed: 1,
-            timeout: config.timeout,
-            log_dir: config.out.join("logs"),
-        },
-        false,
-    )
-    .await?;
+    let mut rush_config = RushConfig::burst(
+        config.services.clone(),
+        config.crowd,
+        config.workers,
+        config.exe.clone(),
+        tag,
+        config.out.join("logs"),
+    );
+    rush_config.timeout = config.timeout;
+    let rush = rush::run(rush_config, false).await?;
     store.close().await;
 
     let ceiling_figures = DesignFigures::of(

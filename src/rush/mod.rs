@@ -36,13 +36,20 @@ pub enum Workers {
     External,
 }
 
-#[derive(Debug, Clone)]
-pub struct RushConfig {
-    pub services: Services,
+/// The shape of a crowd: how many courses of how many seats, how many students asking for how
+/// many courses each.
+#[derive(Debug, Clone, Copy)]
+pub struct Crowd {
     pub courses: usize,
     pub seats: u32,
     pub students: usize,
     pub choices: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RushConfig {
+    pub services: Services,
+    pub crowd: Crowd,
     pub pace: Pace,
     pub workers: Workers,
     /// Names the courses and students; a fresh one per run unless given.
@@ -52,6 +59,33 @@ pub struct RushConfig {
     pub timeout: Duration,
     /// Where worker logs go.
     pub log_dir: PathBuf,
+}
+
+impl RushConfig {
+    /// A burst against `workers` processes started from `exe`, seed 1, logs in `log_dir`.
+    pub fn burst(
+        services: Services,
+        crowd: Crowd,
+        workers: usize,
+        exe: PathBuf,
+        tag: String,
+        log_dir: PathBuf,
+    ) -> Self {
+        Self {
+            services,
+            crowd,
+            pace: Pace::Burst,
+            workers: Workers::Spawn {
+                count: workers,
+                exe,
+                args: Vec::new(),
+            },
+            tag,
+            seed: 1,
+            timeout: Duration::from_secs(600),
+            log_dir,
+        }
+    }
 }
 
 /// The figures of one rush; serialized as the `--json` file.
@@ -115,13 +149,14 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         .ensure_partitions(services.topology.partitions)
         .await?;
 
-    let courses = course_ids(&config.tag, config.courses)?;
-    let rows: Vec<(CourseId, u32)> = courses.iter().map(|c| (c.clone(), config.seats)).collect();
+    let shape = config.crowd;
+    let courses = course_ids(&config.tag, shape.courses)?;
+    let rows: Vec<(CourseId, u32)> = courses.iter().map(|c| (c.clone(), shape.seats)).collect();
     store.add_courses(&rows).await?;
     let requests = crowd(
         &courses,
-        config.students,
-        config.choices,
+        shape.students,
+        shape.choices,
         &config.tag,
         config.seed,
     )?;
@@ -192,10 +227,10 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
     let report = RushReport {
         tag: config.tag.clone(),
         requests: n,
-        courses: config.courses,
-        seats: config.seats,
-        students: config.students,
-        choices: config.choices,
+        courses: shape.courses,
+        seats: shape.seats,
+        students: shape.students,
+        choices: shape.choices,
         workers: match &config.workers {
             Workers::Spawn { count, .. } => Some(*count),
             Workers::External => None,

@@ -8,12 +8,8 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::TestEnv;
 
 async fn seatrush(env: &TestEnv, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seatrush"))
+    env.seatrush()
         .args(args)
-        .env("AMQP_URL", &env.amqp_url)
-        .env("DATABASE_URL", &env.database_url)
-        .env("SEATRUSH_PREFIX", &env.topology.prefix)
-        .env("SEATRUSH_PARTITIONS", env.topology.partitions.to_string())
         .output()
         .await
         .expect("run seatrush")

@@ -155,6 +155,17 @@ impl TestEnv {
             .expect("start a worker process")
     }
 
+    /// The `seatrush` command, pointed at this environment's services and topology.
+    pub fn seatrush(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(exe());
+        command
+            .env("AMQP_URL", &self.amqp_url)
+            .env("DATABASE_URL", &self.database_url)
+            .env("SEATRUSH_PREFIX", &self.topology.prefix)
+            .env("SEATRUSH_PARTITIONS", self.topology.partitions.to_string());
+        command
+    }
+
     pub fn log_dir(&self) -> PathBuf {
         std::env::temp_dir().join("seatrush-it")
     }

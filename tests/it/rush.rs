@@ -1,8 +1,6 @@
 //! The rush and the benchmark as a user runs them: invariants and report fields, never times.
 
-use tokio::process::Command;
-
-use crate::helpers::{TestEnv, exe};
+use crate::helpers::TestEnv;
 
 const RUSH_FIELDS: &[&str] = &[
     "requests",
@@ -29,14 +27,11 @@ async fn a_small_rush_with_two_workers_passes_its_checks() {
         .join(format!("{}-rush.json", env.topology.prefix));
 
     // Act
-    let output = Command::new(exe())
+    let output = env
+        .seatrush()
         .args(["rush", "--workers", "2", "--courses", "30", "--seats", "20"])
         .args(["--students", "1500", "--choices", "2", "--json"])
         .arg(&json)
-        .env("AMQP_URL", &env.amqp_url)
-        .env("DATABASE_URL", &env.database_url)
-        .env("SEATRUSH_PREFIX", &env.topology.prefix)
-        .env("SEATRUSH_PARTITIONS", env.topology.partitions.to_string())
         .output()
         .await
         .expect("run seatrush rush");
@@ -72,16 +67,6 @@ const BENCH_FIELDS: &[&str] = &[
     "final_p99_budget_ms",
 ];
 
-fn bench_command(env: &TestEnv) -> Command {
-    let mut command = Command::new(exe());
-    command
-        .env("AMQP_URL", &env.amqp_url)
-        .env("DATABASE_URL", &env.database_url)
-        .env("SEATRUSH_PREFIX", &env.topology.prefix)
-        .env("SEATRUSH_PARTITIONS", env.topology.partitions.to_string());
-    command
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_bench_writes_its_report_charts_and_ratios() {
     // Arrange
@@ -89,7 +74,8 @@ async fn a_small_bench_writes_its_report_charts_and_ratios() {
     let out = env.log_dir().join(format!("{}-bench", env.topology.prefix));
 
     // Act
-    let output = bench_command(&env)
+    let output = env
+        .seatrush()
         .args([
             "bench",
             "--courses",
@@ -141,7 +127,8 @@ async fn the_junk_scenario_answers_every_unknown_course_and_reports_memory() {
     let out = env.log_dir().join(format!("{}-junk", env.topology.prefix));
 
     // Act
-    let output = bench_command(&env)
+    let output = env
+        .seatrush()
         .args([
             "bench",
             "--scenario",
