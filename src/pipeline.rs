@@ -25,6 +25,8 @@ pub struct Envelope {
     pub partition: Partition,
     /// The ownership epoch under which the partition was consumed; the commit checks it.
     pub epoch: i64,
+    /// The broker delivered this message before (to this or another worker).
+    pub redelivered: bool,
     pub guard: InFlightGuard,
 }
 
@@ -37,6 +39,7 @@ pub struct Decided {
     /// The course actor instance that decided it (none for an unknown course), told when the
     /// decision is durable and when the database disagreed with it.
     pub ticket: Option<Arc<CourseTicket>>,
+    pub redelivered: bool,
     pub guard: InFlightGuard,
 }
 

@@ -120,6 +120,7 @@ pub async fn submit(
         reply_to: envelope.reply_to,
         ack: envelope.ack,
         ticket,
+        redelivered: envelope.redelivered,
         guard: envelope.guard,
     };
     ctx.committer.send(decided).await

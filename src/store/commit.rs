@@ -41,6 +41,10 @@ pub struct Committed {
     /// The database did not do what the actor decided (a different verdict, or an effect not
     /// applied): the actor's memory is out of step and must reload.
     pub diverged: bool,
+    /// A replayed outcome whose final answer the broker has already confirmed once.
+    pub answered: bool,
+    /// The batch that wrote this outcome, for a fresh one: the finalizer records it as answered.
+    pub batch_id: Option<i64>,
 }
 
 impl Store {
@@ -76,7 +80,7 @@ impl Store {
             .filter(|p| !p.replay)
             .map(|p| p.request.request_id.as_str())
             .collect();
-        let stored = fetch_verdicts(&mut tx, &candidate_ids).await?;
+        let stored = fetch_stored(&mut tx, &candidate_ids).await?;
 
         // The fresh items, each request id once (the first occurrence in the batch wins).
         let mut seen = HashSet::new();
@@ -114,9 +118,11 @@ impl Store {
             revise(&mut tx, items, &fresh, &enrolled, &dropped, &mut finals).await?;
         }
 
-        if !fresh.is_empty() {
-            insert_outcomes(&mut tx, worker_id, items, &fresh, &finals).await?;
-        }
+        let batch_id = if fresh.is_empty() {
+            None
+        } else {
+            Some(insert_outcomes(&mut tx, worker_id, items, &fresh, &finals).await?)
+        };
 
         // Replays and earlier decisions: read what is stored, now including this batch.
         let replay_ids: Vec<&str> = items
@@ -125,7 +131,7 @@ impl Store {
             .filter(|(i, _)| !finals.contains_key(i))
             .map(|(_, p)| p.request.request_id.as_str())
             .collect();
-        let replayed = fetch_verdicts(&mut tx, &replay_ids).await?;
+        let replayed = fetch_stored(&mut tx, &replay_ids).await?;
         tx.commit().await?;
 
         items
@@ -137,16 +143,17 @@ impl Store {
                 // no room for it, for the rest because their id was decided before.
                 let unapplied =
                     p.effect != Effect::None && (fresh_verdict.is_none() || missed.contains(&i));
-                let (verdict, replayed) = match fresh_verdict {
-                    Some(v) => (v, false),
+                let (verdict, replayed, answered, written) = match fresh_verdict {
+                    Some(v) => (v, false, false, batch_id),
                     None => {
-                        let v = replayed.get(p.request.request_id.as_str()).ok_or_else(|| {
-                            StoreError::Inconsistent(format!(
-                                "request {} was replayed but has no stored outcome",
-                                p.request.request_id
-                            ))
-                        })?;
-                        (v.clone(), true)
+                        let stored =
+                            replayed.get(p.request.request_id.as_str()).ok_or_else(|| {
+                                StoreError::Inconsistent(format!(
+                                    "request {} was replayed but has no stored outcome",
+                                    p.request.request_id
+                                ))
+                            })?;
+                        (stored.verdict.clone(), true, stored.answered, None)
                     }
                 };
                 let revised = !same_answer(&verdict, &p.provisional);
@@ -155,6 +162,8 @@ impl Store {
                     replayed,
                     revised,
                     diverged: revised || unapplied,
+                    answered,
+                    batch_id: written,
                 })
             })
             .collect()
@@ -200,22 +209,47 @@ async fn check_fence(
     Ok(())
 }
 
-async fn fetch_verdicts(
+/// An outcome as stored.
+struct Stored {
+    verdict: Verdict,
+    answered: bool,
+}
+
+async fn fetch_stored(
     tx: &mut sqlx::PgConnection,
     ids: &[&str],
-) -> Result<HashMap<String, Verdict>> {
+) -> Result<HashMap<String, Stored>> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
     let rows = sqlx::query(
-        "SELECT request_id, outcome, reason, seats_left FROM outcomes WHERE request_id = ANY($1)",
+        "SELECT o.request_id, o.outcome, o.reason, o.seats_left, b.answered \
+         FROM outcomes o JOIN decision_batches b ON b.batch_id = o.batch_id \
+         WHERE o.request_id = ANY($1)",
     )
     .bind(ids)
     .fetch_all(&mut *tx)
     .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get("request_id")?, verdict_from_row(row)?)))
+        .map(|row| {
+            let stored = Stored {
+                verdict: verdict_from_row(row)?,
+                answered: row.try_get("answered")?,
+            };
+            Ok((row.try_get("request_id")?, stored))
+        })
         .collect()
+}
+
+impl Store {
+    /// Records that the final answers of these batches were confirmed by the broker.
+    pub async fn mark_answered(&self, batch_ids: &[i64]) -> Result<()> {
+        sqlx::query("UPDATE decision_batches SET answered = true WHERE batch_id = ANY($1)")
+            .bind(batch_ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }
 
 /// Deletes the seats of fresh drops and lowers the counters; returns the request ids applied.
@@ -395,7 +429,7 @@ async fn insert_outcomes(
     items: &[&Pending],
     fresh: &[usize],
     finals: &HashMap<usize, Verdict>,
-) -> Result<()> {
+) -> Result<i64> {
     let count = i32::try_from(fresh.len()).unwrap_or(i32::MAX);
     let batch_id: i64 = sqlx::query_scalar(
         "INSERT INTO decision_batches (worker_id, requests) VALUES ($1, $2) RETURNING batch_id",
@@ -439,5 +473,5 @@ async fn insert_outcomes(
     .bind(batch_id)
     .execute(&mut *tx)
     .await?;
-    Ok(())
+    Ok(batch_id)
 }

@@ -43,6 +43,7 @@ impl Committer {
         let finalizer = tokio::spawn(finalize(
             committed,
             self.outbox.clone(),
+            self.store.clone(),
             self.topology.clone(),
             self.fault.clone(),
         ));
@@ -162,17 +163,32 @@ impl Committer {
     }
 }
 
-/// Publishes the final answers of committed batches, waits for the broker's confirms, then acks.
+/// Publishes the final answers of committed batches, waits for the broker's confirms, records
+/// them as answered, then acks.
+///
+/// A request the broker redelivers after its answer was already confirmed (the worker stopped
+/// or crashed between answering and acking) is only acked: the client has its one final answer.
+/// A client that re-publishes a request id is answered again, since its message is new.
 async fn finalize(
     mut batches: mpsc::Receiver<CommittedBatch>,
     outbox: Outbox,
+    store: Store,
     topology: Topology,
     fault: Fault,
 ) {
     while let Some(batch) = batches.recv().await {
         let mut confirms = Vec::with_capacity(batch.len() * 2);
+        let mut answered: Vec<i64> = Vec::new();
         for (decided, committed) in &batch {
+            if decided.redelivered && committed.answered {
+                continue;
+            }
             let request = &decided.pending.request;
+            if let Some(id) = committed.batch_id
+                && !answered.contains(&id)
+            {
+                answered.push(id);
+            }
             let mut answer = Answer::decided(request, &committed.verdict, Stage::Final);
             answer.replayed = committed.replayed;
             answer.revised = committed.revised;
@@ -206,6 +222,14 @@ async fn finalize(
             fault.raise(anyhow::Error::new(e).context("publishing final answers"));
             return;
         }
+        // Only a hint for redeliveries: if it cannot be written, a redelivered request is
+        // answered twice, which is better than not acking what is committed and answered.
+        if !answered.is_empty()
+            && let Err(e) = store.mark_answered(&answered).await
+        {
+            tracing::warn!(error = %e, "could not record final answers as sent");
+        }
+        drop(answered);
         let acks = join_all(batch.into_iter().map(|(decided, _)| async move {
             let acked = decided.ack.ack().await;
             drop(decided.guard);

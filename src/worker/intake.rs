@@ -81,6 +81,7 @@ impl Intake {
                     ack: incoming.ack,
                     partition: lease.partition,
                     epoch: lease.epoch,
+                    redelivered: incoming.redelivered,
                     guard,
                 };
                 if let Routed::UnknownCourse(envelope) = self.registry.route(envelope).await {

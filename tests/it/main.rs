@@ -8,3 +8,4 @@ mod crowd;
 mod helpers;
 mod restarts;
 mod rush;
+mod store;
