@@ -1,6 +1,7 @@
 //! A crowd of requests fired at the workers exactly as producers would publish them, with every
 //! answer collected and timed. The demo and the integration tests use it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +11,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use crate::amqp::{Broker, Outgoing, ReplyTo, Topology};
+use crate::amqp::{Broker, Outgoing, Publisher, ReplyTo, Topology};
 use crate::client::parse_answer;
 use crate::domain::Request;
 use crate::protocol::{Answer, Stage, request_body};
@@ -185,35 +186,18 @@ pub async fn fire_with(
     });
 
     let mut sent_at = Vec::with_capacity(n);
-    let mut confirms = FuturesUnordered::new();
-    for (index, request) in requests.iter().enumerate() {
-        if let Pace::Rate(rate) = pace {
-            let due = start + Duration::from_secs_f64(index as f64 / rate.max(1e-3));
-            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
-        }
-        let to = ReplyTo {
-            queue: queue.clone(),
-            correlation_id: Some(index.to_string()),
-        };
-        let message = Outgoing::request(
-            topology,
-            request.course_id.as_str(),
-            request.request_id.as_str(),
-            Some(&to),
-            request_body(request),
-        );
-        sent_at.push(Instant::now());
-        confirms.push(publisher.send(message).await?.confirmed());
-        progress.published.fetch_add(1, Ordering::Relaxed);
-        while confirms.len() >= CONFIRM_WINDOW {
-            if let Some(confirmed) = confirms.next().await {
-                confirmed.context("publishing a request")?;
-            }
-        }
-    }
-    while let Some(confirmed) = confirms.next().await {
-        confirmed.context("publishing a request")?;
-    }
+    publish_all(
+        &publisher,
+        topology,
+        &queue,
+        requests.iter().map(Cow::Borrowed),
+        pace,
+        |_| {
+            sent_at.push(Instant::now());
+            progress.published.fetch_add(1, Ordering::Relaxed);
+        },
+    )
+    .await?;
     let publish_time = start.elapsed();
 
     // On timeout the collector returns what arrived; the rest counts as lost.
@@ -259,6 +243,51 @@ pub async fn fire_with(
     })
 }
 
+/// Publishes requests, persistent and confirmed, with answers addressed to `queue` and the
+/// request's position as correlation id, keeping at most [`CONFIRM_WINDOW`] unconfirmed.
+/// `on_sent` sees each position as it is published; returns how many were.
+async fn publish_all<'r>(
+    publisher: &Publisher,
+    topology: &Topology,
+    queue: &str,
+    requests: impl Iterator<Item = Cow<'r, Request>>,
+    pace: Pace,
+    mut on_sent: impl FnMut(usize),
+) -> anyhow::Result<usize> {
+    let start = Instant::now();
+    let mut confirms = FuturesUnordered::new();
+    let mut published = 0usize;
+    for (index, request) in requests.enumerate() {
+        if let Pace::Rate(rate) = pace {
+            let due = start + Duration::from_secs_f64(index as f64 / rate.max(1e-3));
+            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+        }
+        let to = ReplyTo {
+            queue: queue.to_owned(),
+            correlation_id: Some(index.to_string()),
+        };
+        let message = Outgoing::request(
+            topology,
+            request.course_id.as_str(),
+            request.request_id.as_str(),
+            Some(&to),
+            request_body(&request),
+        );
+        on_sent(index);
+        confirms.push(publisher.send(message).await?.confirmed());
+        published += 1;
+        while confirms.len() >= CONFIRM_WINDOW {
+            if let Some(confirmed) = confirms.next().await {
+                confirmed.context("publishing a request")?;
+            }
+        }
+    }
+    while let Some(confirmed) = confirms.next().await {
+        confirmed.context("publishing a request")?;
+    }
+    Ok(published)
+}
+
 /// What a flood saw: counts only, so a million requests cost no memory here.
 #[derive(Debug, Clone, Copy)]
 pub struct Flood {
@@ -296,31 +325,15 @@ pub async fn flood(
         }
         finals
     });
-    let to = ReplyTo {
-        queue,
-        correlation_id: None,
-    };
-    let mut confirms = FuturesUnordered::new();
-    let mut published = 0usize;
-    for request in requests.take(count) {
-        let message = Outgoing::request(
-            topology,
-            request.course_id.as_str(),
-            request.request_id.as_str(),
-            Some(&to),
-            request_body(&request),
-        );
-        confirms.push(publisher.send(message).await?.confirmed());
-        published += 1;
-        while confirms.len() >= CONFIRM_WINDOW {
-            if let Some(confirmed) = confirms.next().await {
-                confirmed.context("publishing a request")?;
-            }
-        }
-    }
-    while let Some(confirmed) = confirms.next().await {
-        confirmed.context("publishing a request")?;
-    }
+    let published = publish_all(
+        &publisher,
+        topology,
+        &queue,
+        requests.take(count).map(Cow::Owned),
+        Pace::Burst,
+        |_| {},
+    )
+    .await?;
     let finals = collector.await.context("the answer collector failed")?;
     broker.close().await;
     Ok(Flood {

@@ -42,7 +42,8 @@ struct Common {
         long,
         env = "SEATRUSH_PREFIX",
         default_value = "seatrush",
-        global = true
+        global = true,
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
     )]
     prefix: String,
     /// Number of partition queues; fixed at first setup.
@@ -127,14 +128,8 @@ enum Command {
     Bench(BenchArgs),
     /// The demo: two workers, a flash crowd with progress, the report and the audit.
     Demo {
-        #[arg(long, default_value_t = 300)]
-        courses: usize,
-        #[arg(long, default_value_t = 30)]
-        seats: u32,
-        #[arg(long, default_value_t = 40_000)]
-        students: usize,
-        #[arg(long, default_value_t = 3)]
-        choices: usize,
+        #[command(flatten)]
+        crowd: CrowdArgs,
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
@@ -184,9 +179,10 @@ struct WorkerArgs {
     db_connections: u32,
 }
 
+/// The crowd of a rush or the demo; the defaults are the seeds' opening day.
 #[derive(Args)]
-struct RushArgs {
-    /// Courses to create for this rush.
+struct CrowdArgs {
+    /// Courses to create.
     #[arg(long, default_value_t = 300)]
     courses: usize,
     /// Seats per course.
@@ -198,6 +194,23 @@ struct RushArgs {
     /// Courses each student asks for (popularity is skewed).
     #[arg(long, default_value_t = 3)]
     choices: usize,
+}
+
+impl CrowdArgs {
+    fn crowd(&self) -> Crowd {
+        Crowd {
+            courses: self.courses,
+            seats: self.seats,
+            students: self.students,
+            choices: self.choices,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RushArgs {
+    #[command(flatten)]
+    crowd: CrowdArgs,
     /// Publish everything as fast as the broker confirms (the default).
     #[arg(long, conflicts_with = "rate")]
     burst: bool,
@@ -388,21 +401,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Rush(args) => return rush(&common, args).await,
         Command::Bench(args) => return bench(&common, args).await,
-        Command::Demo {
-            courses,
-            seats,
-            students,
-            choices,
-            workers,
-        } => {
+        Command::Demo { crowd, workers } => {
             seatrush::demo::run(seatrush::demo::DemoConfig {
                 services: common.services()?,
-                crowd: Crowd {
-                    courses,
-                    seats,
-                    students,
-                    choices,
-                },
+                crowd: crowd.crowd(),
                 workers,
                 exe: std::env::current_exe().context("locating the seatrush binary")?,
                 log_dir: std::env::temp_dir().join("seatrush-demo"),
@@ -470,12 +472,7 @@ async fn rush(common: &Common, args: RushArgs) -> anyhow::Result<std::process::E
     let done = seatrush::rush::run(
         RushConfig {
             services: common.services()?,
-            crowd: Crowd {
-                courses: args.courses,
-                seats: args.seats,
-                students: args.students,
-                choices: args.choices,
-            },
+            crowd: args.crowd.crowd(),
             pace,
             workers,
             tag: args
