@@ -24,6 +24,7 @@ pub mod domain;
 pub mod load;
 pub mod pipeline;
 pub mod protocol;
+pub mod retry;
 pub mod rush;
 pub mod stats;
 pub mod store;

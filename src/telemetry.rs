@@ -37,8 +37,38 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// An error with its causes on one line, `outer: inner: root`, for log fields: the errors at
+/// module edges say what failed and keep the why in their source.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("commit failed")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database error")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_names_every_cause() {
+        let error = Outer(Middle(std::io::Error::other("connection reset")));
+        assert_eq!(
+            super::chain(&error),
+            "commit failed: database error: connection reset"
+        );
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(

@@ -51,17 +51,10 @@ impl AckHandle {
     /// The message goes back to its queue to be delivered again (counts toward the delivery
     /// limit).
     pub async fn requeue(mut self) -> Result<()> {
-        let Some((acker, tag, settler)) = self.acker.take() else {
-            return Ok(());
-        };
-        let options = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
-        if !acker.nack(options).await? {
-            return Err(AmqpError::NotSettled);
+        match self.acker.take() {
+            Some((acker, tag, settler)) => settler.requeue(tag, acker).await,
+            None => Ok(()),
         }
-        settler.flush(tag).await
     }
 }
 
@@ -73,13 +66,7 @@ impl Drop for AckHandle {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move {
-                let options = BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                };
-                if matches!(acker.nack(options).await, Ok(true)) {
-                    let _ = settler.flush(tag).await;
-                }
+                let _ = settler.requeue(tag, acker).await;
             });
         }
     }
@@ -164,8 +151,16 @@ impl Settler {
         self.settle(tag, Some(acker)).await
     }
 
-    /// Records a delivery settled by itself (requeued) and sends what it unblocks.
-    async fn flush(&self, tag: u64) -> Result<()> {
+    /// Returns a delivery to its queue by itself (a nack), then records it settled and sends
+    /// the acks it was holding back.
+    async fn requeue(&self, tag: u64, acker: Acker) -> Result<()> {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        if !acker.nack(options).await? {
+            return Err(AmqpError::NotSettled);
+        }
         self.settle(tag, None).await
     }
 
@@ -332,7 +327,7 @@ impl Deliveries {
     /// Closes the channel: deliveries not acked return to the queue.
     pub async fn close(self) {
         if let Err(e) = self.channel.close(200, "consumer done".into()).await {
-            tracing::debug!(error = %e, "closing a consumer channel failed");
+            tracing::debug!(error = %crate::telemetry::chain(&e), "closing a consumer channel failed");
         }
     }
 
@@ -346,7 +341,7 @@ impl Deliveries {
             .basic_cancel(tag, BasicCancelOptions::default())
             .await
         {
-            tracing::debug!(error = %e, "consumer cancel failed");
+            tracing::debug!(error = %crate::telemetry::chain(&e), "consumer cancel failed");
         }
     }
 }

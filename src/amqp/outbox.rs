@@ -90,7 +90,7 @@ async fn run(publisher: Publisher, mut inbox: mpsc::Receiver<Letter>) {
             received = inbox.recv_many(&mut burst, BURST) => received,
             Some(confirmed) = unwatched.next(), if !unwatched.is_empty() => {
                 if let Err(e) = confirmed {
-                    tracing::debug!(error = %e, "an unconfirmed message was refused");
+                    tracing::debug!(error = %crate::telemetry::chain(&e), "an unconfirmed message was refused");
                 }
                 continue;
             }
@@ -108,7 +108,7 @@ async fn run(publisher: Publisher, mut inbox: mpsc::Receiver<Letter>) {
                 }
                 (None, Ok(pending)) => unwatched.push(pending.confirmed()),
                 (None, Err(e)) => {
-                    tracing::debug!(error = %e, "an unconfirmed message was not sent")
+                    tracing::debug!(error = %crate::telemetry::chain(&e), "an unconfirmed message was not sent")
                 }
             }
         }

@@ -120,36 +120,27 @@ pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples
         prefix: format!("{}-ceiling-{tag}", config.services.topology.prefix),
         ..config.services.topology.clone()
     };
-    let ceiling = ceiling::run(
-        &config.services.amqp_url,
-        ceiling_topology.clone(),
-        250,
-        ceiling::Echo::One,
-        stream.clone(),
-        config.timeout,
-    )
-    .await
-    .context("measuring the broker ceiling")?;
-    anyhow::ensure!(
-        ceiling.complete,
-        "the broker ceiling run did not get every answer"
-    );
-
+    let broker_alone = async |echo: ceiling::Echo, what: &str| -> anyhow::Result<load::Report> {
+        let report = ceiling::run(
+            &config.services.amqp_url,
+            ceiling_topology.clone(),
+            250,
+            echo,
+            stream.clone(),
+            config.timeout,
+        )
+        .await
+        .with_context(|| format!("measuring {what}"))?;
+        anyhow::ensure!(report.complete, "{what}: not every request was answered");
+        Ok(report)
+    };
+    let ceiling = broker_alone(ceiling::Echo::One, "the broker ceiling").await?;
     eprintln!("[bench] 1b/3 broker alone with seatrush's messages (provisional, final, event)");
-    let same = ceiling::run(
-        &config.services.amqp_url,
-        ceiling_topology,
-        250,
+    let same = broker_alone(
         ceiling::Echo::SameAsSeatrush,
-        stream.clone(),
-        config.timeout,
+        "the broker with seatrush's messages",
     )
-    .await
-    .context("measuring the broker with seatrush's messages")?;
-    anyhow::ensure!(
-        same.complete,
-        "the same-messages ceiling run did not get every answer"
-    );
+    .await?;
 
     eprintln!(
         "[bench] 2/3 naive Postgres: {n} requests, one transaction each, {} connections",

@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::{Notify, mpsc};
 
-use super::decision::{CourseState, Decision, Effect, unknown_course};
+use super::decision::{CourseState, Decision};
 use crate::amqp::{DeadCopy, Outbox, Outgoing, Topology};
 use crate::domain::CourseId;
 use crate::pipeline::{Decided, Envelope};
@@ -102,7 +101,7 @@ pub async fn submit(
         answer.replayed = decision.replay;
         // Best effort by design: a lost provisional answer is covered by the final one.
         if let Err(e) = ctx.outbox.post(Outgoing::reply(to, answer.to_json())).await {
-            tracing::debug!(error = %e, "provisional answer not sent");
+            tracing::debug!(error = %crate::telemetry::chain(&e), "provisional answer not sent");
         }
     }
     if let Some(ticket) = &ticket {
@@ -222,12 +221,12 @@ async fn give_up(ctx: &ActorContext, envelope: Envelope, crashes: usize, ticket:
     match confirmed {
         Ok(()) => {
             if let Err(e) = envelope.ack.ack().await {
-                tracing::warn!(error = %e, "ack of a dead-lettered request failed; it will be redelivered");
+                tracing::warn!(error = %crate::telemetry::chain(&e), "ack of a dead-lettered request failed; it will be redelivered");
             }
         }
         // Not acked: the broker redelivers it, and its delivery limit dead-letters it in the end.
         Err(e) => {
-            tracing::warn!(error = %e, "dead-lettering failed; leaving the request to the broker")
+            tracing::warn!(error = %crate::telemetry::chain(&e), "dead-lettering failed; leaving the request to the broker")
         }
     }
     ticket.unroute();
@@ -267,11 +266,7 @@ async fn run_instance(
             before_decide(&envelope.request);
             match state.as_mut() {
                 Some(state) => state.decide(&envelope.request),
-                None => Decision {
-                    verdict: unknown_course(),
-                    effect: Effect::None,
-                    replay: false,
-                },
+                None => Decision::unknown_course(),
             }
         };
         let Some(envelope) = in_hand
@@ -294,12 +289,7 @@ async fn run_instance(
 
 /// Loads the course, retrying while the database is unreachable; `None` if it does not exist.
 async fn load(store: &Store, course: &CourseId) -> Option<CourseState> {
-    let mut delays = ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(5))
-        .without_max_times()
-        .build();
+    let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         match store.load_course(course).await {
             Ok(snapshot) => {
@@ -307,7 +297,7 @@ async fn load(store: &Store, course: &CourseId) -> Option<CourseState> {
             }
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(course_id = %course, error = %e, ?delay, "loading course failed; retrying");
+                tracing::warn!(course_id = %course, error = %crate::telemetry::chain(&e), ?delay, "loading course failed; retrying");
                 tokio::time::sleep(delay).await;
             }
         }

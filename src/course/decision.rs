@@ -29,6 +29,17 @@ pub struct Decision {
     pub replay: bool,
 }
 
+impl Decision {
+    /// The decision for a request naming a course that does not exist: rejected, no effect.
+    pub fn unknown_course() -> Self {
+        Self {
+            verdict: unknown_course(),
+            effect: Effect::None,
+            replay: false,
+        }
+    }
+}
+
 /// What the store hands over when a course actor (re)starts.
 #[derive(Debug, Clone, Default)]
 pub struct CourseSnapshot {
@@ -95,11 +106,7 @@ impl CourseState {
             };
         }
         if request.course_id != self.course_id {
-            return Decision {
-                verdict: unknown_course(),
-                effect: Effect::None,
-                replay: false,
-            };
+            return Decision::unknown_course();
         }
         let (outcome, reason, effect) = match request.action {
             Action::Enroll => {
@@ -140,7 +147,7 @@ impl CourseState {
 }
 
 /// The verdict for a request naming a course that does not exist.
-pub fn unknown_course() -> Verdict {
+fn unknown_course() -> Verdict {
     Verdict {
         outcome: Outcome::Rejected,
         reason: Some(Reason::UnknownCourse),

@@ -8,5 +8,5 @@ mod registry;
 
 pub use actor::{ActorContext, CourseTicket, RestartPolicy, submit};
 pub use catalog::Catalog;
-pub use decision::{CourseSnapshot, CourseState, Decision, Effect, unknown_course};
+pub use decision::{CourseSnapshot, CourseState, Decision, Effect};
 pub use registry::{Close, Registry, RegistryConfig, Routed};

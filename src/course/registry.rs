@@ -118,7 +118,7 @@ impl Registry {
                         Ok(true) => {}
                         Ok(false) => return Routed::UnknownCourse(Box::new(envelope)),
                         Err(e) => {
-                            tracing::warn!(error = %e, "cannot read the course catalog; waiting");
+                            tracing::warn!(error = %crate::telemetry::chain(&e), "cannot read the course catalog; waiting");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             continue;
                         }

@@ -22,7 +22,7 @@ pub async fn show(progress: Arc<Progress>, total: usize, done: CancellationToken
 async fn bars(progress: Arc<Progress>, total: usize, done: CancellationToken) {
     let multi = MultiProgress::new();
     let style =
-        ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos:>7}/{len:7} {per_sec:>12}")
+        ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos:>7}/{len:7} {elapsed:>4}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
     let bar = |name: &'static str| {

@@ -100,7 +100,7 @@ impl Store {
 
         // Final verdicts of the fresh items: the provisional one, unless the effect did not apply.
         let mut finals: HashMap<usize, Verdict> = HashMap::new();
-        let mut missed: HashSet<usize> = HashSet::new();
+        let mut missed: Vec<usize> = Vec::new();
         for &i in &fresh {
             let p = &items[i];
             let id = p.request.request_id.as_str();
@@ -110,12 +110,12 @@ impl Store {
                 Effect::Drop => dropped.contains(id),
             };
             if !applied {
-                missed.insert(i);
+                missed.push(i);
             }
             finals.insert(i, p.provisional.clone());
         }
         if !missed.is_empty() {
-            revise(&mut tx, items, &fresh, &enrolled, &dropped, &mut finals).await?;
+            revise(&mut tx, items, &missed, &mut finals).await?;
         }
 
         let batch_id = if fresh.is_empty() {
@@ -362,24 +362,9 @@ async fn apply_enrolls(
 async fn revise(
     tx: &mut sqlx::PgConnection,
     items: &[&Pending],
-    fresh: &[usize],
-    enrolled: &HashSet<String>,
-    dropped: &HashSet<String>,
+    missed: &[usize],
     finals: &mut HashMap<usize, Verdict>,
 ) -> Result<()> {
-    let missed: Vec<usize> = fresh
-        .iter()
-        .copied()
-        .filter(|&i| {
-            let p = &items[i];
-            let id = p.request.request_id.as_str();
-            match p.effect {
-                Effect::None => false,
-                Effect::Enroll => !enrolled.contains(id),
-                Effect::Drop => !dropped.contains(id),
-            }
-        })
-        .collect();
     let courses: Vec<&str> = missed
         .iter()
         .map(|&i| items[i].request.course_id.as_str())

@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use anyhow::anyhow;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::future::join_all;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -68,7 +67,7 @@ impl Committer {
                         break;
                     }
                 }
-                Some(Err(e)) => self.abandon(batch, &e).await,
+                Some(Err(e)) => self.abandon(batch, e).await,
                 // Stopping while the database is unreachable: the batch is not acked and returns
                 // to the queues when the connection closes.
                 None => break,
@@ -107,12 +106,7 @@ impl Committer {
         stop: &CancellationToken,
     ) -> Option<Result<Vec<Committed>, StoreError>> {
         let pending: Vec<&crate::store::Pending> = batch.iter().map(|d| &d.pending).collect();
-        let mut delays = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times()
-            .build();
+        let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(5));
         let mut failures = 0u32;
         loop {
             match self.store.commit(&self.worker_id, &pending).await {
@@ -125,7 +119,7 @@ impl Committer {
                 Err(e) if e.is_transient() => {
                     if failures == 0 {
                         tracing::warn!(
-                            error = format!("{:#}", anyhow::Error::new(e)),
+                            error = %crate::telemetry::chain(&e),
                             size = batch.len(),
                             "group commit failed; retrying"
                         );
@@ -144,9 +138,9 @@ impl Committer {
 
     /// A batch that can never commit (fenced, or refused by a constraint): its deliveries go back
     /// to the queue, and its courses reload before deciding again.
-    async fn abandon(&self, batch: Vec<Decided>, error: &StoreError) {
+    async fn abandon(&self, batch: Vec<Decided>, error: StoreError) {
         tracing::error!(
-            error = format!("{:#}", anyhow::Error::msg(error.to_string())),
+            error = %crate::telemetry::chain(&error),
             size = batch.len(),
             "group commit refused; returning the batch to the queues"
         );
@@ -227,10 +221,14 @@ async fn finalize(
         if !answered.is_empty()
             && let Err(e) = store.mark_answered(&answered).await
         {
-            tracing::warn!(error = %e, "could not record final answers as sent");
+            tracing::warn!(error = %crate::telemetry::chain(&e), "could not record final answers as sent");
         }
         drop(answered);
         let acks = join_all(batch.into_iter().map(|(decided, _)| async move {
+            if lose_ack(&decided.pending.request) {
+                // Dropped unsettled: the broker gets it back and redelivers it.
+                return Ok(());
+            }
             let acked = decided.ack.ack().await;
             drop(decided.guard);
             acked
@@ -241,4 +239,18 @@ async fn finalize(
             return;
         }
     }
+}
+
+/// A named fail point for fault-injection tests, `finalize-lose-ack-<course>`: the ack is lost as
+/// if the worker died between answering and acking, and the broker redelivers the request.
+/// Compiled out without the `failpoints` feature.
+#[cfg(feature = "failpoints")]
+fn lose_ack(request: &crate::domain::Request) -> bool {
+    let name = format!("finalize-lose-ack-{}", request.course_id);
+    fail::eval(&name, |_| ()).is_some()
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn lose_ack(_: &crate::domain::Request) -> bool {
+    false
 }

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::Fault;
 use crate::amqp::{Broker, DeadCopy, Deliveries, Incoming, Outgoing, ReplyTo, Topology};
-use crate::course::{ActorContext, Decision, Effect, Registry, Routed, submit, unknown_course};
+use crate::course::{ActorContext, Decision, Registry, Routed, submit};
 use crate::pipeline::{Envelope, InFlight, InFlightGuard};
 use crate::protocol::{Answer, Invalid, parse_request};
 use crate::store::Lease;
@@ -86,14 +86,9 @@ impl Intake {
                 };
                 if let Routed::UnknownCourse(envelope) = self.registry.route(envelope).await {
                     // Recorded like any decision (so it replays), without spawning anything.
-                    let decision = Decision {
-                        verdict: unknown_course(),
-                        effect: Effect::None,
-                        replay: false,
-                    };
                     // An error means the committer is gone (shutting down): the delivery
                     // returns to its queue with the channel.
-                    let _ = submit(&self.ctx, *envelope, decision, None).await;
+                    let _ = submit(&self.ctx, *envelope, Decision::unknown_course(), None).await;
                 }
             }
             Err(invalid) => self.reject(incoming, invalid, guard).await,
@@ -121,7 +116,7 @@ impl Intake {
             };
             let answer = Answer::invalid(&invalid).to_json();
             if let Err(e) = self.ctx.outbox.post(Outgoing::reply(&to, answer)).await {
-                tracing::debug!(error = %e, "answer to an invalid request not sent");
+                tracing::debug!(error = %crate::telemetry::chain(&e), "answer to an invalid request not sent");
             }
         }
         if let Err(e) = incoming.ack.ack().await {

@@ -12,7 +12,6 @@ mod session;
 use std::time::Duration;
 
 use anyhow::Context;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::Topology;
@@ -99,12 +98,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .context("registering the worker")?;
     tracing::info!(worker_id = %config.worker_id, partitions = config.topology.partitions, "worker started");
 
-    let mut delays = ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .without_max_times()
-        .build();
+    let mut delays = crate::retry::delays(Duration::from_millis(200), Duration::from_secs(10));
     let outcome = loop {
         match session::run(&config, &store, shutdown.clone()).await {
             Ok(()) => break Ok(()),
@@ -124,7 +118,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         }
     };
     if let Err(e) = store.deregister_worker(&config.worker_id).await {
-        tracing::warn!(error = %e, "could not deregister the worker");
+        tracing::warn!(error = %crate::telemetry::chain(&e), "could not deregister the worker");
     }
     store.close().await;
     tracing::info!(worker_id = %config.worker_id, "worker stopped");

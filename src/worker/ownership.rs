@@ -92,7 +92,7 @@ impl Ownership {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not renew partition leases");
+                tracing::warn!(error = %crate::telemetry::chain(&e), "could not renew partition leases");
             }
         }
     }
@@ -122,7 +122,9 @@ impl Ownership {
                     );
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not acquire partitions"),
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::chain(&e), "could not acquire partitions")
+            }
         }
     }
 }

@@ -131,3 +131,75 @@ async fn evicted_and_idle_actors_come_back_with_their_state() {
     env.assert_consistent(&round2, &courses).await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_request_already_answered_gets_no_second_final_answer() {
+    // Arrange: the first ack for this course is lost, as if the worker died right after
+    // answering; the broker then redelivers the request.
+    let mut env = TestEnv::new().await;
+    let courses = env
+        .add_courses(&format!("{}l", env.topology.prefix), 1, 3)
+        .await;
+    fail::cfg(format!("finalize-lose-ack-{}", courses[0]), "1*return")
+        .expect("configure the fail point");
+    env.start_worker(env.worker_config()).await;
+    let broker = env.broker().await;
+    let publisher = broker.confirmed_publisher().await.expect("publisher");
+    let (queue, mut replies) = broker.reply_queue().await.expect("reply queue");
+    let to = seatrush::amqp::ReplyTo {
+        queue,
+        correlation_id: None,
+    };
+    let request = enroll("lost-ack-1", &courses[0], "s1");
+
+    // Act
+    publisher
+        .send_confirmed(seatrush::amqp::Outgoing::request(
+            &env.topology,
+            request.course_id.as_str(),
+            request.request_id.as_str(),
+            Some(&to),
+            seatrush::protocol::request_body(&request),
+        ))
+        .await
+        .expect("publish");
+    let mut answers = Vec::new();
+    let start = std::time::Instant::now();
+    // Until the redelivery shows (its replayed provisional answer), then a little longer for
+    // any second final answer.
+    let mut quiet_until = None;
+    while start.elapsed() < Duration::from_secs(30)
+        && quiet_until.is_none_or(|t| std::time::Instant::now() < t)
+    {
+        let Ok(Some(Ok(message))) =
+            tokio::time::timeout(Duration::from_millis(200), replies.next()).await
+        else {
+            continue;
+        };
+        let answer = seatrush::client::parse_answer(&message.body).expect("JSON");
+        if answer.stage == seatrush::protocol::Stage::Provisional && answer.replayed {
+            quiet_until = Some(std::time::Instant::now() + Duration::from_secs(2));
+        }
+        answers.push(answer);
+    }
+
+    // Assert
+    let provisional_replays = answers
+        .iter()
+        .filter(|a| a.stage == seatrush::protocol::Stage::Provisional && a.replayed)
+        .count();
+    let finals: Vec<_> = answers
+        .iter()
+        .filter(|a| a.stage == seatrush::protocol::Stage::Final)
+        .collect();
+    assert_eq!(
+        provisional_replays, 1,
+        "the request was redelivered once: {answers:#?}"
+    );
+    assert_eq!(finals.len(), 1, "one final answer only: {answers:#?}");
+    assert_eq!(finals[0].outcome, "enrolled");
+    assert!(env.store.audit().await.expect("audit").is_empty());
+    fail::remove(format!("finalize-lose-ack-{}", courses[0]));
+    broker.close().await;
+    env.cleanup().await;
+}
