@@ -6,8 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::amqp::{Broker, Deliveries, Outgoing, Publisher, ReplyTo, Topology};
-use crate::domain::CourseId;
-use crate::domain::Request;
+use crate::domain::{Action, CourseId, Request};
 use crate::protocol::{Answer, Stage, request_body};
 
 /// The two answers to one request.
@@ -23,6 +22,8 @@ pub struct Client {
     broker: Broker,
     publisher: Publisher,
     topology: Topology,
+    /// The broker user this client connects as, named on course changes.
+    user: Option<String>,
 }
 
 impl Client {
@@ -35,6 +36,7 @@ impl Client {
             broker,
             publisher,
             topology,
+            user: crate::amqp::url_user(amqp_url),
         })
     }
 
@@ -45,13 +47,16 @@ impl Client {
             queue,
             correlation_id: Some(request.request_id.to_string()),
         };
-        let message = Outgoing::request(
+        let mut message = Outgoing::request(
             &self.topology,
             request.course_id.as_str(),
             request.request_id.as_str(),
             Some(&to),
             request_body(request),
         );
+        if let (Action::Configure(_), Some(user)) = (&request.action, &self.user) {
+            message = message.with_user_id(user);
+        }
         self.publisher
             .send_confirmed(message)
             .await
@@ -60,6 +65,9 @@ impl Client {
             let mut provisional = None;
             while let Some(next) = replies.next().await {
                 let answer = parse_answer(&next?.body)?;
+                if answer.is_promotion() {
+                    continue;
+                }
                 match answer.stage {
                     Stage::Provisional => provisional = Some(answer),
                     Stage::Final => {
@@ -75,8 +83,11 @@ impl Client {
         let answers = tokio::time::timeout(timeout, wait).await.with_context(|| {
             format!("no final answer within {timeout:?}: is a worker running (seatrush worker)?")
         })?;
-        self.broker.close().await;
         answers
+    }
+
+    pub async fn close(self) {
+        self.broker.close().await;
     }
 
     /// Subscribes to final events, for one course or all.

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
+
 /// Longest id accepted, in bytes (all accepted characters are ASCII).
 pub const MAX_ID_LEN: usize = 64;
 
@@ -89,52 +91,104 @@ id_type!(
     "request_id"
 );
 
-/// What a student asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What a request asks for: a student's enroll or drop, or an operator's change to the course.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Enroll,
     Drop,
+    /// Change the course's seats, waitlist capacity or window. Decided by the course actor like
+    /// any request, so a change never races a decision.
+    Configure(Box<CoursePatch>),
 }
 
 impl Action {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Action::Enroll => "enroll",
             Action::Drop => "drop",
+            Action::Configure(_) => "configure",
+        }
+    }
+}
+
+/// A course's settings, as the course actor and the database hold them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CourseSettings {
+    /// Seats.
+    pub capacity: u32,
+    /// Places on the waitlist (0: no waitlist).
+    pub waitlist: u32,
+    /// Requests before this instant are rejected with reason `not_open`.
+    pub opens_at: Option<DateTime<Utc>>,
+    /// Requests from this instant on are rejected with reason `closed`.
+    pub closes_at: Option<DateTime<Utc>>,
+}
+
+impl CourseSettings {
+    /// The settings with a change applied.
+    pub fn patched(&self, patch: &CoursePatch) -> Self {
+        Self {
+            capacity: patch.seats.unwrap_or(self.capacity),
+            waitlist: patch.waitlist.unwrap_or(self.waitlist),
+            opens_at: patch.opens_at.unwrap_or(self.opens_at),
+            closes_at: patch.closes_at.unwrap_or(self.closes_at),
         }
     }
 
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "enroll" => Some(Action::Enroll),
-            "drop" => Some(Action::Drop),
-            _ => None,
+    /// Whether the window is well formed (it opens before it closes).
+    pub fn window_is_valid(&self) -> bool {
+        match (self.opens_at, self.closes_at) {
+            (Some(open), Some(close)) => open < close,
+            _ => true,
         }
     }
+}
+
+/// A change to a course's settings; `None` leaves a setting as it is, and `Some(None)` clears
+/// an instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoursePatch {
+    pub seats: Option<u32>,
+    pub waitlist: Option<u32>,
+    pub opens_at: Option<Option<DateTime<Utc>>>,
+    pub closes_at: Option<Option<DateTime<Utc>>>,
 }
 
 /// What happened to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Enrolled,
+    /// No seat, but a place on the waitlist.
+    Waitlisted,
     Rejected,
+    /// A seat given back, or a place on the waitlist left.
     Dropped,
+    /// A course change applied.
+    Configured,
+    /// Not the outcome of a request but an event: a waitlisted student took a freed seat.
+    Promoted,
 }
 
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Enrolled => "enrolled",
+            Outcome::Waitlisted => "waitlisted",
             Outcome::Rejected => "rejected",
             Outcome::Dropped => "dropped",
+            Outcome::Configured => "configured",
+            Outcome::Promoted => "promoted",
         }
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
         match raw {
             "enrolled" => Some(Outcome::Enrolled),
+            "waitlisted" => Some(Outcome::Waitlisted),
             "rejected" => Some(Outcome::Rejected),
             "dropped" => Some(Outcome::Dropped),
+            "configured" => Some(Outcome::Configured),
+            "promoted" => Some(Outcome::Promoted),
             _ => None,
         }
     }
@@ -144,16 +198,31 @@ impl Outcome {
 /// nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// Every seat is taken.
+    /// Every seat is taken, and the waitlist is full or there is none.
     Full,
     /// No course has this id.
     UnknownCourse,
     /// The request could not be understood (bad JSON, bad id, missing field, too large).
     Invalid,
-    /// A drop for a student who holds no seat in the course.
+    /// A drop for a student who holds neither a seat nor a place on the waitlist.
     NotEnrolled,
     /// An enroll for a student who already holds a seat: the outcome is `enrolled`, no new seat.
     AlreadyEnrolled,
+    /// An enroll for a student already on the waitlist: the outcome is `waitlisted`, with the
+    /// current position.
+    AlreadyWaitlisted,
+    /// The course's window has not opened yet (the answer carries `opens_at`).
+    NotOpen,
+    /// The course's window has closed (the answer carries `closes_at`).
+    Closed,
+    /// A course change from a user who may not change courses.
+    Forbidden,
+    /// A course change that would leave fewer seats than students enrolled.
+    SeatsBelowEnrolled,
+    /// A course change that would leave fewer waitlist places than students waiting.
+    WaitlistBelowWaiting,
+    /// A course change whose window closes before it opens.
+    WindowOutOfOrder,
 }
 
 impl Reason {
@@ -164,6 +233,13 @@ impl Reason {
             Reason::Invalid => "invalid",
             Reason::NotEnrolled => "not_enrolled",
             Reason::AlreadyEnrolled => "already_enrolled",
+            Reason::AlreadyWaitlisted => "already_waitlisted",
+            Reason::NotOpen => "not_open",
+            Reason::Closed => "closed",
+            Reason::Forbidden => "forbidden",
+            Reason::SeatsBelowEnrolled => "seats_below_enrolled",
+            Reason::WaitlistBelowWaiting => "waitlist_below_waiting",
+            Reason::WindowOutOfOrder => "window_out_of_order",
         }
     }
 
@@ -174,10 +250,33 @@ impl Reason {
             "invalid" => Some(Reason::Invalid),
             "not_enrolled" => Some(Reason::NotEnrolled),
             "already_enrolled" => Some(Reason::AlreadyEnrolled),
+            "already_waitlisted" => Some(Reason::AlreadyWaitlisted),
+            "not_open" => Some(Reason::NotOpen),
+            "closed" => Some(Reason::Closed),
+            "forbidden" => Some(Reason::Forbidden),
+            "seats_below_enrolled" => Some(Reason::SeatsBelowEnrolled),
+            "waitlist_below_waiting" => Some(Reason::WaitlistBelowWaiting),
+            "window_out_of_order" => Some(Reason::WindowOutOfOrder),
             _ => None,
         }
     }
 }
+
+/// Every reason, for documentation and schema checks.
+pub const REASONS: [Reason; 12] = [
+    Reason::Full,
+    Reason::UnknownCourse,
+    Reason::Invalid,
+    Reason::NotEnrolled,
+    Reason::AlreadyEnrolled,
+    Reason::AlreadyWaitlisted,
+    Reason::NotOpen,
+    Reason::Closed,
+    Reason::Forbidden,
+    Reason::SeatsBelowEnrolled,
+    Reason::WaitlistBelowWaiting,
+    Reason::WindowOutOfOrder,
+];
 
 /// A request that passed every check at the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +284,7 @@ pub struct Request {
     pub request_id: RequestId,
     pub action: Action,
     pub course_id: CourseId,
+    /// The student; for a course change, the operator's broker user (checked by the broker).
     pub student_id: StudentId,
 }
 
@@ -195,6 +295,30 @@ pub struct Verdict {
     pub reason: Option<Reason>,
     /// Seats left in the course right after this decision.
     pub seats_left: u32,
+    /// For `waitlisted`: the student's place, 1-based, at the moment of the answer.
+    pub waitlist_position: Option<u32>,
+    /// For `not_open`: when the course opens; for `closed`: when it closed.
+    pub window_at: Option<DateTime<Utc>>,
+}
+
+impl Verdict {
+    pub fn new(outcome: Outcome, reason: Option<Reason>, seats_left: u32) -> Self {
+        Self {
+            outcome,
+            reason,
+            seats_left,
+            waitlist_position: None,
+            window_at: None,
+        }
+    }
+}
+
+/// Where a client listens for its answers: the `reply_to` queue and `correlation_id` of its
+/// request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub queue: String,
+    pub correlation_id: Option<String>,
 }
 
 /// A partition of the request exchange, numbered from 0.

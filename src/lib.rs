@@ -12,8 +12,10 @@
 //! - [`course`]: course actors, their registry and supervisor, and the pure decision logic.
 //! - [`store`]: Postgres. Only it speaks SQL.
 //! - [`client`]: what producers and operators use: publish a request and await its answers.
+//! - [`admin`]: course creation, changes through the course actor, CSV import.
 //! - [`load`]: a flash crowd of requests with answer collection, used by the demo and tests.
 
+pub mod admin;
 pub mod amqp;
 pub mod bench;
 pub mod charts;

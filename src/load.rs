@@ -48,6 +48,8 @@ pub struct Answered {
     pub provisional: Option<(Answer, Duration)>,
     /// Every final answer received (exactly one when all is well) and its latency.
     pub finals: Vec<(Answer, Duration)>,
+    /// Promotion events for this request (it was waitlisted, then took a freed seat).
+    pub promotions: Vec<Answer>,
 }
 
 /// What a crowd saw.
@@ -174,7 +176,9 @@ pub async fn fire_with(
             let (Some(index), Ok(answer)) = (index, parse_answer(&message.body)) else {
                 continue;
             };
-            if answer.stage == Stage::Final {
+            if answer.is_promotion() {
+                // Not an answer to this request's publish: it comes on top of the final one.
+            } else if answer.stage == Stage::Final {
                 finals += 1;
                 counters.finals.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -202,14 +206,11 @@ pub async fn fire_with(
 
     // On timeout the collector returns what arrived; the rest counts as lost.
     let got = collector.await.context("the answer collector failed")?;
-    let complete = got
-        .iter()
-        .filter(|(_, a, _)| a.stage == Stage::Final)
-        .count()
-        >= n;
+    let is_final = |a: &Answer| a.stage == Stage::Final && !a.is_promotion();
+    let complete = got.iter().filter(|(_, a, _)| is_final(a)).count() >= n;
     let total_time = got
         .iter()
-        .filter(|(_, a, _)| a.stage == Stage::Final)
+        .filter(|(_, a, _)| is_final(a))
         .map(|(_, _, at)| at.duration_since(start))
         .max()
         .unwrap_or_else(|| start.elapsed());
@@ -223,6 +224,7 @@ pub async fn fire_with(
             sent: at.duration_since(start),
             provisional: None,
             finals: Vec::new(),
+            promotions: Vec::new(),
         })
         .collect();
     for (index, answer, at) in got {
@@ -230,6 +232,10 @@ pub async fn fire_with(
             continue;
         };
         let latency = at.duration_since(sent_at[index]);
+        if answer.is_promotion() {
+            slot.promotions.push(answer);
+            continue;
+        }
         match answer.stage {
             Stage::Provisional => slot.provisional = Some((answer, latency)),
             Stage::Final => slot.finals.push((answer, latency)),
@@ -358,6 +364,10 @@ mod tests {
             outcome: outcome.into(),
             reason: reason.map(str::to_owned),
             seats_left: 0,
+            waitlist_position: None,
+            opens_at: None,
+            closes_at: None,
+            promoted_by: None,
             replayed: false,
             revised: false,
             detail: None,
@@ -383,6 +393,7 @@ mod tests {
                 .iter()
                 .map(|(o, r, ms)| (answer(Stage::Final, o, *r), Duration::from_millis(*ms)))
                 .collect(),
+            promotions: Vec::new(),
         }
     }
 

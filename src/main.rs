@@ -9,7 +9,11 @@ use tokio_util::sync::CancellationToken;
 use seatrush::amqp::Topology;
 use seatrush::client::Client;
 use seatrush::course::RestartPolicy;
-use seatrush::domain::{Action, CourseId, Request, RequestId, StudentId};
+use chrono::{DateTime, Utc};
+use seatrush::admin;
+use seatrush::domain::{
+    Action, CourseId, CoursePatch, CourseSettings, Request, RequestId, StudentId,
+};
 use seatrush::load::Pace;
 use seatrush::rush::{Crowd, RushConfig, Services, Workers};
 use seatrush::store::Store;
@@ -280,14 +284,69 @@ enum CourseCommand {
     /// Create a course.
     Add {
         id: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Change a course through its course actor (waits for a worker to apply it). Raising the
+    /// seats promotes from the waitlist at once; going below what is held is refused.
+    Set {
+        id: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
         #[arg(long)]
-        seats: u32,
+        json: bool,
+        /// Seconds to wait for a worker's answer.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+    /// Show one course: settings, enrolled students, the waitlist in order.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
     },
     /// List courses with their seat counts.
     List {
         #[arg(long)]
         json: bool,
     },
+    /// Create a term's courses from a CSV file (course_id,seats,waitlist,opens_at,closes_at);
+    /// existing courses get the file's settings through their actors.
+    Import {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for a worker's answer to each change of an existing course.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+}
+
+/// A course's settings on the command line; instants are RFC 3339, `none` clears one.
+#[derive(Args)]
+struct SettingsArgs {
+    #[arg(long)]
+    seats: Option<u32>,
+    /// Places on the waitlist (0: none).
+    #[arg(long)]
+    waitlist: Option<u32>,
+    /// Requests before this instant are rejected as not open.
+    #[arg(long, value_parser = admin::parse_instant)]
+    opens_at: Option<Option<DateTime<Utc>>>,
+    /// Requests from this instant on are rejected as closed.
+    #[arg(long, value_parser = admin::parse_instant)]
+    closes_at: Option<Option<DateTime<Utc>>>,
+}
+
+impl SettingsArgs {
+    fn patch(&self) -> CoursePatch {
+        CoursePatch {
+            seats: self.seats,
+            waitlist: self.waitlist,
+            opens_at: self.opens_at,
+            closes_at: self.closes_at,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -334,28 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             tokio::spawn(stop_on_signal(shutdown.clone()));
             worker::run(config, shutdown).await?;
         }
-        Command::Course(CourseCommand::Add { id, seats }) => {
-            let course = CourseId::parse(id)?;
-            common.store().await?.add_course(&course, seats).await?;
-            println!("course {course} added with {seats} seats");
-        }
-        Command::Course(CourseCommand::List { json }) => {
-            let courses = common.store().await?.list_courses().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&courses)?);
-            } else {
-                println!(
-                    "{:<24} {:>8} {:>8} {:>10}",
-                    "course", "seats", "enrolled", "seats left"
-                );
-                for c in courses {
-                    println!(
-                        "{:<24} {:>8} {:>8} {:>10}",
-                        c.course_id, c.capacity, c.enrolled, c.seats_left
-                    );
-                }
-            }
-        }
+        Command::Course(command) => return course(&common, command).await,
         Command::Enroll(args) => return request(&common, Action::Enroll, args).await,
         Command::Drop(args) => return request(&common, Action::Drop, args).await,
         Command::Watch { course, json } => {
@@ -520,6 +558,138 @@ fn worker_config(common: &Common, args: WorkerArgs) -> anyhow::Result<WorkerConf
     Ok(config)
 }
 
+async fn course(
+    common: &Common,
+    command: CourseCommand,
+) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        CourseCommand::Add { id, settings } => {
+            let course = CourseId::parse(id)?;
+            let Some(seats) = settings.seats else {
+                anyhow::bail!("--seats is required to create a course");
+            };
+            let settings = CourseSettings {
+                capacity: seats,
+                ..CourseSettings::default()
+            }
+            .patched(&settings.patch());
+            admin::check_settings(&course, &settings)?;
+            common.store().await?.add_course(&course, &settings).await?;
+            println!("course {course} added: {}", describe_settings(&settings));
+        }
+        CourseCommand::Set {
+            id,
+            settings,
+            json,
+            timeout_secs,
+        } => {
+            let course = CourseId::parse(id)?;
+            let patch = settings.patch();
+            if patch == CoursePatch::default() {
+                anyhow::bail!("nothing to change: give --seats, --waitlist, --opens-at or --closes-at");
+            }
+            let client = Client::connect(&common.amqp_url()?, common.topology(0, 0)).await?;
+            let answers =
+                admin::configure(&client, &course, patch, Duration::from_secs(timeout_secs)).await;
+            client.close().await;
+            let answer = answers?.final_answer;
+            if json {
+                println!("{}", serde_json::to_string(&answer)?);
+            } else {
+                println!("{}", describe(&answer));
+            }
+            if answer.reason.is_some() {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        CourseCommand::Show { id, json } => {
+            let course = CourseId::parse(id)?;
+            let Some(detail) = common.store().await?.course_detail(&course).await? else {
+                anyhow::bail!("no course {course}");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&detail)?);
+            } else {
+                let c = &detail.course;
+                println!("course {}", c.course_id);
+                println!(
+                    "  seats {} ({} enrolled, {} left), waitlist {} of {}",
+                    c.capacity, c.enrolled, c.seats_left, c.waitlisted, c.waitlist_capacity
+                );
+                let at = |t: Option<DateTime<Utc>>| t.map_or("-".to_owned(), |t| t.to_rfc3339());
+                println!("  opens {}, closes {}", at(c.opens_at), at(c.closes_at));
+                println!("  enrolled: {}", detail.enrolled_students.join(" "));
+                for (i, student) in detail.waitlist.iter().enumerate() {
+                    println!("  waitlist {:>4}. {student}", i + 1);
+                }
+            }
+        }
+        CourseCommand::List { json } => {
+            let courses = common.store().await?.list_courses().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&courses)?);
+            } else {
+                println!(
+                    "{:<24} {:>8} {:>8} {:>10} {:>10}",
+                    "course", "seats", "enrolled", "seats left", "waitlisted"
+                );
+                for c in courses {
+                    println!(
+                        "{:<24} {:>8} {:>8} {:>10} {:>5} of {:<4}",
+                        c.course_id,
+                        c.capacity,
+                        c.enrolled,
+                        c.seats_left,
+                        c.waitlisted,
+                        c.waitlist_capacity
+                    );
+                }
+            }
+        }
+        CourseCommand::Import {
+            file,
+            json,
+            timeout_secs,
+        } => {
+            let courses = admin::read_course_file(&file)?;
+            let store = common.store().await?;
+            let client = Client::connect(&common.amqp_url()?, common.topology(0, 0)).await?;
+            let imported =
+                admin::import(&store, &client, courses, Duration::from_secs(timeout_secs)).await;
+            client.close().await;
+            let imported = imported?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&imported)?);
+            } else {
+                println!(
+                    "{} courses created, {} changed, {} refused",
+                    imported.created.len(),
+                    imported.changed.len(),
+                    imported.refused.len()
+                );
+                for (course, reason) in &imported.refused {
+                    println!("  {course}: refused ({reason})");
+                }
+            }
+            if !imported.refused.is_empty() {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn describe_settings(s: &CourseSettings) -> String {
+    let mut line = format!("{} seats, waitlist {}", s.capacity, s.waitlist);
+    if let Some(at) = s.opens_at {
+        line.push_str(&format!(", opens {}", at.to_rfc3339()));
+    }
+    if let Some(at) = s.closes_at {
+        line.push_str(&format!(", closes {}", at.to_rfc3339()));
+    }
+    line
+}
+
 async fn request(
     common: &Common,
     action: Action,
@@ -537,7 +707,9 @@ async fn request(
     let client = Client::connect(&common.amqp_url()?, common.topology(0, 0)).await?;
     let answers = client
         .request(&request, Duration::from_secs(args.timeout_secs))
-        .await?;
+        .await;
+    client.close().await;
+    let answers = answers?;
     if args.json {
         if let Some(p) = &answers.provisional {
             println!("{}", serde_json::to_string(p)?);
@@ -559,6 +731,12 @@ fn describe(a: &seatrush::protocol::Answer) -> String {
     );
     if let Some(reason) = &a.reason {
         line.push_str(&format!(" ({reason})"));
+    }
+    if let Some(position) = a.waitlist_position {
+        line.push_str(&format!(" at position {position}"));
+    }
+    if let Some(at) = a.opens_at.as_ref().or(a.closes_at.as_ref()) {
+        line.push_str(&format!(" ({at})"));
     }
     line.push_str(&format!(
         ", {} seats left, request {}",

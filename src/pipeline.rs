@@ -30,11 +30,11 @@ pub struct Envelope {
     pub guard: InFlightGuard,
 }
 
-/// A decided request on its way to the group commit.
+/// A decided request on its way to the group commit (its reply address travels in `pending`,
+/// which stores it with a waitlist place).
 #[derive(Debug)]
 pub struct Decided {
     pub pending: Pending,
-    pub reply_to: Option<ReplyTo>,
     pub ack: AckHandle,
     /// The course actor instance that decided it (none for an unknown course), told when the
     /// decision is durable and when the database disagreed with it.

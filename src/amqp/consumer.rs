@@ -20,6 +20,9 @@ pub struct Incoming {
     pub message_id: Option<String>,
     pub reply_to: Option<String>,
     pub correlation_id: Option<String>,
+    /// The publishing connection's user, if the publisher set it: the broker refuses a message
+    /// whose `user_id` is not that user, so it can be trusted.
+    pub user_id: Option<String>,
     pub routing_key: String,
     pub redelivered: bool,
     pub body: Vec<u8>,
@@ -311,6 +314,7 @@ impl Deliveries {
             message_id: text(props.message_id()),
             reply_to: text(props.reply_to()),
             correlation_id: text(props.correlation_id()),
+            user_id: text(props.user_id()),
             routing_key: delivery.routing_key.to_string(),
             redelivered: delivery.redelivered,
             headers,

@@ -33,6 +33,14 @@ pub enum AmqpError {
 
 pub type Result<T, E = AmqpError> = std::result::Result<T, E>;
 
+/// The user an AMQP URL authenticates as (`guest` when it names none); `None` if the URL does
+/// not parse.
+pub fn url_user(url: &str) -> Option<String> {
+    url.parse::<lapin::uri::AMQPUri>()
+        .ok()
+        .map(|uri| uri.authority.userinfo.username)
+}
+
 /// One connection to the broker. Channels are created from it per purpose.
 pub struct Broker {
     connection: Connection,

@@ -5,13 +5,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 
 use super::{AmqpError, Incoming, Result, Topology};
-
-/// Where a client listens for its answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplyTo {
-    pub queue: String,
-    pub correlation_id: Option<String>,
-}
+pub use crate::domain::ReplyTo;
 
 /// A message ready to be published.
 #[derive(Debug, Clone)]
@@ -52,6 +46,13 @@ impl Outgoing {
             body,
             properties: json_properties().with_delivery_mode(PERSISTENT),
         }
+    }
+
+    /// Names the publishing connection's user in the `user_id` property; the broker refuses the
+    /// message if it is not that user, which is what lets a worker trust it on a course change.
+    pub fn with_user_id(mut self, user: &str) -> Self {
+        self.properties = self.properties.with_user_id(user.into());
+        self
     }
 
     /// A request, as any producer publishes it: persistent, to the consistent-hash exchange,

@@ -80,11 +80,7 @@ async fn echo(
     echo_kind: Echo,
     stop: CancellationToken,
 ) {
-    let verdict = Verdict {
-        outcome: Outcome::Enrolled,
-        reason: None,
-        seats_left: 0,
-    };
+    let verdict = Verdict::new(Outcome::Enrolled, None, 0);
     let inflight = TaskTracker::new();
     loop {
         let next = tokio::select! {
@@ -92,7 +88,11 @@ async fn echo(
             next = deliveries.next() => next,
         };
         let Some(Ok(incoming)) = next else { break };
-        let Ok(request) = parse_request(incoming.message_id.as_deref(), &incoming.body) else {
+        let Ok(request) = parse_request(
+            incoming.message_id.as_deref(),
+            incoming.user_id.as_deref(),
+            &incoming.body,
+        ) else {
             let _ = incoming.ack.ack().await;
             continue;
         };

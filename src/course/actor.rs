@@ -115,8 +115,8 @@ pub async fn submit(
             replay: decision.replay,
             partition: envelope.partition,
             epoch: envelope.epoch,
+            reply_to: envelope.reply_to,
         },
-        reply_to: envelope.reply_to,
         ack: envelope.ack,
         ticket,
         redelivered: envelope.redelivered,
@@ -265,7 +265,8 @@ async fn run_instance(
             let envelope = slot.insert(envelope);
             before_decide(&envelope.request);
             match state.as_mut() {
-                Some(state) => state.decide(&envelope.request),
+                // The worker's clock decides windows: keep worker hosts NTP-synchronized.
+                Some(state) => state.decide(&envelope.request, chrono::Utc::now()),
                 None => Decision::unknown_course(),
             }
         };

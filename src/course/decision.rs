@@ -1,22 +1,51 @@
 //! The decision logic of one course: pure, synchronous, no I/O.
 //!
-//! This is the whole of what a course actor knows. The actor wraps it with a mailbox and a
-//! supervisor; the store persists its effects. Keeping it free of I/O is what lets the property
-//! tests below drive millions of requests through it and check the invariants directly.
+//! This is the whole of what a course actor knows: seats, the ordered waitlist, the window, and
+//! the verdict of every request already decided. The actor wraps it with a mailbox and a
+//! supervisor; the store persists its effects. Keeping it free of I/O (the clock is an argument)
+//! is what lets the property tests below drive millions of requests through it and check the
+//! invariants directly.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
-use crate::domain::{Action, CourseId, Outcome, Reason, Request, RequestId, StudentId, Verdict};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    Action, CourseId, CoursePatch, CourseSettings, Outcome, Reason, Request, RequestId,
+    StudentId, Verdict,
+};
 
 /// The change a decision makes to the course, which the group commit must write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Nothing to write but the outcome (a rejection, an idempotent enroll, ...).
     None,
-    /// The student takes a seat.
+    /// The student takes a free seat.
     Enroll,
-    /// The student gives a seat back.
-    Drop,
+    /// The student joins the end of the waitlist.
+    Waitlist,
+    /// The student gives a seat back; the head of the waitlist, if any, takes it.
+    Drop { promoted: Option<StudentId> },
+    /// The student leaves the waitlist; those behind move up.
+    Leave,
+    /// New settings; the heads of the waitlist take any new seats, in order.
+    Configure {
+        settings: CourseSettings,
+        promoted: Vec<StudentId>,
+    },
+}
+
+impl Effect {
+    /// The students this effect moves from the waitlist to a seat, in order.
+    pub fn promoted(&self) -> &[StudentId] {
+        match self {
+            Effect::Drop {
+                promoted: Some(student),
+            } => std::slice::from_ref(student),
+            Effect::Configure { promoted, .. } => promoted,
+            _ => &[],
+        }
+    }
 }
 
 /// One decided request.
@@ -32,8 +61,13 @@ pub struct Decision {
 impl Decision {
     /// The decision for a request naming a course that does not exist: rejected, no effect.
     pub fn unknown_course() -> Self {
+        Self::rejected(Reason::UnknownCourse)
+    }
+
+    /// A rejection decided before any course is consulted (unknown course, forbidden change).
+    pub fn rejected(reason: Reason) -> Self {
         Self {
-            verdict: unknown_course(),
+            verdict: Verdict::new(Outcome::Rejected, Some(reason), 0),
             effect: Effect::None,
             replay: false,
         }
@@ -43,18 +77,23 @@ impl Decision {
 /// What the store hands over when a course actor (re)starts.
 #[derive(Debug, Clone, Default)]
 pub struct CourseSnapshot {
-    pub capacity: u32,
+    pub settings: CourseSettings,
     pub enrolled: Vec<StudentId>,
+    /// The waitlist, head first.
+    pub waitlist: Vec<StudentId>,
     /// Every request id already decided for this course, with its stored verdict.
     pub decided: Vec<(RequestId, Verdict)>,
 }
 
-/// The in-memory state of one course: the seat counter and what is needed to answer at once.
+/// The in-memory state of one course: what is needed to answer at once.
 #[derive(Debug, Clone)]
 pub struct CourseState {
     course_id: CourseId,
-    capacity: u32,
+    settings: CourseSettings,
     enrolled: HashSet<StudentId>,
+    /// Head first. Small (bounded by the waitlist capacity), so a position is a short scan.
+    waitlist: VecDeque<StudentId>,
+    waiting: HashSet<StudentId>,
     /// Verdicts by request id, so that a duplicate or a redelivery replays instead of deciding
     /// twice. Only ids of requests for this existing course land here; the map is dropped with
     /// the actor when the course goes idle.
@@ -66,8 +105,10 @@ impl CourseState {
     pub fn from_snapshot(course_id: CourseId, snapshot: CourseSnapshot) -> Self {
         Self {
             course_id,
-            capacity: snapshot.capacity,
+            settings: snapshot.settings,
             enrolled: snapshot.enrolled.into_iter().collect(),
+            waiting: snapshot.waitlist.iter().cloned().collect(),
+            waitlist: snapshot.waitlist.into(),
             decided: snapshot.decided.into_iter().collect(),
         }
     }
@@ -76,28 +117,48 @@ impl CourseState {
         &self.course_id
     }
 
-    pub fn capacity(&self) -> u32 {
-        self.capacity
+    pub fn settings(&self) -> &CourseSettings {
+        &self.settings
     }
 
     pub fn enrolled_count(&self) -> u32 {
-        // The set never holds more than `capacity` students, and capacity is a u32.
-        u32::try_from(self.enrolled.len()).unwrap_or(u32::MAX)
+        count(self.enrolled.len())
+    }
+
+    pub fn waitlisted_count(&self) -> u32 {
+        count(self.waitlist.len())
     }
 
     pub fn seats_left(&self) -> u32 {
-        self.capacity.saturating_sub(self.enrolled_count())
+        self.settings.capacity.saturating_sub(self.enrolled_count())
     }
 
     pub fn is_enrolled(&self, student: &StudentId) -> bool {
         self.enrolled.contains(student)
     }
 
-    /// Decides a request against the current state and applies its effect in memory.
+    /// The student's place on the waitlist, 1-based.
+    pub fn position(&self, student: &StudentId) -> Option<u32> {
+        if !self.waiting.contains(student) {
+            return None;
+        }
+        self.waitlist
+            .iter()
+            .position(|s| s == student)
+            .map(|i| count(i + 1))
+    }
+
+    /// The waitlist, head first.
+    pub fn waitlist(&self) -> impl Iterator<Item = &StudentId> {
+        self.waitlist.iter()
+    }
+
+    /// Decides a request against the current state at instant `now`, and applies its effect
+    /// in memory.
     ///
     /// The caller must have routed the request to this course: a request for another course is
     /// a programming error and is answered as unknown rather than touching this course's seats.
-    pub fn decide(&mut self, request: &Request) -> Decision {
+    pub fn decide(&mut self, request: &Request, now: DateTime<Utc>) -> Decision {
         if let Some(stored) = self.decided.get(&request.request_id) {
             return Decision {
                 verdict: stored.clone(),
@@ -108,33 +169,13 @@ impl CourseState {
         if request.course_id != self.course_id {
             return Decision::unknown_course();
         }
-        let (outcome, reason, effect) = match request.action {
-            Action::Enroll => {
-                if self.enrolled.contains(&request.student_id) {
-                    (
-                        Outcome::Enrolled,
-                        Some(Reason::AlreadyEnrolled),
-                        Effect::None,
-                    )
-                } else if self.seats_left() == 0 {
-                    (Outcome::Rejected, Some(Reason::Full), Effect::None)
-                } else {
-                    self.enrolled.insert(request.student_id.clone());
-                    (Outcome::Enrolled, None, Effect::Enroll)
-                }
-            }
-            Action::Drop => {
-                if self.enrolled.remove(&request.student_id) {
-                    (Outcome::Dropped, None, Effect::Drop)
-                } else {
-                    (Outcome::Rejected, Some(Reason::NotEnrolled), Effect::None)
-                }
-            }
-        };
-        let verdict = Verdict {
-            outcome,
-            reason,
-            seats_left: self.seats_left(),
+        let (verdict, effect) = match &request.action {
+            Action::Configure(patch) => self.configure(patch),
+            action => match self.window_refusal(now) {
+                Some(verdict) => (verdict, Effect::None),
+                None if *action == Action::Enroll => self.enroll(&request.student_id),
+                None => self.drop_student(&request.student_id),
+            },
         };
         self.decided
             .insert(request.request_id.clone(), verdict.clone());
@@ -144,15 +185,109 @@ impl CourseState {
             replay: false,
         }
     }
+
+    fn verdict(&self, outcome: Outcome, reason: Option<Reason>) -> Verdict {
+        Verdict::new(outcome, reason, self.seats_left())
+    }
+
+    /// The rejection of a request outside the course's window, if it is.
+    fn window_refusal(&self, now: DateTime<Utc>) -> Option<Verdict> {
+        let (reason, at) = match (self.settings.opens_at, self.settings.closes_at) {
+            (Some(open), _) if now < open => (Reason::NotOpen, open),
+            (_, Some(close)) if now >= close => (Reason::Closed, close),
+            _ => return None,
+        };
+        let mut verdict = self.verdict(Outcome::Rejected, Some(reason));
+        verdict.window_at = Some(at);
+        Some(verdict)
+    }
+
+    fn waitlisted(&self, student: &StudentId, reason: Option<Reason>) -> Verdict {
+        let mut verdict = self.verdict(Outcome::Waitlisted, reason);
+        verdict.waitlist_position = self.position(student);
+        verdict
+    }
+
+    fn enroll(&mut self, student: &StudentId) -> (Verdict, Effect) {
+        if self.enrolled.contains(student) {
+            let verdict = self.verdict(Outcome::Enrolled, Some(Reason::AlreadyEnrolled));
+            return (verdict, Effect::None);
+        }
+        if self.waiting.contains(student) {
+            let verdict = self.waitlisted(student, Some(Reason::AlreadyWaitlisted));
+            return (verdict, Effect::None);
+        }
+        // A free seat implies an empty waitlist: every freed seat goes to the head at once.
+        if self.seats_left() > 0 {
+            self.enrolled.insert(student.clone());
+            return (self.verdict(Outcome::Enrolled, None), Effect::Enroll);
+        }
+        if self.waitlisted_count() < self.settings.waitlist {
+            self.waitlist.push_back(student.clone());
+            self.waiting.insert(student.clone());
+            return (self.waitlisted(student, None), Effect::Waitlist);
+        }
+        (
+            self.verdict(Outcome::Rejected, Some(Reason::Full)),
+            Effect::None,
+        )
+    }
+
+    fn drop_student(&mut self, student: &StudentId) -> (Verdict, Effect) {
+        if self.enrolled.remove(student) {
+            let promoted = self.promote().pop();
+            return (self.verdict(Outcome::Dropped, None), Effect::Drop { promoted });
+        }
+        if self.waiting.remove(student) {
+            self.waitlist.retain(|s| s != student);
+            return (self.verdict(Outcome::Dropped, None), Effect::Leave);
+        }
+        (
+            self.verdict(Outcome::Rejected, Some(Reason::NotEnrolled)),
+            Effect::None,
+        )
+    }
+
+    fn configure(&mut self, patch: &CoursePatch) -> (Verdict, Effect) {
+        let settings = self.settings.patched(patch);
+        let refusal = if settings.capacity < self.enrolled_count() {
+            Some(Reason::SeatsBelowEnrolled)
+        } else if settings.waitlist < self.waitlisted_count() {
+            Some(Reason::WaitlistBelowWaiting)
+        } else if !settings.window_is_valid() {
+            Some(Reason::WindowOutOfOrder)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return (self.verdict(Outcome::Rejected, Some(reason)), Effect::None);
+        }
+        self.settings = settings.clone();
+        let promoted = self.promote();
+        (
+            self.verdict(Outcome::Configured, None),
+            Effect::Configure { settings, promoted },
+        )
+    }
+
+    /// Moves heads of the waitlist into free seats; returns them in order.
+    fn promote(&mut self) -> Vec<StudentId> {
+        let mut promoted = Vec::new();
+        while self.seats_left() > 0 {
+            let Some(head) = self.waitlist.pop_front() else {
+                break;
+            };
+            self.waiting.remove(&head);
+            self.enrolled.insert(head.clone());
+            promoted.push(head);
+        }
+        promoted
+    }
 }
 
-/// The verdict for a request naming a course that does not exist.
-fn unknown_course() -> Verdict {
-    Verdict {
-        outcome: Outcome::Rejected,
-        reason: Some(Reason::UnknownCourse),
-        seats_left: 0,
-    }
+/// A collection size as a count; sizes here are bounded by u32 capacities.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -160,30 +295,52 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn course(capacity: u32) -> CourseState {
+    fn course_with(settings: CourseSettings) -> CourseState {
         CourseState::from_snapshot(
             CourseId::parse("C1").unwrap(),
             CourseSnapshot {
-                capacity,
+                settings,
                 ..CourseSnapshot::default()
             },
         )
     }
 
-    fn request(id: &str, action: Action, student: &str) -> Request {
+    fn course(capacity: u32, waitlist: u32) -> CourseState {
+        course_with(CourseSettings {
+            capacity,
+            waitlist,
+            ..CourseSettings::default()
+        })
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-09-01T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn student(s: &str) -> StudentId {
+        StudentId::parse(s).unwrap()
+    }
+
+    fn request(id: &str, action: Action, who: &str) -> Request {
         Request {
             request_id: RequestId::parse(id).unwrap(),
             action,
             course_id: CourseId::parse("C1").unwrap(),
-            student_id: StudentId::parse(student).unwrap(),
+            student_id: student(who),
         }
+    }
+
+    fn configure(id: &str, patch: CoursePatch) -> Request {
+        request(id, Action::Configure(Box::new(patch)), "registrar")
     }
 
     #[test]
     fn the_last_seat_goes_to_the_first_asker() {
-        let mut state = course(1);
-        let first = state.decide(&request("r1", Action::Enroll, "s1"));
-        let second = state.decide(&request("r2", Action::Enroll, "s2"));
+        let mut state = course(1, 0);
+        let first = state.decide(&request("r1", Action::Enroll, "s1"), now());
+        let second = state.decide(&request("r2", Action::Enroll, "s2"), now());
         assert_eq!(first.verdict.outcome, Outcome::Enrolled);
         assert_eq!(first.verdict.seats_left, 0);
         assert_eq!(second.verdict.outcome, Outcome::Rejected);
@@ -192,9 +349,9 @@ mod tests {
 
     #[test]
     fn the_same_student_twice_takes_one_seat() {
-        let mut state = course(5);
-        state.decide(&request("r1", Action::Enroll, "s1"));
-        let again = state.decide(&request("r2", Action::Enroll, "s1"));
+        let mut state = course(5, 0);
+        state.decide(&request("r1", Action::Enroll, "s1"), now());
+        let again = state.decide(&request("r2", Action::Enroll, "s1"), now());
         assert_eq!(again.verdict.outcome, Outcome::Enrolled);
         assert_eq!(again.verdict.reason, Some(Reason::AlreadyEnrolled));
         assert_eq!(again.effect, Effect::None);
@@ -202,78 +359,226 @@ mod tests {
     }
 
     #[test]
+    fn a_full_course_waitlists_in_arrival_order_then_rejects() {
+        let mut state = course(1, 2);
+        state.decide(&request("r1", Action::Enroll, "s1"), now());
+        let w1 = state.decide(&request("r2", Action::Enroll, "s2"), now());
+        let w2 = state.decide(&request("r3", Action::Enroll, "s3"), now());
+        let full = state.decide(&request("r4", Action::Enroll, "s4"), now());
+        let again = state.decide(&request("r5", Action::Enroll, "s3"), now());
+        assert_eq!(
+            (w1.verdict.outcome, w1.verdict.waitlist_position),
+            (Outcome::Waitlisted, Some(1))
+        );
+        assert_eq!(w1.effect, Effect::Waitlist);
+        assert_eq!(w2.verdict.waitlist_position, Some(2));
+        assert_eq!(full.verdict.reason, Some(Reason::Full));
+        assert_eq!(again.verdict.reason, Some(Reason::AlreadyWaitlisted));
+        assert_eq!(again.verdict.waitlist_position, Some(2));
+    }
+
+    #[test]
+    fn a_drop_promotes_the_head_and_leaving_moves_the_rest_up() {
+        let mut state = course(1, 3);
+        for (i, s) in ["s1", "s2", "s3", "s4"].iter().enumerate() {
+            state.decide(&request(&format!("e{i}"), Action::Enroll, s), now());
+        }
+        let drop = state.decide(&request("d1", Action::Drop, "s1"), now());
+        assert_eq!(drop.verdict.outcome, Outcome::Dropped);
+        assert_eq!(
+            drop.effect,
+            Effect::Drop {
+                promoted: Some(student("s2"))
+            }
+        );
+        assert!(state.is_enrolled(&student("s2")));
+        assert_eq!(state.position(&student("s4")), Some(2));
+        let leave = state.decide(&request("d2", Action::Drop, "s3"), now());
+        assert_eq!(leave.effect, Effect::Leave);
+        assert_eq!(state.position(&student("s4")), Some(1));
+        let nothing = state.decide(&request("d3", Action::Drop, "s9"), now());
+        assert_eq!(nothing.verdict.reason, Some(Reason::NotEnrolled));
+    }
+
+    #[test]
+    fn raising_seats_promotes_and_lowering_below_the_enrolled_is_refused() {
+        let mut state = course(1, 5);
+        for (i, s) in ["s1", "s2", "s3", "s4"].iter().enumerate() {
+            state.decide(&request(&format!("e{i}"), Action::Enroll, s), now());
+        }
+        let raise = state.decide(
+            &configure(
+                "c1",
+                CoursePatch {
+                    seats: Some(3),
+                    ..CoursePatch::default()
+                },
+            ),
+            now(),
+        );
+        assert_eq!(raise.verdict.outcome, Outcome::Configured);
+        assert_eq!(raise.effect.promoted(), &[student("s2"), student("s3")]);
+        assert_eq!(state.position(&student("s4")), Some(1));
+        let lower = state.decide(
+            &configure(
+                "c2",
+                CoursePatch {
+                    seats: Some(2),
+                    ..CoursePatch::default()
+                },
+            ),
+            now(),
+        );
+        assert_eq!(lower.verdict.reason, Some(Reason::SeatsBelowEnrolled));
+        assert_eq!(state.settings().capacity, 3);
+        let shrink = state.decide(
+            &configure(
+                "c3",
+                CoursePatch {
+                    waitlist: Some(0),
+                    ..CoursePatch::default()
+                },
+            ),
+            now(),
+        );
+        assert_eq!(shrink.verdict.reason, Some(Reason::WaitlistBelowWaiting));
+    }
+
+    #[test]
+    fn requests_outside_the_window_are_refused_with_the_instant() {
+        let opens = now() + chrono::Duration::minutes(1);
+        let mut early = course_with(CourseSettings {
+            capacity: 5,
+            opens_at: Some(opens),
+            ..CourseSettings::default()
+        });
+        let refused = early.decide(&request("r1", Action::Enroll, "s1"), now());
+        assert_eq!(refused.verdict.reason, Some(Reason::NotOpen));
+        assert_eq!(refused.verdict.window_at, Some(opens));
+        let on_time = early.decide(&request("r2", Action::Enroll, "s1"), opens);
+        assert_eq!(on_time.verdict.outcome, Outcome::Enrolled);
+
+        let mut late = course_with(CourseSettings {
+            capacity: 5,
+            closes_at: Some(now()),
+            ..CourseSettings::default()
+        });
+        let closed = late.decide(&request("r3", Action::Drop, "s1"), now());
+        assert_eq!(closed.verdict.reason, Some(Reason::Closed));
+        assert_eq!(closed.verdict.window_at, Some(now()));
+    }
+
+    #[test]
     fn a_replayed_request_gets_its_first_verdict_even_after_a_seat_frees() {
-        let mut state = course(1);
-        state.decide(&request("r1", Action::Enroll, "s1"));
-        let rejected = state.decide(&request("r2", Action::Enroll, "s2"));
-        state.decide(&request("r3", Action::Drop, "s1"));
-        let replay = state.decide(&request("r2", Action::Enroll, "s2"));
+        let mut state = course(1, 0);
+        state.decide(&request("r1", Action::Enroll, "s1"), now());
+        let rejected = state.decide(&request("r2", Action::Enroll, "s2"), now());
+        state.decide(&request("r3", Action::Drop, "s1"), now());
+        let replay = state.decide(&request("r2", Action::Enroll, "s2"), now());
         assert!(replay.replay);
         assert_eq!(replay.verdict, rejected.verdict);
         assert_eq!(state.seats_left(), 1);
     }
 
     #[test]
-    fn dropping_what_one_does_not_hold_is_refused() {
-        let mut state = course(3);
-        let drop = state.decide(&request("r1", Action::Drop, "s1"));
-        assert_eq!(drop.verdict.outcome, Outcome::Rejected);
-        assert_eq!(drop.verdict.reason, Some(Reason::NotEnrolled));
-        assert_eq!(drop.effect, Effect::None);
-    }
-
-    #[test]
-    fn a_snapshot_restores_seats_and_stored_verdicts() {
-        let stored = Verdict {
-            outcome: Outcome::Rejected,
-            reason: Some(Reason::Full),
-            seats_left: 0,
-        };
+    fn a_snapshot_restores_seats_waitlist_and_stored_verdicts() {
+        let stored = Verdict::new(Outcome::Rejected, Some(Reason::Full), 0);
         let mut state = CourseState::from_snapshot(
             CourseId::parse("C1").unwrap(),
             CourseSnapshot {
-                capacity: 2,
-                enrolled: vec![StudentId::parse("s1").unwrap()],
+                settings: CourseSettings {
+                    capacity: 1,
+                    waitlist: 3,
+                    ..CourseSettings::default()
+                },
+                enrolled: vec![student("s1")],
+                waitlist: vec![student("s2"), student("s3")],
                 decided: vec![(RequestId::parse("old").unwrap(), stored.clone())],
             },
         );
-        assert_eq!(state.seats_left(), 1);
-        let replay = state.decide(&request("old", Action::Enroll, "s9"));
+        assert_eq!(state.seats_left(), 0);
+        assert_eq!(state.position(&student("s3")), Some(2));
+        let replay = state.decide(&request("old", Action::Enroll, "s9"), now());
         assert_eq!(replay.verdict, stored);
         assert!(replay.replay);
     }
 
     fn arb_request() -> impl Strategy<Value = Request> {
-        // A small pool of request ids and students makes duplicates and re-enrolls common.
-        (0u8..40, prop::bool::weighted(0.8), 0u8..25).prop_map(|(id, enroll, student)| {
-            request(
-                &format!("r{id}"),
-                if enroll { Action::Enroll } else { Action::Drop },
-                &format!("s{student}"),
-            )
-        })
+        // A small pool of request ids and students makes duplicates, re-enrolls and drops of
+        // waitlisted students common; a few course changes move the seat count both ways.
+        (0u8..60, 0u8..20, 0u8..25, 0u32..12, 0u32..6).prop_map(
+            |(id, kind, who, seats, waitlist)| {
+                let id = format!("r{id}");
+                match kind {
+                    0 => configure(
+                        &id,
+                        CoursePatch {
+                            seats: Some(seats),
+                            waitlist: Some(waitlist),
+                            ..CoursePatch::default()
+                        },
+                    ),
+                    1..=5 => request(&id, Action::Drop, &format!("s{who}")),
+                    _ => request(&id, Action::Enroll, &format!("s{who}")),
+                }
+            },
+        )
+    }
+
+    /// The state's invariants: within capacity, nobody waits for a free seat, nobody both
+    /// enrolled and waiting, positions a permutation of 1..n.
+    fn check_invariants(state: &CourseState) -> Result<(), TestCaseError> {
+        prop_assert!(state.enrolled_count() <= state.settings.capacity);
+        prop_assert!(state.waitlisted_count() <= state.settings.waitlist);
+        prop_assert!(state.waitlist.is_empty() || state.seats_left() == 0);
+        prop_assert_eq!(state.waiting.len(), state.waitlist.len());
+        let mut positions: Vec<u32> = state
+            .waitlist
+            .iter()
+            .map(|s| state.position(s).unwrap_or(0))
+            .collect();
+        positions.sort_unstable();
+        prop_assert_eq!(positions, (1..=state.waitlisted_count()).collect::<Vec<_>>());
+        for s in &state.waitlist {
+            prop_assert!(!state.enrolled.contains(s));
+        }
+        Ok(())
     }
 
     proptest! {
         #[test]
-        fn never_over_capacity_and_effects_match_the_seat_count(
+        fn never_over_capacity_and_effects_match_the_state(
             capacity in 0u32..12,
+            waitlist in 0u32..6,
             requests in prop::collection::vec(arb_request(), 0..300),
         ) {
-            let mut state = course(capacity);
+            let mut state = course(capacity, waitlist);
             let mut seats_taken: i64 = 0;
+            let mut waiting: i64 = 0;
             for r in &requests {
-                let decision = state.decide(r);
+                let decision = state.decide(r, now());
+                let promoted = i64::try_from(decision.effect.promoted().len()).unwrap();
                 match decision.effect {
                     Effect::Enroll => seats_taken += 1,
-                    Effect::Drop => seats_taken -= 1,
-                    Effect::None => {}
+                    Effect::Waitlist => waiting += 1,
+                    Effect::Drop { .. } => seats_taken -= 1,
+                    Effect::Leave => waiting -= 1,
+                    Effect::Configure { .. } | Effect::None => {}
                 }
-                prop_assert!(state.enrolled_count() <= capacity);
+                seats_taken += promoted;
+                waiting -= promoted;
+                check_invariants(&state)?;
                 prop_assert_eq!(i64::from(state.enrolled_count()), seats_taken);
-                // A replay repeats the seats left at its first decision; anything else reports now.
+                prop_assert_eq!(i64::from(state.waitlisted_count()), waiting);
+                // A replay repeats its first verdict; anything else reports the state now.
                 if !decision.replay {
-                    prop_assert_eq!(decision.verdict.seats_left, capacity - state.enrolled_count());
+                    prop_assert_eq!(decision.verdict.seats_left, state.seats_left());
+                    if decision.verdict.outcome == Outcome::Waitlisted {
+                        prop_assert_eq!(
+                            decision.verdict.waitlist_position,
+                            state.position(&r.student_id)
+                        );
+                    }
                 }
             }
         }
@@ -281,19 +586,27 @@ mod tests {
         #[test]
         fn replays_change_nothing_and_repeat_the_first_verdict(
             capacity in 0u32..12,
+            waitlist in 0u32..6,
             requests in prop::collection::vec(arb_request(), 1..300),
         ) {
-            let mut state = course(capacity);
+            let mut state = course(capacity, waitlist);
             let mut first: HashMap<RequestId, Verdict> = HashMap::new();
             for r in &requests {
-                let before = (state.enrolled.clone(), state.seats_left());
-                let decision = state.decide(r);
+                let before = (
+                    state.enrolled.clone(),
+                    state.waitlist.clone(),
+                    state.settings.clone(),
+                );
+                let decision = state.decide(r, now());
                 match first.get(&r.request_id) {
                     Some(verdict) => {
                         prop_assert!(decision.replay);
                         prop_assert_eq!(&decision.verdict, verdict);
-                        prop_assert_eq!(decision.effect, Effect::None);
-                        prop_assert_eq!((state.enrolled.clone(), state.seats_left()), before);
+                        prop_assert_eq!(&decision.effect, &Effect::None);
+                        prop_assert_eq!(
+                            (state.enrolled.clone(), state.waitlist.clone(), state.settings.clone()),
+                            before
+                        );
                     }
                     None => {
                         prop_assert!(!decision.replay);

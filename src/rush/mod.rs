@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub use plan::{course_ids, crowd};
 pub use workers::{Services, Usage, WorkerProcess, usage_of};
 
-use crate::domain::CourseId;
+use crate::domain::{CourseId, CourseSettings};
 use crate::load::{self, Pace, Progress};
 use crate::protocol::Stage;
 use crate::store::Store;
@@ -151,7 +151,12 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
 
     let shape = config.crowd;
     let courses = course_ids(&config.tag, shape.courses)?;
-    let rows: Vec<(CourseId, u32)> = courses.iter().map(|c| (c.clone(), shape.seats)).collect();
+    let settings = CourseSettings {
+        capacity: shape.seats,
+        ..CourseSettings::default()
+    };
+    let rows: Vec<(CourseId, CourseSettings)> =
+        courses.iter().map(|c| (c.clone(), settings.clone())).collect();
     store.add_courses(&rows).await?;
     let requests = crowd(
         &courses,

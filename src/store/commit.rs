@@ -1,19 +1,24 @@
 //! The group commit: one transaction writes a whole batch of decisions.
 //!
-//! The course actors decide in memory; this is where their decisions become durable. Each table
-//! is written by one set-based statement over `UNNEST`ed arrays, so a batch of 500 decisions
-//! costs a handful of round trips. The database stays the final arbiter: an effect that no
-//! longer fits what is committed (a seat that is not free, a student not enrolled, a request id
-//! already decided elsewhere) is not applied, and the final verdict says what really happened.
+//! The course actors decide in memory; this is where their decisions become durable. The
+//! effects that change a course (seats, waitlist places, settings) go to one call of the
+//! `apply_effects` function, which applies them in decision order per course, each guarded by
+//! what the database holds, and promotes the head of a waitlist into every freed seat; the
+//! outcomes go in one `UNNEST` insert. A batch of 500 decisions costs a handful of round trips.
+//! The database stays the final arbiter: an effect that no longer fits what is committed (a seat
+//! that is not free, a student not enrolled, a request id already decided elsewhere) is not
+//! applied, and the final verdict says what really happened.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::courses::{to_u32, verdict_from_row};
 use super::{Result, Store, StoreError};
 use crate::course::Effect;
-use crate::domain::{Outcome, Partition, Reason, Request, Verdict};
+use crate::domain::{Outcome, Partition, Reason, ReplyTo, Request, Verdict};
+use crate::protocol::Promotion;
 
 /// One decision waiting to be committed.
 #[derive(Debug, Clone)]
@@ -27,6 +32,8 @@ pub struct Pending {
     /// The partition the request came from and the ownership epoch it was consumed under.
     pub partition: Partition,
     pub epoch: i64,
+    /// Where the client listens; kept with a waitlist place to announce a promotion there.
+    pub reply_to: Option<ReplyTo>,
 }
 
 /// What a committed decision turned out to be.
@@ -38,13 +45,23 @@ pub struct Committed {
     /// The verdict differs from the provisional one: the course actor's memory was not in step
     /// with the database.
     pub revised: bool,
-    /// The database did not do what the actor decided (a different verdict, or an effect not
-    /// applied): the actor's memory is out of step and must reload.
+    /// The database did not do what the actor decided (a different verdict, an effect not
+    /// applied, other students promoted): the actor's memory is out of step and must reload.
     pub diverged: bool,
     /// A replayed outcome whose final answer the broker has already confirmed once.
     pub answered: bool,
     /// The batch that wrote this outcome, for a fresh one: the finalizer records it as answered.
     pub batch_id: Option<i64>,
+    /// Waitlisted students this request moved into a seat, to be told. For a replay, only
+    /// while its batch's answers are not confirmed (a redelivery after a crash tells them).
+    pub promotions: Vec<Promotion>,
+}
+
+/// What `apply_effects` did with one effect.
+#[derive(Debug, Default)]
+struct Applied {
+    applied: bool,
+    promotions: Vec<Promotion>,
 }
 
 impl Store {
@@ -55,23 +72,6 @@ impl Store {
     pub async fn commit(&self, worker_id: &str, items: &[&Pending]) -> Result<Vec<Committed>> {
         let mut tx = self.pool.begin().await?;
         check_fence(&mut tx, worker_id, items).await?;
-
-        // Lock the touched courses in a fixed order, so concurrent writers (a stale owner in
-        // the fencing gap, an admin command) queue up instead of deadlocking.
-        let touched: BTreeSet<&str> = items
-            .iter()
-            .filter(|p| p.effect != Effect::None)
-            .map(|p| p.request.course_id.as_str())
-            .collect();
-        let touched: Vec<&str> = touched.into_iter().collect();
-        if !touched.is_empty() {
-            sqlx::query(
-                "SELECT 1 FROM courses WHERE course_id = ANY($1) ORDER BY course_id FOR UPDATE",
-            )
-            .bind(&touched)
-            .execute(&mut *tx)
-            .await?;
-        }
 
         // Request ids decided before this batch (possible after a failover or when a client
         // reuses an id for another course): their stored verdict wins, their effect is skipped.
@@ -95,28 +95,31 @@ impl Store {
             .map(|(i, _)| i)
             .collect();
 
-        let dropped = apply_drops(&mut tx, items, &fresh).await?;
-        let enrolled = apply_enrolls(&mut tx, items, &fresh).await?;
+        let mut applied = apply_effects(&mut tx, items, &fresh).await?;
 
         // Final verdicts of the fresh items: the provisional one, unless the effect did not apply.
         let mut finals: HashMap<usize, Verdict> = HashMap::new();
         let mut missed: Vec<usize> = Vec::new();
+        let mut promotions: HashMap<usize, Vec<Promotion>> = HashMap::new();
+        let mut unexpected: HashSet<usize> = HashSet::new();
         for &i in &fresh {
             let p = &items[i];
-            let id = p.request.request_id.as_str();
-            let applied = match p.effect {
-                Effect::None => true,
-                Effect::Enroll => enrolled.contains(id),
-                Effect::Drop => dropped.contains(id),
-            };
-            if !applied {
+            let done = applied.remove(&i).unwrap_or_default();
+            if p.effect != Effect::None && !done.applied {
                 missed.push(i);
             }
+            let expected: Vec<&str> = p.effect.promoted().iter().map(|s| s.as_str()).collect();
+            let actual: Vec<&str> = done.promotions.iter().map(|s| s.student_id.as_str()).collect();
+            if expected != actual {
+                unexpected.insert(i);
+            }
+            promotions.insert(i, done.promotions);
             finals.insert(i, p.provisional.clone());
         }
         if !missed.is_empty() {
             revise(&mut tx, items, &missed, &mut finals).await?;
         }
+        place_on_waitlist(&mut tx, items, &mut finals).await?;
 
         let batch_id = if fresh.is_empty() {
             None
@@ -132,6 +135,12 @@ impl Store {
             .map(|(_, p)| p.request.request_id.as_str())
             .collect();
         let replayed = fetch_stored(&mut tx, &replay_ids).await?;
+        let unannounced: Vec<&str> = replayed
+            .iter()
+            .filter(|(_, s)| !s.answered)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let mut announced_again = fetch_promotions(&mut tx, &unannounced).await?;
         tx.commit().await?;
 
         items
@@ -143,17 +152,17 @@ impl Store {
                 // no room for it, for the rest because their id was decided before.
                 let unapplied =
                     p.effect != Effect::None && (fresh_verdict.is_none() || missed.contains(&i));
-                let (verdict, replayed, answered, written) = match fresh_verdict {
-                    Some(v) => (v, false, false, batch_id),
+                let id = p.request.request_id.as_str();
+                let (verdict, replayed, answered, written, told) = match fresh_verdict {
+                    Some(v) => (v, false, false, batch_id, promotions.remove(&i)),
                     None => {
-                        let stored =
-                            replayed.get(p.request.request_id.as_str()).ok_or_else(|| {
-                                StoreError::Inconsistent(format!(
-                                    "request {} was replayed but has no stored outcome",
-                                    p.request.request_id
-                                ))
-                            })?;
-                        (stored.verdict.clone(), true, stored.answered, None)
+                        let stored = replayed.get(id).ok_or_else(|| {
+                            StoreError::Inconsistent(format!(
+                                "request {id} was replayed but has no stored outcome"
+                            ))
+                        })?;
+                        let told = announced_again.remove(id);
+                        (stored.verdict.clone(), true, stored.answered, None, told)
                     }
                 };
                 let revised = !same_answer(&verdict, &p.provisional);
@@ -161,16 +170,18 @@ impl Store {
                     verdict,
                     replayed,
                     revised,
-                    diverged: revised || unapplied,
+                    diverged: revised || unapplied || unexpected.contains(&i),
                     answered,
                     batch_id: written,
+                    promotions: told.unwrap_or_default(),
                 })
             })
             .collect()
     }
 }
 
-/// Two verdicts tell the student the same thing (seat counts move on between the two).
+/// Two verdicts tell the student the same thing (seat counts and positions move on between
+/// the two).
 fn same_answer(a: &Verdict, b: &Verdict) -> bool {
     a.outcome == b.outcome && a.reason == b.reason
 }
@@ -223,7 +234,8 @@ async fn fetch_stored(
         return Ok(HashMap::new());
     }
     let rows = sqlx::query(
-        "SELECT o.request_id, o.outcome, o.reason, o.seats_left, b.answered \
+        "SELECT o.request_id, o.outcome, o.reason, o.seats_left, o.waitlist_position, \
+                o.window_at, b.answered \
          FROM outcomes o JOIN decision_batches b ON b.batch_id = o.batch_id \
          WHERE o.request_id = ANY($1)",
     )
@@ -252,109 +264,123 @@ impl Store {
     }
 }
 
-/// Deletes the seats of fresh drops and lowers the counters; returns the request ids applied.
-async fn apply_drops(
+/// Applies the fresh items' effects in decision order; returns what each did, by item index.
+async fn apply_effects(
     tx: &mut sqlx::PgConnection,
     items: &[&Pending],
     fresh: &[usize],
-) -> Result<HashSet<String>> {
-    let drops: Vec<&Pending> = fresh
+) -> Result<HashMap<usize, Applied>> {
+    let effects: Vec<usize> = fresh
         .iter()
-        .map(|&i| items[i])
-        .filter(|p| p.effect == Effect::Drop)
+        .copied()
+        .filter(|&i| items[i].effect != Effect::None)
         .collect();
-    if drops.is_empty() {
-        return Ok(HashSet::new());
+    if effects.is_empty() {
+        return Ok(HashMap::new());
     }
-    let courses: Vec<&str> = drops.iter().map(|p| p.request.course_id.as_str()).collect();
-    let students: Vec<&str> = drops
-        .iter()
-        .map(|p| p.request.student_id.as_str())
-        .collect();
-    let requests: Vec<&str> = drops
-        .iter()
-        .map(|p| p.request.request_id.as_str())
-        .collect();
-    let applied: Vec<String> = sqlx::query_scalar(
-        "WITH d AS ( \
-            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) \
-              AS d(course_id, student_id, request_id)), \
-         gone AS ( \
-            DELETE FROM enrollments e USING d \
-            WHERE e.course_id = d.course_id AND e.student_id = d.student_id \
-            RETURNING e.course_id, d.request_id), \
-         counts AS (SELECT course_id, count(*)::int AS n FROM gone GROUP BY course_id), \
-         lowered AS ( \
-            UPDATE courses c SET enrolled = c.enrolled - counts.n \
-            FROM counts WHERE c.course_id = counts.course_id) \
-         SELECT request_id FROM gone",
+    let mut ords = Vec::with_capacity(effects.len());
+    let mut courses = Vec::with_capacity(effects.len());
+    let mut students = Vec::with_capacity(effects.len());
+    let mut requests = Vec::with_capacity(effects.len());
+    let mut kinds = Vec::with_capacity(effects.len());
+    let mut replies: Vec<Option<&str>> = Vec::with_capacity(effects.len());
+    let mut correlations: Vec<Option<&str>> = Vec::with_capacity(effects.len());
+    let mut capacities: Vec<Option<i32>> = Vec::with_capacity(effects.len());
+    let mut waitlists: Vec<Option<i32>> = Vec::with_capacity(effects.len());
+    let mut opens: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(effects.len());
+    let mut closes: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(effects.len());
+    for &i in &effects {
+        let p = items[i];
+        let (kind, settings) = match &p.effect {
+            Effect::Enroll => ("enroll", None),
+            Effect::Waitlist => ("waitlist", None),
+            Effect::Drop { .. } => ("drop", None),
+            Effect::Leave => ("leave", None),
+            Effect::Configure { settings, .. } => ("configure", Some(settings)),
+            Effect::None => continue,
+        };
+        kinds.push(kind);
+        ords.push(i32::try_from(i).unwrap_or(i32::MAX));
+        courses.push(p.request.course_id.as_str());
+        students.push(p.request.student_id.as_str());
+        requests.push(p.request.request_id.as_str());
+        replies.push(p.reply_to.as_ref().map(|r| r.queue.as_str()));
+        correlations.push(p.reply_to.as_ref().and_then(|r| r.correlation_id.as_deref()));
+        capacities.push(settings.map(|s| to_i32(s.capacity)));
+        waitlists.push(settings.map(|s| to_i32(s.waitlist)));
+        opens.push(settings.and_then(|s| s.opens_at));
+        closes.push(settings.and_then(|s| s.closes_at));
+    }
+    let rows = sqlx::query(
+        "SELECT * FROM apply_effects($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                     $6::text[], $7::text[], $8::int[], $9::int[], \
+                                     $10::timestamptz[], $11::timestamptz[])",
     )
+    .bind(&ords)
     .bind(&courses)
     .bind(&students)
     .bind(&requests)
+    .bind(&kinds)
+    .bind(&replies)
+    .bind(&correlations)
+    .bind(&capacities)
+    .bind(&waitlists)
+    .bind(&opens)
+    .bind(&closes)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(applied.into_iter().collect())
+    let mut done: HashMap<usize, Applied> = HashMap::new();
+    for row in rows {
+        let ord: i32 = row.try_get("r_ord")?;
+        let i = usize::try_from(ord)
+            .map_err(|_| StoreError::Inconsistent(format!("apply_effects returned ord {ord}")))?;
+        let entry = done.entry(i).or_default();
+        entry.applied = row.try_get("r_applied")?;
+        if let Some(student_id) = row.try_get::<Option<String>, _>("r_student")? {
+            entry.promotions.push(Promotion {
+                course_id: items[i].request.course_id.to_string(),
+                student_id,
+                request_id: row.try_get("r_request")?,
+                reply_to: row.try_get("r_reply")?,
+                correlation_id: row.try_get("r_correlation")?,
+                promoted_by: items[i].request.request_id.to_string(),
+                seats_left: to_u32(row.try_get("r_seats_left")?),
+            });
+        }
+    }
+    Ok(done)
 }
 
-/// Inserts the seats of fresh enrolls, in decision order, as far as each course has room, and
-/// raises the counters; returns the request ids applied.
-async fn apply_enrolls(
+/// The promotions made by the given requests, to announce them again.
+async fn fetch_promotions(
     tx: &mut sqlx::PgConnection,
-    items: &[&Pending],
-    fresh: &[usize],
-) -> Result<HashSet<String>> {
-    let enrolls: Vec<&Pending> = fresh
-        .iter()
-        .map(|&i| items[i])
-        .filter(|p| p.effect == Effect::Enroll)
-        .collect();
-    if enrolls.is_empty() {
-        return Ok(HashSet::new());
+    causes: &[&str],
+) -> Result<HashMap<String, Vec<Promotion>>> {
+    if causes.is_empty() {
+        return Ok(HashMap::new());
     }
-    let courses: Vec<&str> = enrolls
-        .iter()
-        .map(|p| p.request.course_id.as_str())
-        .collect();
-    let students: Vec<&str> = enrolls
-        .iter()
-        .map(|p| p.request.student_id.as_str())
-        .collect();
-    let requests: Vec<&str> = enrolls
-        .iter()
-        .map(|p| p.request.request_id.as_str())
-        .collect();
-    // The room check is what keeps a memory that drifted from the database from ever
-    // overselling; the CHECK constraint on courses stays as the last line.
-    let applied: Vec<String> = sqlx::query_scalar(
-        "WITH w AS ( \
-            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY \
-              AS w(course_id, student_id, request_id, ord)), \
-         ranked AS ( \
-            SELECT w.*, row_number() OVER (PARTITION BY w.course_id ORDER BY w.ord) AS rank \
-            FROM w WHERE NOT EXISTS ( \
-              SELECT 1 FROM enrollments e \
-              WHERE e.course_id = w.course_id AND e.student_id = w.student_id)), \
-         fits AS ( \
-            SELECT r.course_id, r.student_id, r.request_id FROM ranked r \
-            JOIN courses c ON c.course_id = r.course_id \
-            WHERE r.rank <= c.capacity - c.enrolled), \
-         added AS ( \
-            INSERT INTO enrollments (course_id, student_id, request_id) \
-            SELECT course_id, student_id, request_id FROM fits \
-            ON CONFLICT DO NOTHING RETURNING course_id, request_id), \
-         counts AS (SELECT course_id, count(*)::int AS n FROM added GROUP BY course_id), \
-         raised AS ( \
-            UPDATE courses c SET enrolled = c.enrolled + counts.n \
-            FROM counts WHERE c.course_id = counts.course_id) \
-         SELECT request_id FROM added",
+    let rows = sqlx::query(
+        "SELECT request_id, course_id, student_id, reply_to, correlation_id, cause_request_id, \
+                seats_left \
+         FROM promotions WHERE cause_request_id = ANY($1) ORDER BY promoted_at, request_id",
     )
-    .bind(&courses)
-    .bind(&students)
-    .bind(&requests)
+    .bind(causes)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(applied.into_iter().collect())
+    let mut by_cause: HashMap<String, Vec<Promotion>> = HashMap::new();
+    for row in rows {
+        let cause: String = row.try_get("cause_request_id")?;
+        by_cause.entry(cause.clone()).or_default().push(Promotion {
+            course_id: row.try_get("course_id")?,
+            student_id: row.try_get("student_id")?,
+            request_id: row.try_get("request_id")?,
+            reply_to: row.try_get("reply_to")?,
+            correlation_id: row.try_get("correlation_id")?,
+            promoted_by: cause,
+            seats_left: to_u32(row.try_get("seats_left")?),
+        });
+    }
+    Ok(by_cause)
 }
 
 /// Rewrites the final verdict of every fresh effect that did not apply, from the database's
@@ -374,9 +400,11 @@ async fn revise(
         .map(|&i| items[i].request.student_id.as_str())
         .collect();
     let rows = sqlx::query(
-        "SELECT m.ord, c.capacity - c.enrolled AS seats_left, \
+        "SELECT m.ord, c.capacity - c.enrolled AS seats_left, c.enrolled, c.waitlisted, \
                 EXISTS (SELECT 1 FROM enrollments e \
-                        WHERE e.course_id = m.course_id AND e.student_id = m.student_id) AS holds \
+                        WHERE e.course_id = m.course_id AND e.student_id = m.student_id) AS holds, \
+                (SELECT w.position FROM waitlist w \
+                  WHERE w.course_id = m.course_id AND w.student_id = m.student_id) AS position \
          FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS m(course_id, student_id, ord) \
          JOIN courses c ON c.course_id = m.course_id",
     )
@@ -388,24 +416,96 @@ async fn revise(
         let ord: i64 = row.try_get("ord")?;
         let seats_left = to_u32(row.try_get::<i32, _>("seats_left")?);
         let holds: bool = row.try_get("holds")?;
+        let position: Option<i32> = row.try_get("position")?;
+        let enrolled = to_u32(row.try_get("enrolled")?);
+        let waitlisted = to_u32(row.try_get("waitlisted")?);
         let Some(&i) = usize::try_from(ord - 1).ok().and_then(|o| missed.get(o)) else {
             continue;
         };
-        let (outcome, reason) = match (items[i].effect, holds) {
-            (Effect::Enroll, true) => (Outcome::Enrolled, Some(Reason::AlreadyEnrolled)),
-            (Effect::Enroll, false) => (Outcome::Rejected, Some(Reason::Full)),
-            (_, _) => (Outcome::Rejected, Some(Reason::NotEnrolled)),
+        let (outcome, reason) = match (&items[i].effect, holds, position) {
+            (Effect::Enroll | Effect::Waitlist, true, _) => {
+                (Outcome::Enrolled, Some(Reason::AlreadyEnrolled))
+            }
+            (Effect::Enroll | Effect::Waitlist, false, Some(_)) => {
+                (Outcome::Waitlisted, Some(Reason::AlreadyWaitlisted))
+            }
+            (Effect::Enroll | Effect::Waitlist, false, None) => {
+                (Outcome::Rejected, Some(Reason::Full))
+            }
+            (Effect::Configure { settings, .. }, _, _) => {
+                let reason = if !settings.window_is_valid() {
+                    Reason::WindowOutOfOrder
+                } else if settings.capacity < enrolled {
+                    Reason::SeatsBelowEnrolled
+                } else if settings.waitlist < waitlisted {
+                    Reason::WaitlistBelowWaiting
+                } else {
+                    // Refused for a reason this code does not know: say so rather than guess.
+                    return Err(StoreError::Inconsistent(format!(
+                        "the database refused course change {}",
+                        items[i].request.request_id
+                    )));
+                };
+                (Outcome::Rejected, Some(reason))
+            }
+            (_, _, _) => (Outcome::Rejected, Some(Reason::NotEnrolled)),
         };
-        finals.insert(
-            i,
-            Verdict {
-                outcome,
-                reason,
-                seats_left,
-            },
-        );
+        let mut verdict = Verdict::new(outcome, reason, seats_left);
+        verdict.waitlist_position = position.map(to_u32);
+        finals.insert(i, verdict);
     }
     Ok(())
+}
+
+/// Sets the position of every waitlisted final verdict to the student's place after this
+/// batch's writes, so the final answer matches the committed waitlist. A student promoted
+/// later in the same batch keeps the position the decision gave; their promotion follows.
+async fn place_on_waitlist(
+    tx: &mut sqlx::PgConnection,
+    items: &[&Pending],
+    finals: &mut HashMap<usize, Verdict>,
+) -> Result<()> {
+    let waiting: Vec<usize> = finals
+        .iter()
+        .filter(|(_, v)| v.outcome == Outcome::Waitlisted)
+        .map(|(&i, _)| i)
+        .collect();
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let courses: Vec<&str> = waiting
+        .iter()
+        .map(|&i| items[i].request.course_id.as_str())
+        .collect();
+    let students: Vec<&str> = waiting
+        .iter()
+        .map(|&i| items[i].request.student_id.as_str())
+        .collect();
+    let rows = sqlx::query(
+        "SELECT m.ord, w.position \
+         FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS m(course_id, student_id, ord) \
+         JOIN waitlist w ON w.course_id = m.course_id AND w.student_id = m.student_id",
+    )
+    .bind(&courses)
+    .bind(&students)
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in rows {
+        let ord: i64 = row.try_get("ord")?;
+        let position: i32 = row.try_get("position")?;
+        if let Some(verdict) = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|o| waiting.get(o))
+            .and_then(|i| finals.get_mut(i))
+        {
+            verdict.waitlist_position = Some(to_u32(position));
+        }
+    }
+    Ok(())
+}
+
+fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 async fn insert_outcomes(
@@ -431,6 +531,8 @@ async fn insert_outcomes(
     let mut outcomes = Vec::with_capacity(fresh.len());
     let mut reasons: Vec<Option<&str>> = Vec::with_capacity(fresh.len());
     let mut seats = Vec::with_capacity(fresh.len());
+    let mut positions: Vec<Option<i32>> = Vec::with_capacity(fresh.len());
+    let mut windows: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(fresh.len());
     for &i in fresh {
         let p = &items[i];
         let verdict = finals.get(&i).unwrap_or(&p.provisional);
@@ -440,13 +542,16 @@ async fn insert_outcomes(
         actions.push(p.request.action.as_str());
         outcomes.push(verdict.outcome.as_str());
         reasons.push(verdict.reason.map(Reason::as_str));
-        seats.push(i32::try_from(verdict.seats_left).unwrap_or(i32::MAX));
+        seats.push(to_i32(verdict.seats_left));
+        positions.push(verdict.waitlist_position.map(to_i32));
+        windows.push(verdict.window_at);
     }
     sqlx::query(
         "INSERT INTO outcomes \
-           (request_id, course_id, student_id, action, outcome, reason, seats_left, batch_id) \
-         SELECT r.*, $8 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                                   $6::text[], $7::int[]) AS r",
+           (request_id, course_id, student_id, action, outcome, reason, seats_left, \
+            waitlist_position, window_at, batch_id) \
+         SELECT r.*, $10 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                    $6::text[], $7::int[], $8::int[], $9::timestamptz[]) AS r",
     )
     .bind(&request_ids)
     .bind(&course_ids)
@@ -455,6 +560,8 @@ async fn insert_outcomes(
     .bind(&outcomes)
     .bind(&reasons)
     .bind(&seats)
+    .bind(&positions)
+    .bind(&windows)
     .bind(batch_id)
     .execute(&mut *tx)
     .await?;

@@ -1,10 +1,11 @@
 //! Courses: administration, the catalog of known ids, and loading one course for its actor.
 
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{Result, Store, StoreError};
 use crate::course::CourseSnapshot;
-use crate::domain::{CourseId, Outcome, Reason, RequestId, StudentId, Verdict};
+use crate::domain::{CourseId, CourseSettings, Outcome, Reason, RequestId, StudentId, Verdict};
 
 /// A course as listed to operators.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -13,61 +14,137 @@ pub struct CourseRow {
     pub capacity: u32,
     pub enrolled: u32,
     pub seats_left: u32,
+    pub waitlist_capacity: u32,
+    pub waitlisted: u32,
+    pub opens_at: Option<DateTime<Utc>>,
+    pub closes_at: Option<DateTime<Utc>>,
+}
+
+/// One course in full, for `seatrush course show`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CourseDetail {
+    #[serde(flatten)]
+    pub course: CourseRow,
+    /// Students holding a seat, in the order they got it.
+    pub enrolled_students: Vec<String>,
+    /// Students waiting, head first (position 1 first).
+    pub waitlist: Vec<String>,
+}
+
+const COURSE_COLUMNS: &str =
+    "course_id, capacity, enrolled, waitlist_capacity, waitlisted, opens_at, closes_at";
+
+fn course_row(row: &sqlx::postgres::PgRow) -> Result<CourseRow> {
+    let capacity = to_u32(row.try_get::<i32, _>("capacity")?);
+    let enrolled = to_u32(row.try_get::<i32, _>("enrolled")?);
+    Ok(CourseRow {
+        course_id: row.try_get("course_id")?,
+        capacity,
+        enrolled,
+        seats_left: capacity.saturating_sub(enrolled),
+        waitlist_capacity: to_u32(row.try_get("waitlist_capacity")?),
+        waitlisted: to_u32(row.try_get("waitlisted")?),
+        opens_at: row.try_get("opens_at")?,
+        closes_at: row.try_get("closes_at")?,
+    })
+}
+
+fn settings_from_row(row: &sqlx::postgres::PgRow) -> Result<CourseSettings> {
+    Ok(CourseSettings {
+        capacity: to_u32(row.try_get("capacity")?),
+        waitlist: to_u32(row.try_get("waitlist_capacity")?),
+        opens_at: row.try_get("opens_at")?,
+        closes_at: row.try_get("closes_at")?,
+    })
 }
 
 impl Store {
-    /// Creates a course; refuses one that exists.
-    pub async fn add_course(&self, course: &CourseId, seats: u32) -> Result<()> {
-        let capacity = i32::try_from(seats).unwrap_or(i32::MAX);
-        let inserted = sqlx::query(
-            "INSERT INTO courses (course_id, capacity) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(course.as_str())
-        .bind(capacity)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+    /// Creates a course; refuses one that exists. A course nobody has asked for yet has no
+    /// actor, so creating it races no decision.
+    pub async fn add_course(&self, course: &CourseId, settings: &CourseSettings) -> Result<()> {
+        let created = self
+            .add_courses(&[(course.clone(), settings.clone())])
+            .await?;
+        if created.is_empty() {
             return Err(StoreError::CourseExists(course.to_string()));
         }
         Ok(())
     }
 
-    /// Creates many courses at once, skipping those that exist; returns how many were created.
-    pub async fn add_courses(&self, courses: &[(CourseId, u32)]) -> Result<u64> {
+    /// Creates many courses at once, skipping those that exist; returns the ids created.
+    pub async fn add_courses(
+        &self,
+        courses: &[(CourseId, CourseSettings)],
+    ) -> Result<Vec<String>> {
         let ids: Vec<&str> = courses.iter().map(|(id, _)| id.as_str()).collect();
         let seats: Vec<i32> = courses
             .iter()
-            .map(|(_, s)| i32::try_from(*s).unwrap_or(i32::MAX))
+            .map(|(_, s)| i32::try_from(s.capacity).unwrap_or(i32::MAX))
             .collect();
-        Ok(sqlx::query(
-            "INSERT INTO courses (course_id, capacity) \
-             SELECT * FROM UNNEST($1::text[], $2::int[]) ON CONFLICT DO NOTHING",
+        let waitlists: Vec<i32> = courses
+            .iter()
+            .map(|(_, s)| i32::try_from(s.waitlist).unwrap_or(i32::MAX))
+            .collect();
+        let opens: Vec<Option<DateTime<Utc>>> = courses.iter().map(|(_, s)| s.opens_at).collect();
+        let closes: Vec<Option<DateTime<Utc>>> =
+            courses.iter().map(|(_, s)| s.closes_at).collect();
+        Ok(sqlx::query_scalar(
+            "INSERT INTO courses (course_id, capacity, waitlist_capacity, opens_at, closes_at) \
+             SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::timestamptz[], \
+                                  $5::timestamptz[]) \
+             ON CONFLICT DO NOTHING RETURNING course_id",
         )
         .bind(&ids)
         .bind(&seats)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .bind(&waitlists)
+        .bind(&opens)
+        .bind(&closes)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn list_courses(&self) -> Result<Vec<CourseRow>> {
-        let rows =
-            sqlx::query("SELECT course_id, capacity, enrolled FROM courses ORDER BY course_id")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|row| {
-                let capacity = to_u32(row.try_get::<i32, _>("capacity")?);
-                let enrolled = to_u32(row.try_get::<i32, _>("enrolled")?);
-                Ok(CourseRow {
-                    course_id: row.try_get("course_id")?,
-                    capacity,
-                    enrolled,
-                    seats_left: capacity.saturating_sub(enrolled),
-                })
-            })
-            .collect()
+        let sql = format!("SELECT {COURSE_COLUMNS} FROM courses ORDER BY course_id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(course_row).collect()
+    }
+
+    /// One course with its students and waitlist, read in one snapshot; `None` if it does not
+    /// exist.
+    pub async fn course_detail(&self, course: &CourseId) -> Result<Option<CourseDetail>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let sql = format!("SELECT {COURSE_COLUMNS} FROM courses WHERE course_id = $1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(course.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let enrolled_students = sqlx::query_scalar(
+            "SELECT student_id FROM enrollments WHERE course_id = $1 \
+             ORDER BY enrolled_at, student_id",
+        )
+        .bind(course.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let waitlist = sqlx::query_scalar(
+            "SELECT student_id FROM waitlist WHERE course_id = $1 ORDER BY position",
+        )
+        .bind(course.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(CourseDetail {
+            course: course_row(&row)?,
+            enrolled_students,
+            waitlist,
+        }))
     }
 
     /// Every existing course id. The catalog is as large as the real course list, whatever
@@ -82,39 +159,48 @@ impl Store {
             .collect())
     }
 
-    /// Loads what a course actor needs: capacity, enrolled students and every stored verdict.
-    /// Returns `None` when the course does not exist.
+    /// Loads what a course actor needs: settings, enrolled students, the waitlist in order and
+    /// every stored verdict. Returns `None` when the course does not exist.
     pub async fn load_course(&self, course: &CourseId) -> Result<Option<CourseSnapshot>> {
         let mut tx = self.pool.begin().await?;
-        // One snapshot for the three reads, so the counter, the rows and the outcomes agree.
+        // One snapshot for the reads, so the counters, the rows and the outcomes agree.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *tx)
             .await?;
-        let capacity: Option<i32> =
-            sqlx::query_scalar("SELECT capacity FROM courses WHERE course_id = $1")
-                .bind(course.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(capacity) = capacity else {
+        let sql = format!("SELECT {COURSE_COLUMNS} FROM courses WHERE course_id = $1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(course.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
             return Ok(None);
         };
+        let settings = settings_from_row(&row)?;
         let students: Vec<String> =
             sqlx::query_scalar("SELECT student_id FROM enrollments WHERE course_id = $1")
                 .bind(course.as_str())
                 .fetch_all(&mut *tx)
                 .await?;
+        let waiting: Vec<String> = sqlx::query_scalar(
+            "SELECT student_id FROM waitlist WHERE course_id = $1 ORDER BY position",
+        )
+        .bind(course.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
         let decided = sqlx::query(
-            "SELECT request_id, outcome, reason, seats_left FROM outcomes WHERE course_id = $1",
+            "SELECT request_id, outcome, reason, seats_left, waitlist_position, window_at \
+             FROM outcomes WHERE course_id = $1",
         )
         .bind(course.as_str())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
 
-        let enrolled = students
-            .into_iter()
-            .map(|s| StudentId::parse(s).map_err(|e| corrupt(course, &e)))
-            .collect::<Result<_>>()?;
+        let parse_students = |ids: Vec<String>| -> Result<Vec<StudentId>> {
+            ids.into_iter()
+                .map(|s| StudentId::parse(s).map_err(|e| corrupt(course, &e)))
+                .collect()
+        };
         let decided = decided
             .iter()
             .map(|row| {
@@ -124,8 +210,9 @@ impl Store {
             })
             .collect::<Result<_>>()?;
         Ok(Some(CourseSnapshot {
-            capacity: to_u32(capacity),
-            enrolled,
+            settings,
+            enrolled: parse_students(students)?,
+            waitlist: parse_students(waiting)?,
             decided,
         }))
     }
@@ -135,11 +222,14 @@ pub(super) fn verdict_from_row(row: &sqlx::postgres::PgRow) -> Result<Verdict> {
     let outcome: String = row.try_get("outcome")?;
     let reason: Option<String> = row.try_get("reason")?;
     let seats_left: i32 = row.try_get("seats_left")?;
+    let position: Option<i32> = row.try_get("waitlist_position")?;
     Ok(Verdict {
         outcome: Outcome::parse(&outcome)
             .ok_or_else(|| StoreError::Inconsistent(format!("unknown outcome {outcome:?}")))?,
         reason: reason.as_deref().and_then(Reason::parse),
         seats_left: to_u32(seats_left),
+        waitlist_position: position.map(to_u32),
+        window_at: row.try_get("window_at")?,
     })
 }
 

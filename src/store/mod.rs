@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 pub use audit::Violation;
 pub use commit::{Committed, Pending};
-pub use courses::CourseRow;
+pub use courses::{CourseDetail, CourseRow};
 pub use naive::{Naive, NaiveOutcome};
 pub use ownership::Lease;
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::session::Fault;
-use crate::amqp::{Outbox, Outgoing, Topology};
+use crate::amqp::{Outbox, Outgoing, ReplyTo, Topology};
 use crate::pipeline::Decided;
 use crate::protocol::{Answer, Stage};
 use crate::store::{Committed, Store, StoreError};
@@ -187,7 +187,7 @@ async fn finalize(
             answer.replayed = committed.replayed;
             answer.revised = committed.revised;
             let body = answer.to_json();
-            if let Some(to) = &decided.reply_to {
+            if let Some(to) = &decided.pending.reply_to {
                 confirms.push(
                     outbox
                         .post_confirmed(Outgoing::reply(to, body.clone()))
@@ -204,6 +204,32 @@ async fn finalize(
                     ))
                     .await,
             );
+            // Each student this request moved off the waitlist hears it on the events
+            // exchange, and at the address of their own enroll request where it still listens.
+            for promotion in &committed.promotions {
+                let body = Answer::promoted(promotion).to_json();
+                if let Some(queue) = &promotion.reply_to {
+                    let to = ReplyTo {
+                        queue: queue.clone(),
+                        correlation_id: promotion.correlation_id.clone(),
+                    };
+                    confirms.push(
+                        outbox
+                            .post_confirmed(Outgoing::reply(&to, body.clone()))
+                            .await,
+                    );
+                }
+                confirms.push(
+                    outbox
+                        .post_confirmed(Outgoing::event(
+                            &topology,
+                            &promotion.course_id,
+                            &promotion.student_id,
+                            body,
+                        ))
+                        .await,
+                );
+            }
         }
         let confirmed = join_all(
             confirms

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::session::Fault;
 use crate::amqp::{Broker, DeadCopy, Deliveries, Incoming, Outgoing, ReplyTo, Topology};
 use crate::course::{ActorContext, Decision, Registry, Routed, submit};
+use crate::domain::{Action, Reason};
 use crate::pipeline::{Envelope, InFlight, InFlightGuard};
 use crate::protocol::{Answer, Invalid, parse_request};
 use crate::store::Lease;
@@ -22,6 +23,7 @@ pub(super) struct Intake {
     pub prefetch: u16,
     pub in_flight: InFlight,
     pub fault: Fault,
+    pub admin_users: Arc<Vec<String>>,
 }
 
 impl Intake {
@@ -69,7 +71,11 @@ impl Intake {
 
     async fn handle(&self, incoming: Incoming, lease: Lease) {
         let guard = self.in_flight.enter();
-        match parse_request(incoming.message_id.as_deref(), &incoming.body) {
+        match parse_request(
+            incoming.message_id.as_deref(),
+            incoming.user_id.as_deref(),
+            &incoming.body,
+        ) {
             Ok(request) => {
                 let reply_to = incoming.reply_to.map(|queue| ReplyTo {
                     queue,
@@ -84,6 +90,18 @@ impl Intake {
                     redelivered: incoming.redelivered,
                     guard,
                 };
+                if let Action::Configure(_) = &envelope.request.action
+                    && !self
+                        .admin_users
+                        .iter()
+                        .any(|u| u == envelope.request.student_id.as_str())
+                {
+                    tracing::warn!(user = %envelope.request.student_id, course_id = %envelope.request.course_id, "course change refused: not an admin user");
+                    let _ =
+                        submit(&self.ctx, envelope, Decision::rejected(Reason::Forbidden), None)
+                            .await;
+                    return;
+                }
                 if let Routed::UnknownCourse(envelope) = self.registry.route(envelope).await {
                     // Recorded like any decision (so it replays), without spawning anything.
                     // An error means the committer is gone (shutting down): the delivery

@@ -47,11 +47,15 @@ pub struct WorkerConfig {
     pub restarts: RestartPolicy,
     /// How often at most the catalog of course ids is re-read on a miss.
     pub catalog_refresh: Duration,
+    /// Broker users whose `configure` requests are applied; anyone else's are answered
+    /// `forbidden`. Defaults to the worker's own broker user.
+    pub admin_users: Vec<String>,
 }
 
 impl WorkerConfig {
     /// Defaults for everything but the URLs.
     pub fn new(amqp_url: String, database_url: String) -> Self {
+        let admin_users = crate::amqp::url_user(&amqp_url).into_iter().collect();
         Self {
             amqp_url,
             database_url,
@@ -77,6 +81,7 @@ impl WorkerConfig {
                 window: Duration::from_secs(30),
             },
             catalog_refresh: Duration::from_secs(1),
+            admin_users,
         }
     }
 }

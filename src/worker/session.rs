@@ -113,6 +113,7 @@ pub(super) async fn run(
         prefetch: config.prefetch,
         in_flight: in_flight.clone(),
         fault: fault.clone(),
+        admin_users: Arc::new(config.admin_users.clone()),
     };
     let ownership = Ownership {
         store: store.clone(),

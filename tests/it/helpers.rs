@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use seatrush::amqp::{Broker, Topology};
-use seatrush::domain::{Action, CourseId, Request, RequestId, StudentId};
+use seatrush::domain::{Action, CourseId, CourseSettings, Request, RequestId, StudentId};
 use seatrush::load::{self, Report};
 use seatrush::rush::{self, Services, WorkerProcess};
 use seatrush::store::Store;
@@ -171,10 +171,28 @@ impl TestEnv {
     }
 
     pub async fn add_courses(&self, prefix: &str, count: usize, seats: u32) -> Vec<CourseId> {
+        self.add_courses_with(
+            prefix,
+            count,
+            CourseSettings {
+                capacity: seats,
+                ..CourseSettings::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn add_courses_with(
+        &self,
+        prefix: &str,
+        count: usize,
+        settings: CourseSettings,
+    ) -> Vec<CourseId> {
         let courses: Vec<CourseId> = (0..count)
             .map(|k| CourseId::parse(format!("{prefix}{k:03}")).expect("valid id"))
             .collect();
-        let rows: Vec<(CourseId, u32)> = courses.iter().map(|c| (c.clone(), seats)).collect();
+        let rows: Vec<(CourseId, CourseSettings)> =
+            courses.iter().map(|c| (c.clone(), settings.clone())).collect();
         self.store.add_courses(&rows).await.expect("add courses");
         courses
     }

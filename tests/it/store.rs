@@ -20,11 +20,7 @@ async fn a_replay_knows_whether_its_final_answer_was_already_sent() {
         .expect("acquire");
     let lease = leases[0];
     let request = enroll("st-r1", &courses[0], "s1");
-    let decided = Verdict {
-        outcome: Outcome::Enrolled,
-        reason: None,
-        seats_left: 4,
-    };
+    let decided = Verdict::new(Outcome::Enrolled, None, 4);
     let pending = |replay: bool, effect: Effect| Pending {
         request: request.clone(),
         provisional: decided.clone(),
@@ -32,6 +28,7 @@ async fn a_replay_knows_whether_its_final_answer_was_already_sent() {
         replay,
         partition: lease.partition,
         epoch: lease.epoch,
+        reply_to: None,
     };
 
     // Act

@@ -1,0 +1,186 @@
+//! Course administration for operators: creating courses, changing them through their course
+//! actor, importing a term's courses from CSV, and showing one course in full.
+//!
+//! Creating a course writes Postgres directly: nobody has asked for it yet, so no actor holds it
+//! and no decision can race the insert. Changing an existing course is a `configure` request
+//! published to the course's partition like any enroll, so its actor decides it in order with the
+//! requests around it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+
+use crate::client::{Answers, Client};
+use crate::domain::{Action, CourseId, CoursePatch, CourseSettings, Request, RequestId, StudentId};
+use crate::protocol::MAX_SEATS;
+use crate::store::Store;
+
+/// Parses an instant given on the command line or in a CSV file: RFC 3339
+/// (`2026-09-01T09:00:00Z`, `2026-09-01T11:00:00+02:00`), or `none` to clear it.
+pub fn parse_instant(raw: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let at = DateTime::parse_from_rfc3339(raw).with_context(|| {
+        format!("{raw:?} is not an RFC 3339 instant such as 2026-09-01T09:00:00Z")
+    })?;
+    Ok(Some(at.with_timezone(&Utc)))
+}
+
+/// Checks settings an operator typed before anything is written or sent.
+pub fn check_settings(course: &CourseId, settings: &CourseSettings) -> anyhow::Result<()> {
+    if settings.capacity > MAX_SEATS || settings.waitlist > MAX_SEATS {
+        bail!("course {course}: seats and waitlist are limited to {MAX_SEATS}");
+    }
+    if !settings.window_is_valid() {
+        bail!("course {course}: it must open before it closes");
+    }
+    Ok(())
+}
+
+/// Sends a change to a course through its actor and waits for the final answer.
+pub async fn configure(
+    client: &Client,
+    course: &CourseId,
+    patch: CoursePatch,
+    timeout: Duration,
+) -> anyhow::Result<Answers> {
+    let request = Request {
+        request_id: RequestId::parse(format!("cfg-{}", uuid::Uuid::new_v4().simple()))?,
+        action: Action::Configure(Box::new(patch)),
+        course_id: course.clone(),
+        // The worker reads the operator from the broker-checked user_id, not from here.
+        student_id: StudentId::parse("operator")?,
+    };
+    client.request(&request, timeout).await
+}
+
+/// One row of a course file.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct CourseLine {
+    course_id: String,
+    seats: u32,
+    #[serde(default)]
+    waitlist: Option<u32>,
+    #[serde(default)]
+    opens_at: Option<String>,
+    #[serde(default)]
+    closes_at: Option<String>,
+}
+
+/// Reads a course file: a CSV with the header `course_id,seats,waitlist,opens_at,closes_at`
+/// (the last three may be left empty). Every line is checked before anything is written, and
+/// every error names its line.
+pub fn read_course_file(path: &Path) -> anyhow::Result<Vec<(CourseId, CourseSettings)>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut courses: Vec<(CourseId, CourseSettings)> = Vec::new();
+    for (index, line) in reader.deserialize::<CourseLine>().enumerate() {
+        // Line 1 is the header.
+        let at = || format!("{} line {}", path.display(), index + 2);
+        let line = line.with_context(at)?;
+        let course = CourseId::parse(line.course_id).with_context(at)?;
+        let settings = CourseSettings {
+            capacity: line.seats,
+            waitlist: line.waitlist.unwrap_or(0),
+            opens_at: parse_instant(line.opens_at.as_deref().unwrap_or("")).with_context(at)?,
+            closes_at: parse_instant(line.closes_at.as_deref().unwrap_or("")).with_context(at)?,
+        };
+        check_settings(&course, &settings).with_context(at)?;
+        if courses.iter().any(|(c, _)| *c == course) {
+            bail!("{}: course {course} appears twice", at());
+        }
+        courses.push((course, settings));
+    }
+    Ok(courses)
+}
+
+/// What an import did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Imported {
+    pub created: Vec<String>,
+    /// Existing courses whose actor applied the file's settings.
+    pub changed: Vec<String>,
+    /// Existing courses whose actor refused the change, with the reason.
+    pub refused: Vec<(String, String)>,
+}
+
+/// Creates the file's new courses in one statement, and sends the file's settings to each
+/// existing course through its actor.
+pub async fn import(
+    store: &Store,
+    client: &Client,
+    courses: Vec<(CourseId, CourseSettings)>,
+    timeout: Duration,
+) -> anyhow::Result<Imported> {
+    let created = store.add_courses(&courses).await?;
+    let mut imported = Imported::default();
+    for (course, settings) in courses {
+        if created.iter().any(|c| c == course.as_str()) {
+            continue;
+        }
+        let patch = CoursePatch {
+            seats: Some(settings.capacity),
+            waitlist: Some(settings.waitlist),
+            opens_at: Some(settings.opens_at),
+            closes_at: Some(settings.closes_at),
+        };
+        let answer = configure(client, &course, patch, timeout)
+            .await
+            .with_context(|| format!("changing course {course}"))?
+            .final_answer;
+        match answer.reason {
+            None => imported.changed.push(course.to_string()),
+            Some(reason) => imported.refused.push((course.to_string(), reason)),
+        }
+    }
+    imported.created = created;
+    Ok(imported)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_parse_in_any_offset_and_none_clears() {
+        let at = parse_instant("2026-09-01T11:00:00+02:00").unwrap().unwrap();
+        assert_eq!(at.to_rfc3339(), "2026-09-01T09:00:00+00:00");
+        assert_eq!(parse_instant("none").unwrap(), None);
+        assert!(parse_instant("tomorrow").is_err());
+    }
+
+    #[test]
+    fn a_course_file_is_checked_line_by_line() {
+        let dir = std::env::temp_dir().join(format!("seatrush-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.csv");
+        std::fs::write(
+            &good,
+            "course_id,seats,waitlist,opens_at,closes_at\n\
+             CS101,30,20,2026-09-01T09:00:00Z,\n\
+             MA-2, 45 ,,,\n",
+        )
+        .unwrap();
+        let courses = read_course_file(&good).unwrap();
+        assert_eq!(courses.len(), 2);
+        assert_eq!(courses[0].1.waitlist, 20);
+        assert!(courses[0].1.opens_at.is_some());
+        assert_eq!(courses[1].1.capacity, 45);
+
+        let bad = dir.join("bad.csv");
+        std::fs::write(
+            &bad,
+            "course_id,seats\nCS101,30\nCS 102,10\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", read_course_file(&bad).unwrap_err());
+        assert!(err.contains("line 3"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
