@@ -122,7 +122,7 @@ BEGIN
             THEN
                 INSERT INTO waitlist (course_id, student_id, position, request_id, reply_to, correlation_id)
                 VALUES (cur, op.student_id, v_next + 1, op.request_id, op.reply_to, op.correlation_id)
-                ON CONFLICT DO NOTHING;
+                ON CONFLICT (course_id, student_id) DO NOTHING;
                 GET DIAGNOSTICS n = ROW_COUNT;
                 r_applied := n = 1;
                 v_next := v_next + n;

@@ -174,11 +174,7 @@ mod tests {
         assert_eq!(courses[1].1.capacity, 45);
 
         let bad = dir.join("bad.csv");
-        std::fs::write(
-            &bad,
-            "course_id,seats\nCS101,30\nCS 102,10\n",
-        )
-        .unwrap();
+        std::fs::write(&bad, "course_id,seats\nCS101,30\nCS 102,10\n").unwrap();
         let err = format!("{:#}", read_course_file(&bad).unwrap_err());
         assert!(err.contains("line 3"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -6,11 +6,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use chrono::{DateTime, Utc};
+use seatrush::admin;
 use seatrush::amqp::Topology;
 use seatrush::client::Client;
 use seatrush::course::RestartPolicy;
-use chrono::{DateTime, Utc};
-use seatrush::admin;
 use seatrush::domain::{
     Action, CourseId, CoursePatch, CourseSettings, Request, RequestId, StudentId,
 };
@@ -425,7 +425,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 );
             } else if violations.is_empty() {
                 println!(
-                    "audit clean: no course over capacity, counters match, no student twice, outcomes agree"
+                    "audit clean: no course over capacity, counters match, no student twice, waitlists contiguous, outcomes agree"
                 );
             } else {
                 println!("{} violation(s):", violations.len());
@@ -558,10 +558,7 @@ fn worker_config(common: &Common, args: WorkerArgs) -> anyhow::Result<WorkerConf
     Ok(config)
 }
 
-async fn course(
-    common: &Common,
-    command: CourseCommand,
-) -> anyhow::Result<std::process::ExitCode> {
+async fn course(common: &Common, command: CourseCommand) -> anyhow::Result<std::process::ExitCode> {
     match command {
         CourseCommand::Add { id, settings } => {
             let course = CourseId::parse(id)?;
@@ -586,7 +583,9 @@ async fn course(
             let course = CourseId::parse(id)?;
             let patch = settings.patch();
             if patch == CoursePatch::default() {
-                anyhow::bail!("nothing to change: give --seats, --waitlist, --opens-at or --closes-at");
+                anyhow::bail!(
+                    "nothing to change: give --seats, --waitlist, --opens-at or --closes-at"
+                );
             }
             let client = Client::connect(&common.amqp_url()?, common.topology(0, 0)).await?;
             let answers =

@@ -8,8 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::domain::{
-    Action, CourseId, CoursePatch, IdError, Outcome, Reason, Request, RequestId, StudentId,
-    Verdict,
+    Action, CourseId, CoursePatch, IdError, Outcome, Reason, Request, RequestId, StudentId, Verdict,
 };
 
 /// Largest request body accepted, in bytes. A real request is under 250 bytes; anything far
@@ -265,7 +264,8 @@ pub fn parse_request(
         .map_err(|e| invalid(format!("body is not a valid request: {e}"), None))?;
     let refuse = |why: String| invalid(why, Some(parsed.clone()));
     let request_id = request_id.map_err(&refuse)?;
-    let course_id = CourseId::parse(parsed.course_id.as_str()).map_err(|e| refuse(e.to_string()))?;
+    let course_id =
+        CourseId::parse(parsed.course_id.as_str()).map_err(|e| refuse(e.to_string()))?;
     let student = |raw: Option<&str>, missing: &str| match raw {
         Some(raw) => StudentId::parse(raw).map_err(|e: IdError| refuse(e.to_string())),
         None => Err(refuse(missing.to_owned())),

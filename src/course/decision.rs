@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Action, CourseId, CoursePatch, CourseSettings, Outcome, Reason, Request, RequestId,
-    StudentId, Verdict,
+    Action, CourseId, CoursePatch, CourseSettings, Outcome, Reason, Request, RequestId, StudentId,
+    Verdict,
 };
 
 /// The change a decision makes to the course, which the group commit must write.
@@ -236,11 +236,18 @@ impl CourseState {
     fn drop_student(&mut self, student: &StudentId) -> (Verdict, Effect) {
         if self.enrolled.remove(student) {
             let promoted = self.promote().pop();
-            return (self.verdict(Outcome::Dropped, None), Effect::Drop { promoted });
+            return (
+                self.verdict(Outcome::Dropped, None),
+                Effect::Drop { promoted },
+            );
         }
-        if self.waiting.remove(student) {
+        if let Some(position) = self.position(student) {
+            self.waiting.remove(student);
             self.waitlist.retain(|s| s != student);
-            return (self.verdict(Outcome::Dropped, None), Effect::Leave);
+            // The place left is named, which also tells a waitlist leave from a seat drop.
+            let mut verdict = self.verdict(Outcome::Dropped, None);
+            verdict.waitlist_position = Some(position);
+            return (verdict, Effect::Leave);
         }
         (
             self.verdict(Outcome::Rejected, Some(Reason::NotEnrolled)),
@@ -395,6 +402,7 @@ mod tests {
         assert_eq!(state.position(&student("s4")), Some(2));
         let leave = state.decide(&request("d2", Action::Drop, "s3"), now());
         assert_eq!(leave.effect, Effect::Leave);
+        assert_eq!(leave.verdict.waitlist_position, Some(1));
         assert_eq!(state.position(&student("s4")), Some(1));
         let nothing = state.decide(&request("d3", Action::Drop, "s9"), now());
         assert_eq!(nothing.verdict.reason, Some(Reason::NotEnrolled));
@@ -538,7 +546,10 @@ mod tests {
             .map(|s| state.position(s).unwrap_or(0))
             .collect();
         positions.sort_unstable();
-        prop_assert_eq!(positions, (1..=state.waitlisted_count()).collect::<Vec<_>>());
+        prop_assert_eq!(
+            positions,
+            (1..=state.waitlisted_count()).collect::<Vec<_>>()
+        );
         for s in &state.waitlist {
             prop_assert!(!state.enrolled.contains(s));
         }

@@ -155,8 +155,10 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         capacity: shape.seats,
         ..CourseSettings::default()
     };
-    let rows: Vec<(CourseId, CourseSettings)> =
-        courses.iter().map(|c| (c.clone(), settings.clone())).collect();
+    let rows: Vec<(CourseId, CourseSettings)> = courses
+        .iter()
+        .map(|c| (c.clone(), settings.clone()))
+        .collect();
     store.add_courses(&rows).await?;
     let requests = crowd(
         &courses,

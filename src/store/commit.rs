@@ -109,7 +109,11 @@ impl Store {
                 missed.push(i);
             }
             let expected: Vec<&str> = p.effect.promoted().iter().map(|s| s.as_str()).collect();
-            let actual: Vec<&str> = done.promotions.iter().map(|s| s.student_id.as_str()).collect();
+            let actual: Vec<&str> = done
+                .promotions
+                .iter()
+                .map(|s| s.student_id.as_str())
+                .collect();
             if expected != actual {
                 unexpected.insert(i);
             }
@@ -305,7 +309,11 @@ async fn apply_effects(
         students.push(p.request.student_id.as_str());
         requests.push(p.request.request_id.as_str());
         replies.push(p.reply_to.as_ref().map(|r| r.queue.as_str()));
-        correlations.push(p.reply_to.as_ref().and_then(|r| r.correlation_id.as_deref()));
+        correlations.push(
+            p.reply_to
+                .as_ref()
+                .and_then(|r| r.correlation_id.as_deref()),
+        );
         capacities.push(settings.map(|s| to_i32(s.capacity)));
         waitlists.push(settings.map(|s| to_i32(s.waitlist)));
         opens.push(settings.and_then(|s| s.opens_at));

@@ -72,10 +72,7 @@ impl Store {
     }
 
     /// Creates many courses at once, skipping those that exist; returns the ids created.
-    pub async fn add_courses(
-        &self,
-        courses: &[(CourseId, CourseSettings)],
-    ) -> Result<Vec<String>> {
+    pub async fn add_courses(&self, courses: &[(CourseId, CourseSettings)]) -> Result<Vec<String>> {
         let ids: Vec<&str> = courses.iter().map(|(id, _)| id.as_str()).collect();
         let seats: Vec<i32> = courses
             .iter()
@@ -86,8 +83,7 @@ impl Store {
             .map(|(_, s)| i32::try_from(s.waitlist).unwrap_or(i32::MAX))
             .collect();
         let opens: Vec<Option<DateTime<Utc>>> = courses.iter().map(|(_, s)| s.opens_at).collect();
-        let closes: Vec<Option<DateTime<Utc>>> =
-            courses.iter().map(|(_, s)| s.closes_at).collect();
+        let closes: Vec<Option<DateTime<Utc>>> = courses.iter().map(|(_, s)| s.closes_at).collect();
         Ok(sqlx::query_scalar(
             "INSERT INTO courses (course_id, capacity, waitlist_capacity, opens_at, closes_at) \
              SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::timestamptz[], \

@@ -97,9 +97,13 @@ impl Intake {
                         .any(|u| u == envelope.request.student_id.as_str())
                 {
                     tracing::warn!(user = %envelope.request.student_id, course_id = %envelope.request.course_id, "course change refused: not an admin user");
-                    let _ =
-                        submit(&self.ctx, envelope, Decision::rejected(Reason::Forbidden), None)
-                            .await;
+                    let _ = submit(
+                        &self.ctx,
+                        envelope,
+                        Decision::rejected(Reason::Forbidden),
+                        None,
+                    )
+                    .await;
                     return;
                 }
                 if let Routed::UnknownCourse(envelope) = self.registry.route(envelope).await {

@@ -70,6 +70,7 @@ async fn bad_input_is_answered_or_dead_lettered_and_the_worker_goes_on() {
             .expect("answers arrive")
             .expect("reply queue open")
             .expect("delivery");
+        crate::schema::assert_valid_answer(&message.body);
         let answer = parse_answer(&message.body).expect("answers are JSON");
         if answer.stage == Stage::Final {
             finals.insert(answer.request_id.clone(), answer);

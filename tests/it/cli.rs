@@ -43,6 +43,7 @@ async fn enroll_drop_list_and_audit_from_the_command_line() {
     assert!(first.status.success(), "{first:?}");
     let answers: Vec<serde_json::Value> = stdout(&first)
         .lines()
+        .inspect(|l| crate::schema::assert_valid_answer(l.as_bytes()))
         .map(|l| serde_json::from_str(l).expect("one JSON answer per line"))
         .collect();
     assert_eq!(answers.len(), 2, "provisional and final");
@@ -128,6 +129,7 @@ async fn watch_prints_each_final_event_of_the_course() {
     // Assert: the event is the final answer of a w000 request, in JSON.
     let event: serde_json::Value =
         serde_json::from_str(seen.first().expect("an event arrives")).expect("JSON");
+    crate::schema::assert_valid_answer(seen[0].as_bytes());
     assert_eq!(event["stage"], "final");
     assert_eq!(event["course_id"], "w000");
     assert_eq!(event["outcome"], "enrolled");

@@ -1,5 +1,6 @@
 //! The test environment: a fresh database and topology per test, and workers to run against them.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -7,9 +8,11 @@ use sqlx::Connection;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use seatrush::amqp::{Broker, Topology};
+use seatrush::amqp::{Broker, Outgoing, ReplyTo, Topology};
+use seatrush::client::parse_answer;
 use seatrush::domain::{Action, CourseId, CourseSettings, Request, RequestId, StudentId};
 use seatrush::load::{self, Report};
+use seatrush::protocol::{Answer, Stage, request_body};
 use seatrush::rush::{self, Services, WorkerProcess};
 use seatrush::store::Store;
 use seatrush::worker::{self, WorkerConfig};
@@ -191,21 +194,27 @@ impl TestEnv {
         let courses: Vec<CourseId> = (0..count)
             .map(|k| CourseId::parse(format!("{prefix}{k:03}")).expect("valid id"))
             .collect();
-        let rows: Vec<(CourseId, CourseSettings)> =
-            courses.iter().map(|c| (c.clone(), settings.clone())).collect();
+        let rows: Vec<(CourseId, CourseSettings)> = courses
+            .iter()
+            .map(|c| (c.clone(), settings.clone()))
+            .collect();
         self.store.add_courses(&rows).await.expect("add courses");
         courses
     }
 
+    /// Publishes requests as a crowd and collects their answers, each checked against the
+    /// answer schema.
     pub async fn fire(&self, requests: Vec<Request>) -> Report {
-        load::fire(
+        let report = load::fire(
             &self.amqp_url,
             &self.topology,
             requests,
             Duration::from_secs(180),
         )
         .await
-        .expect("fire the crowd")
+        .expect("fire the crowd");
+        crate::schema::assert_valid_report(&report);
+        report
     }
 
     pub async fn broker(&self) -> Broker {
@@ -252,12 +261,7 @@ pub fn exe() -> PathBuf {
 }
 
 pub fn enroll(request_id: &str, course: &CourseId, student: &str) -> Request {
-    Request {
-        request_id: RequestId::parse(request_id).expect("valid request id"),
-        action: Action::Enroll,
-        course_id: course.clone(),
-        student_id: StudentId::parse(student).expect("valid student id"),
-    }
+    request(request_id, Action::Enroll, course, student)
 }
 
 /// Asserts every published message got exactly one final answer.
@@ -281,4 +285,142 @@ pub fn assert_exactly_one_final(report: &Report) {
         "requests without a final answer: {summary}"
     );
     assert_eq!(report.duplicated(), 0, "several final answers: {summary}");
+}
+
+/// A client that keeps one reply queue (and optionally an events subscription) open across
+/// many requests, as a web back end does; every message it receives is checked against the
+/// answer schema.
+pub struct Listener {
+    broker: Broker,
+    publisher: seatrush::amqp::Publisher,
+    topology: Topology,
+    queue: String,
+    replies: seatrush::amqp::Deliveries,
+    events: Option<seatrush::amqp::Deliveries>,
+    /// Everything received on the reply queue, in order.
+    pub received: Vec<Answer>,
+    /// Everything received on the events subscription, in order.
+    pub seen_events: Vec<Answer>,
+}
+
+impl Listener {
+    /// Connects; with `events`, also follows final events matching that pattern.
+    pub async fn new(env: &TestEnv, events: Option<&str>) -> Self {
+        let broker = env.broker().await;
+        let publisher = broker.confirmed_publisher().await.expect("publisher");
+        let (queue, replies) = broker.reply_queue().await.expect("reply queue");
+        let events = match events {
+            Some(pattern) => Some(
+                broker
+                    .subscribe(&env.topology.events_exchange(), pattern)
+                    .await
+                    .expect("subscribe to events"),
+            ),
+            None => None,
+        };
+        Self {
+            broker,
+            publisher,
+            topology: env.topology.clone(),
+            queue,
+            replies,
+            events,
+            received: Vec::new(),
+            seen_events: Vec::new(),
+        }
+    }
+
+    /// Publishes requests in order, each with its request id as correlation id.
+    pub async fn send(&self, requests: &[Request]) {
+        let mut confirms = Vec::with_capacity(requests.len());
+        for request in requests {
+            let to = ReplyTo {
+                queue: self.queue.clone(),
+                correlation_id: Some(request.request_id.to_string()),
+            };
+            let message = Outgoing::request(
+                &self.topology,
+                request.course_id.as_str(),
+                request.request_id.as_str(),
+                Some(&to),
+                request_body(request),
+            );
+            confirms.push(self.publisher.send(message).await.expect("publish"));
+        }
+        for confirm in confirms {
+            confirm
+                .confirmed()
+                .await
+                .expect("the broker confirms the request");
+        }
+    }
+
+    /// Receives until `done` says so, or panics after `timeout` with what arrived.
+    pub async fn until(&mut self, timeout: Duration, done: impl Fn(&Listener) -> bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(self) {
+            let next = async {
+                match self.events.as_mut() {
+                    Some(events) => tokio::select! {
+                        m = self.replies.next() => (false, m),
+                        m = events.next() => (true, m),
+                    },
+                    None => (false, self.replies.next().await),
+                }
+            };
+            let Ok((is_event, Some(Ok(message)))) = tokio::time::timeout_at(deadline, next).await
+            else {
+                panic!(
+                    "timed out; received {:#?}\nevents {:#?}",
+                    self.received, self.seen_events
+                );
+            };
+            crate::schema::assert_valid_answer(&message.body);
+            let answer = parse_answer(&message.body).expect("an answer");
+            if is_event {
+                self.seen_events.push(answer);
+            } else {
+                self.received.push(answer);
+            }
+        }
+    }
+
+    /// The final answer (not a promotion) to each request id received so far.
+    pub fn finals(&self) -> HashMap<String, Answer> {
+        self.received
+            .iter()
+            .filter(|a| a.stage == Stage::Final && !a.is_promotion())
+            .map(|a| (a.request_id.clone(), a.clone()))
+            .collect()
+    }
+
+    /// How many final answers (not promotions) arrived.
+    pub fn final_count(&self) -> usize {
+        self.received
+            .iter()
+            .filter(|a| a.stage == Stage::Final && !a.is_promotion())
+            .count()
+    }
+
+    /// Promotions received on the reply queue, in order.
+    pub fn promotions(&self) -> Vec<Answer> {
+        self.received
+            .iter()
+            .filter(|a| a.is_promotion())
+            .cloned()
+            .collect()
+    }
+
+    pub async fn close(self) {
+        self.broker.close().await;
+    }
+}
+
+pub fn request(request_id: &str, action: Action, course: &CourseId, student: &str) -> Request {
+    Request {
+        request_id: RequestId::parse(request_id).expect("valid request id"),
+        action,
+        course_id: course.clone(),
+        student_id: StudentId::parse(student).expect("valid student id"),
+    }
 }

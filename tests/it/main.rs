@@ -8,4 +8,6 @@ mod crowd;
 mod helpers;
 mod restarts;
 mod rush;
+mod schema;
 mod store;
+mod waitlist;

@@ -75,6 +75,7 @@ async fn sigterm_mid_burst_then_restart_loses_and_doubles_nothing() {
     let answered_before_restart = env.store.decision_batches().await.expect("count");
     let second = env.worker_process("second");
     let report = crowd.await.expect("crowd task").expect("crowd");
+    crate::schema::assert_valid_report(&report);
     second
         .stop(Duration::from_secs(60))
         .await
@@ -176,6 +177,7 @@ async fn a_redelivered_request_already_answered_gets_no_second_final_answer() {
         else {
             continue;
         };
+        crate::schema::assert_valid_answer(&message.body);
         let answer = seatrush::client::parse_answer(&message.body).expect("JSON");
         if answer.stage == seatrush::protocol::Stage::Provisional && answer.replayed {
             quiet_until = Some(std::time::Instant::now() + Duration::from_secs(2));
