@@ -2,6 +2,7 @@
 //! or run `scripts/test.sh`, which starts private ones). Each test gets its own database and its
 //! own exchange and queue names, so tests run in parallel without seeing each other.
 
+mod admin;
 mod bad_input;
 mod cli;
 mod crowd;

@@ -1,0 +1,151 @@
+//! Course administration from the command line: changes go through the course actor, so they
+//! are decided in order with enrollments and promote from the waitlist at once.
+
+use std::process::Output;
+
+use seatrush::domain::CourseId;
+
+use crate::helpers::{Listener, TestEnv, enroll};
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn seatrush(env: &TestEnv, args: &[&str]) -> Output {
+    env.seatrush()
+        .args(args)
+        .output()
+        .await
+        .expect("run seatrush")
+}
+
+/// The one JSON answer a `--json` command printed, checked against the schema.
+fn answer(output: &Output) -> serde_json::Value {
+    let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    crate::schema::assert_valid_answer(line.as_bytes());
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {output:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_set_show_and_import_go_through_the_course_actor() {
+    // Arrange: two seats, three waitlist places, four students.
+    let mut env = TestEnv::new().await;
+    let added = seatrush(
+        &env,
+        &["course", "add", "A1", "--seats", "2", "--waitlist", "3"],
+    )
+    .await;
+    assert!(added.status.success(), "{added:?}");
+    env.start_worker(env.worker_config()).await;
+    let course = CourseId::parse("A1").expect("id");
+    let mut client = Listener::new(&env, Some("final.A1.*")).await;
+    let enrolls: Vec<_> = (1..=4)
+        .map(|i| enroll(&format!("e{i}"), &course, &format!("s{i}")))
+        .collect();
+    client.send(&enrolls).await;
+    client.until(WAIT, |c| c.final_count() == 4).await;
+
+    // Act: raise the seats, then try to go below what is held, in seats and in waitlist.
+    let raised = seatrush(&env, &["course", "set", "A1", "--seats", "3", "--json"]).await;
+    let too_few = seatrush(&env, &["course", "set", "A1", "--seats", "1", "--json"]).await;
+    let no_room = seatrush(&env, &["course", "set", "A1", "--waitlist", "0", "--json"]).await;
+    let reversed = seatrush(
+        &env,
+        &[
+            "course",
+            "set",
+            "A1",
+            "--opens-at",
+            "2030-01-02T00:00:00Z",
+            "--closes-at",
+            "2030-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    client.until(WAIT, |c| c.promotions().len() == 1).await;
+    let shown = seatrush(&env, &["course", "show", "A1", "--json"]).await;
+
+    // Assert: the raise promoted s3 at once; the refusals say why and exit 1.
+    assert!(raised.status.success(), "{raised:?}");
+    assert_eq!(answer(&raised)["outcome"], "configured");
+    assert_eq!(client.promotions()[0].student_id, "s3");
+    assert!(!too_few.status.success());
+    assert_eq!(answer(&too_few)["reason"], "seats_below_enrolled");
+    assert_eq!(answer(&no_room)["reason"], "waitlist_below_waiting");
+    assert!(!reversed.status.success(), "{reversed:?}");
+    let detail: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("JSON");
+    assert_eq!(detail["capacity"], 3);
+    assert_eq!(
+        detail["enrolled_students"].as_array().map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(detail["waitlist"], serde_json::json!(["s4"]));
+
+    // Act: a term's file creates one course and changes A1 through its actor.
+    let file = env
+        .log_dir()
+        .join(format!("{}-term.csv", env.topology.prefix));
+    std::fs::write(
+        &file,
+        "course_id,seats,waitlist,opens_at,closes_at\n\
+         A1,4,3,,\n\
+         B1,10,5,2030-01-01T09:00:00Z,2030-01-08T09:00:00Z\n",
+    )
+    .expect("write the course file");
+    let imported = seatrush(
+        &env,
+        &[
+            "course",
+            "import",
+            file.to_str().expect("utf-8 path"),
+            "--json",
+        ],
+    )
+    .await;
+    client.until(WAIT, |c| c.promotions().len() == 2).await;
+
+    // Assert: B1 created with its window, A1's last waiting student promoted.
+    assert!(imported.status.success(), "{imported:?}");
+    let report: serde_json::Value = serde_json::from_slice(&imported.stdout).expect("JSON");
+    assert_eq!(report["created"], serde_json::json!(["B1"]));
+    assert_eq!(report["changed"], serde_json::json!(["A1"]));
+    assert_eq!(client.promotions()[1].student_id, "s4");
+    let b1 = env
+        .store
+        .course_detail(&CourseId::parse("B1").expect("id"))
+        .await
+        .expect("read")
+        .expect("B1 exists");
+    assert_eq!((b1.course.capacity, b1.course.waitlist_capacity), (10, 5));
+    assert!(b1.course.opens_at.is_some() && b1.course.closes_at.is_some());
+    let violations = env.store.audit().await.expect("audit");
+    assert!(violations.is_empty(), "{violations:#?}");
+
+    std::fs::remove_file(&file).expect("remove the course file");
+    client.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_from_a_user_who_is_not_an_admin_is_forbidden() {
+    // Arrange: the worker accepts changes only from "registrar"; the CLI connects as guest.
+    let mut env = TestEnv::new().await;
+    env.add_courses("F", 1, 5).await;
+    let mut config = env.worker_config();
+    config.admin_users = vec!["registrar".into()];
+    env.start_worker(config).await;
+
+    // Act
+    let refused = seatrush(&env, &["course", "set", "F000", "--seats", "50", "--json"]).await;
+
+    // Assert
+    assert!(!refused.status.success());
+    assert_eq!(answer(&refused)["reason"], "forbidden");
+    let detail = env
+        .store
+        .course_detail(&CourseId::parse("F000").expect("id"))
+        .await
+        .expect("read")
+        .expect("course");
+    assert_eq!(detail.course.capacity, 5);
+
+    env.cleanup().await;
+}
