@@ -181,6 +181,10 @@ struct WorkerArgs {
     /// Database connections of this worker.
     #[arg(long, env = "SEATRUSH_DB_CONNECTIONS", default_value_t = 8)]
     db_connections: u32,
+    /// Broker users whose course changes (`configure` requests) are applied, comma-separated
+    /// (default: the user of the worker's AMQP URL).
+    #[arg(long, env = "SEATRUSH_ADMIN_USERS", value_delimiter = ',')]
+    admin_users: Vec<String>,
 }
 
 /// The crowd of a rush or the demo; the defaults are the seeds' opening day.
@@ -551,6 +555,9 @@ fn worker_config(common: &Common, args: WorkerArgs) -> anyhow::Result<WorkerConf
     config.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     config.settle_grace = Duration::from_millis(args.settle_grace_ms);
     config.db_connections = args.db_connections.max(2);
+    if !args.admin_users.is_empty() {
+        config.admin_users = args.admin_users;
+    }
     config.restarts = RestartPolicy {
         max_restarts: 5,
         window: Duration::from_secs(30),
