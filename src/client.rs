@@ -80,10 +80,9 @@ impl Client {
             }
             bail!("the reply queue closed before the final answer arrived")
         };
-        let answers = tokio::time::timeout(timeout, wait).await.with_context(|| {
+        tokio::time::timeout(timeout, wait).await.with_context(|| {
             format!("no final answer within {timeout:?}: is a worker running (seatrush worker)?")
-        })?;
-        answers
+        })?
     }
 
     pub async fn close(self) {

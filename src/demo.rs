@@ -25,11 +25,13 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     println!("seatrush demo");
     println!();
     println!(
-        "Enrollment opens: {} students each want {} of {} courses ({} seats each, {} seats in all).",
+        "Enrollment opens: {} students each want {} of {} courses ({} seats and {} waitlist \
+         places each, {} seats in all).",
         config.crowd.students,
         config.crowd.choices,
         config.crowd.courses,
         config.crowd.seats,
+        config.crowd.waitlist,
         config.crowd.courses as u64 * u64::from(config.crowd.seats)
     );
     println!(

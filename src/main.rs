@@ -196,6 +196,9 @@ struct CrowdArgs {
     /// Seats per course.
     #[arg(long, default_value_t = 30)]
     seats: u32,
+    /// Waitlist places per course (0: no waitlist).
+    #[arg(long, default_value_t = 0)]
+    waitlist: u32,
     /// Students in the crowd.
     #[arg(long, default_value_t = 40_000)]
     students: usize,
@@ -209,6 +212,7 @@ impl CrowdArgs {
         Crowd {
             courses: self.courses,
             seats: self.seats,
+            waitlist: self.waitlist,
             students: self.students,
             choices: self.choices,
         }
@@ -463,6 +467,7 @@ async fn bench(common: &Common, args: BenchArgs) -> anyhow::Result<std::process:
         crowd: Crowd {
             courses: args.courses,
             seats: args.seats,
+            waitlist: 0,
             students: args.students,
             choices: args.choices,
         },

@@ -42,6 +42,8 @@ pub enum Workers {
 pub struct Crowd {
     pub courses: usize,
     pub seats: u32,
+    /// Waitlist places per course.
+    pub waitlist: u32,
     pub students: usize,
     pub choices: usize,
 }
@@ -95,6 +97,8 @@ pub struct RushReport {
     pub requests: usize,
     pub courses: usize,
     pub seats: u32,
+    /// Waitlist places per course.
+    pub waitlist: u32,
     pub students: usize,
     pub choices: usize,
     pub workers: Option<usize>,
@@ -153,6 +157,7 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
     let courses = course_ids(&config.tag, shape.courses)?;
     let settings = CourseSettings {
         capacity: shape.seats,
+        waitlist: shape.waitlist,
         ..CourseSettings::default()
     };
     let rows: Vec<(CourseId, CourseSettings)> = courses
@@ -236,6 +241,7 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         requests: n,
         courses: shape.courses,
         seats: shape.seats,
+        waitlist: shape.waitlist,
         students: shape.students,
         choices: shape.choices,
         workers: match &config.workers {
@@ -290,13 +296,15 @@ pub fn describe(r: &RushReport) -> String {
         out.push('\n');
     };
     line(format!(
-        "rush {}: {} requests from {} students ({} choices each) over {} courses of {} seats, {}{}",
+        "rush {}: {} requests from {} students ({} choices each) over {} courses of {} seats \
+         (waitlist {}), {}{}",
         r.tag,
         r.requests,
         r.students,
         r.choices,
         r.courses,
         r.seats,
+        r.waitlist,
         r.pace,
         r.workers
             .map_or(", external workers".into(), |w| format!(", {w} worker(s)"))

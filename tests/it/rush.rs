@@ -30,6 +30,7 @@ async fn a_small_rush_with_two_workers_passes_its_checks() {
     let output = env
         .seatrush()
         .args(["rush", "--workers", "2", "--courses", "30", "--seats", "20"])
+        .args(["--waitlist", "5"])
         .args(["--students", "1500", "--choices", "2", "--json"])
         .arg(&json)
         .output()
@@ -56,6 +57,12 @@ async fn a_small_rush_with_two_workers_passes_its_checks() {
     assert_eq!(report["workers"], 2);
     let enrolled = report["outcomes"]["enrolled"].as_u64().unwrap_or(0);
     assert!(enrolled <= 30 * 20, "more enrolled than seats: {enrolled}");
+    let waitlisted = report["outcomes"]["waitlisted"].as_u64().unwrap_or(0);
+    assert!(
+        (1..=30 * 5).contains(&waitlisted),
+        "waitlisted {waitlisted}: some, and no more than the places"
+    );
+    assert_eq!(report["waitlist"], 5);
     assert!(report["transactions"].as_i64().unwrap_or(0) > 0);
     env.cleanup().await;
 }

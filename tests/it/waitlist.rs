@@ -146,8 +146,7 @@ async fn a_full_course_waitlists_in_order_and_drops_promote_the_head() {
     let replay = client
         .received
         .iter()
-        .filter(|a| a.request_id == "d000" && a.stage == seatrush::protocol::Stage::Final)
-        .last()
+        .rfind(|a| a.request_id == "d000" && a.stage == seatrush::protocol::Stage::Final)
         .expect("the replayed drop's final answer");
     assert!(replay.replayed);
     assert_eq!(client.promotions().len(), 5);
