@@ -30,6 +30,18 @@ pub fn parse_instant(raw: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
     Ok(Some(at.with_timezone(&Utc)))
 }
 
+/// An instant on the command line: RFC 3339, or `none` to clear it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstantArg(pub Option<DateTime<Utc>>);
+
+impl std::str::FromStr for InstantArg {
+    type Err = anyhow::Error;
+
+    fn from_str(raw: &str) -> anyhow::Result<Self> {
+        parse_instant(raw).map(Self)
+    }
+}
+
 /// Checks settings an operator typed before anything is written or sent.
 pub fn check_settings(course: &CourseId, settings: &CourseSettings) -> anyhow::Result<()> {
     if settings.capacity > MAX_SEATS || settings.waitlist > MAX_SEATS {

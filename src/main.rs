@@ -338,12 +338,12 @@ struct SettingsArgs {
     /// Places on the waitlist (0: none).
     #[arg(long)]
     waitlist: Option<u32>,
-    /// Requests before this instant are rejected as not open.
-    #[arg(long, value_parser = admin::parse_instant)]
-    opens_at: Option<Option<DateTime<Utc>>>,
-    /// Requests from this instant on are rejected as closed.
-    #[arg(long, value_parser = admin::parse_instant)]
-    closes_at: Option<Option<DateTime<Utc>>>,
+    /// Requests before this instant are rejected as not open (RFC 3339, or `none`).
+    #[arg(long)]
+    opens_at: Option<admin::InstantArg>,
+    /// Requests from this instant on are rejected as closed (RFC 3339, or `none`).
+    #[arg(long)]
+    closes_at: Option<admin::InstantArg>,
 }
 
 impl SettingsArgs {
@@ -351,8 +351,8 @@ impl SettingsArgs {
         CoursePatch {
             seats: self.seats,
             waitlist: self.waitlist,
-            opens_at: self.opens_at,
-            closes_at: self.closes_at,
+            opens_at: self.opens_at.map(|a| a.0),
+            closes_at: self.closes_at.map(|a| a.0),
         }
     }
 }

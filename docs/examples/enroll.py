@@ -4,14 +4,18 @@
 Usage:
     pip install pika
     python3 enroll.py COURSE_ID STUDENT_ID [--action enroll|drop] [--request-id ID]
-                      [--prefix seatrush] [--timeout 30]
+                      [--prefix seatrush] [--timeout 30] [--until-promoted]
 
 The broker URL comes from AMQP_URL (default amqp://guest:guest@127.0.0.1:25673/%2f).
 
 Each answer is printed on its own line as "<stage>: <JSON body as received>".
 
+With --until-promoted, a "waitlisted" final answer does not end the wait: the script keeps
+listening on the same reply queue until the "promoted" event for the request arrives (a drop
+freed a seat) or the timeout passes.
+
 Exit status:
-    0  the final answer arrived (whatever its outcome)
+    0  the final answer arrived (whatever its outcome), or with --until-promoted the promotion
     1  no final answer before the timeout
     2  the request could not be published (queue full until the timeout, no route,
        missing exchange, connection failure)
@@ -92,8 +96,13 @@ def main() -> int:
                 raw = answers.pop(0)
                 answer = json.loads(raw)
                 print(f"{answer['stage']}: {raw.decode()}", flush=True)
-                if answer["stage"] == "final":
-                    return 0
+                if answer["stage"] != "final":
+                    continue
+                if args.until_promoted and answer["outcome"] == "waitlisted":
+                    # Keep listening: a freed seat brings a "promoted" event for this
+                    # request to this reply queue, with this correlation_id.
+                    continue
+                return 0
         print(
             f"error: no final answer for request {request_id} within {args.timeout}s "
             "(is a worker running?)",
@@ -172,6 +181,11 @@ def parse_args():
         type=float,
         default=30.0,
         help="seconds to wait for the final answer (default 30)",
+    )
+    p.add_argument(
+        "--until-promoted",
+        action="store_true",
+        help="after a waitlisted answer, wait for the promotion",
     )
     return p.parse_args()
 

@@ -57,6 +57,22 @@ async fn add_set_show_and_import_go_through_the_course_actor() {
             "2030-01-02T00:00:00Z",
             "--closes-at",
             "2030-01-01T00:00:00Z",
+            "--json",
+        ],
+    )
+    .await;
+    let windowed = seatrush(
+        &env,
+        &[
+            "course",
+            "add",
+            "A2",
+            "--seats",
+            "5",
+            "--opens-at",
+            "2030-01-01T10:00:00+01:00",
+            "--closes-at",
+            "none",
         ],
     )
     .await;
@@ -71,6 +87,19 @@ async fn add_set_show_and_import_go_through_the_course_actor() {
     assert_eq!(answer(&too_few)["reason"], "seats_below_enrolled");
     assert_eq!(answer(&no_room)["reason"], "waitlist_below_waiting");
     assert!(!reversed.status.success(), "{reversed:?}");
+    assert_eq!(answer(&reversed)["reason"], "window_out_of_order");
+    assert!(windowed.status.success(), "{windowed:?}");
+    let a2 = env
+        .store
+        .course_detail(&CourseId::parse("A2").expect("id"))
+        .await
+        .expect("read")
+        .expect("A2 exists");
+    assert_eq!(
+        a2.course.opens_at.map(|t| t.to_rfc3339()),
+        Some("2030-01-01T09:00:00+00:00".to_owned())
+    );
+    assert_eq!(a2.course.closes_at, None);
     let detail: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("JSON");
     assert_eq!(detail["capacity"], 3);
     assert_eq!(
