@@ -90,6 +90,14 @@ const CHECKS: &[(&str, &str)] = &[
          WHERE m.joins - m.leaves <> CASE WHEN w.student_id IS NULL THEN 0 ELSE 1 END",
     ),
     (
+        "waitlist_without_outcome",
+        "SELECT format('student %s waits in %s from request %s, which has no matching \
+                        waitlisted outcome', w.student_id, w.course_id, w.request_id) \
+         FROM waitlist w LEFT JOIN outcomes o ON o.request_id = w.request_id \
+         WHERE o.request_id IS NULL OR o.outcome <> 'waitlisted' \
+            OR o.course_id <> w.course_id OR o.student_id <> w.student_id",
+    ),
+    (
         "waitlist_counter_mismatch",
         "SELECT format('course %s counter says %s waiting, waitlist rows say %s', \
                        c.course_id, c.waitlisted, count(w.student_id)) \

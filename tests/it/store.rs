@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use seatrush::course::Effect;
-use seatrush::domain::{Outcome, Partition, Verdict};
+use seatrush::domain::{Action, Outcome, Partition, Reason, StudentId, Verdict};
 use seatrush::store::Pending;
 
-use crate::helpers::{TestEnv, enroll};
+use crate::helpers::{TestEnv, enroll, request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_knows_whether_its_final_answer_was_already_sent() {
@@ -74,5 +76,155 @@ async fn a_replay_knows_whether_its_final_answer_was_already_sent() {
         "a commit under an old epoch is refused: {stale:?}"
     );
     assert!(env.store.audit().await.expect("audit").is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_decides_promotions_and_refuses_what_memory_got_wrong() {
+    // Arrange: one seat held by s1, s2 and s3 waiting, no other waitlist place.
+    let env = TestEnv::new().await;
+    let course = env
+        .add_courses_with(
+            "sp",
+            1,
+            seatrush::domain::CourseSettings {
+                capacity: 1,
+                waitlist: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .remove(0);
+    let lease = env
+        .store
+        .acquire_partitions("store-test", Duration::from_secs(30), 4)
+        .await
+        .expect("acquire")[0];
+    let pending =
+        |id: &str, action: Action, student: &str, verdict: Verdict, effect: Effect| Pending {
+            request: request(id, action, &course, student),
+            provisional: verdict,
+            effect,
+            replay: false,
+            partition: lease.partition,
+            epoch: lease.epoch,
+            reply_to: None,
+        };
+    let waitlisted = |position| {
+        let mut v = Verdict::new(Outcome::Waitlisted, None, 0);
+        v.waitlist_position = Some(position);
+        v
+    };
+    let setup = [
+        pending(
+            "e1",
+            Action::Enroll,
+            "s1",
+            Verdict::new(Outcome::Enrolled, None, 0),
+            Effect::Enroll,
+        ),
+        pending("e2", Action::Enroll, "s2", waitlisted(1), Effect::Waitlist),
+        pending("e3", Action::Enroll, "s3", waitlisted(2), Effect::Waitlist),
+    ];
+    let committed = env
+        .store
+        .commit("store-test", &setup.iter().collect::<Vec<_>>())
+        .await
+        .expect("setup commit");
+    assert!(committed.iter().all(|c| !c.diverged), "{committed:?}");
+
+    // Act: a memory out of step believes s3 is next, and that the waitlist has room for s4.
+    let wrong = [
+        pending(
+            "d1",
+            Action::Drop,
+            "s1",
+            Verdict::new(Outcome::Dropped, None, 0),
+            Effect::Drop {
+                promoted: Some(StudentId::parse("s3").expect("id")),
+            },
+        ),
+        pending("e4", Action::Enroll, "s4", waitlisted(2), Effect::Waitlist),
+        pending("e5", Action::Enroll, "s5", waitlisted(3), Effect::Waitlist),
+    ];
+    let committed = env
+        .store
+        .commit("store-test", &wrong.iter().collect::<Vec<_>>())
+        .await
+        .expect("commit");
+
+    // Assert: the database promoted its own head, s2; s4 took the freed waitlist place at
+    // position 2 (after s3); s5 found no room, revised to full; the actor must reload.
+    assert!(
+        committed[0].diverged,
+        "the promotion differed: {:?}",
+        committed[0]
+    );
+    let promoted: Vec<&str> = committed[0]
+        .promotions
+        .iter()
+        .map(|p| p.student_id.as_str())
+        .collect();
+    assert_eq!(promoted, ["s2"]);
+    assert_eq!(committed[1].verdict.waitlist_position, Some(2));
+    assert!(!committed[1].diverged);
+    assert_eq!(
+        (
+            committed[2].verdict.outcome,
+            committed[2].verdict.reason,
+            committed[2].revised
+        ),
+        (Outcome::Rejected, Some(Reason::Full), true)
+    );
+    let detail = env
+        .store
+        .course_detail(&course)
+        .await
+        .expect("read")
+        .expect("course");
+    assert_eq!(detail.enrolled_students, ["s2"]);
+    assert_eq!(detail.waitlist, ["s3", "s4"]);
+    assert!(env.store.audit().await.expect("audit").is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_finds_a_broken_waitlist() {
+    // Arrange: rows written behind the worker's back, as a buggy tool might.
+    let env = TestEnv::new().await;
+    let course = env.add_courses("sa", 1, 1).await.remove(0);
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("connect");
+    for statement in [
+        "UPDATE courses SET waitlist_capacity = 5, enrolled = 1, waitlisted = 2 WHERE course_id = $1",
+        "INSERT INTO enrollments (course_id, student_id, request_id) VALUES ($1, 's1', 'x1')",
+        "INSERT INTO waitlist (course_id, student_id, position, request_id) VALUES ($1, 's1', 1, 'x2')",
+        "INSERT INTO waitlist (course_id, student_id, position, request_id) VALUES ($1, 's2', 3, 'x3')",
+    ] {
+        sqlx::query(statement)
+            .bind(course.as_str())
+            .execute(&mut db)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
+    // Act
+    let violations = env.store.audit().await.expect("audit");
+
+    // Assert
+    let checks: Vec<&str> = violations.iter().map(|v| v.check).collect();
+    for expected in [
+        "enrolled_and_waitlisted",
+        "waitlist_positions_not_contiguous",
+        "enrollment_without_outcome",
+        "waitlist_without_outcome",
+    ] {
+        assert!(
+            checks.contains(&expected),
+            "{expected} missing from {violations:#?}"
+        );
+    }
+    db.close().await.expect("close");
     env.cleanup().await;
 }
