@@ -121,6 +121,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List dead letters with their reasons (they stay in the queue); `replay` re-publishes
+    /// the ones that were fixed.
+    Deadletters(DeadArgs),
     /// Check the invariants on the live database; exit 1 on any violation.
     Audit {
         #[arg(long)]
@@ -358,6 +361,37 @@ impl SettingsArgs {
 }
 
 #[derive(Args)]
+struct DeadArgs {
+    #[command(subcommand)]
+    command: Option<DeadCommand>,
+    #[arg(long)]
+    json: bool,
+    /// Dead letters to read at most.
+    #[arg(long, default_value_t = 100)]
+    max: usize,
+}
+
+#[derive(Subcommand)]
+enum DeadCommand {
+    /// Re-publish dead letters to the request exchange (same message id, reply address and
+    /// routing key) and remove them from the dead-letter queue. Replaying a request that was
+    /// already decided only replays its stored outcome.
+    Replay {
+        /// Only those whose reason contains this text.
+        #[arg(long)]
+        reason_contains: Option<String>,
+        /// Only these message ids (repeatable).
+        #[arg(long)]
+        message_id: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        /// Dead letters to look at, at most.
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+    },
+}
+
+#[derive(Args)]
 struct RequestArgs {
     course: String,
     student: String,
@@ -424,6 +458,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
         }
+        Command::Deadletters(args) => return deadletters(&common, args).await,
         Command::Audit { json } => {
             let violations = common.store().await?.audit().await?;
             if json {
@@ -685,6 +720,58 @@ async fn course(common: &Common, command: CourseCommand) -> anyhow::Result<std::
             if !imported.refused.is_empty() {
                 return Ok(std::process::ExitCode::FAILURE);
             }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn deadletters(common: &Common, args: DeadArgs) -> anyhow::Result<std::process::ExitCode> {
+    let topology = common.topology(0, 0);
+    let broker = seatrush::amqp::Broker::connect(&common.amqp_url()?, "seatrush-deadletters")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let wait = Duration::from_millis(500);
+    let (letters, json, verb) = match args.command {
+        None => (
+            broker.peek_dead_letters(&topology, args.max, wait).await,
+            args.json,
+            "dead letters",
+        ),
+        Some(DeadCommand::Replay {
+            reason_contains,
+            message_id,
+            json,
+            max,
+        }) => {
+            let pick = |letter: &seatrush::amqp::DeadLetter| {
+                reason_contains
+                    .as_deref()
+                    .is_none_or(|text| letter.reason.contains(text))
+                    && (message_id.is_empty()
+                        || letter
+                            .message_id
+                            .as_ref()
+                            .is_some_and(|id| message_id.contains(id)))
+            };
+            let replayed = broker.replay_dead_letters(&topology, max, wait, pick).await;
+            (replayed, json, "replayed")
+        }
+    };
+    broker.close().await;
+    let letters = letters.context("reading the dead-letter queue")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&letters)?);
+    } else {
+        println!("{} {verb}", letters.len());
+        for l in &letters {
+            println!(
+                "  {} -> {} [{}] {}: {}",
+                l.message_id.as_deref().unwrap_or("(no message id)"),
+                l.routing_key,
+                l.source,
+                l.reason,
+                l.body.chars().take(120).collect::<String>()
+            );
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

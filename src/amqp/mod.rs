@@ -5,6 +5,7 @@
 //! seatrush speaks in these types.
 
 mod consumer;
+mod dead;
 mod outbox;
 mod publisher;
 mod topology;
@@ -12,6 +13,7 @@ mod topology;
 use lapin::{Connection, ConnectionProperties};
 
 pub use consumer::{AckHandle, Deliveries, Incoming};
+pub use dead::DeadLetter;
 pub use outbox::{Outbox, Posted};
 pub use publisher::{DeadCopy, Outgoing, PendingConfirm, Publisher, ReplyTo};
 pub use topology::Topology;

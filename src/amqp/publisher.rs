@@ -115,7 +115,7 @@ impl Outgoing {
             );
         };
         put(crate::protocol::REASON_HEADER, reason);
-        put("x-seatrush-routing-key", original.routing_key);
+        put(super::dead::ROUTING_KEY_HEADER, original.routing_key);
         let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_headers(headers);

@@ -6,6 +6,7 @@ mod admin;
 mod bad_input;
 mod cli;
 mod crowd;
+mod deadletters;
 mod helpers;
 mod restarts;
 mod rush;
