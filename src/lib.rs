@@ -23,6 +23,7 @@ pub mod client;
 pub mod course;
 pub mod demo;
 pub mod domain;
+pub mod failpoint;
 pub mod load;
 pub mod pipeline;
 pub mod protocol;

@@ -163,10 +163,21 @@ pub async fn fire_with(
     let counters = progress.clone();
     let collector = tokio::spawn(async move {
         let mut got: Vec<(usize, Answer, Instant)> = Vec::with_capacity(n * 2);
+        // Distinct requests with a final answer: a duplicate final (after a crash) must not
+        // make the crowd look complete while another request still waits.
+        let mut has_final = vec![false; n];
         let mut finals = 0usize;
-        while finals < n {
-            let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, replies.next()).await
-            else {
+        // Once every request has its final answer, stragglers (duplicates) are still counted
+        // for a short while.
+        let mut until = deadline;
+        loop {
+            if finals == n {
+                let grace = tokio::time::Instant::now() + Duration::from_millis(300);
+                if until > grace {
+                    until = grace;
+                }
+            }
+            let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, replies.next()).await else {
                 break;
             };
             let index = message
@@ -179,8 +190,13 @@ pub async fn fire_with(
             if answer.is_promotion() {
                 // Not an answer to this request's publish: it comes on top of the final one.
             } else if answer.stage == Stage::Final {
-                finals += 1;
-                counters.finals.fetch_add(1, Ordering::Relaxed);
+                if let Some(seen) = has_final.get_mut(index)
+                    && !*seen
+                {
+                    *seen = true;
+                    finals += 1;
+                    counters.finals.fetch_add(1, Ordering::Relaxed);
+                }
             } else {
                 counters.provisional.fetch_add(1, Ordering::Relaxed);
             }
@@ -206,12 +222,22 @@ pub async fn fire_with(
 
     // On timeout the collector returns what arrived; the rest counts as lost.
     let got = collector.await.context("the answer collector failed")?;
-    let is_final = |a: &Answer| a.stage == Stage::Final && !a.is_promotion();
-    let complete = got.iter().filter(|(_, a, _)| is_final(a)).count() >= n;
-    let total_time = got
+    // Each request's first final answer: the crowd is complete when every request has one, and
+    // its time is the last of them (a late duplicate does not count).
+    let mut first_final: Vec<Option<Instant>> = vec![None; n];
+    for (index, answer, at) in &got {
+        if answer.stage == Stage::Final
+            && !answer.is_promotion()
+            && let Some(slot @ None) = first_final.get_mut(*index)
+        {
+            *slot = Some(*at);
+        }
+    }
+    let complete = first_final.iter().all(Option::is_some);
+    let total_time = first_final
         .iter()
-        .filter(|(_, a, _)| is_final(a))
-        .map(|(_, _, at)| at.duration_since(start))
+        .flatten()
+        .map(|at| at.duration_since(start))
         .max()
         .unwrap_or_else(|| start.elapsed());
     broker.close().await;

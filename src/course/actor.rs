@@ -277,6 +277,7 @@ async fn run_instance(
         else {
             continue;
         };
+        crate::failpoint::crash_point(crate::failpoint::AFTER_DECIDE);
         if submit(&ctx, envelope, decision, Some(ticket.clone()))
             .await
             .is_err()

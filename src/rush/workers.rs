@@ -46,6 +46,18 @@ impl WorkerProcess {
         log: PathBuf,
         extra_args: &[String],
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(exe, services, worker_id, log, extra_args, &[])
+    }
+
+    /// Like `start`, with extra environment variables (for example `FAILPOINTS` in tests).
+    pub fn start_with_env(
+        exe: &std::path::Path,
+        services: &Services,
+        worker_id: &str,
+        log: PathBuf,
+        extra_args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(exe)
@@ -60,6 +72,7 @@ impl WorkerProcess {
                 "SEATRUSH_PARTITIONS",
                 services.topology.partitions.to_string(),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -86,6 +99,14 @@ impl WorkerProcess {
     pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
         let pid = self.pid().context("the worker has already exited")?;
         kill(Pid::from_raw(i32::try_from(pid)?), signal).context("signalling the worker")
+    }
+
+    /// Waits up to `within` for the process to end on its own; its exit status if it did.
+    pub async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 
     /// SIGTERM, then waits for a clean exit (code 0) within `within`; kills it otherwise.

@@ -57,6 +57,7 @@ impl Committer {
             let batch = self.gather(first, &mut decided).await;
             match self.commit(&batch, &stop).await {
                 Some(Ok(results)) => {
+                    crate::failpoint::crash_point(crate::failpoint::AFTER_COMMIT);
                     for (d, c) in batch.iter().zip(&results) {
                         if let Some(ticket) = &d.ticket {
                             ticket.settled(!c.diverged);
@@ -242,6 +243,7 @@ async fn finalize(
             fault.raise(anyhow::Error::new(e).context("publishing final answers"));
             return;
         }
+        crate::failpoint::crash_point(crate::failpoint::AFTER_PUBLISH);
         // Only a hint for redeliveries: if it cannot be written, a redelivered request is
         // answered twice, which is better than not acking what is committed and answered.
         if !answered.is_empty()
@@ -250,6 +252,7 @@ async fn finalize(
             tracing::warn!(error = %crate::telemetry::chain(&e), "could not record final answers as sent");
         }
         drop(answered);
+        crate::failpoint::crash_point(crate::failpoint::BEFORE_ACK);
         let acks = join_all(batch.into_iter().map(|(decided, _)| async move {
             if lose_ack(&decided.pending.request) {
                 // Dropped unsettled: the broker gets it back and redelivers it.

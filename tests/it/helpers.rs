@@ -151,10 +151,15 @@ impl TestEnv {
 
     /// Starts a `seatrush worker` process for this environment.
     pub fn worker_process(&self, worker_id: &str) -> WorkerProcess {
+        self.worker_process_with_env(worker_id, &[])
+    }
+
+    /// Starts a `seatrush worker` process with extra environment (for example `FAILPOINTS`).
+    pub fn worker_process_with_env(&self, worker_id: &str, env: &[(&str, &str)]) -> WorkerProcess {
         let log = self
             .log_dir()
             .join(format!("{}-{worker_id}.log", self.topology.prefix));
-        WorkerProcess::start(&exe(), &self.services(), worker_id, log, &[])
+        WorkerProcess::start_with_env(&exe(), &self.services(), worker_id, log, &[], env)
             .expect("start a worker process")
     }
 

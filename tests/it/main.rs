@@ -5,6 +5,7 @@
 mod admin;
 mod bad_input;
 mod cli;
+mod crashes;
 mod crowd;
 mod deadletters;
 mod helpers;

@@ -1,0 +1,114 @@
+//! A worker killed at each dangerous instant mid-rush: the next worker finishes the job from
+//! what Postgres and the queues hold, and every request keeps one outcome.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use seatrush::domain::CourseSettings;
+use seatrush::failpoint;
+use seatrush::protocol::Answer;
+
+use crate::helpers::TestEnv;
+
+/// Runs a crowd against a worker that aborts the first time it passes `point`, then against a
+/// fresh worker, and checks the outcome.
+async fn crash_at(point: &str) {
+    // Arrange: courses with a waitlist, a crowd with duplicate request ids.
+    let env = TestEnv::new().await;
+    let prefix = format!("{}c", env.topology.prefix);
+    let settings = CourseSettings {
+        capacity: 10,
+        waitlist: 5,
+        ..CourseSettings::default()
+    };
+    let courses = env.add_courses_with(&prefix, 20, settings).await;
+    let mut requests = seatrush::rush::crowd(&courses, 400, 2, &prefix, 5).expect("crowd");
+    let duplicates: Vec<_> = requests.iter().step_by(10).cloned().collect();
+    requests.extend(duplicates);
+    let action = format!("{point}=1*return(abort)");
+    let mut doomed = env.worker_process_with_env("doomed", &[("FAILPOINTS", action.as_str())]);
+    env.wait_for_partitions().await;
+    let crowd = {
+        let amqp_url = env.amqp_url.clone();
+        let topology = env.topology.clone();
+        tokio::spawn(async move {
+            // Not every duplicate publish is answered (see below), so the crowd may wait out
+            // its timeout.
+            seatrush::load::fire(&amqp_url, &topology, requests, Duration::from_secs(60)).await
+        })
+    };
+
+    // Act: the worker dies at the point; another takes over once the leases lapse.
+    let status = doomed
+        .exited(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("the worker never reached {point}"));
+    assert!(!status.success(), "the worker aborted at {point}: {status}");
+    let successor = env.worker_process("successor");
+    let report = crowd.await.expect("crowd task").expect("crowd");
+    successor
+        .stop(Duration::from_secs(60))
+        .await
+        .expect("the successor exits 0");
+
+    // Assert: every request id has a final answer (a client keys answers by request id; a
+    // duplicate publish redelivered after its id was answered is acked without a second
+    // answer), and all final answers of one id agree. One publish gets two final answers only
+    // after a crash between the broker's confirm and its record (then the later one replays).
+    // The database is consistent with the answers.
+    crate::schema::assert_valid_report(&report);
+    let mut by_id: HashMap<&str, Vec<&Answer>> = HashMap::new();
+    for answered in &report.answered {
+        let finals = by_id
+            .entry(answered.request.request_id.as_str())
+            .or_default();
+        finals.extend(answered.finals.iter().map(|(a, _)| a));
+        if point != failpoint::AFTER_PUBLISH {
+            assert!(
+                answered.finals.len() <= 1,
+                "one publish answered twice after a crash at {point}: {:?}",
+                answered.finals
+            );
+        }
+    }
+    let lost: Vec<&&str> = by_id
+        .iter()
+        .filter(|(_, f)| f.is_empty())
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "request ids without a final answer after a crash at {point} (logs in {}): {lost:?}",
+        env.log_dir().display()
+    );
+    for (id, finals) in &by_id {
+        assert!(
+            finals
+                .iter()
+                .all(|f| (&f.outcome, &f.reason) == (&finals[0].outcome, &finals[0].reason)),
+            "final answers for {id} disagree: {finals:?}"
+        );
+    }
+    env.assert_consistent(&report, &courses).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_deciding_loses_nothing() {
+    crash_at(failpoint::AFTER_DECIDE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_committing_loses_nothing() {
+    crash_at(failpoint::AFTER_COMMIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_publishing_loses_nothing() {
+    crash_at(failpoint::AFTER_PUBLISH).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_before_acking_loses_nothing() {
+    crash_at(failpoint::BEFORE_ACK).await;
+}
