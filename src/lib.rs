@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod amqp;
 pub mod bench;
+pub mod chaos;
 pub mod charts;
 pub mod client;
 pub mod course;
