@@ -17,6 +17,20 @@ use crate::domain::Request;
 use crate::protocol::{Answer, Stage, request_body};
 use crate::stats::Latency;
 
+/// Numbers each request by its request id (copies share a number); returns the numbers and
+/// how many distinct ids there are.
+fn id_groups(requests: &[Request]) -> (Vec<usize>, usize) {
+    let mut numbers: HashMap<&str, usize> = HashMap::new();
+    let groups = requests
+        .iter()
+        .map(|r| {
+            let next = numbers.len();
+            *numbers.entry(r.request_id.as_str()).or_insert(next)
+        })
+        .collect();
+    (groups, numbers.len())
+}
+
 /// Publishes not yet confirmed at most; bounds the publisher's memory and keeps the broker's
 /// flow control out of the way.
 const CONFIRM_WINDOW: usize = 2000;
@@ -65,9 +79,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Messages that got no final answer.
+    /// Request ids that got no final answer on any of their publishes (a client keys answers
+    /// by request id: after a crash, a duplicate publish of an id already answered is acked
+    /// without an answer of its own).
     pub fn lost(&self) -> usize {
-        self.answered.iter().filter(|a| a.finals.is_empty()).count()
+        let mut answered: HashMap<&str, bool> = HashMap::new();
+        for a in &self.answered {
+            *answered.entry(a.request.request_id.as_str()).or_default() |= !a.finals.is_empty();
+        }
+        answered.values().filter(|answered| !**answered).count()
     }
 
     /// Messages that got more than one final answer.
@@ -161,17 +181,18 @@ pub async fn fire_with(
     // The collector notes when each answer arrived; latencies are computed at the end against
     // the publish instants.
     let counters = progress.clone();
+    let (groups, ids) = id_groups(&requests);
     let collector = tokio::spawn(async move {
         let mut got: Vec<(usize, Answer, Instant)> = Vec::with_capacity(n * 2);
-        // Distinct requests with a final answer: a duplicate final (after a crash) must not
-        // make the crowd look complete while another request still waits.
-        let mut has_final = vec![false; n];
+        // Request ids with a final answer: the crowd is done when every id has one (a
+        // duplicate final, after a crash, must not make it look done while another id waits).
+        let mut has_final = vec![false; ids];
         let mut finals = 0usize;
-        // Once every request has its final answer, stragglers (duplicates) are still counted
-        // for a short while.
+        // Once every id has its final answer, stragglers (the other copies' answers) are still
+        // collected for a short while.
         let mut until = deadline;
         loop {
-            if finals == n {
+            if finals == ids {
                 let grace = tokio::time::Instant::now() + Duration::from_millis(300);
                 if until > grace {
                     until = grace;
@@ -190,7 +211,7 @@ pub async fn fire_with(
             if answer.is_promotion() {
                 // Not an answer to this request's publish: it comes on top of the final one.
             } else if answer.stage == Stage::Final {
-                if let Some(seen) = has_final.get_mut(index)
+                if let Some(seen) = groups.get(index).and_then(|g| has_final.get_mut(*g))
                     && !*seen
                 {
                     *seen = true;
@@ -222,13 +243,14 @@ pub async fn fire_with(
 
     // On timeout the collector returns what arrived; the rest counts as lost.
     let got = collector.await.context("the answer collector failed")?;
-    // Each request's first final answer: the crowd is complete when every request has one, and
+    // Each request id's first final answer: the crowd is complete when every id has one, and
     // its time is the last of them (a late duplicate does not count).
-    let mut first_final: Vec<Option<Instant>> = vec![None; n];
+    let (groups, ids) = id_groups(&requests);
+    let mut first_final: Vec<Option<Instant>> = vec![None; ids];
     for (index, answer, at) in &got {
         if answer.stage == Stage::Final
             && !answer.is_promotion()
-            && let Some(slot @ None) = first_final.get_mut(*index)
+            && let Some(slot @ None) = groups.get(*index).and_then(|g| first_final.get_mut(*g))
         {
             *slot = Some(*at);
         }

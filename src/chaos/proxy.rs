@@ -85,7 +85,10 @@ impl Proxy {
     }
 
     fn open(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
-        self.shared.open.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -202,7 +205,10 @@ mod tests {
 
         proxy.refuse();
         let mut refused = TcpStream::connect(proxy.addr()).await.unwrap();
-        assert_eq!(round_trip(&mut refused, Duration::from_millis(500)).await, None);
+        assert_eq!(
+            round_trip(&mut refused, Duration::from_millis(500)).await,
+            None
+        );
         proxy.resume();
         let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(round_trip(&mut again, long).await, Some(b"ping".to_vec()));

@@ -1,0 +1,162 @@
+//! Faults on the links mid-rush, injected for real through a TCP proxy between the worker and
+//! its broker and database: every broker connection cut, the database stalled, the database
+//! unreachable. Nothing is lost, nothing doubled, and the time to recover is reported.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use seatrush::chaos::Proxy;
+use seatrush::client::Client;
+use seatrush::domain::{CourseId, CourseSettings};
+use seatrush::protocol::Answer;
+
+use crate::helpers::{TestEnv, enroll};
+
+/// The `host:port` of a URL such as `amqp://user:pass@127.0.0.1:5672/%2f`.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+/// The URL with its `host:port` replaced by `to`.
+fn through(url: &str, to: SocketAddr) -> String {
+    url.replacen(authority(url), &to.to_string(), 1)
+}
+
+async fn proxy_for(url: &str) -> Proxy {
+    let target: SocketAddr = tokio::net::lookup_host(authority(url))
+        .await
+        .expect("resolve the server")
+        .next()
+        .expect("an address");
+    assert!(
+        target.ip().is_loopback(),
+        "fault tests only target loopback"
+    );
+    Proxy::start(target).await.expect("start the proxy")
+}
+
+/// How long a student who asks right now waits for a final answer: the time the service
+/// takes to recover from a fault, as a student sees it.
+async fn probe(env: &TestEnv, course: &CourseId, n: usize) -> Duration {
+    let client = Client::connect(&env.amqp_url, env.topology.clone())
+        .await
+        .expect("connect a probe client");
+    let request = enroll(&format!("probe-{n}"), course, &format!("probe-{n}"));
+    let start = Instant::now();
+    let answers = client.request(&request, Duration::from_secs(60)).await;
+    let waited = start.elapsed();
+    client.close().await;
+    let answer = answers.expect("the probe is answered").final_answer;
+    assert_eq!(answer.outcome, "enrolled", "{answer:?}");
+    waited
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_cuts_and_database_stalls_mid_rush_lose_nothing() {
+    // Arrange: a worker whose broker and database links go through proxies, and a paced crowd
+    // (with duplicates) long enough to span every fault.
+    let mut env = TestEnv::new().await;
+    let prefix = format!("{}x", env.topology.prefix);
+    let settings = CourseSettings {
+        capacity: 20,
+        waitlist: 5,
+        ..CourseSettings::default()
+    };
+    let courses = env.add_courses_with(&prefix, 30, settings).await;
+    let probe_course = env
+        .add_courses(&format!("{prefix}probe"), 1, 100)
+        .await
+        .remove(0);
+    let mut requests = seatrush::rush::crowd(&courses, 1500, 2, &prefix, 11).expect("crowd");
+    let duplicates: Vec<_> = requests.iter().step_by(10).cloned().collect();
+    requests.extend(duplicates);
+    let amqp = proxy_for(&env.amqp_url).await;
+    let db = proxy_for(&env.database_url).await;
+    let mut config = env.worker_config();
+    config.amqp_url = through(&env.amqp_url, amqp.addr());
+    config.database_url = through(&env.database_url, db.addr());
+    env.start_worker(config).await;
+    let crowd = {
+        let amqp_url = env.amqp_url.clone();
+        let topology = env.topology.clone();
+        tokio::spawn(async move {
+            seatrush::load::fire_with(
+                &amqp_url,
+                &topology,
+                requests,
+                Duration::from_secs(120),
+                seatrush::load::Pace::Rate(400.0),
+                Default::default(),
+            )
+            .await
+        })
+    };
+    probe(&env, &probe_course, 0).await;
+
+    // Act: each fault in turn; after each, a student asks and the wait is measured.
+    let mut recoveries = Vec::new();
+    amqp.cut();
+    recoveries.push((
+        "all broker connections cut",
+        probe(&env, &probe_course, 1).await,
+    ));
+
+    db.stall();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    db.resume();
+    recoveries.push((
+        "database stalled 3 s, after",
+        probe(&env, &probe_course, 2).await,
+    ));
+
+    db.refuse();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    db.resume();
+    recoveries.push((
+        "database unreachable 2 s, after",
+        probe(&env, &probe_course, 3).await,
+    ));
+
+    let report = crowd.await.expect("crowd task").expect("crowd");
+
+    // Assert: every request id has a final answer and all of its final answers agree; the
+    // database agrees with them.
+    eprintln!("recovery after each fault: {recoveries:?}");
+    crate::schema::assert_valid_report(&report);
+    let mut by_id: HashMap<&str, Vec<&Answer>> = HashMap::new();
+    for answered in &report.answered {
+        by_id
+            .entry(answered.request.request_id.as_str())
+            .or_default()
+            .extend(answered.finals.iter().map(|(a, _)| a));
+    }
+    let lost: Vec<&&str> = by_id
+        .iter()
+        .filter(|(_, f)| f.is_empty())
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "request ids without a final answer: {lost:?}"
+    );
+    for (id, finals) in &by_id {
+        assert!(
+            finals
+                .iter()
+                .all(|f| (&f.outcome, &f.reason) == (&finals[0].outcome, &finals[0].reason)),
+            "final answers for {id} disagree: {finals:?}"
+        );
+    }
+    eprintln!(
+        "chaos: {} requests, {} request ids, {} provisional answers contradicted by the final one",
+        report.answered.len(),
+        by_id.len(),
+        report.contradicted()
+    );
+    // The probes' seats are not in the crowd's report; the audit covers their course.
+    env.assert_consistent(&report, &courses).await;
+    env.cleanup().await;
+}
