@@ -422,10 +422,14 @@ mod tests {
         }
     }
 
-    fn answered(provisional: Option<&str>, finals: &[(&str, Option<&str>, u64)]) -> Answered {
+    fn answered(
+        id: &str,
+        provisional: Option<&str>,
+        finals: &[(&str, Option<&str>, u64)],
+    ) -> Answered {
         Answered {
             request: Request {
-                request_id: RequestId::parse("r").unwrap(),
+                request_id: RequestId::parse(id).unwrap(),
                 action: Action::Enroll,
                 course_id: CourseId::parse("c").unwrap(),
                 student_id: StudentId::parse("s").unwrap(),
@@ -449,10 +453,13 @@ mod tests {
     fn the_report_counts_lost_duplicated_and_contradicted_answers() {
         let report = Report {
             answered: vec![
-                answered(Some("enrolled"), &[("enrolled", None, 10)]),
-                answered(Some("enrolled"), &[("rejected", Some("full"), 20)]),
-                answered(None, &[]),
+                answered("r1", Some("enrolled"), &[("enrolled", None, 10)]),
+                answered("r2", Some("enrolled"), &[("rejected", Some("full"), 20)]),
+                answered("r3", None, &[]),
+                // A second copy of r1, acked without an answer of its own: r1 is not lost.
+                answered("r1", None, &[]),
                 answered(
+                    "r4",
                     None,
                     &[
                         ("rejected", Some("full"), 30),
@@ -467,7 +474,7 @@ mod tests {
         assert_eq!(report.lost(), 1);
         assert_eq!(report.duplicated(), 1);
         assert_eq!(report.contradicted(), 1);
-        assert_eq!(report.throughput(), 2.0);
+        assert_eq!(report.throughput(), 2.5);
         assert_eq!(report.outcomes().get("rejected/full"), Some(&2));
         assert_eq!(report.outcomes().get("enrolled"), Some(&1));
         let finals = report.latency(Stage::Final);

@@ -87,7 +87,16 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.application_name("seatrush"))
+            // A worker paused mid-transaction (stopped, swapped out, cut off) must not hold
+            // its row locks past its lease: the server ends such a transaction after this
+            // long, so another worker can take the partitions over, and the paused one's commit
+            // fails and is retried under the fence. A commit's statements follow each other
+            // at once, so no healthy transaction idles this long.
+            .connect_with(
+                options
+                    .application_name("seatrush")
+                    .options([("idle_in_transaction_session_timeout", "2000")]),
+            )
             .await?;
         Ok(Self { pool })
     }

@@ -78,9 +78,13 @@ impl Store {
             .bind(worker_id)
             .execute(&mut *tx)
             .await?;
+        // A lease that lapsed while the database was unreachable is renewed as long as no
+        // other worker took the partition meanwhile: a takeover changes the owner and bumps the
+        // epoch, so this cannot revive a lease someone else holds, and the epoch this worker's
+        // commits carry stays valid.
         let rows = sqlx::query(
             "UPDATE partitions SET lease_until = now() + $2 * interval '1 millisecond' \
-             WHERE owner = $1 AND lease_until >= now() RETURNING partition, epoch",
+             WHERE owner = $1 RETURNING partition, epoch",
         )
         .bind(worker_id)
         .bind(millis(lease))

@@ -145,15 +145,23 @@ impl Committer {
             size = batch.len(),
             "group commit refused; returning the batch to the queues"
         );
+        let mut unsettled = 0usize;
         for d in batch {
             if let Some(ticket) = &d.ticket {
                 ticket.settled(false);
             }
-            if let Err(e) = d.ack.requeue().await {
-                self.fault
-                    .raise(anyhow::Error::new(e).context("returning a refused batch"));
-                return;
+            // A delivery that cannot be returned is on a channel that is closed or closing (a
+            // partition given back after its lease was lost, a broken connection): the broker
+            // returns every unacked delivery of a closed channel to its queue by itself.
+            if d.ack.requeue().await.is_err() {
+                unsettled += 1;
             }
+        }
+        if unsettled > 0 {
+            tracing::info!(
+                unsettled,
+                "part of a refused batch was on a closed channel; the broker returns it"
+            );
         }
     }
 }

@@ -18,6 +18,9 @@ pub(super) struct Ownership {
     pub lease: Duration,
     pub partitions: u16,
     pub intake: Intake,
+    /// How long a lost partition's channel stays open for acks of batches committed before
+    /// the loss.
+    pub grace: Duration,
 }
 
 struct Held {
@@ -32,6 +35,17 @@ struct Held {
 pub(super) struct Stopped {
     pub partitions: Vec<Partition>,
     pub channels: Vec<Deliveries>,
+}
+
+/// Closes the channel of a partition this worker lost, once its consumer has stopped and the
+/// batches committed before the loss had time to be acked. Whatever it still holds unacked (a
+/// prefetched delivery, a decision the new owner's epoch fences out) returns to the queue for
+/// the new owner; keeping the channel open would hold those messages back indefinitely.
+async fn give_back(consumer: JoinHandle<Option<Deliveries>>, grace: Duration) {
+    if let Ok(Some(channel)) = consumer.await {
+        tokio::time::sleep(grace).await;
+        channel.close().await;
+    }
 }
 
 impl Ownership {
@@ -51,10 +65,8 @@ impl Ownership {
             self.acquire(&mut held).await;
         }
         let mut stopped = Stopped::default();
-        for h in lost {
-            if let Ok(Some(channel)) = h.consumer.await {
-                stopped.channels.push(channel);
-            }
+        for handing_back in lost {
+            let _ = handing_back.await;
         }
         for (partition, h) in held {
             h.stop.cancel();
@@ -66,7 +78,7 @@ impl Ownership {
         stopped
     }
 
-    async fn renew(&self, held: &mut HashMap<Partition, Held>, lost: &mut Vec<Held>) {
+    async fn renew(&self, held: &mut HashMap<Partition, Held>, lost: &mut Vec<JoinHandle<()>>) {
         if held.is_empty() {
             return;
         }
@@ -87,7 +99,7 @@ impl Ownership {
                         // are fenced from now on; stop consuming and let the broker redeliver.
                         tracing::warn!(%partition, epoch = h.lease.epoch, "lost partition lease");
                         h.stop.cancel();
-                        lost.push(h);
+                        lost.push(tokio::spawn(give_back(h.consumer, self.grace)));
                     }
                 }
             }

@@ -121,6 +121,9 @@ pub(super) async fn run(
         lease: config.lease,
         partitions: config.topology.partitions,
         intake,
+        grace: config
+            .settle_grace
+            .max(std::time::Duration::from_millis(500)),
     };
     let owner = tokio::spawn(ownership.run(stop_intake.clone()));
 

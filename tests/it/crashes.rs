@@ -112,3 +112,71 @@ async fn a_worker_killed_after_publishing_loses_nothing() {
 async fn a_worker_killed_before_acking_loses_nothing() {
     crash_at(failpoint::BEFORE_ACK).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_is_fenced_out_and_gives_its_partitions_back() {
+    // Arrange: a worker with a 2 s lease, paused mid-crowd for longer than that.
+    let env = TestEnv::new().await;
+    let prefix = format!("{}f", env.topology.prefix);
+    let courses = env.add_courses(&prefix, 20, 15).await;
+    let mut requests = seatrush::rush::crowd(&courses, 600, 2, &prefix, 9).expect("crowd");
+    let duplicates: Vec<_> = requests.iter().step_by(10).cloned().collect();
+    requests.extend(duplicates);
+    let paused = env.worker_process_args("paused", &["--lease-ms", "2000"]);
+    env.wait_for_partitions().await;
+    let crowd = {
+        let amqp_url = env.amqp_url.clone();
+        let topology = env.topology.clone();
+        tokio::spawn(async move {
+            seatrush::load::fire_with(
+                &amqp_url,
+                &topology,
+                requests,
+                Duration::from_secs(90),
+                seatrush::load::Pace::Rate(300.0),
+                Default::default(),
+            )
+            .await
+        })
+    };
+    while env.store.decision_batches().await.expect("count") < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Act: pause the owner past its lease; another worker takes the partitions; resume it.
+    paused
+        .signal(nix::sys::signal::Signal::SIGSTOP)
+        .expect("pause the worker");
+    let taker = env.worker_process_args("taker", &["--lease-ms", "2000"]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    paused
+        .signal(nix::sys::signal::Signal::SIGCONT)
+        .expect("resume the worker");
+    let report = crowd.await.expect("crowd task").expect("crowd");
+    let taken = env.store.live_partitions().await.expect("partitions");
+    paused
+        .stop(Duration::from_secs(60))
+        .await
+        .expect("the paused worker exits 0");
+    taker
+        .stop(Duration::from_secs(60))
+        .await
+        .expect("the taker exits 0");
+
+    // Assert: every request id answered and consistent with the database; the resumed
+    // worker's stale commits were refused (it logged being fenced or losing its leases).
+    crate::schema::assert_valid_report(&report);
+    assert_eq!(report.lost(), 0, "request ids without a final answer");
+    assert_eq!(taken, i64::from(env.topology.partitions));
+    let log = std::fs::read_to_string(
+        env.log_dir()
+            .join(format!("{}-paused.log", env.topology.prefix)),
+    )
+    .expect("the paused worker's log");
+    assert!(
+        log.contains("lost partition lease"),
+        "the resumed worker noticed it lost its partitions"
+    );
+    env.assert_consistent(&report, &courses).await;
+    env.cleanup().await;
+}

@@ -156,10 +156,20 @@ impl TestEnv {
 
     /// Starts a `seatrush worker` process with extra environment (for example `FAILPOINTS`).
     pub fn worker_process_with_env(&self, worker_id: &str, env: &[(&str, &str)]) -> WorkerProcess {
+        self.launch(worker_id, &[], env)
+    }
+
+    /// Starts a `seatrush worker` process with extra arguments.
+    pub fn worker_process_args(&self, worker_id: &str, args: &[&str]) -> WorkerProcess {
+        self.launch(worker_id, args, &[])
+    }
+
+    fn launch(&self, worker_id: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
         let log = self
             .log_dir()
             .join(format!("{}-{worker_id}.log", self.topology.prefix));
-        WorkerProcess::start_with_env(&exe(), &self.services(), worker_id, log, &[], env)
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        WorkerProcess::start_with_env(&exe(), &self.services(), worker_id, log, &args, env)
             .expect("start a worker process")
     }
 
