@@ -70,30 +70,18 @@ async fn broker_cuts_and_database_stalls_mid_rush_lose_nothing() {
         .add_courses(&format!("{prefix}probe"), 1, 100)
         .await
         .remove(0);
-    let mut requests = seatrush::rush::crowd(&courses, 1500, 2, &prefix, 11).expect("crowd");
-    let duplicates: Vec<_> = requests.iter().step_by(10).cloned().collect();
-    requests.extend(duplicates);
+    let requests = TestEnv::crowd_with_duplicates(&courses, 1500, 2, &prefix, 11);
     let amqp = proxy_for(&env.amqp_url).await;
     let db = proxy_for(&env.database_url).await;
     let mut config = env.worker_config();
     config.amqp_url = through(&env.amqp_url, amqp.addr());
     config.database_url = through(&env.database_url, db.addr());
     env.start_worker(config).await;
-    let crowd = {
-        let amqp_url = env.amqp_url.clone();
-        let topology = env.topology.clone();
-        tokio::spawn(async move {
-            seatrush::load::fire_with(
-                &amqp_url,
-                &topology,
-                requests,
-                Duration::from_secs(120),
-                seatrush::load::Pace::Rate(400.0),
-                Default::default(),
-            )
-            .await
-        })
-    };
+    let crowd = env.spawn_crowd(
+        requests,
+        seatrush::load::Pace::Rate(400.0),
+        Duration::from_secs(120),
+    );
     probe(&env, &probe_course, 0).await;
 
     // Act: each fault in turn; after each, a student asks and the wait is measured.

@@ -22,21 +22,15 @@ async fn crash_at(point: &str) {
         ..CourseSettings::default()
     };
     let courses = env.add_courses_with(&prefix, 20, settings).await;
-    let mut requests = seatrush::rush::crowd(&courses, 400, 2, &prefix, 5).expect("crowd");
-    let duplicates: Vec<_> = requests.iter().step_by(10).cloned().collect();
-    requests.extend(duplicates);
+    let requests = TestEnv::crowd_with_duplicates(&courses, 400, 2, &prefix, 5);
     let action = format!("{point}=1*return(abort)");
     let mut doomed = env.worker_process_with_env("doomed", &[("FAILPOINTS", action.as_str())]);
     env.wait_for_partitions().await;
-    let crowd = {
-        let amqp_url = env.amqp_url.clone();
-        let topology = env.topology.clone();
-        tokio::spawn(async move {
-            // Not every duplicate publish is answered (see below), so the crowd may wait out
-            // its timeout.
-            seatrush::load::fire(&amqp_url, &topology, requests, Duration::from_secs(60)).await
-        })
-    };
+    let crowd = env.spawn_crowd(
+        requests,
+        seatrush::load::Pace::Burst,
+        Duration::from_secs(120),
+    );
 
     // Act: the worker dies at the point; another takes over once the leases lapse.
     let status = doomed
@@ -119,26 +113,14 @@ async fn a_paused_owner_is_fenced_out_and_gives_its_partitions_back() {
     let env = TestEnv::new().await;
     let prefix = format!("{}f", env.topology.prefix);
     let courses = env.add_courses(&prefix, 20, 15).await;
-    let mut requests = seatrush::rush::crowd(&courses, 600, 2, &prefix, 9).expect("crowd");
-    let duplicates: Vec<_> = requests.iter().step_by(10).cloned().collect();
-    requests.extend(duplicates);
+    let requests = TestEnv::crowd_with_duplicates(&courses, 600, 2, &prefix, 9);
     let paused = env.worker_process_args("paused", &["--lease-ms", "2000"]);
     env.wait_for_partitions().await;
-    let crowd = {
-        let amqp_url = env.amqp_url.clone();
-        let topology = env.topology.clone();
-        tokio::spawn(async move {
-            seatrush::load::fire_with(
-                &amqp_url,
-                &topology,
-                requests,
-                Duration::from_secs(90),
-                seatrush::load::Pace::Rate(300.0),
-                Default::default(),
-            )
-            .await
-        })
-    };
+    let crowd = env.spawn_crowd(
+        requests,
+        seatrush::load::Pace::Rate(300.0),
+        Duration::from_secs(90),
+    );
     while env.store.decision_batches().await.expect("count") < 2 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

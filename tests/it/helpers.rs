@@ -232,6 +232,45 @@ impl TestEnv {
         report
     }
 
+    /// Publishes a crowd at `pace` in the background (so faults can be injected meanwhile);
+    /// the task yields its report.
+    pub fn spawn_crowd(
+        &self,
+        requests: Vec<Request>,
+        pace: load::Pace,
+        timeout: Duration,
+    ) -> JoinHandle<anyhow::Result<Report>> {
+        let amqp_url = self.amqp_url.clone();
+        let topology = self.topology.clone();
+        tokio::spawn(async move {
+            load::fire_with(
+                &amqp_url,
+                &topology,
+                requests,
+                timeout,
+                pace,
+                Default::default(),
+            )
+            .await
+        })
+    }
+
+    /// A crowd of `students` each asking for `choices` of `courses`, with every tenth request
+    /// published a second time under the same request id.
+    pub fn crowd_with_duplicates(
+        courses: &[CourseId],
+        students: usize,
+        choices: usize,
+        tag: &str,
+        seed: u64,
+    ) -> Vec<Request> {
+        let mut requests =
+            rush::crowd(courses, students, choices, tag, seed).expect("plan the crowd");
+        let duplicates: Vec<Request> = requests.iter().step_by(10).cloned().collect();
+        requests.extend(duplicates);
+        requests
+    }
+
     pub async fn broker(&self) -> Broker {
         Broker::connect(&self.amqp_url, "seatrush-test")
             .await
