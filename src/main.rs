@@ -188,6 +188,9 @@ struct WorkerArgs {
     /// (default: the user of the worker's AMQP URL).
     #[arg(long, env = "SEATRUSH_ADMIN_USERS", value_delimiter = ',')]
     admin_users: Vec<String>,
+    /// Serve `/livez` and `/readyz` on this address (for example 127.0.0.1:9090).
+    #[arg(long, env = "SEATRUSH_HTTP_ADDR")]
+    http_addr: Option<std::net::SocketAddr>,
 }
 
 /// The crowd of a rush or the demo; the defaults are the seeds' opening day.
@@ -595,6 +598,7 @@ fn worker_config(common: &Common, args: WorkerArgs) -> anyhow::Result<WorkerConf
     config.drain_timeout = Duration::from_secs(args.drain_timeout_secs);
     config.settle_grace = Duration::from_millis(args.settle_grace_ms);
     config.db_connections = args.db_connections.max(2);
+    config.http_addr = args.http_addr;
     if !args.admin_users.is_empty() {
         config.admin_users = args.admin_users;
     }

@@ -291,15 +291,23 @@ async fn run_instance(
 
 /// Loads the course, retrying while the database is unreachable; `None` if it does not exist.
 async fn load(store: &Store, course: &CourseId) -> Option<CourseState> {
-    let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(5));
+    let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
+    let mut failures = 0u32;
     loop {
         match store.load_course(course).await {
             Ok(snapshot) => {
+                if failures > 0 {
+                    tracing::info!(course_id = %course, failures, "course loaded after the database came back");
+                }
                 return snapshot.map(|s| CourseState::from_snapshot(course.clone(), s));
             }
             Err(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(course_id = %course, error = %crate::telemetry::chain(&e), ?delay, "loading course failed; retrying");
+                let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                // Once per outage per course: the retries that follow say nothing new.
+                if failures == 0 {
+                    tracing::warn!(course_id = %course, error = %crate::telemetry::chain(&e), "loading course failed; retrying until the database answers");
+                }
+                failures += 1;
                 tokio::time::sleep(delay).await;
             }
         }

@@ -62,10 +62,13 @@ impl StoreError {
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(db) => db.code().is_some_and(|code| {
                 // SQLSTATE classes: 08 connection, 40 rollback (serialization, deadlock),
-                // 53 insufficient resources, 57 operator intervention (shutdown), 58 system.
-                ["08", "40", "53", "57", "58"]
-                    .iter()
-                    .any(|class| code.starts_with(class))
+                // 53 insufficient resources, 57 operator intervention (shutdown), 58 system;
+                // and 25P03, the server ending a transaction that sat idle (this worker was
+                // paused or cut off mid-commit): the batch can be retried on a new connection.
+                code == "25P03"
+                    || ["08", "40", "53", "57", "58"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
             }),
             _ => false,
         }
@@ -99,6 +102,12 @@ impl Store {
             )
             .await?;
         Ok(Self { pool })
+    }
+
+    /// A round trip to the database, for readiness.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Applies any pending migration.

@@ -107,7 +107,9 @@ impl Committer {
         stop: &CancellationToken,
     ) -> Option<Result<Vec<Committed>, StoreError>> {
         let pending: Vec<&crate::store::Pending> = batch.iter().map(|d| &d.pending).collect();
-        let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(5));
+        // Capped at a second: a retry is one cheap attempt, and students wait on it once the
+        // database is back.
+        let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
         let mut failures = 0u32;
         loop {
             match self.store.commit(&self.worker_id, &pending).await {

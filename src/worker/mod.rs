@@ -5,15 +5,18 @@
 //! (or until the broker connection fails, after which a new session starts with backoff).
 
 mod committer;
+pub mod health;
 mod intake;
 mod ownership;
 mod session;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use self::health::Health;
 use crate::amqp::Topology;
 use crate::course::RestartPolicy;
 use crate::store::Store;
@@ -50,6 +53,8 @@ pub struct WorkerConfig {
     /// Broker users whose `configure` requests are applied; anyone else's are answered
     /// `forbidden`. Defaults to the worker's own broker user.
     pub admin_users: Vec<String>,
+    /// Where to serve `/livez` and `/readyz`; none by default.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -82,6 +87,7 @@ impl WorkerConfig {
             },
             catalog_refresh: Duration::from_secs(1),
             admin_users,
+            http_addr: None,
         }
     }
 }
@@ -103,9 +109,22 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .context("registering the worker")?;
     tracing::info!(worker_id = %config.worker_id, partitions = config.topology.partitions, "worker started");
 
+    let health = Arc::new(Health::default());
+    let background = CancellationToken::new();
+    let watcher = tokio::spawn(health::watch_database(
+        store.clone(),
+        health.clone(),
+        background.clone(),
+    ));
+    let server = config
+        .http_addr
+        .map(|addr| tokio::spawn(health::serve(addr, health.clone(), background.clone())));
+
     let mut delays = crate::retry::delays(Duration::from_millis(200), Duration::from_secs(10));
     let outcome = loop {
-        match session::run(&config, &store, shutdown.clone()).await {
+        let ended = session::run(&config, &store, &health, shutdown.clone()).await;
+        health.set_broker(false);
+        match ended {
             Ok(()) => break Ok(()),
             Err(e) if shutdown.is_cancelled() => break Err(e),
             Err(e) => {
@@ -122,6 +141,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             }
         }
     };
+    background.cancel();
+    let _ = watcher.await;
+    if let Some(server) = server {
+        match server.await {
+            Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "health endpoint failed"),
+            Ok(Ok(())) | Err(_) => {}
+        }
+    }
     if let Err(e) = store.deregister_worker(&config.worker_id).await {
         tracing::warn!(error = %crate::telemetry::chain(&e), "could not deregister the worker");
     }

@@ -21,6 +21,8 @@ pub(super) struct Ownership {
     /// How long a lost partition's channel stays open for acks of batches committed before
     /// the loss.
     pub grace: Duration,
+    /// Whether the last renewal failed, so an outage is logged once.
+    pub renew_failing: std::sync::atomic::AtomicBool,
 }
 
 struct Held {
@@ -88,6 +90,9 @@ impl Ownership {
             .await
         {
             Ok(still) => {
+                if self.renew_failing.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!("partition leases renewed again");
+                }
                 let gone: Vec<Partition> = held
                     .iter()
                     .filter(|(_, h)| !still.contains(&h.lease))
@@ -104,7 +109,12 @@ impl Ownership {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %crate::telemetry::chain(&e), "could not renew partition leases");
+                // Logged once per outage; a lapsed lease is renewed when the database is back
+                // if no other worker took the partition meanwhile.
+                if !self.renew_failing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    tracing::warn!(error = %crate::telemetry::chain(&e), "could not renew partition leases; retrying");
+                }
+                return;
             }
         }
     }
@@ -135,7 +145,8 @@ impl Ownership {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %crate::telemetry::chain(&e), "could not acquire partitions")
+                // The renewal, a moment before, already logged a database outage.
+                tracing::debug!(error = %crate::telemetry::chain(&e), "could not acquire partitions")
             }
         }
     }

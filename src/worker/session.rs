@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use super::WorkerConfig;
 use super::committer::Committer;
+use super::health::Health;
 use super::intake::Intake;
 use super::ownership::Ownership;
 use crate::amqp::{Broker, Outbox};
@@ -45,6 +46,7 @@ impl Fault {
 pub(super) async fn run(
     config: &WorkerConfig,
     store: &Store,
+    health: &Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = Arc::new(
@@ -60,6 +62,7 @@ pub(super) async fn run(
         .confirmed_publisher()
         .await
         .context("opening the answer channel")?;
+    health.set_broker(true);
     // Provisional and final answers share one outbox and one channel, so a client's queue
     // receives them in that order.
     let (outbox, outbox_task) = Outbox::start(publisher, config.batch_max * 4);
@@ -124,6 +127,7 @@ pub(super) async fn run(
         grace: config
             .settle_grace
             .max(std::time::Duration::from_millis(500)),
+        renew_failing: Default::default(),
     };
     let owner = tokio::spawn(ownership.run(stop_intake.clone()));
 

@@ -10,6 +10,7 @@ use seatrush::chaos::Proxy;
 use seatrush::client::Client;
 use seatrush::domain::{CourseId, CourseSettings};
 use seatrush::protocol::Answer;
+use seatrush::worker::health::Readiness;
 
 use crate::helpers::{TestEnv, enroll};
 
@@ -36,6 +37,54 @@ async fn proxy_for(url: &str) -> Proxy {
         "fault tests only target loopback"
     );
     Proxy::start(target).await.expect("start the proxy")
+}
+
+/// A loopback address with a port nobody listens on (a moment ago).
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address")
+}
+
+/// `GET /readyz` on the worker's health endpoint, with a bare HTTP/1.1 request.
+async fn readyz(addr: SocketAddr) -> Option<Readiness> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status_ok = head.starts_with("HTTP/1.1 200");
+    let value: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+    let readiness = Readiness {
+        ready: value["ready"].as_bool()?,
+        broker: value["broker"].as_bool()?,
+        database: value["database"].as_bool()?,
+    };
+    assert_eq!(
+        status_ok, readiness.ready,
+        "status and body agree: {response}"
+    );
+    Some(readiness)
+}
+
+/// Waits until `/readyz` says `ready`; returns what it said.
+async fn wait_ready(addr: SocketAddr, ready: bool) -> Readiness {
+    let start = Instant::now();
+    loop {
+        if let Some(r) = readyz(addr).await
+            && r.ready == ready
+        {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "/readyz never said ready = {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How long a student who asks right now waits for a final answer: the time the service
@@ -76,7 +125,10 @@ async fn broker_cuts_and_database_stalls_mid_rush_lose_nothing() {
     let mut config = env.worker_config();
     config.amqp_url = through(&env.amqp_url, amqp.addr());
     config.database_url = through(&env.database_url, db.addr());
+    let health = free_port();
+    config.http_addr = Some(health);
     env.start_worker(config).await;
+    wait_ready(health, true).await;
     let crowd = env.spawn_crowd(
         requests,
         seatrush::load::Pace::Rate(400.0),
@@ -101,11 +153,28 @@ async fn broker_cuts_and_database_stalls_mid_rush_lose_nothing() {
     ));
 
     db.refuse();
+    let unready = wait_ready(health, false).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     db.resume();
+    let ready = wait_ready(health, true).await;
+    assert!(
+        !unready.database && ready.ready,
+        "{unready:?} then {ready:?}"
+    );
     recoveries.push((
         "database unreachable 2 s, after",
         probe(&env, &probe_course, 3).await,
+    ));
+
+    amqp.refuse();
+    let unready = wait_ready(health, false).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    amqp.resume();
+    wait_ready(health, true).await;
+    assert!(!unready.broker, "{unready:?}");
+    recoveries.push((
+        "broker unreachable 1 s, after",
+        probe(&env, &probe_course, 4).await,
     ));
 
     let report = crowd.await.expect("crowd task").expect("crowd");
