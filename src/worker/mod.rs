@@ -144,9 +144,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     background.cancel();
     let _ = watcher.await;
     if let Some(server) = server {
-        match server.await {
-            Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "health endpoint failed"),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(e)) = server.await {
+            tracing::warn!(error = format!("{e:#}"), "health endpoint failed");
         }
     }
     if let Err(e) = store.deregister_worker(&config.worker_id).await {

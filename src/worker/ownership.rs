@@ -90,7 +90,10 @@ impl Ownership {
             .await
         {
             Ok(still) => {
-                if self.renew_failing.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                if self
+                    .renew_failing
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
                     tracing::info!("partition leases renewed again");
                 }
                 let gone: Vec<Partition> = held
@@ -111,10 +114,12 @@ impl Ownership {
             Err(e) => {
                 // Logged once per outage; a lapsed lease is renewed when the database is back
                 // if no other worker took the partition meanwhile.
-                if !self.renew_failing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                if !self
+                    .renew_failing
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
                     tracing::warn!(error = %crate::telemetry::chain(&e), "could not renew partition leases; retrying");
                 }
-                return;
             }
         }
     }
