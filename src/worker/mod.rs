@@ -143,10 +143,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     };
     background.cancel();
     let _ = watcher.await;
-    if let Some(server) = server {
-        if let Ok(Err(e)) = server.await {
-            tracing::warn!(error = format!("{e:#}"), "health endpoint failed");
-        }
+    if let Some(server) = server
+        && let Ok(Err(e)) = server.await
+    {
+        tracing::warn!(error = format!("{e:#}"), "health endpoint failed");
     }
     if let Err(e) = store.deregister_worker(&config.worker_id).await {
         tracing::warn!(error = %crate::telemetry::chain(&e), "could not deregister the worker");
