@@ -4,7 +4,7 @@
 # under .services/, so they never interfere with system-wide servers
 # (RabbitMQ node rabbit@localhost on 5672, PostgreSQL on 5432).
 #
-# Usage: scripts/services.sh [start|stop|status|env]
+# Usage: scripts/services.sh [start|stop|status|env|start-db|restart-db|stop-db]
 #   start   (default) install packages if missing, start both instances if
 #           not running, wait until they accept connections, then print
 #           `export AMQP_URL=...` / `export DATABASE_URL=...` on stdout.
@@ -15,6 +15,14 @@
 #   stop    stop both private instances (only these; never by name pattern).
 #   status  report (on stdout) whether each private instance is running;
 #           exit status 0 only if both are.
+#   start-db, stop-db
+#           the same as start and stop, for PostgreSQL alone (start-db prints
+#           the DATABASE_URL export line).
+#   restart-db
+#           crash-restart PostgreSQL: stop it with `pg_ctl -m immediate` (no
+#           checkpoint, clients cut off, crash recovery on start), then start
+#           it. For fault tests, on an instance of their own (give it its own
+#           SEATRUSH_PG_PORT and SEATRUSH_SERVICES_DIR).
 #
 #   eval "$(scripts/services.sh start)"
 #
@@ -536,6 +544,27 @@ cmd_stop() {
     if [ -n "$(pg_bindir)" ]; then pg_stop; else say "postgres: not installed"; fi
 }
 
+cmd_start_db() {
+    take_lock
+    ensure_packages
+    pg_start
+    echo "export DATABASE_URL=$private_database_url"
+}
+
+cmd_restart_db() {
+    take_lock
+    if pg_running; then
+        say "postgres: immediate shutdown ($pg_data)"
+        pg pg_ctl -D "$pg_data" stop -m immediate -w -t 30 >&2
+    fi
+    pg_start
+}
+
+cmd_stop_db() {
+    take_lock
+    if [ -n "$(pg_bindir)" ]; then pg_stop; else say "postgres: not installed"; fi
+}
+
 cmd_status() {
     local rc=0
     if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_status || rc=1; else echo "rabbitmq: not installed"; rc=1; fi
@@ -548,9 +577,12 @@ case "${1:-start}" in
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) cmd_env ;;
+    start-db) cmd_start_db ;;
+    restart-db) cmd_restart_db ;;
+    stop-db) cmd_stop_db ;;
     -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2 ;;
     *)
-        say "unknown command: $1 (expected start|stop|status|env)"
+        say "unknown command: $1 (expected start|stop|status|env|start-db|restart-db|stop-db)"
         exit 2
         ;;
 esac

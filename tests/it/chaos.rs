@@ -39,6 +39,35 @@ async fn proxy_for(url: &str) -> Proxy {
     Proxy::start(target).await.expect("start the proxy")
 }
 
+/// Every request id has a final answer, and all final answers of one id agree.
+fn assert_one_outcome_per_id(report: &seatrush::load::Report) {
+    crate::schema::assert_valid_report(report);
+    let mut by_id: HashMap<&str, Vec<&Answer>> = HashMap::new();
+    for answered in &report.answered {
+        by_id
+            .entry(answered.request.request_id.as_str())
+            .or_default()
+            .extend(answered.finals.iter().map(|(a, _)| a));
+    }
+    let lost: Vec<&&str> = by_id
+        .iter()
+        .filter(|(_, f)| f.is_empty())
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "request ids without a final answer: {lost:?}"
+    );
+    for (id, finals) in &by_id {
+        assert!(
+            finals
+                .iter()
+                .all(|f| (&f.outcome, &f.reason) == (&finals[0].outcome, &finals[0].reason)),
+            "final answers for {id} disagree: {finals:?}"
+        );
+    }
+}
+
 /// A loopback address with a port nobody listens on (a moment ago).
 fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -183,37 +212,114 @@ async fn broker_cuts_and_database_stalls_mid_rush_lose_nothing() {
     // database agrees with them.
     eprintln!("recovery after each fault: {recoveries:?}");
     crate::schema::assert_valid_report(&report);
-    let mut by_id: HashMap<&str, Vec<&Answer>> = HashMap::new();
-    for answered in &report.answered {
-        by_id
-            .entry(answered.request.request_id.as_str())
-            .or_default()
-            .extend(answered.finals.iter().map(|(a, _)| a));
-    }
-    let lost: Vec<&&str> = by_id
-        .iter()
-        .filter(|(_, f)| f.is_empty())
-        .map(|(id, _)| id)
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "request ids without a final answer: {lost:?}"
-    );
-    for (id, finals) in &by_id {
-        assert!(
-            finals
-                .iter()
-                .all(|f| (&f.outcome, &f.reason) == (&finals[0].outcome, &finals[0].reason)),
-            "final answers for {id} disagree: {finals:?}"
-        );
-    }
+    assert_one_outcome_per_id(&report);
     eprintln!(
-        "chaos: {} requests, {} request ids, {} provisional answers contradicted by the final one",
+        "chaos: {} requests, {} provisional answers contradicted by the final one",
         report.answered.len(),
-        by_id.len(),
         report.contradicted()
     );
     // The probes' seats are not in the crowd's report; the audit covers their course.
     env.assert_consistent(&report, &courses).await;
     env.cleanup().await;
+}
+
+/// A PostgreSQL server of this test's own, started with `scripts/services.sh` on a free port
+/// and a state directory of its own, so it can be crash-restarted without harming anything
+/// else.
+struct OwnDatabase {
+    port: u16,
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl OwnDatabase {
+    fn script(&self, command: &str) -> std::process::Output {
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+            .arg(command)
+            .env_remove("AMQP_URL")
+            .env_remove("DATABASE_URL")
+            .env("SEATRUSH_SERVICES_DIR", &self.dir)
+            .env("SEATRUSH_PG_PORT", self.port.to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("scripts/services.sh {command}: {e}"))
+    }
+
+    fn start() -> Self {
+        let port = free_port().port();
+        let dir = std::env::temp_dir().join(format!("seatrush-it/own-db-{port}"));
+        let mut db = Self {
+            port,
+            dir,
+            url: String::new(),
+        };
+        let out = db.script("start-db");
+        assert!(out.status.success(), "start-db: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        db.url = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export DATABASE_URL="))
+            .unwrap_or_else(|| panic!("no DATABASE_URL from start-db: {stdout}"))
+            .trim_matches('\'')
+            .to_owned();
+        db
+    }
+
+    fn crash_restart(&self) {
+        let out = self.script("restart-db");
+        assert!(out.status.success(), "restart-db: {out:?}");
+    }
+}
+
+impl Drop for OwnDatabase {
+    fn drop(&mut self) {
+        let _ = self.script("stop-db");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_crash_restart_mid_rush_loses_nothing() {
+    // Arrange: a database server of this test's own, a worker on it, a paced crowd.
+    let own = OwnDatabase::start();
+    let mut env = TestEnv::on(crate::helpers::required("AMQP_URL"), own.url.clone()).await;
+    let prefix = format!("{}r", env.topology.prefix);
+    let settings = CourseSettings {
+        capacity: 20,
+        waitlist: 5,
+        ..CourseSettings::default()
+    };
+    let courses = env.add_courses_with(&prefix, 30, settings).await;
+    let probe_course = env
+        .add_courses(&format!("{prefix}probe"), 1, 100)
+        .await
+        .remove(0);
+    let requests = TestEnv::crowd_with_duplicates(&courses, 1000, 2, &prefix, 13);
+    let health = free_port();
+    let mut config = env.worker_config();
+    config.http_addr = Some(health);
+    env.start_worker(config).await;
+    let crowd = env.spawn_crowd(
+        requests,
+        seatrush::load::Pace::Rate(400.0),
+        Duration::from_secs(120),
+    );
+    probe(&env, &probe_course, 0).await;
+
+    // Act: PostgreSQL stops without a checkpoint, every client is cut off, and it comes back
+    // through crash recovery.
+    let down = Instant::now();
+    own.crash_restart();
+    let restarted = down.elapsed();
+    let recovered = probe(&env, &probe_course, 1).await;
+    wait_ready(health, true).await;
+    let report = crowd.await.expect("crowd task").expect("crowd");
+
+    // Assert
+    eprintln!(
+        "database crash-restart: server back after {restarted:?}, a student asking then waited {recovered:?}"
+    );
+    assert_one_outcome_per_id(&report);
+    env.assert_consistent(&report, &courses).await;
+    env.cleanup().await;
+    drop(own);
 }

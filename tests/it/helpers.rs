@@ -17,7 +17,7 @@ use seatrush::rush::{self, Services, WorkerProcess};
 use seatrush::store::Store;
 use seatrush::worker::{self, WorkerConfig};
 
-fn required(var: &str) -> String {
+pub fn required(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run scripts/test.sh, which starts private services, or point {var} at a server")
     })
@@ -67,9 +67,13 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> Self {
+        Self::on(required("AMQP_URL"), required("DATABASE_URL")).await
+    }
+
+    /// An environment on the given servers (the database URL names a database the role can
+    /// create others from).
+    pub async fn on(amqp_url: String, admin_url: String) -> Self {
         seatrush::telemetry::init(seatrush::telemetry::LogFormat::Pretty, "warn,seatrush=info");
-        let amqp_url = required("AMQP_URL");
-        let admin_url = required("DATABASE_URL");
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("seatrush_it_{}", &id[..12]);
         admin(&admin_url, format!("CREATE DATABASE {db_name}")).await;
