@@ -2,14 +2,12 @@
 //! its broker and database: every broker connection cut, the database stalled, the database
 //! unreachable. Nothing is lost, nothing doubled, and the time to recover is reported.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use seatrush::chaos::Proxy;
 use seatrush::client::Client;
 use seatrush::domain::{CourseId, CourseSettings};
-use seatrush::protocol::Answer;
 use seatrush::worker::health::Readiness;
 
 use crate::helpers::{TestEnv, enroll};
@@ -37,35 +35,6 @@ async fn proxy_for(url: &str) -> Proxy {
         "fault tests only target loopback"
     );
     Proxy::start(target).await.expect("start the proxy")
-}
-
-/// Every request id has a final answer, and all final answers of one id agree.
-fn assert_one_outcome_per_id(report: &seatrush::load::Report) {
-    crate::schema::assert_valid_report(report);
-    let mut by_id: HashMap<&str, Vec<&Answer>> = HashMap::new();
-    for answered in &report.answered {
-        by_id
-            .entry(answered.request.request_id.as_str())
-            .or_default()
-            .extend(answered.finals.iter().map(|(a, _)| a));
-    }
-    let lost: Vec<&&str> = by_id
-        .iter()
-        .filter(|(_, f)| f.is_empty())
-        .map(|(id, _)| id)
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "request ids without a final answer: {lost:?}"
-    );
-    for (id, finals) in &by_id {
-        assert!(
-            finals
-                .iter()
-                .all(|f| (&f.outcome, &f.reason) == (&finals[0].outcome, &finals[0].reason)),
-            "final answers for {id} disagree: {finals:?}"
-        );
-    }
 }
 
 /// A loopback address with a port nobody listens on (a moment ago).
@@ -116,6 +85,22 @@ async fn wait_ready(addr: SocketAddr, ready: bool) -> Readiness {
     }
 }
 
+/// Thirty courses of 20 seats with a 5-place waitlist for the crowd, and a roomy course for the
+/// probes.
+async fn courses_and_probe(env: &TestEnv, prefix: &str) -> (Vec<CourseId>, CourseId) {
+    let settings = CourseSettings {
+        capacity: 20,
+        waitlist: 5,
+        ..CourseSettings::default()
+    };
+    let courses = env.add_courses_with(prefix, 30, settings).await;
+    let probe = env
+        .add_courses(&format!("{prefix}probe"), 1, 100)
+        .await
+        .remove(0);
+    (courses, probe)
+}
+
 /// How long a student who asks right now waits for a final answer: the time the service
 /// takes to recover from a fault, as a student sees it.
 async fn probe(env: &TestEnv, course: &CourseId, n: usize) -> Duration {
@@ -138,16 +123,7 @@ async fn broker_cuts_and_database_stalls_mid_rush_lose_nothing() {
     // (with duplicates) long enough to span every fault.
     let mut env = TestEnv::new().await;
     let prefix = format!("{}x", env.topology.prefix);
-    let settings = CourseSettings {
-        capacity: 20,
-        waitlist: 5,
-        ..CourseSettings::default()
-    };
-    let courses = env.add_courses_with(&prefix, 30, settings).await;
-    let probe_course = env
-        .add_courses(&format!("{prefix}probe"), 1, 100)
-        .await
-        .remove(0);
+    let (courses, probe_course) = courses_and_probe(&env, &prefix).await;
     let requests = TestEnv::crowd_with_duplicates(&courses, 1500, 2, &prefix, 11);
     let amqp = proxy_for(&env.amqp_url).await;
     let db = proxy_for(&env.database_url).await;
@@ -212,7 +188,7 @@ async fn broker_cuts_and_database_stalls_mid_rush_lose_nothing() {
     // database agrees with them.
     eprintln!("recovery after each fault: {recoveries:?}");
     crate::schema::assert_valid_report(&report);
-    assert_one_outcome_per_id(&report);
+    crate::helpers::assert_one_outcome_per_id(&report);
     eprintln!(
         "chaos: {} requests, {} provisional answers contradicted by the final one",
         report.answered.len(),
@@ -283,16 +259,7 @@ async fn a_database_crash_restart_mid_rush_loses_nothing() {
     let own = OwnDatabase::start();
     let mut env = TestEnv::on(crate::helpers::required("AMQP_URL"), own.url.clone()).await;
     let prefix = format!("{}r", env.topology.prefix);
-    let settings = CourseSettings {
-        capacity: 20,
-        waitlist: 5,
-        ..CourseSettings::default()
-    };
-    let courses = env.add_courses_with(&prefix, 30, settings).await;
-    let probe_course = env
-        .add_courses(&format!("{prefix}probe"), 1, 100)
-        .await
-        .remove(0);
+    let (courses, probe_course) = courses_and_probe(&env, &prefix).await;
     let requests = TestEnv::crowd_with_duplicates(&courses, 1000, 2, &prefix, 13);
     let health = free_port();
     let mut config = env.worker_config();
@@ -318,7 +285,7 @@ async fn a_database_crash_restart_mid_rush_loses_nothing() {
     eprintln!(
         "database crash-restart: server back after {restarted:?}, a student asking then waited {recovered:?}"
     );
-    assert_one_outcome_per_id(&report);
+    crate::helpers::assert_one_outcome_per_id(&report);
     env.assert_consistent(&report, &courses).await;
     env.cleanup().await;
     drop(own);

@@ -1,12 +1,10 @@
 //! A worker killed at each dangerous instant mid-rush: the next worker finishes the job from
 //! what Postgres and the queues hold, and every request keeps one outcome.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use seatrush::domain::CourseSettings;
 use seatrush::failpoint;
-use seatrush::protocol::Answer;
 
 use crate::helpers::TestEnv;
 
@@ -50,37 +48,12 @@ async fn crash_at(point: &str) {
     // answer), and all final answers of one id agree. One publish gets two final answers only
     // after a crash between the broker's confirm and its record (then the later one replays).
     // The database is consistent with the answers.
-    crate::schema::assert_valid_report(&report);
-    let mut by_id: HashMap<&str, Vec<&Answer>> = HashMap::new();
-    for answered in &report.answered {
-        let finals = by_id
-            .entry(answered.request.request_id.as_str())
-            .or_default();
-        finals.extend(answered.finals.iter().map(|(a, _)| a));
-        if point != failpoint::AFTER_PUBLISH {
-            assert!(
-                answered.finals.len() <= 1,
-                "one publish answered twice after a crash at {point}: {:?}",
-                answered.finals
-            );
-        }
-    }
-    let lost: Vec<&&str> = by_id
-        .iter()
-        .filter(|(_, f)| f.is_empty())
-        .map(|(id, _)| id)
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "request ids without a final answer after a crash at {point} (logs in {}): {lost:?}",
-        env.log_dir().display()
-    );
-    for (id, finals) in &by_id {
-        assert!(
-            finals
-                .iter()
-                .all(|f| (&f.outcome, &f.reason) == (&finals[0].outcome, &finals[0].reason)),
-            "final answers for {id} disagree: {finals:?}"
+    crate::helpers::assert_one_outcome_per_id(&report);
+    if point != failpoint::AFTER_PUBLISH {
+        assert_eq!(
+            report.duplicated(),
+            0,
+            "one publish answered twice after a crash at {point}"
         );
     }
     env.assert_consistent(&report, &courses).await;

@@ -322,6 +322,35 @@ pub fn enroll(request_id: &str, course: &CourseId, student: &str) -> Request {
     request(request_id, Action::Enroll, course, student)
 }
 
+/// Every request id has a final answer, and all final answers of one id agree.
+pub fn assert_one_outcome_per_id(report: &seatrush::load::Report) {
+    crate::schema::assert_valid_report(report);
+    let mut by_id: HashMap<&str, Vec<&Answer>> = HashMap::new();
+    for answered in &report.answered {
+        by_id
+            .entry(answered.request.request_id.as_str())
+            .or_default()
+            .extend(answered.finals.iter().map(|(a, _)| a));
+    }
+    let lost: Vec<&&str> = by_id
+        .iter()
+        .filter(|(_, f)| f.is_empty())
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "request ids without a final answer: {lost:?}"
+    );
+    for (id, finals) in &by_id {
+        assert!(
+            finals
+                .iter()
+                .all(|f| (&f.outcome, &f.reason) == (&finals[0].outcome, &finals[0].reason)),
+            "final answers for {id} disagree: {finals:?}"
+        );
+    }
+}
+
 /// Asserts every published message got exactly one final answer.
 pub fn assert_exactly_one_final(report: &Report) {
     let summary = format!(
