@@ -4,7 +4,8 @@
 # under .services/, so they never interfere with system-wide servers
 # (RabbitMQ node rabbit@localhost on 5672, PostgreSQL on 5432).
 #
-# Usage: scripts/services.sh [start|stop|status|env|start-db|restart-db|stop-db]
+# Usage: scripts/services.sh [start|stop|status|env|start-db|restart-db|stop-db|
+#                             start-broker|restart-broker|stop-broker]
 #   start   (default) install packages if missing, start both instances if
 #           not running, wait until they accept connections, then print
 #           `export AMQP_URL=...` / `export DATABASE_URL=...` on stdout.
@@ -23,6 +24,11 @@
 #           checkpoint, clients cut off, crash recovery on start), then start
 #           it. For fault tests, on an instance of their own (give it its own
 #           SEATRUSH_PG_PORT and SEATRUSH_SERVICES_DIR).
+#   start-broker, restart-broker, stop-broker
+#           the same for RabbitMQ alone (start-broker prints the AMQP_URL
+#           export line; restart-broker stops the node and starts it again,
+#           its durable queues and their messages recovered). For fault tests,
+#           on a node of their own (SEATRUSH_AMQP_PORT, SEATRUSH_SERVICES_DIR).
 #
 #   eval "$(scripts/services.sh start)"
 #
@@ -565,6 +571,24 @@ cmd_stop_db() {
     if [ -n "$(pg_bindir)" ]; then pg_stop; else say "postgres: not installed"; fi
 }
 
+cmd_start_broker() {
+    take_lock
+    ensure_packages
+    rmq_start
+    echo "export AMQP_URL=$private_amqp_url"
+}
+
+cmd_restart_broker() {
+    take_lock
+    rmq_stop
+    rmq_start
+}
+
+cmd_stop_broker() {
+    take_lock
+    if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_stop; else say "rabbitmq: not installed"; fi
+}
+
 cmd_status() {
     local rc=0
     if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_status || rc=1; else echo "rabbitmq: not installed"; rc=1; fi
@@ -580,9 +604,12 @@ case "${1:-start}" in
     start-db) cmd_start_db ;;
     restart-db) cmd_restart_db ;;
     stop-db) cmd_stop_db ;;
+    start-broker) cmd_start_broker ;;
+    restart-broker) cmd_restart_broker ;;
+    stop-broker) cmd_stop_broker ;;
     -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2 ;;
     *)
-        say "unknown command: $1 (expected start|stop|status|env|start-db|restart-db|stop-db)"
+        say "unknown command: $1 (expected start|stop|status|env|start-db|restart-db|stop-db|start-broker|restart-broker|stop-broker)"
         exit 2
         ;;
 esac

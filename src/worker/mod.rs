@@ -120,7 +120,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .http_addr
         .map(|addr| tokio::spawn(health::serve(addr, health.clone(), background.clone())));
 
-    let mut delays = crate::retry::delays(Duration::from_millis(200), Duration::from_secs(10));
+    // Capped at 3 s: after a broker restart, students wait for the next attempt.
+    let mut delays = crate::retry::delays(Duration::from_millis(200), Duration::from_secs(3));
     let outcome = loop {
         let ended = session::run(&config, &store, &health, shutdown.clone()).await;
         health.set_broker(false);
@@ -128,7 +129,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             Ok(()) => break Ok(()),
             Err(e) if shutdown.is_cancelled() => break Err(e),
             Err(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                let delay = delays.next().unwrap_or(Duration::from_secs(3));
                 tracing::warn!(
                     error = format!("{e:#}"),
                     ?delay,

@@ -199,56 +199,105 @@ async fn broker_cuts_and_database_stalls_mid_rush_lose_nothing() {
     env.cleanup().await;
 }
 
-/// A PostgreSQL server of this test's own, started with `scripts/services.sh` on a free port
-/// and a state directory of its own, so it can be crash-restarted without harming anything
+/// Which server a test runs of its own.
+#[derive(Clone, Copy)]
+enum Kind {
+    Database,
+    Broker,
+}
+
+/// A PostgreSQL or RabbitMQ server of this test's own, started with `scripts/services.sh` on a
+/// free port and a state directory of its own, so it can be restarted without harming anything
 /// else.
-struct OwnDatabase {
+struct OwnServer {
+    kind: Kind,
     port: u16,
     dir: std::path::PathBuf,
     url: String,
 }
 
-impl OwnDatabase {
-    fn script(&self, command: &str) -> std::process::Output {
-        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-            .arg(command)
-            .env_remove("AMQP_URL")
-            .env_remove("DATABASE_URL")
-            .env("SEATRUSH_SERVICES_DIR", &self.dir)
-            .env("SEATRUSH_PG_PORT", self.port.to_string())
-            .output()
-            .unwrap_or_else(|e| panic!("scripts/services.sh {command}: {e}"))
+impl OwnServer {
+    fn script(&self, verb: &str) -> std::process::Output {
+        let (what, port_var) = match self.kind {
+            Kind::Database => ("db", "SEATRUSH_PG_PORT"),
+            Kind::Broker => ("broker", "SEATRUSH_AMQP_PORT"),
+        };
+        let command = format!("{verb}-{what}");
+        let out =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+                .arg(&command)
+                .env_remove("AMQP_URL")
+                .env_remove("DATABASE_URL")
+                .env("SEATRUSH_SERVICES_DIR", &self.dir)
+                .env(port_var, self.port.to_string())
+                .output()
+                .unwrap_or_else(|e| panic!("scripts/services.sh {command}: {e}"));
+        assert!(out.status.success() || verb == "stop", "{command}: {out:?}");
+        out
     }
 
-    fn start() -> Self {
-        let port = free_port().port();
-        let dir = std::env::temp_dir().join(format!("seatrush-it/own-db-{port}"));
-        let mut db = Self {
+    /// A port that is free, and (for a broker) whose Erlang distribution port, 20000 above,
+    /// is free too.
+    fn pick_port(kind: Kind) -> u16 {
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        for _ in 0..200 {
+            let port: u16 = rand::random_range(21000..40000);
+            if free(port) && (matches!(kind, Kind::Database) || free(port + 20000)) {
+                return port;
+            }
+        }
+        panic!("no free port pair found")
+    }
+
+    fn start(kind: Kind) -> Self {
+        let port = Self::pick_port(kind);
+        let dir = std::env::temp_dir().join(format!("seatrush-it/own-server-{port}"));
+        let mut server = Self {
+            kind,
             port,
             dir,
             url: String::new(),
         };
-        let out = db.script("start-db");
-        assert!(out.status.success(), "start-db: {out:?}");
+        let out = server.script("start");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        db.url = stdout
+        let var = match kind {
+            Kind::Database => "export DATABASE_URL=",
+            Kind::Broker => "export AMQP_URL=",
+        };
+        server.url = stdout
             .lines()
-            .find_map(|l| l.strip_prefix("export DATABASE_URL="))
-            .unwrap_or_else(|| panic!("no DATABASE_URL from start-db: {stdout}"))
+            .find_map(|l| l.strip_prefix(var))
+            .unwrap_or_else(|| panic!("no URL from the start command: {stdout}"))
             .trim_matches('\'')
             .to_owned();
-        db
+        server
     }
 
-    fn crash_restart(&self) {
-        let out = self.script("restart-db");
-        assert!(out.status.success(), "restart-db: {out:?}");
+    /// Stops the server (a database: immediately, with crash recovery on start) and starts it
+    /// again; returns how long that took.
+    async fn restart(&self) -> Duration {
+        let start = Instant::now();
+        let (kind, port, dir) = (self.kind, self.port, self.dir.clone());
+        tokio::task::spawn_blocking(move || {
+            let twin = OwnServer {
+                kind,
+                port,
+                dir,
+                url: String::new(),
+            };
+            twin.script("restart");
+            // The twin must not stop the server when it goes.
+            std::mem::forget(twin);
+        })
+        .await
+        .expect("restart task");
+        start.elapsed()
     }
 }
 
-impl Drop for OwnDatabase {
+impl Drop for OwnServer {
     fn drop(&mut self) {
-        let _ = self.script("stop-db");
+        self.script("stop");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -256,7 +305,7 @@ impl Drop for OwnDatabase {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_crash_restart_mid_rush_loses_nothing() {
     // Arrange: a database server of this test's own, a worker on it, a paced crowd.
-    let own = OwnDatabase::start();
+    let own = OwnServer::start(Kind::Database);
     let mut env = TestEnv::on(crate::helpers::required("AMQP_URL"), own.url.clone()).await;
     let prefix = format!("{}r", env.topology.prefix);
     let (courses, probe_course) = courses_and_probe(&env, &prefix).await;
@@ -274,9 +323,7 @@ async fn a_database_crash_restart_mid_rush_loses_nothing() {
 
     // Act: PostgreSQL stops without a checkpoint, every client is cut off, and it comes back
     // through crash recovery.
-    let down = Instant::now();
-    own.crash_restart();
-    let restarted = down.elapsed();
+    let restarted = own.restart().await;
     let recovered = probe(&env, &probe_course, 1).await;
     wait_ready(health, true).await;
     let report = crowd.await.expect("crowd task").expect("crowd");
@@ -284,6 +331,56 @@ async fn a_database_crash_restart_mid_rush_loses_nothing() {
     // Assert
     eprintln!(
         "database crash-restart: server back after {restarted:?}, a student asking then waited {recovered:?}"
+    );
+    crate::helpers::assert_one_outcome_per_id(&report);
+    env.assert_consistent(&report, &courses).await;
+    env.cleanup().await;
+    drop(own);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_rush_loses_nothing() {
+    // Arrange: a RabbitMQ node of this test's own, a worker on it, a paced crowd.
+    let own = OwnServer::start(Kind::Broker);
+    let mut env = TestEnv::on(own.url.clone(), crate::helpers::required("DATABASE_URL")).await;
+    let prefix = format!("{}b", env.topology.prefix);
+    let (courses, probe_course) = courses_and_probe(&env, &prefix).await;
+    let requests = TestEnv::crowd_with_duplicates(&courses, 1000, 2, &prefix, 17);
+    let health = free_port();
+    let mut config = env.worker_config();
+    config.http_addr = Some(health);
+    env.start_worker(config).await;
+    let first_try = env.spawn_crowd(
+        requests.clone(),
+        seatrush::load::Pace::Rate(400.0),
+        Duration::from_secs(60),
+    );
+    while env.store.decision_batches().await.expect("count") < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Act: the node stops (its durable queues keep what they hold) and starts again. The
+    // crowd's own connection and reply queue die with it, so, as a web back end would, the
+    // client then publishes every request again under the same request id.
+    let restarted = own.restart().await;
+    let back = Instant::now();
+    wait_ready(health, true).await;
+    let reconnected = back.elapsed();
+    let recovered = probe(&env, &probe_course, 1).await;
+    let _ = first_try.await;
+    let again: Vec<_> = {
+        let mut seen = std::collections::HashSet::new();
+        requests
+            .into_iter()
+            .filter(|r| seen.insert(r.request_id.clone()))
+            .collect()
+    };
+    let report = env.fire(again).await;
+
+    // Assert: every request id has its one outcome, the same on every answer, and the
+    // database agrees.
+    eprintln!(
+        "broker restart: node back after {restarted:?}, worker ready {reconnected:?} later, a student asking then waited {recovered:?}"
     );
     crate::helpers::assert_one_outcome_per_id(&report);
     env.assert_consistent(&report, &courses).await;
