@@ -160,6 +160,30 @@ pub async fn fire(
     .await
 }
 
+/// Like `fire_with`, in the background (so that faults can be injected meanwhile); the task
+/// yields the report.
+pub fn spawn(
+    amqp_url: &str,
+    topology: &Topology,
+    requests: Vec<Request>,
+    timeout: Duration,
+    pace: Pace,
+) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
+    let amqp_url = amqp_url.to_owned();
+    let topology = topology.clone();
+    tokio::spawn(async move {
+        fire_with(
+            &amqp_url,
+            &topology,
+            requests,
+            timeout,
+            pace,
+            Default::default(),
+        )
+        .await
+    })
+}
+
 /// [`fire`] at a chosen pace, counting progress as it goes.
 pub async fn fire_with(
     amqp_url: &str,

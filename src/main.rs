@@ -133,6 +133,10 @@ enum Command {
     Rush(RushArgs),
     /// Compare seatrush with the broker's ceiling and a naive Postgres design, in one run.
     Bench(BenchArgs),
+    /// A rush with faults on a schedule (links cut, stalled and refused, a worker killed, and
+    /// the servers restarted if you pass the commands), then the proof that nothing was lost.
+    /// Loopback servers only.
+    Chaos(ChaosArgs),
     /// The demo: two workers, a flash crowd with progress, the report and the audit.
     Demo {
         #[command(flatten)]
@@ -364,6 +368,43 @@ impl SettingsArgs {
 }
 
 #[derive(Args)]
+struct ChaosArgs {
+    /// Courses to create.
+    #[arg(long, default_value_t = 300)]
+    courses: usize,
+    /// Seats per course.
+    #[arg(long, default_value_t = 30)]
+    seats: u32,
+    /// Waitlist places per course.
+    #[arg(long, default_value_t = 5)]
+    waitlist: u32,
+    /// Students; each asks for `--choices` courses, and every tenth request is published twice.
+    #[arg(long, default_value_t = 10_000)]
+    students: usize,
+    #[arg(long, default_value_t = 2)]
+    choices: usize,
+    /// Requests published per second, so that the crowd spans the faults.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Shell command that restarts the database server (for example
+    /// `SEATRUSH_PG_PORT=26432 scripts/services.sh restart-db`); without it, no restart.
+    #[arg(long)]
+    restart_database: Option<String>,
+    /// Shell command that restarts the broker; without it, no restart.
+    #[arg(long)]
+    restart_broker: Option<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Seconds to wait for the crowd's answers.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+#[derive(Args)]
 struct DeadArgs {
     #[command(subcommand)]
     command: Option<DeadCommand>,
@@ -462,6 +503,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Deadletters(args) => return deadletters(&common, args).await,
+        Command::Chaos(args) => return chaos(&common, args).await,
         Command::Audit { json } => {
             let violations = common.store().await?.audit().await?;
             if json {
@@ -727,6 +769,37 @@ async fn course(common: &Common, command: CourseCommand) -> anyhow::Result<std::
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn chaos(common: &Common, args: ChaosArgs) -> anyhow::Result<std::process::ExitCode> {
+    let config = seatrush::chaos::ChaosConfig {
+        services: common.services()?,
+        crowd: Crowd {
+            courses: args.courses,
+            seats: args.seats,
+            waitlist: args.waitlist,
+            students: args.students,
+            choices: args.choices,
+        },
+        rate: args.rate,
+        workers: args.workers,
+        exe: std::env::current_exe().context("locating the seatrush binary")?,
+        log_dir: std::env::temp_dir().join("seatrush-chaos"),
+        restart_database: args.restart_database,
+        restart_broker: args.restart_broker,
+        timeout: Duration::from_secs(args.timeout_secs),
+    };
+    let report = seatrush::chaos::run(config).await?;
+    print!("{}", seatrush::chaos::describe(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.passed() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 async fn deadletters(common: &Common, args: DeadArgs) -> anyhow::Result<std::process::ExitCode> {

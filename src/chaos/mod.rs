@@ -1,6 +1,9 @@
-//! Fault injection on real services, for the chaos tests: a proxy that cuts, refuses and stalls
-//! the connections between a worker and its broker or database.
+//! Fault injection on real services: a proxy that cuts, refuses and stalls the connections
+//! between a worker and its broker or database, and `seatrush chaos`, a rush with faults on a
+//! schedule and the checks that nothing was lost.
 
 mod proxy;
+mod run;
 
 pub use proxy::Proxy;
+pub use run::{ChaosConfig, ChaosReport, Recovery, authority, describe, proxy_for, run, through};

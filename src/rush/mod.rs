@@ -154,17 +154,7 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         .await?;
 
     let shape = config.crowd;
-    let courses = course_ids(&config.tag, shape.courses)?;
-    let settings = CourseSettings {
-        capacity: shape.seats,
-        waitlist: shape.waitlist,
-        ..CourseSettings::default()
-    };
-    let rows: Vec<(CourseId, CourseSettings)> = courses
-        .iter()
-        .map(|c| (c.clone(), settings.clone()))
-        .collect();
-    store.add_courses(&rows).await?;
+    let courses = create_courses(&store, &config.tag, &shape).await?;
     let requests = crowd(
         &courses,
         shape.students,
@@ -284,6 +274,26 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
 }
 
 /// A fresh tag for a run's course and student names.
+/// Creates the crowd's courses (named from `tag`), with the crowd's seats and waitlist.
+pub async fn create_courses(
+    store: &Store,
+    tag: &str,
+    shape: &Crowd,
+) -> anyhow::Result<Vec<CourseId>> {
+    let courses = course_ids(tag, shape.courses)?;
+    let settings = CourseSettings {
+        capacity: shape.seats,
+        waitlist: shape.waitlist,
+        ..CourseSettings::default()
+    };
+    let rows: Vec<(CourseId, CourseSettings)> = courses
+        .iter()
+        .map(|c| (c.clone(), settings.clone()))
+        .collect();
+    store.add_courses(&rows).await?;
+    Ok(courses)
+}
+
 pub fn fresh_tag(kind: &str) -> String {
     format!("{kind}{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
 }

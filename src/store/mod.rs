@@ -104,6 +104,16 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// How many of these request ids have a stored outcome.
+    pub async fn count_outcomes(&self, request_ids: &[&str]) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM outcomes WHERE request_id = ANY($1)")
+                .bind(request_ids)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// A round trip to the database, for readiness.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

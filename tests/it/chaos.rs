@@ -5,37 +5,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use seatrush::chaos::Proxy;
+use seatrush::chaos::{proxy_for, through};
 use seatrush::client::Client;
 use seatrush::domain::{CourseId, CourseSettings};
 use seatrush::worker::health::Readiness;
 
 use crate::helpers::{TestEnv, enroll};
-
-/// The `host:port` of a URL such as `amqp://user:pass@127.0.0.1:5672/%2f`.
-fn authority(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    rest.split(['/', '?']).next().unwrap_or(rest)
-}
-
-/// The URL with its `host:port` replaced by `to`.
-fn through(url: &str, to: SocketAddr) -> String {
-    url.replacen(authority(url), &to.to_string(), 1)
-}
-
-async fn proxy_for(url: &str) -> Proxy {
-    let target: SocketAddr = tokio::net::lookup_host(authority(url))
-        .await
-        .expect("resolve the server")
-        .next()
-        .expect("an address");
-    assert!(
-        target.ip().is_loopback(),
-        "fault tests only target loopback"
-    );
-    Proxy::start(target).await.expect("start the proxy")
-}
 
 /// A loopback address with a port nobody listens on (a moment ago).
 fn free_port() -> SocketAddr {
@@ -125,8 +100,8 @@ async fn broker_cuts_and_database_stalls_mid_rush_lose_nothing() {
     let prefix = format!("{}x", env.topology.prefix);
     let (courses, probe_course) = courses_and_probe(&env, &prefix).await;
     let requests = TestEnv::crowd_with_duplicates(&courses, 1500, 2, &prefix, 11);
-    let amqp = proxy_for(&env.amqp_url).await;
-    let db = proxy_for(&env.database_url).await;
+    let amqp = proxy_for(&env.amqp_url).await.expect("broker proxy");
+    let db = proxy_for(&env.database_url).await.expect("database proxy");
     let mut config = env.worker_config();
     config.amqp_url = through(&env.amqp_url, amqp.addr());
     config.database_url = through(&env.database_url, db.addr());
@@ -386,4 +361,61 @@ async fn a_broker_restart_mid_rush_loses_nothing() {
     env.assert_consistent(&report, &courses).await;
     env.cleanup().await;
     drop(own);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seatrush_chaos_in_its_short_form_finds_nothing_lost() {
+    // Arrange
+    let env = TestEnv::new().await;
+    let json = env
+        .log_dir()
+        .join(format!("{}-chaos.json", env.topology.prefix));
+
+    // Act: the command's own schedule (links cut, stalled, refused; a worker killed), on a
+    // small crowd.
+    let out = env
+        .seatrush()
+        .args([
+            "chaos",
+            "--courses",
+            "20",
+            "--students",
+            "600",
+            "--rate",
+            "200",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .await
+        .expect("run seatrush chaos");
+
+    // Assert
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "chaos failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+    assert_eq!(report["requests"], 1320);
+    assert_eq!(report["request_ids"], 1200);
+    for field in [
+        "lost",
+        "disagreeing",
+        "missing_in_postgres",
+        "mismatched_seats",
+    ] {
+        assert_eq!(report[field], 0, "{field} in {report:#}");
+    }
+    let faults: Vec<&str> = report["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .filter_map(|f| f["fault"].as_str())
+        .collect();
+    assert!(faults.iter().any(|f| f.contains("SIGKILL")), "{faults:?}");
+    assert!(faults.iter().any(|f| f.contains("stalled")), "{faults:?}");
+    env.cleanup().await;
 }

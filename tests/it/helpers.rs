@@ -244,19 +244,7 @@ impl TestEnv {
         pace: load::Pace,
         timeout: Duration,
     ) -> JoinHandle<anyhow::Result<Report>> {
-        let amqp_url = self.amqp_url.clone();
-        let topology = self.topology.clone();
-        tokio::spawn(async move {
-            load::fire_with(
-                &amqp_url,
-                &topology,
-                requests,
-                timeout,
-                pace,
-                Default::default(),
-            )
-            .await
-        })
+        load::spawn(&self.amqp_url, &self.topology, requests, timeout, pace)
     }
 
     /// A crowd of `students` each asking for `choices` of `courses`, with every tenth request

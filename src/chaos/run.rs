@@ -1,0 +1,383 @@
+//! `seatrush chaos`: a rush with faults injected on a schedule, and the proof that nothing was
+//! lost.
+//!
+//! Worker processes reach the broker and the database through loopback proxies, so the links
+//! can be cut, stalled and refused for real. On top of that a worker is killed with SIGKILL and
+//! started again, and, when the operator passes the commands for them, the database and the
+//! broker are restarted. After each fault a probe request measures how long a student asking at
+//! that moment waits for a final answer. At the end every request id must have one outcome, the
+//! same on every answer and in Postgres, and the audit must be clean.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use super::proxy::Proxy;
+use crate::client::Client;
+use crate::domain::{Action, CourseId, CourseSettings, Request, RequestId, StudentId};
+use crate::load::{self, Pace, Report};
+use crate::rush::{self, Crowd, Services, WorkerProcess};
+use crate::store::{Store, Violation};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    pub services: Services,
+    pub crowd: Crowd,
+    /// Requests published per second (the crowd must span the faults).
+    pub rate: f64,
+    pub workers: usize,
+    pub exe: PathBuf,
+    pub log_dir: PathBuf,
+    /// A shell command that restarts the database server, if it may be restarted.
+    pub restart_database: Option<String>,
+    /// A shell command that restarts the broker, if it may be restarted.
+    pub restart_broker: Option<String>,
+    pub timeout: Duration,
+}
+
+/// How long a student asking right after a fault waited.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovery {
+    pub fault: String,
+    pub recovery_ms: f64,
+}
+
+/// What a chaos run found; serialized by `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosReport {
+    pub tag: String,
+    pub requests: usize,
+    pub request_ids: usize,
+    pub faults: Vec<Recovery>,
+    /// Request ids without a final answer at the client.
+    pub lost: usize,
+    /// Request ids whose final answers disagree.
+    pub disagreeing: usize,
+    /// Request ids without an outcome in Postgres.
+    pub missing_in_postgres: usize,
+    /// Final enrolled answers that do not match the seats held (either way).
+    pub mismatched_seats: usize,
+    /// Provisional answers a final answer contradicted (allowed for requests caught in a fault).
+    pub contradicted: usize,
+    pub violations: Vec<Violation>,
+}
+
+impl ChaosReport {
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.disagreeing == 0
+            && self.missing_in_postgres == 0
+            && self.mismatched_seats == 0
+            && self.violations.is_empty()
+    }
+}
+
+/// The `host:port` of a URL such as `amqp://user:pass@127.0.0.1:5672/%2f`.
+pub fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+/// The URL with its `host:port` replaced by `to`.
+pub fn through(url: &str, to: SocketAddr) -> String {
+    url.replacen(authority(url), &to.to_string(), 1)
+}
+
+/// A proxy in front of the server a URL names; refuses anything but loopback.
+pub async fn proxy_for(url: &str) -> anyhow::Result<Proxy> {
+    let target = tokio::net::lookup_host(authority(url))
+        .await
+        .with_context(|| format!("resolving {}", authority(url)))?
+        .next()
+        .context("the server's name resolves to nothing")?;
+    if !target.ip().is_loopback() {
+        bail!("fault injection only targets loopback servers, not {target}");
+    }
+    Ok(Proxy::start(target).await?)
+}
+
+/// A loopback address with a port nobody listens on (a moment ago).
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+struct Run {
+    config: ChaosConfig,
+    store: Store,
+    tag: String,
+    probe_course: CourseId,
+    probes: usize,
+    faults: Vec<Recovery>,
+}
+
+impl Run {
+    /// Publishes one enroll as a student would, now, and measures the wait for its final answer.
+    async fn probe(&mut self, fault: &str) -> anyhow::Result<()> {
+        self.probes += 1;
+        let id = format!("{}-probe-{}", self.tag, self.probes);
+        let request = Request {
+            request_id: RequestId::parse(id.as_str())?,
+            action: Action::Enroll,
+            course_id: self.probe_course.clone(),
+            student_id: StudentId::parse(id.as_str())?,
+        };
+        let start = Instant::now();
+        let client = Client::connect(
+            &self.config.services.amqp_url,
+            self.config.services.topology.clone(),
+        )
+        .await?;
+        let answered = client.request(&request, Duration::from_secs(120)).await;
+        client.close().await;
+        answered.with_context(|| format!("the probe after \"{fault}\" got no final answer"))?;
+        let waited = start.elapsed();
+        println!("  {fault}: a student asking then waited {waited:.2?}");
+        self.faults.push(Recovery {
+            fault: fault.to_owned(),
+            recovery_ms: waited.as_secs_f64() * 1000.0,
+        });
+        Ok(())
+    }
+
+    async fn shell(&self, what: &str, command: &str) -> anyhow::Result<()> {
+        println!("  {what}: running `{command}`");
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .status()
+            .await
+            .with_context(|| format!("running {command}"))?;
+        if !status.success() {
+            bail!("`{command}` failed: {status}");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the chaos scenario; errors only when it could not run (the report says what it found).
+pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
+    let services = config.services.clone();
+    let store = Store::connect(&services.database_url, 4)
+        .await
+        .context("connecting to PostgreSQL")?;
+    store.migrate().await?;
+    store
+        .ensure_partitions(services.topology.partitions)
+        .await?;
+    let tag = rush::fresh_tag("chaos");
+    let shape = config.crowd;
+    let courses = rush::create_courses(&store, &tag, &shape).await?;
+    let probe_course = CourseId::parse(format!("{tag}-probe"))?;
+    let probe_settings = CourseSettings {
+        capacity: 1000,
+        ..CourseSettings::default()
+    };
+    store
+        .add_courses(&[(probe_course.clone(), probe_settings)])
+        .await?;
+    let mut requests = rush::crowd(&courses, shape.students, shape.choices, &tag, 23)?;
+    // Every tenth request is published a second time under the same id, as an impatient
+    // client would.
+    let duplicates: Vec<Request> = requests.iter().step_by(10).cloned().collect();
+    requests.extend(duplicates);
+
+    let amqp = proxy_for(&services.amqp_url).await?;
+    let db = proxy_for(&services.database_url).await?;
+    let proxied = Services {
+        amqp_url: through(&services.amqp_url, amqp.addr()),
+        database_url: through(&services.database_url, db.addr()),
+        topology: services.topology.clone(),
+    };
+    std::fs::create_dir_all(&config.log_dir)?;
+    let start_worker = |n: usize| -> anyhow::Result<WorkerProcess> {
+        let id = format!("{tag}-w{n}");
+        let log = config.log_dir.join(format!("{id}.log"));
+        let args = [
+            "--lease-ms".to_owned(),
+            "3000".to_owned(),
+            "--http-addr".to_owned(),
+            free_port()?.to_string(),
+        ];
+        WorkerProcess::start(&config.exe, &proxied, &id, log, &args)
+    };
+    let mut workers = (0..config.workers.max(1))
+        .map(start_worker)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    rush::wait_for_partitions(&store, services.topology.partitions).await?;
+
+    let distinct = requests
+        .iter()
+        .map(|r| r.request_id.as_str())
+        .collect::<HashSet<_>>()
+        .len();
+    println!(
+        "chaos {tag}: {} requests ({distinct} request ids) over {} courses, {:.0}/s, {} worker(s); faults:",
+        requests.len(),
+        courses.len(),
+        config.rate,
+        workers.len()
+    );
+    let crowd = load::spawn(
+        &services.amqp_url,
+        &services.topology,
+        requests.clone(),
+        config.timeout,
+        Pace::Rate(config.rate),
+    );
+    while store.decision_batches().await? == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut run = Run {
+        config: config.clone(),
+        store: store.clone(),
+        tag: tag.clone(),
+        probe_course,
+        probes: 0,
+        faults: Vec::new(),
+    };
+    run.probe("before any fault").await?;
+
+    amqp.cut();
+    run.probe("every broker connection cut").await?;
+
+    db.stall();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    db.resume();
+    run.probe("database stalled for 3 s").await?;
+
+    db.refuse();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    db.resume();
+    run.probe("database unreachable for 2 s").await?;
+
+    let victim = workers.remove(0);
+    victim.signal(Signal::SIGKILL)?;
+    workers.push(start_worker(config.workers.max(1))?);
+    run.probe("a worker killed with SIGKILL (and a new one started)")
+        .await?;
+
+    if let Some(command) = &config.restart_database {
+        run.shell("database restart", command).await?;
+        run.probe("database restarted").await?;
+    }
+    let broker_restarted = match &config.restart_broker {
+        Some(command) => {
+            run.shell("broker restart", command).await?;
+            run.probe("broker restarted").await?;
+            true
+        }
+        None => false,
+    };
+
+    // The crowd's client dies with a broker restart; like a web back end, it then publishes
+    // every request id it has no final answer for again, under the same id.
+    let first = crowd.await.context("the crowd task failed")?;
+    let report = match first {
+        Ok(report) if !broker_restarted && report.complete => report,
+        _ => {
+            println!("  the client publishes every request id again (its connection died)");
+            let mut seen = HashSet::new();
+            let again: Vec<Request> = requests
+                .iter()
+                .filter(|r| seen.insert(r.request_id.clone()))
+                .cloned()
+                .collect();
+            load::fire(
+                &services.amqp_url,
+                &services.topology,
+                again,
+                config.timeout,
+            )
+            .await?
+        }
+    };
+    for worker in workers {
+        if let Err(e) = worker.stop(Duration::from_secs(60)).await {
+            println!("  a worker did not stop cleanly: {e:#}");
+        }
+    }
+    drop((amqp, db));
+    check(&run, &courses, &requests, &report).await
+}
+
+async fn check(
+    run: &Run,
+    courses: &[CourseId],
+    requests: &[Request],
+    report: &Report,
+) -> anyhow::Result<ChaosReport> {
+    let mut by_id: HashMap<&str, Vec<(&str, Option<&str>)>> = HashMap::new();
+    for answered in &report.answered {
+        by_id
+            .entry(answered.request.request_id.as_str())
+            .or_default()
+            .extend(
+                answered
+                    .finals
+                    .iter()
+                    .map(|(a, _)| (a.outcome.as_str(), a.reason.as_deref())),
+            );
+    }
+    let ids: Vec<&str> = requests
+        .iter()
+        .map(|r| r.request_id.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let stored = run.store.count_outcomes(&ids).await?;
+    let held = run.store.seats_held(courses).await?;
+    Ok(ChaosReport {
+        tag: run.tag.clone(),
+        requests: requests.len(),
+        request_ids: ids.len(),
+        faults: run.faults.clone(),
+        lost: ids
+            .iter()
+            .filter(|id| by_id.get(*id).is_none_or(Vec::is_empty))
+            .count(),
+        disagreeing: by_id
+            .values()
+            .filter(|finals| finals.iter().any(|f| *f != finals[0]))
+            .count(),
+        missing_in_postgres: ids
+            .len()
+            .saturating_sub(usize::try_from(stored).unwrap_or(0)),
+        mismatched_seats: rush::mismatched_seats(report, &held),
+        contradicted: report.contradicted(),
+        violations: run.store.audit().await?,
+    })
+}
+
+/// The report in a few lines.
+pub fn describe(r: &ChaosReport) -> String {
+    let mut out = format!(
+        "chaos {}: {} requests, {} request ids\n  lost {}, answers disagreeing {}, missing in \
+         Postgres {}, seats not matching the answers {}, provisional answers contradicted {}, \
+         audit violations {}\n",
+        r.tag,
+        r.requests,
+        r.request_ids,
+        r.lost,
+        r.disagreeing,
+        r.missing_in_postgres,
+        r.mismatched_seats,
+        r.contradicted,
+        r.violations.len()
+    );
+    for v in &r.violations {
+        out.push_str(&format!("  violation {}: {}\n", v.check, v.detail));
+    }
+    out.push_str(if r.passed() {
+        "  every request id has one outcome; the audit is clean\n"
+    } else {
+        "  FAILED\n"
+    });
+    out
+}
