@@ -247,6 +247,10 @@ pub async fn fire_with(
             }
             got.push((index, answer, Instant::now()));
         }
+        // Cancel before the channel closes: an answer still arriving on a closing channel
+        // makes the client library fail the whole connection.
+        replies.cancel().await;
+        replies.close().await;
         got
     });
 
@@ -401,6 +405,8 @@ pub async fn flood(
                 finals += 1;
             }
         }
+        replies.cancel().await;
+        replies.close().await;
         finals
     });
     let published = publish_all(

@@ -104,6 +104,9 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shar
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
+        // The mode is read and the connection registered under the lock `cut` takes, so a
+        // connection accepted while `refuse` runs is either refused or cut, never missed.
+        let mut open = shared.open.lock().unwrap_or_else(PoisonError::into_inner);
         if *shared.mode.borrow() == Mode::Refuse {
             drop(client);
             continue;
@@ -123,7 +126,6 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shar
                 _ = pump(server_read, client_write, mode) => {}
             }
         });
-        let mut open = shared.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.retain(|t| !t.is_finished());
         open.push(task.abort_handle());
     }

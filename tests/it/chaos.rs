@@ -27,7 +27,10 @@ async fn readyz(addr: SocketAddr) -> Option<Readiness> {
         .await
         .ok()?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut response))
+        .await
+        .ok()?
+        .ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status_ok = head.starts_with("HTTP/1.1 200");
     let value: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
@@ -54,7 +57,8 @@ async fn wait_ready(addr: SocketAddr, ready: bool) -> Readiness {
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "/readyz never said ready = {ready}"
+            "/readyz never said ready = {ready}; last: {:?}",
+            readyz(addr).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
