@@ -196,7 +196,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         topology: services.topology.clone(),
     };
     std::fs::create_dir_all(&config.log_dir)?;
-    let start_worker = |n: usize| -> anyhow::Result<WorkerProcess> {
+    let start_worker_with = |n: usize, env: &[(&str, &str)]| -> anyhow::Result<WorkerProcess> {
         let id = format!("{tag}-w{n}");
         let log = config.log_dir.join(format!("{id}.log"));
         let args = [
@@ -205,8 +205,9 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             "--http-addr".to_owned(),
             free_port()?.to_string(),
         ];
-        WorkerProcess::start(&config.exe, &proxied, &id, log, &args)
+        WorkerProcess::start_with_env(&config.exe, &proxied, &id, log, &args, env)
     };
+    let start_worker = |n: usize| start_worker_with(n, &[]);
     let mut workers = (0..config.workers.max(1))
         .map(start_worker)
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -259,9 +260,43 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
 
     let victim = workers.remove(0);
     victim.signal(Signal::SIGKILL)?;
-    workers.push(start_worker(config.workers.max(1))?);
+    let mut started = config.workers.max(1);
+    workers.push(start_worker(started)?);
     run.probe("a worker killed with SIGKILL (and a new one started)")
         .await?;
+
+    // With the crash points compiled in, a worker also dies at each of them: the others stop
+    // (giving their partitions back), a worker that aborts the first time it passes the point
+    // takes them all, a probe drives it there, and fresh workers finish the job.
+    if cfg!(feature = "failpoints") {
+        for point in crate::failpoint::ALL {
+            rush::wait_for_partitions(&store, services.topology.partitions).await?;
+            for worker in workers.drain(..) {
+                // A worker stopped before it set up its signal handler dies of the signal:
+                // harmless here, its deliveries return to the queues like a crash's.
+                if let Err(e) = worker.stop(Duration::from_secs(60)).await {
+                    println!("  {e:#}");
+                }
+            }
+            started += 1;
+            let action = format!("{point}=1*return(abort)");
+            let mut doomed = start_worker_with(started, &[("FAILPOINTS", action.as_str())])?;
+            rush::wait_for_partitions(&store, services.topology.partitions).await?;
+            let fault = format!("a worker killed at {point} (and new ones started)");
+            let replace = async {
+                if doomed.exited(Duration::from_secs(60)).await.is_none() {
+                    bail!("the worker never reached {point}");
+                }
+                (0..config.workers.max(1))
+                    .map(|k| start_worker(started + 1 + k))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            };
+            let (probed, replaced) = tokio::join!(run.probe(&fault), replace);
+            workers = replaced?;
+            started += config.workers.max(1);
+            probed?;
+        }
+    }
 
     if let Some(command) = &config.restart_database {
         run.shell("database restart", command).await?;
@@ -298,6 +333,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             .await?
         }
     };
+    rush::wait_for_partitions(&store, services.topology.partitions).await?;
     for worker in workers {
         if let Err(e) = worker.stop(Duration::from_secs(60)).await {
             println!("  a worker did not stop cleanly: {e:#}");
