@@ -206,7 +206,9 @@ pub async fn fire_with(
     // the publish instants.
     let counters = progress.clone();
     let (groups, ids) = id_groups(&requests);
+    let collector_groups = groups.clone();
     let collector = tokio::spawn(async move {
+        let groups = collector_groups;
         let mut got: Vec<(usize, Answer, Instant)> = Vec::with_capacity(n * 2);
         // Request ids with a final answer: the crowd is done when every id has one (a
         // duplicate final, after a crash, must not make it look done while another id waits).
@@ -273,7 +275,6 @@ pub async fn fire_with(
     let got = collector.await.context("the answer collector failed")?;
     // Each request id's first final answer: the crowd is complete when every id has one, and
     // its time is the last of them (a late duplicate does not count).
-    let (groups, ids) = id_groups(&requests);
     let mut first_final: Vec<Option<Instant>> = vec![None; ids];
     for (index, answer, at) in &got {
         if answer.stage == Stage::Final

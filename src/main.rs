@@ -476,7 +476,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Worker(args) => {
             let config = worker_config(&common, args)?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
+            cancel_on_signal(&shutdown)?;
             worker::run(config, shutdown).await?;
         }
         Command::Course(command) => return course(&common, command).await,
@@ -487,7 +487,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let client = Client::connect(&common.amqp_url()?, common.topology(0, 0)).await?;
             let mut events = client.watch(course.as_ref()).await?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
+            cancel_on_signal(&shutdown)?;
             loop {
                 let event = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -929,14 +929,18 @@ fn describe(a: &seatrush::protocol::Answer) -> String {
     line
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    shutdown.cancel();
+/// Cancels `shutdown` on SIGINT or SIGTERM. The SIGTERM handler is registered before this
+/// returns, so a signal that comes early drains instead of killing the process.
+fn cancel_on_signal(shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        shutdown.cancel();
+    });
+    Ok(())
 }

@@ -182,11 +182,13 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     store
         .add_courses(&[(probe_course.clone(), probe_settings)])
         .await?;
-    let mut requests = rush::crowd(&courses, shape.students, shape.choices, &tag, 23)?;
-    // Every tenth request is published a second time under the same id, as an impatient
-    // client would.
-    let duplicates: Vec<Request> = requests.iter().step_by(10).cloned().collect();
-    requests.extend(duplicates);
+    let requests = rush::with_duplicates(rush::crowd(
+        &courses,
+        shape.students,
+        shape.choices,
+        &tag,
+        23,
+    )?);
 
     let amqp = proxy_for(&services.amqp_url).await?;
     let db = proxy_for(&services.database_url).await?;

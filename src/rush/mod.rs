@@ -15,7 +15,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use plan::{course_ids, crowd};
+pub use plan::{course_ids, crowd, with_duplicates};
 pub use workers::{Services, Usage, WorkerProcess, usage_of};
 
 use crate::domain::{CourseId, CourseSettings};

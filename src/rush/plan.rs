@@ -52,6 +52,14 @@ pub fn crowd(
     Ok(requests)
 }
 
+/// Publishes every tenth request a second time under the same request id, at the end, as
+/// impatient clients do.
+pub fn with_duplicates(mut requests: Vec<Request>) -> Vec<Request> {
+    let duplicates: Vec<Request> = requests.iter().step_by(10).cloned().collect();
+    requests.extend(duplicates);
+    requests
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, HashSet};

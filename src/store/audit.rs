@@ -146,10 +146,7 @@ const CHECKS: &[(&str, &str)] = &[
 impl Store {
     /// Runs every check in one consistent snapshot; an empty list means the database is clean.
     pub async fn audit(&self) -> Result<Vec<Violation>> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.snapshot().await?;
         let mut violations = Vec::new();
         for (check, sql) in CHECKS {
             for row in sqlx::query(*sql).fetch_all(&mut *tx).await? {

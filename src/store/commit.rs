@@ -17,7 +17,7 @@ use sqlx::Row;
 use super::courses::{to_u32, verdict_from_row};
 use super::{Result, Store, StoreError};
 use crate::course::Effect;
-use crate::domain::{Outcome, Partition, Reason, ReplyTo, Request, Verdict};
+use crate::domain::{Outcome, Partition, Reason, ReplyTo, Request, StudentId, Verdict};
 use crate::protocol::Promotion;
 
 /// One decision waiting to be committed.
@@ -108,13 +108,10 @@ impl Store {
             if p.effect != Effect::None && !done.applied {
                 missed.push(i);
             }
-            let expected: Vec<&str> = p.effect.promoted().iter().map(|s| s.as_str()).collect();
-            let actual: Vec<&str> = done
-                .promotions
-                .iter()
-                .map(|s| s.student_id.as_str())
-                .collect();
-            if expected != actual {
+            // The database promoted whom the actor expected, in the same order.
+            let expected = p.effect.promoted().iter().map(StudentId::as_str);
+            let actual = done.promotions.iter().map(|s| s.student_id.as_str());
+            if !expected.eq(actual) {
                 unexpected.insert(i);
             }
             promotions.insert(i, done.promotions);
@@ -399,14 +396,7 @@ async fn revise(
     missed: &[usize],
     finals: &mut HashMap<usize, Verdict>,
 ) -> Result<()> {
-    let courses: Vec<&str> = missed
-        .iter()
-        .map(|&i| items[i].request.course_id.as_str())
-        .collect();
-    let students: Vec<&str> = missed
-        .iter()
-        .map(|&i| items[i].request.student_id.as_str())
-        .collect();
+    let (courses, students) = courses_and_students(items, missed);
     let rows = sqlx::query(
         "SELECT m.ord, c.capacity - c.enrolled AS seats_left, c.enrolled, c.waitlisted, \
                 EXISTS (SELECT 1 FROM enrollments e \
@@ -481,14 +471,7 @@ async fn place_on_waitlist(
     if waiting.is_empty() {
         return Ok(());
     }
-    let courses: Vec<&str> = waiting
-        .iter()
-        .map(|&i| items[i].request.course_id.as_str())
-        .collect();
-    let students: Vec<&str> = waiting
-        .iter()
-        .map(|&i| items[i].request.student_id.as_str())
-        .collect();
+    let (courses, students) = courses_and_students(items, &waiting);
     let rows = sqlx::query(
         "SELECT m.ord, w.position \
          FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS m(course_id, student_id, ord) \
@@ -510,6 +493,20 @@ async fn place_on_waitlist(
         }
     }
     Ok(())
+}
+
+/// The course and student ids of the given items, as two arrays for `UNNEST`.
+fn courses_and_students<'a>(
+    items: &[&'a Pending],
+    indexes: &[usize],
+) -> (Vec<&'a str>, Vec<&'a str>) {
+    indexes
+        .iter()
+        .map(|&i| {
+            let r = &items[i].request;
+            (r.course_id.as_str(), r.student_id.as_str())
+        })
+        .unzip()
 }
 
 fn to_i32(n: u32) -> i32 {

@@ -49,6 +49,18 @@ fn course_row(row: &sqlx::postgres::PgRow) -> Result<CourseRow> {
     })
 }
 
+/// The course's row, read in `tx`.
+async fn course_in(
+    tx: &mut sqlx::PgConnection,
+    course: &CourseId,
+) -> Result<Option<sqlx::postgres::PgRow>> {
+    let sql = format!("SELECT {COURSE_COLUMNS} FROM courses WHERE course_id = $1");
+    Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(course.as_str())
+        .fetch_optional(tx)
+        .await?)
+}
+
 fn settings_from_row(row: &sqlx::postgres::PgRow) -> Result<CourseSettings> {
     Ok(CourseSettings {
         capacity: to_u32(row.try_get("capacity")?),
@@ -110,16 +122,8 @@ impl Store {
     /// One course with its students and waitlist, read in one snapshot; `None` if it does not
     /// exist.
     pub async fn course_detail(&self, course: &CourseId) -> Result<Option<CourseDetail>> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let sql = format!("SELECT {COURSE_COLUMNS} FROM courses WHERE course_id = $1");
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(course.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let mut tx = self.snapshot().await?;
+        let Some(row) = course_in(&mut tx, course).await? else {
             return Ok(None);
         };
         let enrolled_students = sqlx::query_scalar(
@@ -158,17 +162,9 @@ impl Store {
     /// Loads what a course actor needs: settings, enrolled students, the waitlist in order and
     /// every stored verdict. Returns `None` when the course does not exist.
     pub async fn load_course(&self, course: &CourseId) -> Result<Option<CourseSnapshot>> {
-        let mut tx = self.pool.begin().await?;
         // One snapshot for the reads, so the counters, the rows and the outcomes agree.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let sql = format!("SELECT {COURSE_COLUMNS} FROM courses WHERE course_id = $1");
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(course.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let mut tx = self.snapshot().await?;
+        let Some(row) = course_in(&mut tx, course).await? else {
             return Ok(None);
         };
         let settings = settings_from_row(&row)?;

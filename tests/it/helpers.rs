@@ -256,11 +256,7 @@ impl TestEnv {
         tag: &str,
         seed: u64,
     ) -> Vec<Request> {
-        let mut requests =
-            rush::crowd(courses, students, choices, tag, seed).expect("plan the crowd");
-        let duplicates: Vec<Request> = requests.iter().step_by(10).cloned().collect();
-        requests.extend(duplicates);
-        requests
+        rush::with_duplicates(rush::crowd(courses, students, choices, tag, seed).expect("plan"))
     }
 
     pub async fn broker(&self) -> Broker {
