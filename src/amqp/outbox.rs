@@ -13,7 +13,11 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{AmqpError, Outgoing, PendingConfirm, Publisher, Result};
+use super::{
+    AckHandle, AmqpError, DeadCopy, Outgoing, PendingConfirm, Publisher, ReplyTo, Result, Topology,
+};
+use crate::domain::Request;
+use crate::protocol::request_body;
 
 /// Most messages handed to the I/O thread in one go.
 const BURST: usize = 512;
@@ -76,6 +80,44 @@ impl Outbox {
             .await
             .map_err(|_| AmqpError::OutboxClosed)?;
         Ok(Posted { confirm })
+    }
+
+    /// Moves a parsed request to the dead-letter exchange with `reason`, and acks the delivery
+    /// once the broker confirmed the copy. If the copy is not confirmed the delivery stays
+    /// unacked: the broker redelivers it, and its delivery limit dead-letters it in the end.
+    pub async fn dead_letter(
+        &self,
+        topology: &Topology,
+        request: &Request,
+        reply_to: Option<&ReplyTo>,
+        ack: AckHandle,
+        reason: &str,
+    ) {
+        tracing::error!(course_id = %request.course_id, request_id = %request.request_id, %reason, "dead-lettering");
+        let body = request_body(request);
+        let copy = DeadCopy {
+            message_id: Some(request.request_id.as_str()),
+            reply_to: reply_to.map(|r| r.queue.as_str()),
+            routing_key: request.course_id.as_str(),
+            body: &body,
+        };
+        let confirmed = match self
+            .post_confirmed(Outgoing::dead_letter(topology, &copy, reason))
+            .await
+        {
+            Ok(posted) => posted.confirmed().await,
+            Err(e) => Err(e),
+        };
+        match confirmed {
+            Ok(()) => {
+                if let Err(e) = ack.ack().await {
+                    tracing::warn!(error = %crate::telemetry::chain(&e), "ack of a dead-lettered request failed; it will be redelivered");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::chain(&e), "dead-lettering failed; leaving the request to the broker")
+            }
+        }
     }
 }
 

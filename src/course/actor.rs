@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 
 use super::decision::{CourseState, Decision};
-use crate::amqp::{DeadCopy, Outbox, Outgoing, Topology};
+use crate::amqp::{Outbox, Outgoing, Topology};
 use crate::domain::CourseId;
 use crate::pipeline::{Decided, Envelope};
-use crate::protocol::{Answer, Stage, request_body};
+use crate::protocol::{Answer, Stage};
 use crate::store::{Pending, Store};
 
 /// How many crashes in how long make a course actor give up on the message at hand.
@@ -202,33 +202,16 @@ pub(super) async fn supervise(
 
 /// Dead-letters a message the course crashed on too often, so it stops blocking the course.
 async fn give_up(ctx: &ActorContext, envelope: Envelope, crashes: usize, ticket: &CourseTicket) {
-    let request = &envelope.request;
-    let body = request_body(request);
-    let reply_to = envelope.reply_to.as_ref().map(|r| r.queue.as_str());
-    let copy = DeadCopy {
-        message_id: Some(request.request_id.as_str()),
-        reply_to,
-        routing_key: request.course_id.as_str(),
-        body: &body,
-    };
     let reason = format!("course actor crashed {crashes} times deciding this request");
-    tracing::error!(course_id = %request.course_id, request_id = %request.request_id, %reason, "dead-lettering");
-    let dead = Outgoing::dead_letter(&ctx.topology, &copy, &reason);
-    let confirmed = match ctx.outbox.post_confirmed(dead).await {
-        Ok(posted) => posted.confirmed().await,
-        Err(e) => Err(e),
-    };
-    match confirmed {
-        Ok(()) => {
-            if let Err(e) = envelope.ack.ack().await {
-                tracing::warn!(error = %crate::telemetry::chain(&e), "ack of a dead-lettered request failed; it will be redelivered");
-            }
-        }
-        // Not acked: the broker redelivers it, and its delivery limit dead-letters it in the end.
-        Err(e) => {
-            tracing::warn!(error = %crate::telemetry::chain(&e), "dead-lettering failed; leaving the request to the broker")
-        }
-    }
+    ctx.outbox
+        .dead_letter(
+            &ctx.topology,
+            &envelope.request,
+            envelope.reply_to.as_ref(),
+            envelope.ack,
+            &reason,
+        )
+        .await;
     ticket.unroute();
 }
 
@@ -315,12 +298,12 @@ async fn load(store: &Store, course: &CourseId) -> Option<CourseState> {
 }
 
 /// A named fail point before each decision, for fault-injection tests: `course-decide-<course>`
-/// (for example `FAILPOINTS=course-decide-CS101=1*panic`). Compiled out without the
-/// `failpoints` feature.
+/// (for example `FAILPOINTS=course-decide-CS101=1*panic` crashes the actor once, and
+/// `course-decide-CS101=return(abort)` kills the whole worker process at every request of that
+/// course). Compiled out without the `failpoints` feature.
 #[cfg(feature = "failpoints")]
 fn before_decide(request: &crate::domain::Request) {
-    let name = format!("course-decide-{}", request.course_id);
-    fail::eval(&name, |_| ());
+    crate::failpoint::crash_point(&format!("course-decide-{}", request.course_id));
 }
 
 #[cfg(not(feature = "failpoints"))]

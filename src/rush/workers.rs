@@ -72,6 +72,14 @@ impl WorkerProcess {
                 "SEATRUSH_PARTITIONS",
                 services.topology.partitions.to_string(),
             )
+            .env(
+                "SEATRUSH_DELIVERY_LIMIT",
+                services.topology.delivery_limit.to_string(),
+            )
+            .env(
+                "SEATRUSH_MAX_QUEUE_LENGTH",
+                services.topology.max_queue_length.to_string(),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use seatrush::domain::CourseSettings;
+use seatrush::domain::{Action, CourseSettings};
 use seatrush::failpoint;
 
-use crate::helpers::TestEnv;
+use crate::helpers::{Listener, TestEnv, enroll, request};
+
+const WAIT: Duration = Duration::from_secs(60);
 
 /// Runs a crowd against a worker that aborts the first time it passes `point`, then against a
 /// fresh worker, and checks the outcome.
@@ -133,5 +135,73 @@ async fn a_paused_owner_is_fenced_out_and_gives_its_partitions_back() {
         "the resumed worker noticed it lost its partitions"
     );
     env.assert_consistent(&report, &courses).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_redelivered_after_a_crash_still_announces_its_promotion() {
+    // Arrange: one seat held by alice, bob first on the waitlist, and a worker that dies right
+    // after its third commit, before publishing anything of it.
+    let env = TestEnv::new().await;
+    let prefix = format!("{}p", env.topology.prefix);
+    let settings = CourseSettings {
+        capacity: 1,
+        waitlist: 1,
+        ..CourseSettings::default()
+    };
+    let course = env.add_courses_with(&prefix, 1, settings).await.remove(0);
+    let crash = format!("{}=2*off->1*return(abort)", failpoint::AFTER_COMMIT);
+    let mut doomed = env.launch(
+        "doomed",
+        &["--lease-ms", "800"],
+        &[("FAILPOINTS", crash.as_str())],
+    );
+    env.wait_for_partitions().await;
+    let mut client = Listener::new(&env, Some(&format!("final.{course}.*"))).await;
+    client.send(&[enroll("a1", &course, "alice")]).await;
+    client.until(WAIT, |c| c.final_count() == 1).await;
+    client.send(&[enroll("b1", &course, "bob")]).await;
+    client.until(WAIT, |c| c.final_count() == 2).await;
+
+    // Act: alice drops; the drop and bob's promotion are committed, then the worker dies before
+    // telling anyone. A successor gets the drop redelivered.
+    client
+        .send(&[request("a2", Action::Drop, &course, "alice")])
+        .await;
+    let status = doomed
+        .exited(WAIT)
+        .await
+        .expect("the worker dies after committing the drop");
+    assert!(!status.success(), "{status}");
+    let committed = env.store.course_detail(&course).await.expect("read");
+    let successor = env.launch("successor", &["--lease-ms", "800"], &[]);
+    let bob_told = |c: &Listener| {
+        c.seen_events
+            .iter()
+            .any(|e| e.is_promotion() && e.student_id == "bob")
+    };
+    client
+        .until(WAIT, |c| {
+            c.finals().contains_key("a2") && !c.promotions().is_empty() && bob_told(c)
+        })
+        .await;
+
+    // Assert: the drop was durable before the crash; its redelivery replays it and announces
+    // bob's promotion, which only the crashed worker knew it had to send, on bob's reply
+    // address and on the events exchange.
+    let committed = committed.expect("course");
+    assert_eq!(committed.enrolled_students, vec!["bob".to_owned()]);
+    let drop = &client.finals()["a2"];
+    assert_eq!((drop.outcome.as_str(), drop.replayed), ("dropped", true));
+    let promotion = &client.promotions()[0];
+    assert_eq!(promotion.student_id, "bob");
+    assert_eq!(
+        promotion.request_id, "b1",
+        "told under bob's own request id"
+    );
+    assert_eq!(promotion.promoted_by.as_deref(), Some("a2"));
+    successor.stop(WAIT).await.expect("the successor exits 0");
+    assert!(env.store.audit().await.expect("audit").is_empty());
+    client.close().await;
     env.cleanup().await;
 }

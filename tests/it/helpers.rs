@@ -168,7 +168,8 @@ impl TestEnv {
         self.launch(worker_id, args, &[])
     }
 
-    fn launch(&self, worker_id: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
+    /// Starts a `seatrush worker` process with extra arguments and environment.
+    pub fn launch(&self, worker_id: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
         let log = self
             .log_dir()
             .join(format!("{}-{worker_id}.log", self.topology.prefix));
