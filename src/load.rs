@@ -31,6 +31,9 @@ fn id_groups(requests: &[Request]) -> (Vec<usize>, usize) {
     (groups, numbers.len())
 }
 
+/// How long answers are still collected after publishing stopped early.
+const INTERRUPTED_GRACE: Duration = Duration::from_secs(5);
+
 /// Publishes not yet confirmed at most; bounds the publisher's memory and keeps the broker's
 /// flow control out of the way.
 const CONFIRM_WINDOW: usize = 2000;
@@ -69,6 +72,8 @@ pub struct Answered {
 /// What a crowd saw.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// When the first request was published; `sent` and latencies count from here.
+    pub started: Instant,
     pub answered: Vec<Answered>,
     /// From the first publish to the last confirm.
     pub publish_time: Duration,
@@ -76,6 +81,9 @@ pub struct Report {
     pub total_time: Duration,
     /// Whether every message got a final answer before the timeout.
     pub complete: bool,
+    /// Why publishing stopped early (the connection died, the broker refused a publish); the
+    /// report then holds what was published and answered until then.
+    pub interrupted: Option<String>,
 }
 
 impl Report {
@@ -83,11 +91,10 @@ impl Report {
     /// by request id: after a crash, a duplicate publish of an id already answered is acked
     /// without an answer of its own).
     pub fn lost(&self) -> usize {
-        let mut answered: HashMap<&str, bool> = HashMap::new();
-        for a in &self.answered {
-            *answered.entry(a.request.request_id.as_str()).or_default() |= !a.finals.is_empty();
-        }
-        answered.values().filter(|answered| !**answered).count()
+        self.answered_ids()
+            .values()
+            .filter(|answered| !**answered)
+            .count()
     }
 
     /// Messages that got more than one final answer.
@@ -97,13 +104,73 @@ impl Report {
 
     /// Final answers that contradict the provisional one sent earlier.
     pub fn contradicted(&self) -> usize {
+        self.contradictions().count()
+    }
+
+    /// The messages whose first final answer contradicts their provisional answer, each as the
+    /// instants it was published and finally answered.
+    pub fn contradictions(&self) -> impl Iterator<Item = (Instant, Instant)> + '_ {
         self.answered
             .iter()
-            .filter(|a| match (&a.provisional, a.finals.first()) {
-                (Some((p, _)), Some((f, _))) => p.outcome != f.outcome || p.reason != f.reason,
-                _ => false,
+            .filter_map(|a| match (&a.provisional, a.finals.first()) {
+                (Some((p, _)), Some((f, latency)))
+                    if p.outcome != f.outcome || p.reason != f.reason =>
+                {
+                    let sent = self.started + a.sent;
+                    Some((sent, sent + *latency))
+                }
+                _ => None,
             })
-            .count()
+    }
+
+    /// This crowd followed by `later` (a client publishing again what got no final answer), as
+    /// one report timed from this one's start.
+    pub fn then(mut self, later: Report) -> Report {
+        let offset = later.started.saturating_duration_since(self.started);
+        self.answered
+            .extend(later.answered.into_iter().map(|mut a| {
+                a.sent += offset;
+                a
+            }));
+        self.publish_time = offset + later.publish_time;
+        self.total_time = offset + later.total_time;
+        self.complete = self.lost() == 0;
+        self.interrupted = later.interrupted;
+        self
+    }
+
+    /// The requests of `requests`, one per request id, whose id got no final answer here
+    /// (including those never published): what a client publishes again after losing its
+    /// connection.
+    pub fn unanswered(&self, requests: &[Request]) -> Vec<Request> {
+        let answered = self.answered_ids();
+        let mut seen = std::collections::HashSet::new();
+        requests
+            .iter()
+            .filter(|r| {
+                let id = r.request_id.as_str();
+                !answered.get(id).copied().unwrap_or(false) && seen.insert(id)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Whether each request id published got a final answer on any of its publishes.
+    fn answered_ids(&self) -> HashMap<&str, bool> {
+        let mut answered: HashMap<&str, bool> = HashMap::new();
+        for a in &self.answered {
+            *answered.entry(a.request.request_id.as_str()).or_default() |= !a.finals.is_empty();
+        }
+        answered
+    }
+
+    /// The report, or an error if publishing stopped early (for callers that need every
+    /// request published).
+    pub fn fully_published(self) -> anyhow::Result<Self> {
+        match &self.interrupted {
+            Some(why) => anyhow::bail!("publishing the crowd stopped early: {why}"),
+            None => Ok(self),
+        }
     }
 
     /// Requests per second, end to end.
@@ -207,6 +274,9 @@ pub async fn fire_with(
     let counters = progress.clone();
     let (groups, ids) = id_groups(&requests);
     let collector_groups = groups.clone();
+    // Set when publishing stops early: what was published gets a short while to be answered.
+    let interrupted = tokio_util::sync::CancellationToken::new();
+    let publishing_stopped = interrupted.clone();
     let collector = tokio::spawn(async move {
         let groups = collector_groups;
         let mut got: Vec<(usize, Answer, Instant)> = Vec::with_capacity(n * 2);
@@ -224,7 +294,15 @@ pub async fn fire_with(
                     until = grace;
                 }
             }
-            let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, replies.next()).await else {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(until, replies.next()) => next,
+                _ = publishing_stopped.cancelled(), if until > tokio::time::Instant::now() + INTERRUPTED_GRACE => {
+                    until = tokio::time::Instant::now() + INTERRUPTED_GRACE;
+                    continue;
+                }
+            };
+            // The stream ends when the connection dies: what arrived until then is kept.
+            let Ok(Some(Ok(message))) = next else {
                 break;
             };
             let index = message
@@ -257,7 +335,7 @@ pub async fn fire_with(
     });
 
     let mut sent_at = Vec::with_capacity(n);
-    publish_all(
+    let published = publish_all(
         &publisher,
         topology,
         &queue,
@@ -268,8 +346,12 @@ pub async fn fire_with(
             progress.published.fetch_add(1, Ordering::Relaxed);
         },
     )
-    .await?;
+    .await;
     let publish_time = start.elapsed();
+    let interrupted = published.err().map(|e| {
+        interrupted.cancel();
+        format!("{e:#}")
+    });
 
     // On timeout the collector returns what arrived; the rest counts as lost.
     let got = collector.await.context("the answer collector failed")?;
@@ -319,10 +401,12 @@ pub async fn fire_with(
         }
     }
     Ok(Report {
+        started: start,
         answered,
         publish_time,
         total_time,
-        complete,
+        complete: complete && interrupted.is_none(),
+        interrupted,
     })
 }
 
@@ -501,6 +585,8 @@ mod tests {
             publish_time: Duration::from_secs(1),
             total_time: Duration::from_secs(2),
             complete: false,
+            interrupted: None,
+            started: Instant::now(),
         };
         assert_eq!(report.lost(), 1);
         assert_eq!(report.duplicated(), 1);
@@ -510,5 +596,52 @@ mod tests {
         assert_eq!(report.outcomes().get("enrolled"), Some(&1));
         let finals = report.latency(Stage::Final);
         assert_eq!((finals.p50_ms, finals.max_ms), (20.0, 30.0));
+    }
+
+    #[test]
+    fn a_client_publishing_again_what_got_no_answer_is_one_report() {
+        let started = Instant::now();
+        let first = Report {
+            answered: vec![
+                answered("r1", Some("enrolled"), &[("enrolled", None, 10)]),
+                answered("r2", Some("enrolled"), &[]),
+            ],
+            publish_time: Duration::from_secs(1),
+            total_time: Duration::from_secs(1),
+            complete: false,
+            interrupted: Some("connection lost".into()),
+            started,
+        };
+        let all: Vec<Request> = ["r1", "r2", "r2", "r3"]
+            .iter()
+            .map(|id| answered(id, None, &[]).request)
+            .collect();
+        let again = first.unanswered(&all);
+        let ids: Vec<&str> = again.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["r2", "r3"],
+            "each unanswered id once, unpublished ones too"
+        );
+
+        let mut r2 = answered("r2", Some("rejected"), &[("enrolled", None, 50)]);
+        r2.sent = Duration::from_millis(100);
+        let later = Report {
+            answered: vec![r2, answered("r3", None, &[("enrolled", None, 5)])],
+            publish_time: Duration::from_secs(1),
+            total_time: Duration::from_secs(1),
+            complete: true,
+            interrupted: None,
+            started: started + Duration::from_secs(10),
+        };
+        let both = first.then(later);
+        assert_eq!(both.lost(), 0);
+        assert!(both.complete);
+        assert_eq!(both.interrupted, None);
+        assert_eq!(both.answered.len(), 4);
+        assert_eq!(both.total_time, Duration::from_secs(11));
+        let contradicted: Vec<_> = both.contradictions().collect();
+        let sent = started + Duration::from_millis(10_100);
+        assert_eq!(contradicted, [(sent, sent + Duration::from_millis(50))]);
     }
 }

@@ -69,7 +69,7 @@ pub async fn run(
     tasks.wait().await;
     broker.delete_topology(&topology).await?;
     broker.close().await;
-    fired
+    fired?.fully_published()
 }
 
 /// Answers every delivery once, confirmed, then acks it.

@@ -41,11 +41,26 @@ pub struct ChaosConfig {
     pub timeout: Duration,
 }
 
-/// How long a student asking right after a fault waited.
+/// How long a student asking right after a fault waited, and what the fault did to the crowd.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovery {
     pub fault: String,
     pub recovery_ms: f64,
+    /// Crowd requests caught in this fault (in flight at some point between its start and the
+    /// recovery) whose final answer contradicted their provisional one.
+    pub contradicted: usize,
+    /// From the fault's start until a student asking was answered; `None` for the reference
+    /// probe before any fault.
+    #[serde(skip)]
+    window: Option<(Instant, Instant)>,
+}
+
+impl Recovery {
+    /// Whether a request in flight from `sent` to `answered` was caught in this fault.
+    fn caught(&self, sent: Instant, answered: Instant) -> bool {
+        self.window
+            .is_some_and(|(start, end)| sent <= end && answered >= start)
+    }
 }
 
 /// What a chaos run found; serialized by `--json`.
@@ -65,6 +80,8 @@ pub struct ChaosReport {
     pub mismatched_seats: usize,
     /// Provisional answers a final answer contradicted (allowed for requests caught in a fault).
     pub contradicted: usize,
+    /// Of those, the ones not caught in any fault: a bug if not zero.
+    pub contradicted_outside_faults: usize,
     pub violations: Vec<Violation>,
 }
 
@@ -74,6 +91,7 @@ impl ChaosReport {
             && self.disagreeing == 0
             && self.missing_in_postgres == 0
             && self.mismatched_seats == 0
+            && self.contradicted_outside_faults == 0
             && self.violations.is_empty()
     }
 }
@@ -118,8 +136,9 @@ struct Run {
 }
 
 impl Run {
-    /// Publishes one enroll as a student would, now, and measures the wait for its final answer.
-    async fn probe(&mut self, fault: &str) -> anyhow::Result<()> {
+    /// Publishes one enroll as a student would, now, and measures the wait for its final answer;
+    /// the fault's window runs from `began` until that answer.
+    async fn probe(&mut self, fault: &str, began: Option<Instant>) -> anyhow::Result<()> {
         self.probes += 1;
         let id = format!("{}-probe-{}", self.tag, self.probes);
         let request = Request {
@@ -142,6 +161,8 @@ impl Run {
         self.faults.push(Recovery {
             fault: fault.to_owned(),
             recovery_ms: waited.as_secs_f64() * 1000.0,
+            contradicted: 0,
+            window: began.map(|began| (began, Instant::now())),
         });
         Ok(())
     }
@@ -245,27 +266,48 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         probes: 0,
         faults: Vec::new(),
     };
-    run.probe("before any fault").await?;
+    run.probe("before any fault", None).await?;
 
+    let began = Instant::now();
     amqp.cut();
-    run.probe("every broker connection cut").await?;
+    run.probe("every broker connection cut", Some(began))
+        .await?;
 
+    let began = Instant::now();
     db.stall();
     tokio::time::sleep(Duration::from_secs(3)).await;
     db.resume();
-    run.probe("database stalled for 3 s").await?;
+    run.probe("database stalled for 3 s", Some(began)).await?;
 
+    let began = Instant::now();
     db.refuse();
     tokio::time::sleep(Duration::from_secs(2)).await;
     db.resume();
-    run.probe("database unreachable for 2 s").await?;
+    run.probe("database unreachable for 2 s", Some(began))
+        .await?;
 
+    let began = Instant::now();
     let victim = workers.remove(0);
     victim.signal(Signal::SIGKILL)?;
     let mut started = config.workers.max(1);
     workers.push(start_worker(started)?);
-    run.probe("a worker killed with SIGKILL (and a new one started)")
-        .await?;
+    run.probe(
+        "a worker killed with SIGKILL (and a new one started)",
+        Some(began),
+    )
+    .await?;
+
+    // The server restarts come before the crash points, while the crowd is still publishing.
+    if let Some(command) = &config.restart_database {
+        let began = Instant::now();
+        run.shell("database restart", command).await?;
+        run.probe("database restarted", Some(began)).await?;
+    }
+    if let Some(command) = &config.restart_broker {
+        let began = Instant::now();
+        run.shell("broker restart", command).await?;
+        run.probe("broker restarted", Some(began)).await?;
+    }
 
     // With the crash points compiled in, a worker also dies at each of them: the others stop
     // (giving their partitions back), a worker that aborts the first time it passes the point
@@ -273,6 +315,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     if cfg!(feature = "failpoints") {
         for point in crate::failpoint::ALL {
             rush::wait_for_partitions(&store, services.topology.partitions).await?;
+            let began = Instant::now();
             for worker in workers.drain(..) {
                 // A worker stopped before it set up its signal handler dies of the signal:
                 // harmless here, its deliveries return to the queues like a crash's.
@@ -293,47 +336,46 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
                     .map(|k| start_worker(started + 1 + k))
                     .collect::<anyhow::Result<Vec<_>>>()
             };
-            let (probed, replaced) = tokio::join!(run.probe(&fault), replace);
+            let (probed, replaced) = tokio::join!(run.probe(&fault, Some(began)), replace);
             workers = replaced?;
             started += config.workers.max(1);
             probed?;
         }
     }
 
-    if let Some(command) = &config.restart_database {
-        run.shell("database restart", command).await?;
-        run.probe("database restarted").await?;
-    }
-    let broker_restarted = match &config.restart_broker {
-        Some(command) => {
-            run.shell("broker restart", command).await?;
-            run.probe("broker restarted").await?;
-            true
+    // The crowd's client dies with a broker restart. What it was answered until then is kept;
+    // like a web back end, it then publishes every request id it has no final answer for
+    // again, under the same id. Those requests were caught in the restart, whose window
+    // therefore lasts until they are answered.
+    let first = crowd.await.context("the crowd task failed")??;
+    let again = first.unanswered(&requests);
+    let report = if again.is_empty() {
+        first
+    } else {
+        println!(
+            "  the client publishes again the {} request ids without a final answer ({})",
+            again.len(),
+            first
+                .interrupted
+                .as_deref()
+                .unwrap_or("no answer before the timeout")
+        );
+        let later = load::fire(
+            &services.amqp_url,
+            &services.topology,
+            again,
+            config.timeout,
+        )
+        .await?;
+        if let Some(window) = run
+            .faults
+            .last_mut()
+            .filter(|f| f.fault == "broker restarted")
+            .and_then(|f| f.window.as_mut())
+        {
+            window.1 = Instant::now();
         }
-        None => false,
-    };
-
-    // The crowd's client dies with a broker restart; like a web back end, it then publishes
-    // every request id it has no final answer for again, under the same id.
-    let first = crowd.await.context("the crowd task failed")?;
-    let report = match first {
-        Ok(report) if !broker_restarted && report.complete => report,
-        _ => {
-            println!("  the client publishes every request id again (its connection died)");
-            let mut seen = HashSet::new();
-            let again: Vec<Request> = requests
-                .iter()
-                .filter(|r| seen.insert(r.request_id.clone()))
-                .cloned()
-                .collect();
-            load::fire(
-                &services.amqp_url,
-                &services.topology,
-                again,
-                config.timeout,
-            )
-            .await?
-        }
+        first.then(later)
     };
     rush::wait_for_partitions(&store, services.topology.partitions).await?;
     for worker in workers {
@@ -342,11 +384,11 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         }
     }
     drop((amqp, db));
-    check(&run, &courses, &requests, &report).await
+    check(&mut run, &courses, &requests, &report).await
 }
 
 async fn check(
-    run: &Run,
+    run: &mut Run,
     courses: &[CourseId],
     requests: &[Request],
     report: &Report,
@@ -370,6 +412,17 @@ async fn check(
         .into_iter()
         .collect();
     let stored = run.store.count_outcomes(&ids).await?;
+    let mut contradicted_outside_faults = 0;
+    for (sent, answered) in report.contradictions() {
+        let mut caught = false;
+        for fault in run.faults.iter_mut().filter(|f| f.caught(sent, answered)) {
+            fault.contradicted += 1;
+            caught = true;
+        }
+        if !caught {
+            contradicted_outside_faults += 1;
+        }
+    }
     let held = run.store.seats_held(courses).await?;
     Ok(ChaosReport {
         tag: run.tag.clone(),
@@ -389,6 +442,7 @@ async fn check(
             .saturating_sub(usize::try_from(stored).unwrap_or(0)),
         mismatched_seats: rush::mismatched_seats(report, &held),
         contradicted: report.contradicted(),
+        contradicted_outside_faults,
         violations: run.store.audit().await?,
     })
 }
@@ -397,8 +451,8 @@ async fn check(
 pub fn describe(r: &ChaosReport) -> String {
     let mut out = format!(
         "chaos {}: {} requests, {} request ids\n  lost {}, answers disagreeing {}, missing in \
-         Postgres {}, seats not matching the answers {}, provisional answers contradicted {}, \
-         audit violations {}\n",
+         Postgres {}, seats not matching the answers {}, provisional answers contradicted {} \
+         ({} of them not caught in a fault), audit violations {}\n",
         r.tag,
         r.requests,
         r.request_ids,
@@ -407,8 +461,15 @@ pub fn describe(r: &ChaosReport) -> String {
         r.missing_in_postgres,
         r.mismatched_seats,
         r.contradicted,
+        r.contradicted_outside_faults,
         r.violations.len()
     );
+    for f in r.faults.iter().filter(|f| f.contradicted > 0) {
+        out.push_str(&format!(
+            "  contradicted among the requests caught in \"{}\": {}\n",
+            f.fault, f.contradicted
+        ));
+    }
     for v in &r.violations {
         out.push_str(&format!("  violation {}: {}\n", v.check, v.detail));
     }

@@ -202,7 +202,7 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
     if let Some(display) = display {
         let _ = display.await;
     }
-    let fired = fired?;
+    let fired = fired?.fully_published()?;
 
     let transactions = store.decision_batches().await? - batches_before;
     let usages: Vec<Option<Usage>> = started.iter().map(WorkerProcess::usage).collect();

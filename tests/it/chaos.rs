@@ -410,6 +410,7 @@ async fn seatrush_chaos_in_its_short_form_finds_nothing_lost() {
         "disagreeing",
         "missing_in_postgres",
         "mismatched_seats",
+        "contradicted_outside_faults",
     ] {
         assert_eq!(report[field], 0, "{field} in {report:#}");
     }
