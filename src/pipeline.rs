@@ -43,7 +43,9 @@ pub struct Decided {
     pub guard: InFlightGuard,
 }
 
-/// Counts messages received from the broker and not yet settled.
+/// Counts messages received from the broker and not yet settled: for the whole worker, and
+/// per partition (a child counter also counts in its parent), so that one partition can be
+/// drained and handed over while the others go on.
 #[derive(Debug, Clone, Default)]
 pub struct InFlight {
     inner: Arc<InFlightInner>,
@@ -53,12 +55,41 @@ pub struct InFlight {
 struct InFlightInner {
     count: AtomicUsize,
     settled: Notify,
+    parent: Option<Arc<InFlightInner>>,
+}
+
+impl InFlightInner {
+    fn enter(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if let Some(parent) = &self.parent {
+            parent.enter();
+        }
+    }
+
+    fn leave(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.settled.notify_waiters();
+        }
+        if let Some(parent) = &self.parent {
+            parent.leave();
+        }
+    }
 }
 
 impl InFlight {
+    /// A counter whose messages also count here.
+    pub fn child(&self) -> InFlight {
+        InFlight {
+            inner: Arc::new(InFlightInner {
+                parent: Some(self.inner.clone()),
+                ..InFlightInner::default()
+            }),
+        }
+    }
+
     /// Registers one more message in flight.
     pub fn enter(&self) -> InFlightGuard {
-        self.inner.count.fetch_add(1, Ordering::SeqCst);
+        self.inner.enter();
         InFlightGuard {
             inner: self.inner.clone(),
         }
@@ -92,8 +123,25 @@ pub struct InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        if self.inner.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.inner.settled.notify_waiters();
-        }
+        self.inner.leave();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_partition_drains_on_its_own_and_counts_in_the_whole() {
+        let worker = InFlight::default();
+        let (p0, p1) = (worker.child(), worker.child());
+        let a = p0.enter();
+        let b = p1.enter();
+        assert_eq!((worker.count(), p0.count(), p1.count()), (2, 1, 1));
+        drop(a);
+        assert_eq!(p0.drained(Duration::from_millis(10)).await, 0);
+        assert_eq!(worker.drained(Duration::from_millis(10)).await, 1);
+        drop(b);
+        assert_eq!(worker.drained(Duration::from_millis(10)).await, 0);
     }
 }

@@ -129,8 +129,9 @@ pub async fn submit(
 enum Stop {
     /// Every sender is gone and the mailbox is empty: passivated, evicted or shutting down.
     MailboxClosed,
-    /// The database disagreed with this instance's memory: reload and go on.
-    Reload,
+    /// The database disagreed with this instance's memory (`diverged`), or the partition was
+    /// owned by another worker meanwhile: reload and go on.
+    Reload { diverged: bool },
 }
 
 type InHand = Arc<Mutex<Option<Envelope>>>;
@@ -166,8 +167,11 @@ pub(super) async fn supervise(
         };
         match ended {
             Ok(Stop::MailboxClosed) => return,
-            Ok(Stop::Reload) => {
+            Ok(Stop::Reload { diverged: true }) => {
                 tracing::info!(course_id = %course, "course state reloaded after the database disagreed");
+            }
+            Ok(Stop::Reload { diverged: false }) => {
+                tracing::debug!(course_id = %course, "course state reloaded: its partition came back to this worker");
             }
             Err(e) if e.is_panic() => {
                 let now = Instant::now();
@@ -225,6 +229,8 @@ async fn run_instance(
     ticket.all_committed().await;
     ticket.stale.store(false, Ordering::SeqCst);
     let mut state = load(&ctx.store, &course).await;
+    // The ownership epoch of the partition this state was loaded under: the first request's.
+    let mut loaded_under: Option<i64> = None;
     loop {
         let carried = in_hand
             .lock()
@@ -237,10 +243,16 @@ async fn run_instance(
                 None => return Stop::MailboxClosed,
             },
         };
-        if ticket.stale.load(Ordering::SeqCst) {
+        // A newer epoch means the partition left this worker and came back: another owner may
+        // have decided for this course meanwhile, so the state is read again. (Requests of an
+        // older epoch are decided as they are; their commit is fenced out.)
+        let newer_epoch = loaded_under.is_some_and(|epoch| envelope.epoch > epoch);
+        let diverged = ticket.stale.load(Ordering::SeqCst);
+        if diverged || newer_epoch {
             *in_hand.lock().unwrap_or_else(PoisonError::into_inner) = Some(envelope);
-            return Stop::Reload;
+            return Stop::Reload { diverged };
         }
+        loaded_under = loaded_under.max(Some(envelope.epoch));
         // The message stays in hand while it is decided, so a panic leaves it to the next
         // instance.
         let decision = {

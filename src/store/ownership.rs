@@ -8,6 +8,35 @@ use sqlx::Row;
 use super::{Result, Store};
 use crate::domain::Partition;
 
+/// What a heartbeat learns: the leases this worker still holds, and every live worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub held: Vec<Lease>,
+    /// Workers whose heartbeat is younger than a lease, in id order (this one included).
+    pub live_workers: Vec<String>,
+}
+
+impl Membership {
+    /// How many partitions of `partitions` this worker should own once settled: with W live
+    /// workers each owns floor(P/W), and the first P mod W in id order one more. Every worker
+    /// computes the same split from the same table, so the shares add up to P.
+    pub fn fair_share(&self, worker_id: &str, partitions: u16) -> u16 {
+        let workers = self.live_workers.len().max(1);
+        let rank = self
+            .live_workers
+            .iter()
+            .position(|w| w == worker_id)
+            .unwrap_or(workers - 1);
+        fair_share(usize::from(partitions), workers, rank)
+    }
+}
+
+/// The share of the worker at `rank` (0-based) among `workers`, of `partitions`.
+fn fair_share(partitions: usize, workers: usize, rank: usize) -> u16 {
+    let share = partitions / workers + usize::from(rank < partitions % workers);
+    u16::try_from(share).unwrap_or(u16::MAX)
+}
+
 /// A partition held by this worker, at the epoch it was acquired under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Lease {
@@ -54,7 +83,7 @@ impl Store {
         limit: u16,
     ) -> Result<Vec<Lease>> {
         let rows = sqlx::query(
-            "UPDATE partitions SET owner = $1, epoch = epoch + 1, \
+            "UPDATE partitions SET owner = $1, epoch = epoch + 1, unacked = 0, acquired_at = now(), \
                     lease_until = now() + $2 * interval '1 millisecond' \
              WHERE partition IN ( \
                 SELECT partition FROM partitions \
@@ -70,28 +99,52 @@ impl Store {
         leases(rows)
     }
 
-    /// Extends the leases this worker still holds and returns them; a partition missing from
-    /// the answer was taken over and must no longer be consumed.
-    pub async fn renew_partitions(&self, worker_id: &str, lease: Duration) -> Result<Vec<Lease>> {
+    /// The heartbeat: refreshes this worker's liveness, extends the leases it still holds
+    /// (recording what it holds unacked on each, for the operator's view) and reads who is
+    /// alive. A partition missing from `held` was taken over and must no longer be consumed.
+    pub async fn heartbeat(
+        &self,
+        worker_id: &str,
+        lease: Duration,
+        unacked: &[(Partition, usize)],
+    ) -> Result<Membership> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE workers SET heartbeat_at = now() WHERE worker_id = $1")
             .bind(worker_id)
             .execute(&mut *tx)
             .await?;
+        let (ids, counts): (Vec<i32>, Vec<i32>) = unacked
+            .iter()
+            .map(|(p, n)| (i32::from(p.0), i32::try_from(*n).unwrap_or(i32::MAX)))
+            .unzip();
         // A lease that lapsed while the database was unreachable is renewed as long as no
         // other worker took the partition meanwhile: a takeover changes the owner and bumps the
         // epoch, so this cannot revive a lease someone else holds, and the epoch this worker's
         // commits carry stays valid.
         let rows = sqlx::query(
-            "UPDATE partitions SET lease_until = now() + $2 * interval '1 millisecond' \
-             WHERE owner = $1 RETURNING partition, epoch",
+            "UPDATE partitions p SET lease_until = now() + $2 * interval '1 millisecond', \
+                    unacked = COALESCE((SELECT u.n FROM unnest($3::int[], $4::int[]) \
+                                        AS u(partition, n) WHERE u.partition = p.partition), 0) \
+             WHERE p.owner = $1 RETURNING p.partition, p.epoch",
         )
         .bind(worker_id)
+        .bind(millis(lease))
+        .bind(&ids)
+        .bind(&counts)
+        .fetch_all(&mut *tx)
+        .await?;
+        let live_workers = sqlx::query_scalar(
+            "SELECT worker_id FROM workers \
+             WHERE heartbeat_at > now() - $1 * interval '1 millisecond' ORDER BY worker_id",
+        )
         .bind(millis(lease))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        leases(rows)
+        Ok(Membership {
+            held: leases(rows)?,
+            live_workers,
+        })
     }
 
     /// Gives partitions back (graceful shutdown), so another worker can take them at once.
@@ -102,7 +155,7 @@ impl Store {
     ) -> Result<()> {
         let ids: Vec<i32> = partitions.iter().map(|p| i32::from(p.0)).collect();
         sqlx::query(
-            "UPDATE partitions SET owner = NULL, lease_until = NULL \
+            "UPDATE partitions SET owner = NULL, lease_until = NULL, unacked = 0 \
              WHERE owner = $1 AND partition = ANY($2)",
         )
         .bind(worker_id)
@@ -119,5 +172,39 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fair_shares_differ_by_at_most_one_and_add_up() {
+        for partitions in 1..=64usize {
+            for workers in 1..=12usize {
+                let shares: Vec<usize> = (0..workers)
+                    .map(|r| usize::from(fair_share(partitions, workers, r)))
+                    .collect();
+                assert_eq!(shares.iter().sum::<usize>(), partitions);
+                let (floor, ceil) = (partitions / workers, partitions.div_ceil(workers));
+                assert!(
+                    shares.iter().all(|s| *s == floor || *s == ceil),
+                    "{shares:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_worker_not_yet_listed_takes_the_last_share() {
+        let membership = Membership {
+            held: Vec::new(),
+            live_workers: vec!["a".into(), "b".into(), "c".into()],
+        };
+        assert_eq!(membership.fair_share("a", 16), 6);
+        assert_eq!(membership.fair_share("b", 16), 5);
+        assert_eq!(membership.fair_share("c", 16), 5);
+        assert_eq!(membership.fair_share("z", 16), 5);
     }
 }

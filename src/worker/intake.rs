@@ -21,16 +21,21 @@ pub(super) struct Intake {
     pub ctx: Arc<ActorContext>,
     pub topology: Topology,
     pub prefetch: u16,
-    pub in_flight: InFlight,
     pub fault: Fault,
     pub admin_users: Arc<Vec<String>>,
 }
 
 impl Intake {
-    /// Consumes the partition held by `lease` until `stop`. Deliveries are handled one at a time,
-    /// which keeps each course's requests in arrival order. Returns the cancelled consumer,
-    /// whose channel must stay open until what it delivered is settled.
-    pub(super) async fn consume(self, lease: Lease, stop: CancellationToken) -> Option<Deliveries> {
+    /// Consumes the partition held by `lease` until `stop`, counting each delivery in
+    /// `in_flight` until it is settled. Deliveries are handled one at a time, which keeps each
+    /// course's requests in arrival order. Returns the cancelled consumer, whose channel must
+    /// stay open until what it delivered is settled.
+    pub(super) async fn consume(
+        self,
+        lease: Lease,
+        stop: CancellationToken,
+        in_flight: InFlight,
+    ) -> Option<Deliveries> {
         let queue = self.topology.partition_queue(lease.partition);
         let tag = format!("p{}-e{}", lease.partition, lease.epoch);
         let mut deliveries = match self.broker.consume(&queue, &tag, self.prefetch).await {
@@ -48,7 +53,7 @@ impl Intake {
                 next = deliveries.next() => next,
             };
             match next {
-                Some(Ok(incoming)) => self.handle(incoming, lease).await,
+                Some(Ok(incoming)) => self.handle(incoming, lease, in_flight.enter()).await,
                 Some(Err(e)) => {
                     self.fault
                         .raise(anyhow::Error::new(e).context(format!("consuming {queue}")));
@@ -69,8 +74,7 @@ impl Intake {
         Some(deliveries)
     }
 
-    async fn handle(&self, incoming: Incoming, lease: Lease) {
-        let guard = self.in_flight.enter();
+    async fn handle(&self, incoming: Incoming, lease: Lease, guard: InFlightGuard) {
         match parse_request(
             incoming.message_id.as_deref(),
             incoming.user_id.as_deref(),

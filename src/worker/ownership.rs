@@ -1,15 +1,29 @@
-//! Partition ownership for one session: renews the leases this worker holds, takes free ones,
-//! and runs one intake consumer per partition held.
+//! Partition ownership for one session: the heartbeat, the fair share, and the handovers.
+//!
+//! Every `lease / 3` the worker beats its heart in Postgres, which renews the leases it holds
+//! and tells it who else is alive. With W live workers and P partitions its fair share is
+//! floor(P/W) or ceil(P/W) (see [`Membership::fair_share`]). Above it, the worker hands the
+//! surplus over; below it, it takes free partitions (released, or whose lease lapsed because
+//! their owner died). Nobody takes a partition that is still held: ownership only moves by a
+//! handover or by a lapsed lease.
+//!
+//! A handover keeps every course's requests in order and each decided once: the old owner stops
+//! consuming the partition, waits until what it delivered is committed and acked, closes the
+//! partition's channel and only then releases it. The new owner acquires it with a new epoch,
+//! so even a commit of the old owner that somehow came late would be fenced out, and its course
+//! actors load their state after the old owner's last commit.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::future::join_all;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::intake::Intake;
 use crate::amqp::Deliveries;
 use crate::domain::Partition;
+use crate::pipeline::InFlight;
 use crate::store::{Lease, Store};
 
 pub(super) struct Ownership {
@@ -18,21 +32,28 @@ pub(super) struct Ownership {
     pub lease: Duration,
     pub partitions: u16,
     pub intake: Intake,
-    /// How long a lost partition's channel stays open for acks of batches committed before
-    /// the loss.
+    /// The session's in-flight count; each partition counts its own in a child of it.
+    pub in_flight: InFlight,
+    /// Pause between a partition's last ack and closing its channel, so the broker applies the
+    /// acks before it sees the channel close (see `WorkerConfig::settle_grace`).
     pub grace: Duration,
-    /// Whether the last renewal failed, so an outage is logged once.
-    pub renew_failing: std::sync::atomic::AtomicBool,
+    /// How long a handover waits for the partition's in-flight requests.
+    pub drain_timeout: Duration,
+    /// Whether the last heartbeat failed, so an outage is logged once.
+    pub heartbeat_failing: std::sync::atomic::AtomicBool,
 }
 
+/// A partition this worker consumes.
 struct Held {
     lease: Lease,
     stop: CancellationToken,
     consumer: JoinHandle<Option<Deliveries>>,
+    in_flight: InFlight,
 }
 
-/// What a session keeps after its consumers stop: the partitions to release, and the stopped
-/// consumers, whose channels stay open until the in-flight work is settled.
+/// What a session keeps after a fault stopped its consumers: the partitions to release, and the
+/// consumers' channels, to be closed first. Empty after a graceful stop, which hands every
+/// partition over itself.
 #[derive(Default)]
 pub(super) struct Stopped {
     pub partitions: Vec<Partition>,
@@ -43,19 +64,52 @@ pub(super) struct Stopped {
 /// batches committed before the loss had time to be acked. Whatever it still holds unacked (a
 /// prefetched delivery, a decision the new owner's epoch fences out) returns to the queue for
 /// the new owner; keeping the channel open would hold those messages back indefinitely.
-async fn give_back(consumer: JoinHandle<Option<Deliveries>>, grace: Duration) {
-    if let Ok(Some(channel)) = consumer.await {
+async fn give_back(held: Held, grace: Duration) {
+    held.stop.cancel();
+    if let Ok(Some(channel)) = held.consumer.await {
         tokio::time::sleep(grace).await;
         channel.close().await;
     }
 }
 
+/// Hands one partition over to whichever worker takes it next: stops consuming it, waits until
+/// what it delivered is committed and acked, closes its channel, then releases it.
+async fn hand_over(
+    store: Store,
+    worker_id: String,
+    held: Held,
+    grace: Duration,
+    drain_timeout: Duration,
+) {
+    let partition = held.lease.partition;
+    held.stop.cancel();
+    let channel = held.consumer.await.ok().flatten();
+    let left = held.in_flight.drained(drain_timeout).await;
+    if left > 0 {
+        // Released anyway: what is left returns to the queue when the channel closes, and the
+        // next owner's epoch fences out any commit of it still to come from here.
+        tracing::warn!(%partition, left, "partition not drained in time; handing it over anyway");
+    } else {
+        tokio::time::sleep(grace).await;
+    }
+    if let Some(channel) = channel {
+        channel.close().await;
+    }
+    match store.release_partitions(&worker_id, &[partition]).await {
+        Ok(()) => tracing::info!(%partition, epoch = held.lease.epoch, "partition handed over"),
+        Err(e) => {
+            tracing::warn!(%partition, error = %crate::telemetry::chain(&e), "could not release the partition; its lease will lapse")
+        }
+    }
+}
+
 impl Ownership {
-    /// Holds partitions until `stop`, then stops every consumer and returns what must outlive
-    /// the drain.
-    pub(super) async fn run(self, stop: CancellationToken) -> Stopped {
+    /// Holds a fair share of the partitions until `stop`. Then, unless `fault` was raised too,
+    /// hands every partition over, each as soon as it is drained; after a fault it only stops
+    /// the consumers and returns what the session must close and release.
+    pub(super) async fn run(self, stop: CancellationToken, fault: CancellationToken) -> Stopped {
         let mut held: HashMap<Partition, Held> = HashMap::new();
-        let mut lost = Vec::new();
+        let mut leaving: Vec<JoinHandle<()>> = Vec::new();
         let mut tick = tokio::time::interval(self.lease / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -63,69 +117,119 @@ impl Ownership {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            self.renew(&mut held, &mut lost).await;
-            self.acquire(&mut held).await;
-        }
-        let mut stopped = Stopped::default();
-        for handing_back in lost {
-            let _ = handing_back.await;
-        }
-        for (partition, h) in held {
-            h.stop.cancel();
-            if let Ok(Some(channel)) = h.consumer.await {
-                stopped.channels.push(channel);
+            leaving.retain(|handover| !handover.is_finished());
+            let Some(share) = self.heartbeat(&mut held, &mut leaving).await else {
+                continue;
+            };
+            if held.len() > usize::from(share) {
+                self.hand_over_surplus(&mut held, &mut leaving, share);
+            } else {
+                self.acquire(&mut held, share).await;
             }
-            stopped.partitions.push(partition);
         }
-        stopped
+        if fault.is_cancelled() {
+            let mut stopped = Stopped::default();
+            for (partition, h) in held {
+                h.stop.cancel();
+                if let Ok(Some(channel)) = h.consumer.await {
+                    stopped.channels.push(channel);
+                }
+                stopped.partitions.push(partition);
+            }
+            return stopped;
+        }
+        // Graceful: every partition is handed over on its own, as soon as it is drained, so
+        // other workers can take the first ones while the last ones still finish.
+        tracing::info!(
+            partitions = held.len(),
+            "handing every partition over before stopping"
+        );
+        leaving.extend(held.into_values().map(|h| self.spawn_hand_over(h)));
+        join_all(leaving).await;
+        Stopped::default()
     }
 
-    async fn renew(&self, held: &mut HashMap<Partition, Held>, lost: &mut Vec<JoinHandle<()>>) {
-        if held.is_empty() {
-            return;
-        }
-        match self
+    fn spawn_hand_over(&self, held: Held) -> JoinHandle<()> {
+        tokio::spawn(hand_over(
+            self.store.clone(),
+            self.worker_id.clone(),
+            held,
+            self.grace,
+            self.drain_timeout,
+        ))
+    }
+
+    /// Beats, drops the partitions another worker took, and returns this worker's fair share;
+    /// `None` while the database cannot be reached.
+    async fn heartbeat(
+        &self,
+        held: &mut HashMap<Partition, Held>,
+        leaving: &mut Vec<JoinHandle<()>>,
+    ) -> Option<u16> {
+        let unacked: Vec<(Partition, usize)> = held
+            .iter()
+            .map(|(p, h)| (*p, h.in_flight.count()))
+            .collect();
+        let membership = match self
             .store
-            .renew_partitions(&self.worker_id, self.lease)
+            .heartbeat(&self.worker_id, self.lease, &unacked)
             .await
         {
-            Ok(still) => {
-                if self
-                    .renew_failing
-                    .swap(false, std::sync::atomic::Ordering::SeqCst)
-                {
-                    tracing::info!("partition leases renewed again");
-                }
-                let gone: Vec<Partition> = held
-                    .iter()
-                    .filter(|(_, h)| !still.contains(&h.lease))
-                    .map(|(p, _)| *p)
-                    .collect();
-                for partition in gone {
-                    if let Some(h) = held.remove(&partition) {
-                        // Another worker took it (this one was too slow to renew). Its commits
-                        // are fenced from now on; stop consuming and let the broker redeliver.
-                        tracing::warn!(%partition, epoch = h.lease.epoch, "lost partition lease");
-                        h.stop.cancel();
-                        lost.push(tokio::spawn(give_back(h.consumer, self.grace)));
-                    }
-                }
-            }
+            Ok(membership) => membership,
             Err(e) => {
                 // Logged once per outage; a lapsed lease is renewed when the database is back
                 // if no other worker took the partition meanwhile.
                 if !self
-                    .renew_failing
+                    .heartbeat_failing
                     .swap(true, std::sync::atomic::Ordering::SeqCst)
                 {
                     tracing::warn!(error = %crate::telemetry::chain(&e), "could not renew partition leases; retrying");
                 }
+                return None;
+            }
+        };
+        if self
+            .heartbeat_failing
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            tracing::info!("partition leases renewed again");
+        }
+        let gone: Vec<Partition> = held
+            .iter()
+            .filter(|(_, h)| !membership.held.contains(&h.lease))
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in gone {
+            if let Some(h) = held.remove(&partition) {
+                // Another worker took it (this one was too slow to renew). Its commits are
+                // fenced from now on; stop consuming and let the broker redeliver.
+                tracing::warn!(%partition, epoch = h.lease.epoch, "lost partition lease");
+                leaving.push(tokio::spawn(give_back(h, self.grace)));
+            }
+        }
+        Some(membership.fair_share(&self.worker_id, self.partitions))
+    }
+
+    /// Hands over the partitions above `share` (the highest-numbered), one handover each.
+    fn hand_over_surplus(
+        &self,
+        held: &mut HashMap<Partition, Held>,
+        leaving: &mut Vec<JoinHandle<()>>,
+        share: u16,
+    ) {
+        let mut mine: Vec<Partition> = held.keys().copied().collect();
+        mine.sort_unstable();
+        for partition in mine.into_iter().skip(usize::from(share)) {
+            if let Some(h) = held.remove(&partition) {
+                tracing::info!(%partition, share, "handing a partition over to balance the load");
+                leaving.push(self.spawn_hand_over(h));
             }
         }
     }
 
-    async fn acquire(&self, held: &mut HashMap<Partition, Held>) {
-        let missing = usize::from(self.partitions).saturating_sub(held.len());
+    /// Takes free partitions up to `share` and starts consuming them.
+    async fn acquire(&self, held: &mut HashMap<Partition, Held>, share: u16) {
+        let missing = usize::from(share).saturating_sub(held.len());
         if missing == 0 {
             return;
         }
@@ -138,19 +242,25 @@ impl Ownership {
             Ok(leases) => {
                 for lease in leases {
                     let stop = CancellationToken::new();
-                    let consumer = tokio::spawn(self.intake.clone().consume(lease, stop.clone()));
+                    let in_flight = self.in_flight.child();
+                    let consumer = tokio::spawn(self.intake.clone().consume(
+                        lease,
+                        stop.clone(),
+                        in_flight.clone(),
+                    ));
                     held.insert(
                         lease.partition,
                         Held {
                             lease,
                             stop,
                             consumer,
+                            in_flight,
                         },
                     );
                 }
             }
             Err(e) => {
-                // The renewal, a moment before, already logged a database outage.
+                // The heartbeat, a moment before, already logged a database outage.
                 tracing::debug!(error = %crate::telemetry::chain(&e), "could not acquire partitions")
             }
         }

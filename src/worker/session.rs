@@ -114,7 +114,6 @@ pub(super) async fn run(
         ctx: ctx.clone(),
         topology: config.topology.clone(),
         prefetch: config.prefetch,
-        in_flight: in_flight.clone(),
         fault: fault.clone(),
         admin_users: Arc::new(config.admin_users.clone()),
     };
@@ -124,20 +123,23 @@ pub(super) async fn run(
         lease: config.lease,
         partitions: config.topology.partitions,
         intake,
+        in_flight: in_flight.clone(),
         grace: config
             .settle_grace
             .max(std::time::Duration::from_millis(500)),
-        renew_failing: Default::default(),
+        drain_timeout: config.drain_timeout,
+        heartbeat_failing: Default::default(),
     };
-    let owner = tokio::spawn(ownership.run(stop_intake.clone()));
+    let owner = tokio::spawn(ownership.run(stop_intake.clone(), fault.token.clone()));
 
     tokio::select! {
         _ = shutdown.cancelled() => tracing::info!("shutting down: draining in-flight requests"),
         _ = fault.token.cancelled() => {}
     }
     stop_intake.cancel();
-    // The ownership task stops every consumer and hands back the partitions it held, with the
-    // consumers' channels, which must stay open until the in-flight deliveries are acked.
+    // On a graceful stop the ownership task hands every partition over, each once drained.
+    // After a fault it only stops the consumers and hands back the partitions it held, with
+    // their channels, to be closed and released below.
     let stopped = owner.await.unwrap_or_default();
     let mut faulted = fault.token.is_cancelled();
     if !faulted {
@@ -163,22 +165,16 @@ pub(super) async fn run(
     {
         tracing::warn!("the outbox did not finish within 10 s");
     }
-    // RabbitMQ applies quorum-queue acks asynchronously: a channel closed right after its last
-    // acks can return some just-acked messages to the queue, to be redelivered. Observed on 3.10
-    // in 4 of 10 shutdowns mid-burst; with this pause, in none of 10. A redelivered message whose
-    // answer was already sent is acked without a second answer anyway (see the finalizer).
-    if !faulted {
-        tokio::time::sleep(config.settle_grace).await;
-    }
     for channel in stopped.channels {
         channel.close().await;
     }
     broker.close().await;
     // Released only after the connection is closed, so the next owner cannot get a delivery
     // this worker still holds unacked.
-    if let Err(e) = store
-        .release_partitions(&config.worker_id, &stopped.partitions)
-        .await
+    if !stopped.partitions.is_empty()
+        && let Err(e) = store
+            .release_partitions(&config.worker_id, &stopped.partitions)
+            .await
     {
         tracing::warn!(error = %crate::telemetry::chain(&e), "could not release partitions; their leases will expire");
     }
