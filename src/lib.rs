@@ -31,6 +31,7 @@ pub mod protocol;
 pub mod retry;
 pub mod rush;
 pub mod stats;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -124,6 +124,14 @@ enum Command {
     /// List dead letters with their reasons (they stay in the queue); `replay` re-publishes
     /// the ones that were fixed.
     Deadletters(DeadArgs),
+    /// Live workers, who owns which partition at which epoch, queue depths and unacked counts.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// The workers' lease (`--lease-ms`): a worker silent for longer is not counted live.
+        #[arg(long, env = "SEATRUSH_LEASE_MS", default_value_t = 6000)]
+        lease_ms: u64,
+    },
     /// Check the invariants on the live database; exit 1 on any violation.
     Audit {
         #[arg(long)]
@@ -503,6 +511,26 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Deadletters(args) => return deadletters(&common, args).await,
+        Command::Status { json, lease_ms } => {
+            let store = common.store().await?;
+            let broker = seatrush::amqp::Broker::connect(&common.amqp_url()?, "seatrush-status")
+                .await
+                .context("connecting to RabbitMQ")?;
+            let status = seatrush::status::gather(
+                &store,
+                &broker,
+                &common.topology(0, 0),
+                Duration::from_millis(lease_ms),
+            )
+            .await;
+            broker.close().await;
+            let status = status?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", seatrush::status::describe(&status));
+            }
+        }
         Command::Chaos(args) => return chaos(&common, args).await,
         Command::Audit { json } => {
             let violations = common.store().await?.audit().await?;

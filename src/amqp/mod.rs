@@ -43,6 +43,20 @@ pub fn url_user(url: &str) -> Option<String> {
         .map(|uri| uri.authority.userinfo.username)
 }
 
+fn is_not_found(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(p)
+        if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
+/// What the broker says of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepth {
+    /// Messages waiting to be delivered (not counting those delivered and unacked).
+    pub ready: u32,
+    pub consumers: u32,
+}
+
 /// One connection to the broker. Channels are created from it per purpose.
 pub struct Broker {
     connection: Connection,
@@ -120,6 +134,34 @@ impl Broker {
         topology.delete(&channel).await?;
         let _ = channel.close(200, "topology deleted".into()).await;
         Ok(())
+    }
+
+    /// Messages ready and consumers attached on a queue, read with a passive declare; `None` if
+    /// the queue does not exist (yet).
+    pub async fn queue_depth(&self, queue: &str) -> Result<Option<QueueDepth>> {
+        let channel = self.connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(q) => {
+                let _ = channel.close(200, "depth read".into()).await;
+                Ok(Some(QueueDepth {
+                    ready: q.message_count(),
+                    consumers: q.consumer_count(),
+                }))
+            }
+            // A passive declare of a missing queue fails with 404 and closes the channel.
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Takes up to `max` messages from the topology's dead-letter queue (acking them), waiting up

@@ -18,7 +18,7 @@ pub use audit::Violation;
 pub use commit::{Committed, Pending};
 pub use courses::{CourseDetail, CourseRow};
 pub use naive::{Naive, NaiveOutcome};
-pub use ownership::{Lease, Membership};
+pub use ownership::{Lease, Membership, PartitionRow, WorkerRow};
 
 /// Embedded migrations; sqlx takes an advisory lock while applying them, so several workers
 /// starting at once are safe.

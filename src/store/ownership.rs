@@ -37,6 +37,30 @@ fn fair_share(partitions: usize, workers: usize, rank: usize) -> u16 {
     u16::try_from(share).unwrap_or(u16::MAX)
 }
 
+/// A worker as the ownership table sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerRow {
+    pub worker_id: String,
+    pub hostname: String,
+    pub pid: i32,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: i64,
+}
+
+/// A partition's ownership.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionRow {
+    pub partition: u16,
+    /// Its holder, if its lease runs; a lapsed lease's last holder is `None`.
+    pub owner: Option<String>,
+    pub epoch: i64,
+    /// Milliseconds the lease has left (negative once lapsed).
+    pub lease_left_ms: Option<i64>,
+    /// Deliveries the owner held unacked at its last heartbeat.
+    pub unacked: i32,
+}
+
 /// A partition held by this worker, at the epoch it was acquired under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Lease {
@@ -145,6 +169,50 @@ impl Store {
             held: leases(rows)?,
             live_workers,
         })
+    }
+
+    /// Every registered worker and every partition's ownership, read in one snapshot.
+    pub async fn ownership(&self) -> Result<(Vec<WorkerRow>, Vec<PartitionRow>)> {
+        let mut tx = self.snapshot().await?;
+        let workers = sqlx::query(
+            "SELECT worker_id, hostname, pid, started_at, \
+                    (extract(epoch FROM now() - heartbeat_at) * 1000)::bigint AS age \
+             FROM workers ORDER BY worker_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(WorkerRow {
+                worker_id: row.try_get("worker_id")?,
+                hostname: row.try_get("hostname")?,
+                pid: row.try_get("pid")?,
+                started_at: row.try_get("started_at")?,
+                heartbeat_age_ms: row.try_get("age")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let partitions = sqlx::query(
+            "SELECT partition, CASE WHEN lease_until > now() THEN owner END AS owner, epoch, \
+                    (extract(epoch FROM lease_until - now()) * 1000)::bigint AS left_ms, unacked \
+             FROM partitions ORDER BY partition",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            let partition: i32 = row.try_get("partition")?;
+            Ok(PartitionRow {
+                partition: u16::try_from(partition).unwrap_or(u16::MAX),
+                owner: row.try_get("owner")?,
+                epoch: row.try_get("epoch")?,
+                lease_left_ms: row.try_get("left_ms")?,
+                unacked: row.try_get("unacked")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok((workers, partitions))
     }
 
     /// Gives partitions back (graceful shutdown), so another worker can take them at once.

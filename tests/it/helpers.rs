@@ -70,9 +70,18 @@ impl TestEnv {
         Self::on(required("AMQP_URL"), required("DATABASE_URL")).await
     }
 
+    /// An environment whose topology has `partitions` partitions instead of 4.
+    pub async fn with_partitions(partitions: u16) -> Self {
+        Self::setup(required("AMQP_URL"), required("DATABASE_URL"), partitions).await
+    }
+
     /// An environment on the given servers (the database URL names a database the role can
     /// create others from).
     pub async fn on(amqp_url: String, admin_url: String) -> Self {
+        Self::setup(amqp_url, admin_url, 4).await
+    }
+
+    async fn setup(amqp_url: String, admin_url: String, partitions: u16) -> Self {
         seatrush::telemetry::init(seatrush::telemetry::LogFormat::Pretty, "warn,seatrush=info");
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("seatrush_it_{}", &id[..12]);
@@ -83,7 +92,7 @@ impl TestEnv {
         std::fs::create_dir_all(std::env::temp_dir().join("seatrush-it")).expect("log dir");
         let topology = Topology {
             prefix: format!("it{}", &id[..12]),
-            partitions: 4,
+            partitions,
             delivery_limit: 20,
             max_queue_length: 1_000_000,
         };

@@ -12,6 +12,7 @@ mod deadletters;
 mod helpers;
 mod restarts;
 mod rush;
+mod scaling;
 mod schema;
 mod store;
 mod waitlist;
