@@ -6,7 +6,7 @@ mod progress;
 mod workers;
 
 use std::collections::BTreeMap;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,6 +173,12 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         }
     }
     wait_for_partitions(&store, services.topology.partitions).await?;
+    if !started.is_empty() {
+        // Several workers start by handing partitions over to each other: the rush begins once
+        // that has settled, so it measures the steady state.
+        let ids: Vec<&str> = started.iter().map(|w| w.worker_id.as_str()).collect();
+        wait_until_balanced(&store, &ids, Duration::from_secs(60)).await?;
+    }
     // Costs are counted from here: start-up (migrations, topology) is not the rush's.
     let cpu_before: Vec<Duration> = started
         .iter()
@@ -370,6 +376,37 @@ pub async fn wait_for_partitions(store: &Store, partitions: u16) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// Waits until exactly `workers` own every partition, each floor(P/W) or ceil(P/W) of them;
+/// returns how many each owns.
+pub async fn wait_until_balanced(
+    store: &Store,
+    workers: &[&str],
+    within: Duration,
+) -> anyhow::Result<HashMap<String, usize>> {
+    let start = Instant::now();
+    let mut expected = workers.to_vec();
+    expected.sort_unstable();
+    loop {
+        let (_, partitions) = store.ownership().await?;
+        let mut owned: HashMap<String, usize> = HashMap::new();
+        for owner in partitions.iter().filter_map(|p| p.owner.as_ref()) {
+            *owned.entry(owner.clone()).or_default() += 1;
+        }
+        let mut owners: Vec<&str> = owned.keys().map(String::as_str).collect();
+        owners.sort_unstable();
+        let counts: Vec<usize> = owned.values().copied().collect();
+        if owners == expected && crate::status::is_fair(&counts, partitions.len()) {
+            return Ok(owned);
+        }
+        if start.elapsed() > within {
+            anyhow::bail!(
+                "the partitions were not balanced over {workers:?} within {within:?}: {owned:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Final `enrolled` answers without a seat in Postgres, plus seats without such an answer.

@@ -20,28 +20,10 @@ const WAIT: Duration = Duration::from_secs(60);
 /// P/W each); returns how long it took and the split.
 async fn wait_balanced(env: &TestEnv, workers: &[&str]) -> (Duration, HashMap<String, usize>) {
     let start = Instant::now();
-    loop {
-        let (_, partitions) = env.store.ownership().await.expect("read ownership");
-        let mut owned: HashMap<String, usize> = HashMap::new();
-        for p in &partitions {
-            if let Some(owner) = &p.owner {
-                *owned.entry(owner.clone()).or_default() += 1;
-            }
-        }
-        let counts: Vec<usize> = owned.values().copied().collect();
-        let mut owners: Vec<&str> = owned.keys().map(String::as_str).collect();
-        owners.sort_unstable();
-        let mut expected = workers.to_vec();
-        expected.sort_unstable();
-        if owners == expected && seatrush::status::is_fair(&counts, partitions.len()) {
-            return (start.elapsed(), owned);
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "never balanced over {workers:?}: {owned:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let split = seatrush::rush::wait_until_balanced(&env.store, workers, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    (start.elapsed(), split)
 }
 
 fn start(env: &TestEnv, id: &str) -> WorkerProcess {
