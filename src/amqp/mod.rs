@@ -118,10 +118,20 @@ impl Broker {
         self.connection.status().connected()
     }
 
-    /// Closes the connection; unacked deliveries go back to their queues.
+    /// Closes the connection; unacked deliveries go back to their queues. Bounded: if the
+    /// connection fails while closing (the client library can then leave the close unanswered),
+    /// it is given up on after a few seconds, which drops it all the same.
     pub async fn close(&self) {
         if self.is_connected() {
-            let _ = self.connection.close(200, "bye".into()).await;
+            let closing = self.connection.close(200, "bye".into());
+            if tokio::time::timeout(std::time::Duration::from_secs(5), closing)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "the broker did not confirm closing the connection within 5 s; dropping it"
+                );
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::actor::{ActorContext, CourseTicket, supervise};
 use super::catalog::Catalog;
-use crate::domain::CourseId;
+use crate::domain::{CourseId, Partition};
 use crate::pipeline::Envelope;
 
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +46,8 @@ struct Entry {
     sender: mpsc::Sender<Envelope>,
     ticket: Arc<CourseTicket>,
     last_used: Instant,
+    /// The partition its last request came from.
+    partition: Partition,
 }
 
 /// Cheap to clone; every clone is the same registry.
@@ -98,8 +100,10 @@ impl Registry {
             let course = envelope.request.course_id.clone();
             // Counting the message on the ticket under the map's lock is what makes stopping an
             // idle actor race-free: an actor is only removed while its count is zero.
+            let partition = envelope.partition;
             let live = self.actors().get_mut(&course).map(|entry| {
                 entry.last_used = Instant::now();
+                entry.partition = partition;
                 entry.ticket.route();
                 (entry.sender.clone(), entry.ticket.clone())
             });
@@ -123,7 +127,7 @@ impl Registry {
                             continue;
                         }
                     }
-                    if !self.start(&course) {
+                    if !self.start(&course, partition) {
                         // Every live actor is busy and the bound is reached: wait for one to
                         // settle rather than exceed it.
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -135,7 +139,7 @@ impl Registry {
 
     /// Starts an actor for `course` unless one is alive; false when the bound is reached and no
     /// idle actor can make room.
-    fn start(&self, course: &CourseId) -> bool {
+    fn start(&self, course: &CourseId, partition: Partition) -> bool {
         let mut actors = self.actors();
         if actors.contains_key(course) {
             return true;
@@ -162,6 +166,7 @@ impl Registry {
                 sender,
                 ticket: ticket.clone(),
                 last_used: Instant::now(),
+                partition,
             },
         );
         self.inner.tasks.spawn(supervise(
@@ -184,6 +189,14 @@ impl Registry {
         }
     }
 
+    /// Stops the idle actors of a partition this worker no longer owns: their state would be
+    /// stale by the time the partition came back. Busy ones finish what they hold and stop when
+    /// idle (or reload first, should the partition come back meanwhile).
+    pub fn forget_partition(&self, partition: Partition) {
+        self.actors()
+            .retain(|_, e| e.partition != partition || !e.ticket.is_idle());
+    }
+
     /// Stops actors idle for longer than the timeout, until `shutdown`.
     pub async fn sweep_idle(&self, shutdown: CancellationToken) {
         let timeout = self.inner.config.idle_timeout;
@@ -200,13 +213,24 @@ impl Registry {
     }
 
     /// Stops every actor and waits for them: once its mailbox is empty (`Close::Drain`), or at
-    /// once, abandoning what they hold (`Close::Halt`, after a fault).
-    pub async fn close(&self, how: Close) {
+    /// once, abandoning what they hold (`Close::Halt`, after a fault). A drain that takes longer
+    /// than `bound` becomes a halt: whatever is left returns to the queues with the channels.
+    pub async fn close(&self, how: Close, bound: Duration) {
         self.actors().clear();
         if how == Close::Halt {
             self.inner.halt.cancel();
         }
         self.inner.tasks.close();
-        self.inner.tasks.wait().await;
+        if tokio::time::timeout(bound, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                actors = self.inner.tasks.len(),
+                "course actors did not finish in time; halting them"
+            );
+            self.inner.halt.cancel();
+            self.inner.tasks.wait().await;
+        }
     }
 }

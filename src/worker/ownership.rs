@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::intake::Intake;
 use crate::amqp::Deliveries;
+use crate::course::Registry;
 use crate::domain::Partition;
 use crate::pipeline::InFlight;
 use crate::store::{Lease, Store};
@@ -63,13 +64,15 @@ pub(super) struct Stopped {
 /// Closes the channel of a partition this worker lost, once its consumer has stopped and the
 /// batches committed before the loss had time to be acked. Whatever it still holds unacked (a
 /// prefetched delivery, a decision the new owner's epoch fences out) returns to the queue for
-/// the new owner; keeping the channel open would hold those messages back indefinitely.
-async fn give_back(held: Held, grace: Duration) {
+/// the new owner; keeping the channel open would hold those messages back indefinitely. Then
+/// the partition's idle course actors stop.
+async fn give_back(held: Held, grace: Duration, registry: Registry) {
     held.stop.cancel();
     if let Ok(Some(channel)) = held.consumer.await {
         tokio::time::sleep(grace).await;
         channel.close().await;
     }
+    registry.forget_partition(held.lease.partition);
 }
 
 /// Hands one partition over to whichever worker takes it next: stops consuming it, waits until
@@ -80,6 +83,7 @@ async fn hand_over(
     held: Held,
     grace: Duration,
     drain_timeout: Duration,
+    registry: Registry,
 ) {
     let partition = held.lease.partition;
     held.stop.cancel();
@@ -95,6 +99,7 @@ async fn hand_over(
     if let Some(channel) = channel {
         channel.close().await;
     }
+    registry.forget_partition(partition);
     match store.release_partitions(&worker_id, &[partition]).await {
         Ok(()) => tracing::info!(%partition, epoch = held.lease.epoch, "partition handed over"),
         Err(e) => {
@@ -156,6 +161,7 @@ impl Ownership {
             held,
             self.grace,
             self.drain_timeout,
+            self.intake.registry.clone(),
         ))
     }
 
@@ -204,7 +210,11 @@ impl Ownership {
                 // Another worker took it (this one was too slow to renew). Its commits are
                 // fenced from now on; stop consuming and let the broker redeliver.
                 tracing::warn!(%partition, epoch = h.lease.epoch, "lost partition lease");
-                leaving.push(tokio::spawn(give_back(h, self.grace)));
+                leaving.push(tokio::spawn(give_back(
+                    h,
+                    self.grace,
+                    self.intake.registry.clone(),
+                )));
             }
         }
         Some(membership.fair_share(&self.worker_id, self.partitions))

@@ -151,7 +151,10 @@ pub(super) async fn run(
     }
     stop_pipeline.cancel();
     registry
-        .close(if faulted { Close::Halt } else { Close::Drain })
+        .close(
+            if faulted { Close::Halt } else { Close::Drain },
+            config.drain_timeout,
+        )
         .await;
     drop(ctx);
     tasks.close();
