@@ -18,3 +18,6 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --features failpoints -- -D warnings
 # failpoints compiles in the named fail points the crash tests inject faults with.
 cargo test --features failpoints -- "$@"
+# The container image's build command (docker/Dockerfile), checked here where no Docker engine
+# runs: the release binary builds from exactly Cargo.lock.
+cargo build --release --locked --bin seatrush

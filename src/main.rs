@@ -132,6 +132,15 @@ enum Command {
         #[arg(long, env = "SEATRUSH_LEASE_MS", default_value_t = 6000)]
         lease_ms: u64,
     },
+    /// Ask a worker's `/readyz` (for container health checks); exit 0 when it is ready.
+    Healthcheck {
+        /// The worker's `--http-addr`.
+        #[arg(long, env = "SEATRUSH_HTTP_ADDR", default_value = "127.0.0.1:9090")]
+        addr: String,
+        /// The path to ask (`/livez` for liveness).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
     /// Check the invariants on the live database; exit 1 on any violation.
     Audit {
         #[arg(long)]
@@ -511,6 +520,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Deadletters(args) => return deadletters(&common, args).await,
+        Command::Healthcheck { addr, path } => {
+            // A worker listening on every interface is asked on loopback.
+            let addr = addr.replace("0.0.0.0", "127.0.0.1");
+            let (status, body) =
+                seatrush::worker::health::probe(&addr, &path, Duration::from_secs(3)).await?;
+            println!("{status} {}", body.trim());
+            if status != 200 {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
         Command::Status { json, lease_ms } => {
             let store = common.store().await?;
             let broker = seatrush::amqp::Broker::connect(&common.amqp_url()?, "seatrush-status")

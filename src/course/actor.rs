@@ -206,6 +206,7 @@ pub(super) async fn supervise(
 
 /// Dead-letters a message the course crashed on too often, so it stops blocking the course.
 async fn give_up(ctx: &ActorContext, envelope: Envelope, crashes: usize, ticket: &CourseTicket) {
+    crate::telemetry::metrics::dead_lettered(crate::telemetry::metrics::DeadReason::CrashLoop);
     let reason = format!("course actor crashed {crashes} times deciding this request");
     ctx.outbox
         .dead_letter(
@@ -261,7 +262,12 @@ async fn run_instance(
             before_decide(&envelope.request);
             match state.as_mut() {
                 // The worker's clock decides windows: keep worker hosts NTP-synchronized.
-                Some(state) => state.decide(&envelope.request, chrono::Utc::now()),
+                Some(state) => {
+                    let started = Instant::now();
+                    let decision = state.decide(&envelope.request, chrono::Utc::now());
+                    crate::telemetry::metrics::decided_in(started.elapsed());
+                    decision
+                }
                 None => Decision::unknown_course(),
             }
         };

@@ -91,6 +91,16 @@ impl Registry {
         self.actors().len()
     }
 
+    /// Requests waiting in the mailboxes: in all, and in the deepest one.
+    pub fn mailbox_depths(&self) -> (usize, usize) {
+        self.actors()
+            .values()
+            .map(|e| e.sender.max_capacity() - e.sender.capacity())
+            .fold((0, 0), |(total, max), depth| {
+                (total + depth, max.max(depth))
+            })
+    }
+
     /// Delivers a request to its course actor, starting the actor if needed. Waits while the
     /// mailbox is full (backpressure reaches the broker through the prefetch limit).
     /// While the database cannot be asked whether a course exists, this waits: the partition

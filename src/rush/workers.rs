@@ -80,6 +80,9 @@ impl WorkerProcess {
                 "SEATRUSH_MAX_QUEUE_LENGTH",
                 services.topology.max_queue_length.to_string(),
             )
+            // Each worker of a rush would try to bind the same health address; a worker that
+            // needs one is given `--http-addr` explicitly.
+            .env_remove("SEATRUSH_HTTP_ADDR")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)

@@ -22,6 +22,7 @@ use crate::amqp::{Outbox, Outgoing, ReplyTo, Topology};
 use crate::pipeline::Decided;
 use crate::protocol::{Answer, Stage};
 use crate::store::{Committed, Store, StoreError};
+use crate::telemetry::metrics;
 
 pub(super) struct Committer {
     pub store: Store,
@@ -86,6 +87,10 @@ impl Committer {
                         if let Some(ticket) = &d.ticket {
                             ticket.settled(!c.diverged);
                         }
+                        metrics::request_committed(&d.pending.request.action, c.verdict.outcome);
+                        if !c.replayed {
+                            metrics::promoted(c.promotions.len());
+                        }
                     }
                     let pairs = chunk.into_iter().zip(results).collect();
                     if to_finalizer.send(pairs).await.is_err() {
@@ -120,6 +125,7 @@ impl Committer {
     /// Dead-letters a request the database refuses on its own, with the database's reason;
     /// its course reloads, since its memory holds an effect that was never written.
     async fn refuse(&self, refused: Decided, error: &StoreError) {
+        metrics::dead_lettered(metrics::DeadReason::DatabaseRefused);
         if let Some(ticket) = &refused.ticket {
             ticket.settled(false);
         }
@@ -174,8 +180,10 @@ impl Committer {
         let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
         let mut failures = 0u32;
         loop {
+            let started = std::time::Instant::now();
             match self.store.commit(&self.worker_id, &pending).await {
                 Ok(results) => {
+                    metrics::committed_batch(batch.len(), started.elapsed());
                     if failures > 0 {
                         tracing::info!(failures, "group commit succeeded again");
                     }

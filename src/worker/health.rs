@@ -1,4 +1,4 @@
-//! Liveness and readiness, over HTTP, for an orchestrator.
+//! Liveness, readiness and metrics, over HTTP, for an orchestrator and Prometheus.
 //!
 //! `/livez` answers while the process runs. `/readyz` answers 200 only while the worker has a
 //! broker session and its database answered a ping within the last seconds; otherwise 503, with
@@ -19,12 +19,28 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
+use crate::telemetry::metrics::{self, Target};
+use axum::http::header::CONTENT_TYPE;
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// What readiness is made of; shared by the session (broker) and the database watcher.
 #[derive(Debug, Default)]
 pub struct Health {
     broker: AtomicBool,
     database: AtomicBool,
+    /// Whether each was ever up: going up again after that counts as a reconnect.
+    broker_seen: AtomicBool,
+    database_seen: AtomicBool,
+}
+
+/// Records a component going up or down: the readiness gauge, and a reconnect when it comes
+/// back after having been up before.
+fn transition(now: &AtomicBool, seen: &AtomicBool, target: Target, up: bool) {
+    let was = now.swap(up, Ordering::SeqCst);
+    metrics::ready(target, up);
+    if up && !was && seen.swap(true, Ordering::SeqCst) {
+        metrics::reconnected(target);
+    }
 }
 
 /// The body of `/readyz`.
@@ -37,11 +53,11 @@ pub struct Readiness {
 
 impl Health {
     pub fn set_broker(&self, up: bool) {
-        self.broker.store(up, Ordering::SeqCst);
+        transition(&self.broker, &self.broker_seen, Target::Broker, up);
     }
 
     pub fn set_database(&self, up: bool) {
-        self.database.store(up, Ordering::SeqCst);
+        transition(&self.database, &self.database_seen, Target::Database, up);
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -92,19 +108,34 @@ pub async fn watch_database(store: Store, health: Arc<Health>, shutdown: Cancell
     }
 }
 
-/// Serves `/livez` and `/readyz` on `addr` until `shutdown`.
+/// Serves `/livez`, `/readyz` and, given a recorder, `/metrics` on `addr` until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
+    recorder: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route(
             "/livez",
             get(|| async { Json(serde_json::json!({ "live": true })) }),
         )
         .route("/readyz", get(readyz))
         .with_state(health);
+    if let Some(recorder) = recorder {
+        app = app.route(
+            "/metrics",
+            get(move || {
+                let recorder = recorder.clone();
+                async move {
+                    (
+                        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        metrics::render(&recorder),
+                    )
+                }
+            }),
+        );
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the health endpoint to {addr}"))?;
@@ -113,6 +144,42 @@ pub async fn serve(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("serving the health endpoint")
+}
+
+/// `GET path` on a worker's HTTP endpoint at `addr`, within `within`: the status code and the
+/// body. For `seatrush healthcheck` (a container's health probe needs no curl) and the tests.
+pub async fn probe(addr: &str, path: &str, within: Duration) -> anyhow::Result<(u16, String)> {
+    use http_body_util::{BodyExt, Empty};
+    let get = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .context("HTTP handshake")?;
+        let driver = tokio::spawn(connection);
+        let request = axum::http::Request::get(path)
+            .header(axum::http::header::HOST, addr)
+            .body(Empty::<axum::body::Bytes>::new())
+            .context("building the request")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the body")?
+            .to_bytes();
+        driver.abort();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(within, get)
+        .await
+        .with_context(|| format!("no answer from {addr}{path} within {within:?}"))?
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, Json<Readiness>) {

@@ -13,6 +13,7 @@ use crate::domain::{Action, Reason};
 use crate::pipeline::{Envelope, InFlight, InFlightGuard};
 use crate::protocol::{Answer, Invalid, parse_request};
 use crate::store::Lease;
+use crate::telemetry::metrics;
 
 #[derive(Clone)]
 pub(super) struct Intake {
@@ -75,6 +76,9 @@ impl Intake {
     }
 
     async fn handle(&self, incoming: Incoming, lease: Lease, guard: InFlightGuard) {
+        if incoming.redelivered {
+            metrics::redelivered();
+        }
         match parse_request(
             incoming.message_id.as_deref(),
             incoming.user_id.as_deref(),
@@ -125,6 +129,7 @@ impl Intake {
     /// it if it can be answered, and only then acks it.
     async fn reject(&self, incoming: Incoming, invalid: Box<Invalid>, guard: InFlightGuard) {
         tracing::debug!(why = %invalid.why, message_id = ?incoming.message_id, "invalid request");
+        metrics::dead_lettered(metrics::DeadReason::Invalid);
         let dead = Outgoing::dead_letter(&self.topology, &DeadCopy::of(&incoming), &invalid.why);
         let confirmed = match self.ctx.outbox.post_confirmed(dead).await {
             Ok(posted) => posted.confirmed().await,

@@ -120,9 +120,15 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         health.clone(),
         background.clone(),
     ));
-    let server = config
-        .http_addr
-        .map(|addr| tokio::spawn(health::serve(addr, health.clone(), background.clone())));
+    let recorder = crate::telemetry::metrics::install();
+    let server = config.http_addr.map(|addr| {
+        tokio::spawn(health::serve(
+            addr,
+            health.clone(),
+            recorder.clone(),
+            background.clone(),
+        ))
+    });
 
     // Capped at 3 s: after a broker restart, students wait for the next attempt.
     let mut delays = crate::retry::delays(Duration::from_millis(200), Duration::from_secs(3));

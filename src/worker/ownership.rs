@@ -26,6 +26,7 @@ use crate::course::Registry;
 use crate::domain::Partition;
 use crate::pipeline::InFlight;
 use crate::store::{Lease, Store};
+use crate::telemetry::metrics;
 
 pub(super) struct Ownership {
     pub store: Store,
@@ -131,6 +132,7 @@ impl Ownership {
             } else {
                 self.acquire(&mut held, share).await;
             }
+            metrics::owned_partitions(held.len());
         }
         if fault.is_cancelled() {
             let mut stopped = Stopped::default();
@@ -149,6 +151,7 @@ impl Ownership {
             partitions = held.len(),
             "handing every partition over before stopping"
         );
+        metrics::owned_partitions(0);
         leaving.extend(held.into_values().map(|h| self.spawn_hand_over(h)));
         join_all(leaving).await;
         Stopped::default()

@@ -41,6 +41,19 @@ impl Fault {
     }
 }
 
+/// Samples the load gauges (live actors, mailbox depths, in flight) once a second until `stop`.
+async fn sample_load(registry: Registry, in_flight: InFlight, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (total, deepest) = registry.mailbox_depths();
+        crate::telemetry::metrics::load(registry.live(), total, deepest, in_flight.count());
+    }
+}
+
 /// Runs until `shutdown` (then drains: stop consuming, commit and ack what is in flight, release
 /// the partitions) or until a fault (then returns the error; unacked messages are redelivered).
 pub(super) async fn run(
@@ -108,6 +121,11 @@ pub(super) async fn run(
         let stop = stop_pipeline.clone();
         async move { registry.sweep_idle(stop).await }
     });
+    tasks.spawn(sample_load(
+        registry.clone(),
+        in_flight.clone(),
+        stop_pipeline.clone(),
+    ));
     let intake = Intake {
         broker: broker.clone(),
         registry: registry.clone(),

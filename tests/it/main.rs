@@ -9,6 +9,7 @@ mod cli;
 mod crashes;
 mod crowd;
 mod deadletters;
+mod docker;
 mod helpers;
 mod restarts;
 mod rush;

@@ -1,4 +1,7 @@
-//! Logging setup: `RUST_LOG`-style filters, human or JSON lines, on stderr.
+//! Telemetry: logging setup (`RUST_LOG`-style filters, human or JSON lines, on stderr), URL
+//! redaction and error chains for log lines, and the Prometheus metrics (`metrics`).
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -1,0 +1,203 @@
+//! The worker's metrics, in Prometheus format on `/metrics`.
+//!
+//! Every name is defined here, with its buckets, so the dashboard in `docker/grafana/` and the
+//! runbook in `docs/operations.md` have one place to match. Counters whose labels are known in
+//! advance are registered at zero, so a scrape shows them before the first event.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::domain::{Action, Outcome};
+
+/// Requests decided and committed, by `action` and `outcome`.
+pub const REQUESTS: &str = "seatrush_requests_total";
+/// Waitlisted students moved into a freed seat.
+pub const PROMOTIONS: &str = "seatrush_promotions_total";
+/// Time a course actor takes to decide one request, in memory.
+pub const DECISION: &str = "seatrush_decision_duration_seconds";
+/// Time one group commit takes (one transaction, a whole batch).
+pub const COMMIT: &str = "seatrush_commit_duration_seconds";
+/// Requests per group commit.
+pub const BATCH_SIZE: &str = "seatrush_batch_size";
+/// Course actors alive in this worker.
+pub const LIVE_ACTORS: &str = "seatrush_live_actors";
+/// Partitions this worker owns.
+pub const OWNED_PARTITIONS: &str = "seatrush_owned_partitions";
+/// Requests waiting in course actors' mailboxes, in all, and in the deepest one.
+pub const MAILBOX_DEPTH: &str = "seatrush_mailbox_depth";
+pub const MAILBOX_DEPTH_MAX: &str = "seatrush_mailbox_depth_max";
+/// Deliveries taken from the broker and not yet settled.
+pub const IN_FLIGHT: &str = "seatrush_in_flight";
+/// Deliveries the broker marked as redelivered.
+pub const REDELIVERIES: &str = "seatrush_redeliveries_total";
+/// Messages this worker dead-lettered, by `reason`.
+pub const DEAD_LETTERS: &str = "seatrush_dead_letters_total";
+/// Connections re-established after a failure, by `target` (broker, database).
+pub const RECONNECTS: &str = "seatrush_reconnects_total";
+/// 1 while the `component` (broker, database) is reachable, else 0.
+pub const READY: &str = "seatrush_ready";
+
+/// Every metric name, for checks (the dashboard, the runbook) against this list. Histograms
+/// export `_bucket`, `_sum` and `_count` series of their name.
+pub const ALL: [&str; 14] = [
+    REQUESTS,
+    PROMOTIONS,
+    DECISION,
+    COMMIT,
+    BATCH_SIZE,
+    LIVE_ACTORS,
+    OWNED_PARTITIONS,
+    MAILBOX_DEPTH,
+    MAILBOX_DEPTH_MAX,
+    IN_FLIGHT,
+    REDELIVERIES,
+    DEAD_LETTERS,
+    RECONNECTS,
+    READY,
+];
+
+/// Why a message was dead-lettered by this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    /// Not a valid request (malformed, oversized, missing id...).
+    Invalid,
+    /// Its course actor crashed on it too often.
+    CrashLoop,
+    /// The database refused it on its own.
+    DatabaseRefused,
+}
+
+impl DeadReason {
+    const ALL: [DeadReason; 3] = [Self::Invalid, Self::CrashLoop, Self::DatabaseRefused];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::CrashLoop => "crash_loop",
+            Self::DatabaseRefused => "database_refused",
+        }
+    }
+}
+
+/// What a connection was re-established to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Broker,
+    Database,
+}
+
+impl Target {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Broker => "broker",
+            Self::Database => "database",
+        }
+    }
+}
+
+// Deciding is a few microseconds; anything near a millisecond is worth seeing.
+const DECISION_BUCKETS: [f64; 11] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 1e-1,
+];
+// A healthy commit takes milliseconds; a stalled database, seconds.
+const COMMIT_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+// From a lone request to a full batch (`--batch-max`, 1000 by default).
+const BATCH_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once (later calls return the same handle) and registers
+/// the counters known in advance at zero. `None` if another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(DECISION.into()), &DECISION_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(COMMIT.into()), &COMMIT_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &BATCH_BUCKETS)
+                });
+            let handle = match builder.map(PrometheusBuilder::install_recorder) {
+                Ok(Ok(handle)) => handle,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics buckets refused");
+                    return None;
+                }
+            };
+            for reason in DeadReason::ALL {
+                counter!(DEAD_LETTERS, "reason" => reason.label()).absolute(0);
+            }
+            for target in [Target::Broker, Target::Database] {
+                counter!(RECONNECTS, "target" => target.label()).absolute(0);
+            }
+            counter!(REDELIVERIES).absolute(0);
+            counter!(PROMOTIONS).absolute(0);
+            Some(handle)
+        })
+        .clone()
+}
+
+/// The current values, in Prometheus text format.
+pub fn render(handle: &PrometheusHandle) -> String {
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// A committed request.
+pub fn request_committed(action: &Action, outcome: Outcome) {
+    counter!(REQUESTS, "action" => action.as_str(), "outcome" => outcome.as_str()).increment(1);
+}
+
+pub fn promoted(students: usize) {
+    counter!(PROMOTIONS).increment(students as u64);
+}
+
+pub fn decided_in(elapsed: Duration) {
+    histogram!(DECISION).record(elapsed.as_secs_f64());
+}
+
+pub fn committed_batch(size: usize, elapsed: Duration) {
+    histogram!(COMMIT).record(elapsed.as_secs_f64());
+    histogram!(BATCH_SIZE).record(size as f64);
+}
+
+pub fn dead_lettered(reason: DeadReason) {
+    counter!(DEAD_LETTERS, "reason" => reason.label()).increment(1);
+}
+
+pub fn redelivered() {
+    counter!(REDELIVERIES).increment(1);
+}
+
+pub fn reconnected(target: Target) {
+    counter!(RECONNECTS, "target" => target.label()).increment(1);
+}
+
+pub fn ready(target: Target, up: bool) {
+    gauge!(READY, "component" => target.label()).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn owned_partitions(count: usize) {
+    gauge!(OWNED_PARTITIONS).set(count as f64);
+}
+
+/// The load gauges, sampled about once a second.
+pub fn load(live_actors: usize, mailbox_total: usize, mailbox_max: usize, in_flight: usize) {
+    gauge!(LIVE_ACTORS).set(live_actors as f64);
+    gauge!(MAILBOX_DEPTH).set(mailbox_total as f64);
+    gauge!(MAILBOX_DEPTH_MAX).set(mailbox_max as f64);
+    gauge!(IN_FLIGHT).set(in_flight as f64);
+}
