@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
+use tracing::Instrument;
 
 use super::decision::{CourseState, Decision};
 use crate::amqp::{Outbox, Outgoing, Topology};
@@ -149,13 +150,16 @@ pub(super) async fn supervise(
     let in_hand: InHand = Arc::new(Mutex::new(None));
     let mut crashes: VecDeque<Instant> = VecDeque::new();
     loop {
-        let instance = tokio::spawn(run_instance(
-            course.clone(),
-            mailbox.clone(),
-            in_hand.clone(),
-            ticket.clone(),
-            ctx.clone(),
-        ));
+        let instance = tokio::spawn(
+            run_instance(
+                course.clone(),
+                mailbox.clone(),
+                in_hand.clone(),
+                ticket.clone(),
+                ctx.clone(),
+            )
+            .instrument(tracing::Span::current()),
+        );
         let abort = instance.abort_handle();
         let ended = tokio::select! {
             ended = instance => ended,
@@ -279,7 +283,11 @@ async fn run_instance(
             continue;
         };
         crate::failpoint::crash_point(crate::failpoint::AFTER_DECIDE);
+        // At debug level, what happens to one request carries its id (a disabled span costs
+        // next to nothing on this hot path).
+        let span = tracing::debug_span!("request", request_id = %envelope.request.request_id);
         if submit(&ctx, envelope, decision, Some(ticket.clone()))
+            .instrument(span)
             .await
             .is_err()
         {

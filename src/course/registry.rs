@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::actor::{ActorContext, CourseTicket, supervise};
 use super::catalog::Catalog;
@@ -179,13 +180,18 @@ impl Registry {
                 partition,
             },
         );
-        self.inner.tasks.spawn(supervise(
-            course.clone(),
-            mailbox,
-            ticket,
-            self.inner.ctx.clone(),
-            self.inner.halt.clone(),
-        ));
+        // Everything the actor logs carries its course.
+        let span = tracing::info_span!("course", course_id = %course, %partition);
+        self.inner.tasks.spawn(
+            supervise(
+                course.clone(),
+                mailbox,
+                ticket,
+                self.inner.ctx.clone(),
+                self.inner.halt.clone(),
+            )
+            .instrument(span),
+        );
         true
     }
 

@@ -111,7 +111,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .register_worker(&config.worker_id, &host, std::process::id())
         .await
         .context("registering the worker")?;
-    tracing::info!(worker_id = %config.worker_id, partitions = config.topology.partitions, "worker started");
+    // The URLs are logged without their passwords, like every URL this worker logs.
+    tracing::info!(
+        worker_id = %config.worker_id,
+        partitions = config.topology.partitions,
+        amqp_url = %crate::telemetry::redact(&config.amqp_url),
+        database_url = %crate::telemetry::redact(&config.database_url),
+        http_addr = ?config.http_addr,
+        lease_ms = config.lease.as_millis(),
+        "worker started"
+    );
 
     let health = Arc::new(Health::default());
     let background = CancellationToken::new();

@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::intake::Intake;
 use crate::amqp::Deliveries;
@@ -256,11 +257,18 @@ impl Ownership {
                 for lease in leases {
                     let stop = CancellationToken::new();
                     let in_flight = self.in_flight.child();
-                    let consumer = tokio::spawn(self.intake.clone().consume(
-                        lease,
-                        stop.clone(),
-                        in_flight.clone(),
-                    ));
+                    // Everything logged while consuming carries the partition and its epoch.
+                    let span = tracing::info_span!(
+                        "partition",
+                        partition = %lease.partition,
+                        epoch = lease.epoch
+                    );
+                    let consumer = tokio::spawn(
+                        self.intake
+                            .clone()
+                            .consume(lease, stop.clone(), in_flight.clone())
+                            .instrument(span),
+                    );
                     held.insert(
                         lease.partition,
                         Held {

@@ -2,67 +2,14 @@
 //! its broker and database: every broker connection cut, the database stalled, the database
 //! unreachable. Nothing is lost, nothing doubled, and the time to recover is reported.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use seatrush::chaos::{proxy_for, through};
 use seatrush::client::Client;
 use seatrush::domain::{CourseId, CourseSettings};
-use seatrush::worker::health::Readiness;
 
 use crate::helpers::{TestEnv, enroll};
-
-/// A loopback address with a port nobody listens on (a moment ago).
-fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address")
-}
-
-/// `GET /readyz` on the worker's health endpoint, with a bare HTTP/1.1 request.
-async fn readyz(addr: SocketAddr) -> Option<Readiness> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut response))
-        .await
-        .ok()?
-        .ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status_ok = head.starts_with("HTTP/1.1 200");
-    let value: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
-    let readiness = Readiness {
-        ready: value["ready"].as_bool()?,
-        broker: value["broker"].as_bool()?,
-        database: value["database"].as_bool()?,
-    };
-    assert_eq!(
-        status_ok, readiness.ready,
-        "status and body agree: {response}"
-    );
-    Some(readiness)
-}
-
-/// Waits until `/readyz` says `ready`; returns what it said.
-async fn wait_ready(addr: SocketAddr, ready: bool) -> Readiness {
-    let start = Instant::now();
-    loop {
-        if let Some(r) = readyz(addr).await
-            && r.ready == ready
-        {
-            return r;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "/readyz never said ready = {ready}; last: {:?}",
-            readyz(addr).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::servers::{Kind, OwnServer, free_port, wait_ready};
 
 /// Thirty courses of 20 seats with a 5-place waitlist for the crowd, and a roomy course for the
 /// probes.
@@ -176,109 +123,6 @@ async fn broker_cuts_and_database_stalls_mid_rush_lose_nothing() {
     // The probes' seats are not in the crowd's report; the audit covers their course.
     env.assert_consistent(&report, &courses).await;
     env.cleanup().await;
-}
-
-/// Which server a test runs of its own.
-#[derive(Clone, Copy)]
-enum Kind {
-    Database,
-    Broker,
-}
-
-/// A PostgreSQL or RabbitMQ server of this test's own, started with `scripts/services.sh` on a
-/// free port and a state directory of its own, so it can be restarted without harming anything
-/// else.
-struct OwnServer {
-    kind: Kind,
-    port: u16,
-    dir: std::path::PathBuf,
-    url: String,
-}
-
-impl OwnServer {
-    fn script(&self, verb: &str) -> std::process::Output {
-        let (what, port_var) = match self.kind {
-            Kind::Database => ("db", "SEATRUSH_PG_PORT"),
-            Kind::Broker => ("broker", "SEATRUSH_AMQP_PORT"),
-        };
-        let command = format!("{verb}-{what}");
-        let out =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-                .arg(&command)
-                .env_remove("AMQP_URL")
-                .env_remove("DATABASE_URL")
-                .env("SEATRUSH_SERVICES_DIR", &self.dir)
-                .env(port_var, self.port.to_string())
-                .output()
-                .unwrap_or_else(|e| panic!("scripts/services.sh {command}: {e}"));
-        assert!(out.status.success() || verb == "stop", "{command}: {out:?}");
-        out
-    }
-
-    /// A port that is free, and (for a broker) whose Erlang distribution port, 20000 above,
-    /// is free too.
-    fn pick_port(kind: Kind) -> u16 {
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        for _ in 0..200 {
-            let port: u16 = rand::random_range(21000..40000);
-            if free(port) && (matches!(kind, Kind::Database) || free(port + 20000)) {
-                return port;
-            }
-        }
-        panic!("no free port pair found")
-    }
-
-    fn start(kind: Kind) -> Self {
-        let port = Self::pick_port(kind);
-        let dir = std::env::temp_dir().join(format!("seatrush-it/own-server-{port}"));
-        let mut server = Self {
-            kind,
-            port,
-            dir,
-            url: String::new(),
-        };
-        let out = server.script("start");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let var = match kind {
-            Kind::Database => "export DATABASE_URL=",
-            Kind::Broker => "export AMQP_URL=",
-        };
-        server.url = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(var))
-            .unwrap_or_else(|| panic!("no URL from the start command: {stdout}"))
-            .trim_matches('\'')
-            .to_owned();
-        server
-    }
-
-    /// Stops the server (a database: immediately, with crash recovery on start) and starts it
-    /// again; returns how long that took.
-    async fn restart(&self) -> Duration {
-        let start = Instant::now();
-        let (kind, port, dir) = (self.kind, self.port, self.dir.clone());
-        tokio::task::spawn_blocking(move || {
-            let twin = OwnServer {
-                kind,
-                port,
-                dir,
-                url: String::new(),
-            };
-            twin.script("restart");
-            // The twin must not stop the server when it goes.
-            std::mem::forget(twin);
-        })
-        .await
-        .expect("restart task");
-        start.elapsed()
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        self.script("stop");
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,318 @@
+//! What the people running seatrush see: metrics that match what happened, readiness that
+//! follows the broker, and JSON logs that parse and never show a password.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use seatrush::amqp::Outgoing;
+use seatrush::domain::CourseSettings;
+
+use crate::helpers::TestEnv;
+use crate::servers::{Kind, OwnServer, free_port, wait_ready};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One sample of a Prometheus text exposition: `name{labels}` to value.
+struct Scrape(HashMap<String, f64>);
+
+impl Scrape {
+    async fn of(addr: &str) -> Self {
+        let (status, body) = seatrush::worker::health::probe(addr, "/metrics", WAIT)
+            .await
+            .expect("GET /metrics");
+        assert_eq!(status, 200, "{body}");
+        let samples = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Self(samples)
+    }
+
+    /// The sum over every series of `name` whose labels contain all of `labels`.
+    fn sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.0
+            .iter()
+            .filter(|(series, _)| {
+                let (n, rest) = series.split_once('{').unwrap_or((series.as_str(), ""));
+                n == name && labels.iter().all(|l| rest.contains(l))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0
+            .keys()
+            .any(|series| series.split('{').next() == Some(name))
+    }
+}
+
+/// The database URL with a password in it (the one it has, or one added: the test servers
+/// trust loopback connections, so any password is accepted), and that password.
+fn with_password(url: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (credentials, host) = rest.split_once('@').expect("a user in the URL");
+    match credentials.split_once(':') {
+        Some((_, password)) => (url.to_owned(), password.to_owned()),
+        None => {
+            let password = "Db-pw-7f3a9c".to_owned();
+            (
+                format!("{scheme}://{credentials}:{password}@{host}"),
+                password,
+            )
+        }
+    }
+}
+
+/// Every line of a JSON log file, parsed; panics on a line that is not JSON.
+fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("the worker's log")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_logs_and_spans_after_a_small_rush_match_what_happened() {
+    // Arrange: a worker process with JSON logs, a password in its database URL, and its HTTP
+    // endpoint; ten courses of 5 seats with 2 waitlist places.
+    let env = TestEnv::new().await;
+    let prefix = format!("{}m", env.topology.prefix);
+    let settings = CourseSettings {
+        capacity: 5,
+        waitlist: 2,
+        ..CourseSettings::default()
+    };
+    let courses = env.add_courses_with(&prefix, 10, settings).await;
+    let (database_url, password) = with_password(&env.database_url);
+    let http = free_port().to_string();
+    let worker = env.launch(
+        "metered",
+        &["--http-addr", &http, "--log-format", "json"],
+        &[("DATABASE_URL", &database_url), ("RUST_LOG", "info")],
+    );
+    env.wait_for_partitions().await;
+    let requests = seatrush::rush::crowd(&courses, 120, 1, &prefix, 7).expect("crowd");
+
+    // Act: the crowd, and one message that is not a request.
+    let broker = env.broker().await;
+    let publisher = broker.confirmed_publisher().await.expect("publisher");
+    publisher
+        .send_confirmed(Outgoing::raw_request(
+            &env.topology,
+            courses[0].as_str(),
+            Some("junk-1"),
+            None,
+            b"{not json".to_vec(),
+        ))
+        .await
+        .expect("publish the junk");
+    let report = env.fire(requests).await;
+    let transactions = env.store.decision_batches().await.expect("count");
+    // The load gauges are sampled once a second; the counters are final already.
+    let start = Instant::now();
+    let scrape = loop {
+        let scrape = Scrape::of(&http).await;
+        let settled = scrape.sum("seatrush_in_flight", &[]) == 0.0
+            && scrape.sum("seatrush_dead_letters_total", &[]) == 1.0
+            && scrape.sum("seatrush_live_actors", &[]) > 0.0;
+        if settled || start.elapsed() > WAIT {
+            break scrape;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    worker.stop(WAIT).await.expect("the worker exits 0");
+
+    // Assert: the counters match the rush.
+    let outcomes = report.outcomes();
+    let answered = |outcome: &str| -> f64 {
+        outcomes
+            .iter()
+            .filter(|(k, _)| k.split('/').next() == Some(outcome))
+            .map(|(_, n)| *n as f64)
+            .sum()
+    };
+    assert_eq!(scrape.sum("seatrush_requests_total", &[]), 120.0);
+    for outcome in ["enrolled", "waitlisted", "rejected"] {
+        let label = format!("outcome=\"{outcome}\"");
+        assert_eq!(
+            scrape.sum("seatrush_requests_total", &["action=\"enroll\"", &label]),
+            answered(outcome),
+            "{outcome}: {outcomes:?}"
+        );
+    }
+    assert_eq!(
+        scrape.sum("seatrush_decision_duration_seconds_count", &[]),
+        120.0
+    );
+    assert_eq!(
+        scrape.sum("seatrush_batch_size_count", &[]),
+        transactions as f64
+    );
+    assert_eq!(scrape.sum("seatrush_batch_size_sum", &[]), 120.0);
+    assert_eq!(
+        scrape.sum("seatrush_commit_duration_seconds_count", &[]),
+        transactions as f64
+    );
+    assert!(
+        scrape.has("seatrush_commit_duration_seconds_bucket"),
+        "histograms have buckets"
+    );
+    assert_eq!(
+        scrape.sum("seatrush_commit_duration_seconds_bucket", &["le=\"+Inf\""]),
+        transactions as f64
+    );
+    assert_eq!(scrape.sum("seatrush_owned_partitions", &[]), 4.0);
+    let actors = scrape.sum("seatrush_live_actors", &[]);
+    assert!((1.0..=10.0).contains(&actors), "{actors} live actors");
+    assert_eq!(scrape.sum("seatrush_mailbox_depth", &[]), 0.0);
+    assert_eq!(scrape.sum("seatrush_mailbox_depth_max", &[]), 0.0);
+    assert_eq!(scrape.sum("seatrush_in_flight", &[]), 0.0);
+    assert_eq!(scrape.sum("seatrush_redeliveries_total", &[]), 0.0);
+    assert_eq!(scrape.sum("seatrush_promotions_total", &[]), 0.0);
+    assert_eq!(
+        scrape.sum("seatrush_dead_letters_total", &["reason=\"invalid\""]),
+        1.0
+    );
+    assert_eq!(scrape.sum("seatrush_reconnects_total", &[]), 0.0);
+    assert!(scrape.has("seatrush_reconnects_total"), "listed at zero");
+    assert_eq!(scrape.sum("seatrush_ready", &["component=\"broker\""]), 1.0);
+    assert_eq!(
+        scrape.sum("seatrush_ready", &["component=\"database\""]),
+        1.0
+    );
+    for name in seatrush::telemetry::metrics::ALL {
+        assert!(
+            scrape.has(name) || scrape.has(&format!("{name}_count")),
+            "{name} is exposed"
+        );
+    }
+
+    // Assert: every log line is JSON, the URLs are logged without their password, and lines
+    // logged while consuming carry their partition.
+    let log = env
+        .log_dir()
+        .join(format!("{}-metered.log", env.topology.prefix));
+    let lines = json_lines(&log);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !text.contains(&password),
+        "the database password is in the log"
+    );
+    let started = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "worker started")
+        .expect("a start line");
+    let logged_url = started["fields"]["database_url"].as_str().expect("the URL");
+    assert!(logged_url.contains(":***@"), "{logged_url}");
+    assert!(
+        lines.iter().any(|l| {
+            l["fields"]["message"] == "stopped consuming partition"
+                && l["span"]["name"] == "partition"
+                && l["span"]["epoch"].as_i64().is_some()
+        }),
+        "consuming carries the partition span"
+    );
+
+    broker.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_broker_login_is_logged_with_its_cause_and_without_the_password() {
+    // Arrange: a worker whose broker password is wrong.
+    let env = TestEnv::new().await;
+    let password = "Amqp-pw-4d2e8b";
+    let (scheme, rest) = env.amqp_url.split_once("://").expect("a URL");
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    let wrong = format!("{scheme}://guest:{password}@{host}");
+    let http = free_port().to_string();
+    let worker = env.launch(
+        "refused",
+        &["--http-addr", &http, "--log-format", "json"],
+        &[("AMQP_URL", &wrong)],
+    );
+
+    // Act: let it try a few times; ask its health endpoint as a container would.
+    let log = env
+        .log_dir()
+        .join(format!("{}-refused.log", env.topology.prefix));
+    let start = Instant::now();
+    while json_lines(&log)
+        .iter()
+        .filter(|l| l["fields"]["message"] == "broker session ended; reconnecting")
+        .count()
+        < 2
+    {
+        assert!(start.elapsed() < WAIT, "the worker never retried");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let health = env
+        .seatrush()
+        .args(["healthcheck", "--addr", &http])
+        .output()
+        .await
+        .expect("run seatrush healthcheck");
+    worker.stop(WAIT).await.expect("the worker exits 0");
+
+    // Assert: not ready; each failure names its cause; the password appears nowhere.
+    assert_eq!(health.status.code(), Some(1), "{health:?}");
+    assert!(String::from_utf8_lossy(&health.stdout).starts_with("503"));
+    let lines = json_lines(&log);
+    let failure = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "broker session ended; reconnecting")
+        .expect("a failure line");
+    let error = failure["fields"]["error"].as_str().expect("an error field");
+    assert!(
+        error.contains("connecting to RabbitMQ") && error.contains(':'),
+        "the cause chain: {error}"
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !text.contains(password),
+        "the broker password is in the log"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_false_when_the_broker_stops_and_true_when_it_returns() {
+    // Arrange: a RabbitMQ node of this test's own and a worker on it.
+    let own = OwnServer::start(Kind::Broker);
+    let env = TestEnv::on(own.url.clone(), crate::helpers::required("DATABASE_URL")).await;
+    let http = free_port();
+    let worker = env.launch("ready", &["--http-addr", &http.to_string()], &[]);
+    wait_ready(http, true).await;
+
+    // Act: the broker stops, then starts again.
+    own.stop();
+    let down = wait_ready(http, false).await;
+    let unhealthy = env
+        .seatrush()
+        .args(["healthcheck", "--addr", &http.to_string()])
+        .output()
+        .await
+        .expect("run seatrush healthcheck");
+    own.start_again();
+    let up = wait_ready(http, true).await;
+    let scrape = Scrape::of(&http.to_string()).await;
+    worker.stop(WAIT).await.expect("the worker exits 0");
+
+    // Assert
+    assert!(!down.broker && down.database, "{down:?}");
+    assert_eq!(unhealthy.status.code(), Some(1), "{unhealthy:?}");
+    assert!(up.ready, "{up:?}");
+    assert!(
+        scrape.sum("seatrush_reconnects_total", &["target=\"broker\""]) >= 1.0,
+        "the reconnect is counted"
+    );
+    env.cleanup().await;
+    drop(own);
+}

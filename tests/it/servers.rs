@@ -1,0 +1,164 @@
+//! Servers and endpoints tests run against: a PostgreSQL or RabbitMQ server of a test's own
+//! (to stop and restart it without harming anything else), and a worker's health endpoint.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use seatrush::worker::health::Readiness;
+
+/// A loopback address with a port nobody listens on (a moment ago).
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address")
+}
+
+/// `GET /readyz` on the worker's health endpoint; `None` while it does not answer.
+pub async fn readyz(addr: SocketAddr) -> Option<Readiness> {
+    let (status, body) =
+        seatrush::worker::health::probe(&addr.to_string(), "/readyz", Duration::from_secs(2))
+            .await
+            .ok()?;
+    let value: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+    let readiness = Readiness {
+        ready: value["ready"].as_bool()?,
+        broker: value["broker"].as_bool()?,
+        database: value["database"].as_bool()?,
+    };
+    assert_eq!(
+        status == 200,
+        readiness.ready,
+        "status and body agree: {status} {body}"
+    );
+    Some(readiness)
+}
+
+/// Waits until `/readyz` says `ready`; returns what it said.
+pub async fn wait_ready(addr: SocketAddr, ready: bool) -> Readiness {
+    let start = Instant::now();
+    loop {
+        if let Some(r) = readyz(addr).await
+            && r.ready == ready
+        {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "/readyz never said ready = {ready}; last: {:?}",
+            readyz(addr).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Which server a test runs of its own.
+#[derive(Clone, Copy)]
+pub enum Kind {
+    Database,
+    Broker,
+}
+
+/// A PostgreSQL or RabbitMQ server of this test's own, started with `scripts/services.sh` on a
+/// free port and a state directory of its own, so it can be restarted without harming anything
+/// else.
+pub struct OwnServer {
+    kind: Kind,
+    port: u16,
+    dir: std::path::PathBuf,
+    pub url: String,
+}
+
+impl OwnServer {
+    fn script(&self, verb: &str) -> std::process::Output {
+        let (what, port_var) = match self.kind {
+            Kind::Database => ("db", "SEATRUSH_PG_PORT"),
+            Kind::Broker => ("broker", "SEATRUSH_AMQP_PORT"),
+        };
+        let command = format!("{verb}-{what}");
+        let out =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+                .arg(&command)
+                .env_remove("AMQP_URL")
+                .env_remove("DATABASE_URL")
+                .env("SEATRUSH_SERVICES_DIR", &self.dir)
+                .env(port_var, self.port.to_string())
+                .output()
+                .unwrap_or_else(|e| panic!("scripts/services.sh {command}: {e}"));
+        assert!(out.status.success() || verb == "stop", "{command}: {out:?}");
+        out
+    }
+
+    /// A port that is free, and (for a broker) whose Erlang distribution port, 20000 above,
+    /// is free too.
+    fn pick_port(kind: Kind) -> u16 {
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        for _ in 0..200 {
+            let port: u16 = rand::random_range(21000..40000);
+            if free(port) && (matches!(kind, Kind::Database) || free(port + 20000)) {
+                return port;
+            }
+        }
+        panic!("no free port pair found")
+    }
+
+    pub fn start(kind: Kind) -> Self {
+        let port = Self::pick_port(kind);
+        let dir = std::env::temp_dir().join(format!("seatrush-it/own-server-{port}"));
+        let mut server = Self {
+            kind,
+            port,
+            dir,
+            url: String::new(),
+        };
+        let out = server.script("start");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let var = match kind {
+            Kind::Database => "export DATABASE_URL=",
+            Kind::Broker => "export AMQP_URL=",
+        };
+        server.url = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(var))
+            .unwrap_or_else(|| panic!("no URL from the start command: {stdout}"))
+            .trim_matches('\'')
+            .to_owned();
+        server
+    }
+
+    /// Stops the server (a database: immediately).
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
+    /// Starts the stopped server again, on the same port and state.
+    pub fn start_again(&self) {
+        self.script("start");
+    }
+
+    /// Stops the server (a database: immediately, with crash recovery on start) and starts it
+    /// again; returns how long that took.
+    pub async fn restart(&self) -> Duration {
+        let start = Instant::now();
+        let (kind, port, dir) = (self.kind, self.port, self.dir.clone());
+        tokio::task::spawn_blocking(move || {
+            let twin = OwnServer {
+                kind,
+                port,
+                dir,
+                url: String::new(),
+            };
+            twin.script("restart");
+            // The twin must not stop the server when it goes.
+            std::mem::forget(twin);
+        })
+        .await
+        .expect("restart task");
+        start.elapsed()
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.script("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
