@@ -316,3 +316,62 @@ async fn readiness_turns_false_when_the_broker_stops_and_true_when_it_returns() 
     env.cleanup().await;
     drop(own);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reaches_broker_and_database_over_verified_tls_set_by_its_urls() {
+    // Arrange: a broker and a database of this test's own, each also serving TLS with a
+    // certificate from a private CA.
+    let db = OwnServer::start_tls(Kind::Database);
+    let broker = OwnServer::start_tls(Kind::Broker);
+    let env = TestEnv::on(broker.url.clone(), db.url.clone()).await;
+    let courses = env.add_courses("T", 2, 5).await;
+    let ca = broker.tls_ca.clone().expect("the CA");
+    let amqps = broker.amqps_url.clone().expect("an amqps URL");
+    // verify-full: encrypted, and the server's certificate checked against the CA and host.
+    let verified = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        env.database_url,
+        db.tls_ca.as_deref().expect("the CA")
+    );
+
+    // Act: a worker given only TLS URLs (the AMQP one on the TLS-only listener; the client
+    // library takes the CA from SSL_CERT_FILE), and one whose database URL demands
+    // verification without naming the CA.
+    let worker = env.launch(
+        "tls",
+        &[],
+        &[
+            ("AMQP_URL", &amqps),
+            ("DATABASE_URL", &verified),
+            ("SSL_CERT_FILE", &ca),
+        ],
+    );
+    env.wait_for_partitions().await;
+    let requests: Vec<_> = (0..6)
+        .map(|i| crate::helpers::enroll(&format!("tls-{i}"), &courses[i % 2], &format!("s{i}")))
+        .collect();
+    let report = env.fire(requests).await;
+    let unverifiable = format!("{}?sslmode=verify-full", env.database_url);
+    let mut refused = env.launch(
+        "tls-unverified",
+        &[],
+        &[("AMQP_URL", &amqps), ("DATABASE_URL", &unverifiable)],
+    );
+    let refused_exit = refused.exited(WAIT).await;
+    worker.stop(WAIT).await.expect("the TLS worker exits 0");
+
+    // Assert: the TLS worker answered everything; the other could not trust the database's
+    // certificate and stopped with an error.
+    crate::helpers::assert_exactly_one_final(&report);
+    assert_eq!(report.outcomes().get("enrolled"), Some(&6));
+    let status = refused_exit.expect("the unverified worker exits");
+    assert!(!status.success(), "{status}");
+    let log = std::fs::read_to_string(
+        env.log_dir()
+            .join(format!("{}-tls-unverified.log", env.topology.prefix)),
+    )
+    .expect("log");
+    assert!(log.contains("connecting to PostgreSQL"), "{log}");
+    env.cleanup().await;
+    drop((db, broker));
+}

@@ -64,7 +64,13 @@ pub struct OwnServer {
     kind: Kind,
     port: u16,
     dir: std::path::PathBuf,
+    /// Whether it also serves TLS (`SEATRUSH_TLS=1`).
+    tls: bool,
     pub url: String,
+    /// With TLS: the broker's `amqps://` URL.
+    pub amqps_url: Option<String>,
+    /// With TLS: the CA that signed the server's certificate.
+    pub tls_ca: Option<String>,
 }
 
 impl OwnServer {
@@ -80,6 +86,7 @@ impl OwnServer {
                 .env_remove("AMQP_URL")
                 .env_remove("DATABASE_URL")
                 .env("SEATRUSH_SERVICES_DIR", &self.dir)
+                .env("SEATRUSH_TLS", if self.tls { "1" } else { "0" })
                 .env(port_var, self.port.to_string())
                 .output()
                 .unwrap_or_else(|e| panic!("scripts/services.sh {command}: {e}"));
@@ -93,7 +100,11 @@ impl OwnServer {
         let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         for _ in 0..200 {
             let port: u16 = rand::random_range(21000..40000);
-            if free(port) && (matches!(kind, Kind::Database) || free(port + 20000)) {
+            // A broker also takes port + 1 (its TLS listener) and port + 20000 (Erlang
+            // distribution).
+            if free(port)
+                && (matches!(kind, Kind::Database) || (free(port + 1) && free(port + 20000)))
+            {
                 return port;
             }
         }
@@ -101,13 +112,25 @@ impl OwnServer {
     }
 
     pub fn start(kind: Kind) -> Self {
+        Self::start_with(kind, false)
+    }
+
+    /// A server that also serves TLS, with a CA of its own.
+    pub fn start_tls(kind: Kind) -> Self {
+        Self::start_with(kind, true)
+    }
+
+    fn start_with(kind: Kind, tls: bool) -> Self {
         let port = Self::pick_port(kind);
         let dir = std::env::temp_dir().join(format!("seatrush-it/own-server-{port}"));
         let mut server = Self {
             kind,
             port,
             dir,
+            tls,
             url: String::new(),
+            amqps_url: None,
+            tls_ca: None,
         };
         let out = server.script("start");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -121,6 +144,14 @@ impl OwnServer {
             .unwrap_or_else(|| panic!("no URL from the start command: {stdout}"))
             .trim_matches('\'')
             .to_owned();
+        let exported = |var: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(var))
+                .map(|v| v.trim_matches('\'').to_owned())
+        };
+        server.amqps_url = exported("export AMQPS_URL=");
+        server.tls_ca = exported("export SEATRUSH_TLS_CA=");
         server
     }
 
@@ -138,13 +169,16 @@ impl OwnServer {
     /// again; returns how long that took.
     pub async fn restart(&self) -> Duration {
         let start = Instant::now();
-        let (kind, port, dir) = (self.kind, self.port, self.dir.clone());
+        let (kind, port, dir, tls) = (self.kind, self.port, self.dir.clone(), self.tls);
         tokio::task::spawn_blocking(move || {
             let twin = OwnServer {
                 kind,
                 port,
                 dir,
+                tls,
                 url: String::new(),
+                amqps_url: None,
+                tls_ca: None,
             };
             twin.script("restart");
             // The twin must not stop the server when it goes.
