@@ -180,8 +180,9 @@ impl Registry {
                 partition,
             },
         );
-        // Everything the actor logs carries its course.
-        let span = tracing::info_span!("course", course_id = %course, %partition);
+        // Everything the actor logs carries its course. A root span: the actor outlives the
+        // partition consumer that happened to start it.
+        let span = tracing::info_span!(parent: None, "course", course_id = %course, %partition);
         self.inner.tasks.spawn(
             supervise(
                 course.clone(),
