@@ -36,11 +36,17 @@ pub(super) struct Committer {
 
 type CommittedBatch = Vec<(Decided, Committed)>;
 
+/// How long the finalizer waits for a batch's broker confirms, or its acks, before it gives
+/// the session up. Far above any healthy wait (milliseconds), and above short broker alarms.
+const CONFIRMS_WITHIN: Duration = Duration::from_secs(30);
+/// How long a stopping committer waits for its finalizer.
+const FINALIZER_WITHIN: Duration = Duration::from_secs(10);
+
 impl Committer {
     pub(super) async fn run(self, mut decided: mpsc::Receiver<Decided>, stop: CancellationToken) {
         // A couple of batches may wait for their confirms while the next one commits.
         let (to_finalizer, committed) = mpsc::channel::<CommittedBatch>(2);
-        let finalizer = tokio::spawn(finalize(
+        let mut finalizer = tokio::spawn(finalize(
             committed,
             self.outbox.clone(),
             self.store.clone(),
@@ -61,7 +67,17 @@ impl Committer {
             }
         }
         drop(to_finalizer);
-        let _ = finalizer.await;
+        // The finalizer bounds its own waits; this bound only guards against a task that
+        // somehow stays stuck, so the session can still end and start afresh.
+        if tokio::time::timeout(FINALIZER_WITHIN, &mut finalizer)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the finalizer did not finish; abandoning it (its requests are redelivered)"
+            );
+            finalizer.abort();
+        }
     }
 
     /// Commits a batch and hands it to the finalizer; `false` once the worker is stopping.
@@ -312,12 +328,19 @@ async fn finalize(
                 );
             }
         }
-        let confirmed = join_all(
+        let confirming = join_all(
             confirms
                 .into_iter()
                 .map(|sent| async move { sent?.confirmed().await }),
-        )
-        .await;
+        );
+        // Bounded: a confirm the client library never resolves (its connection failed between
+        // the publish and the error) must not hold the session forever.
+        let Ok(confirmed) = tokio::time::timeout(CONFIRMS_WITHIN, confirming).await else {
+            fault.raise(anyhow!(
+                "publishing final answers: no broker confirm within {CONFIRMS_WITHIN:?}"
+            ));
+            return;
+        };
         if let Some(Err(e)) = confirmed.into_iter().find(Result::is_err) {
             // Not acked: the requests are redelivered and replay their committed outcome.
             fault.raise(anyhow::Error::new(e).context("publishing final answers"));
@@ -333,7 +356,7 @@ async fn finalize(
         }
         drop(answered);
         crate::failpoint::crash_point(crate::failpoint::BEFORE_ACK);
-        let acks = join_all(batch.into_iter().map(|(decided, _)| async move {
+        let acking = join_all(batch.into_iter().map(|(decided, _)| async move {
             if lose_ack(&decided.pending.request) {
                 // Dropped unsettled: the broker gets it back and redelivers it.
                 return Ok(());
@@ -341,8 +364,13 @@ async fn finalize(
             let acked = decided.ack.ack().await;
             drop(decided.guard);
             acked
-        }))
-        .await;
+        }));
+        let Ok(acks) = tokio::time::timeout(CONFIRMS_WITHIN, acking).await else {
+            fault.raise(anyhow!(
+                "acking committed requests: not settled within {CONFIRMS_WITHIN:?}"
+            ));
+            return;
+        };
         if let Some(Err(e)) = acks.into_iter().find(Result::is_err) {
             fault.raise(anyhow!(e).context("acking committed requests"));
             return;

@@ -159,6 +159,7 @@ pub(super) async fn run(
     // After a fault it only stops the consumers and hands back the partitions it held, with
     // their channels, to be closed and released below.
     let stopped = owner.await.unwrap_or_default();
+    tracing::debug!("session teardown: consumers stopped");
     let mut faulted = fault.token.is_cancelled();
     if !faulted {
         let left = in_flight.drained(config.drain_timeout).await;
@@ -168,6 +169,7 @@ pub(super) async fn run(
         }
     }
     stop_pipeline.cancel();
+    tracing::debug!("session teardown: stopping the actors");
     registry
         .close(
             if faulted { Close::Halt } else { Close::Drain },
@@ -175,8 +177,15 @@ pub(super) async fn run(
         )
         .await;
     drop(ctx);
+    tracing::debug!("session teardown: stopping the committer");
     tasks.close();
-    tasks.wait().await;
+    if tokio::time::timeout(config.drain_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        // Whatever they still hold returns to the queues when the connection closes below.
+        tracing::warn!("the session's tasks did not stop in time; leaving them behind");
+    }
     // Every sender of the outbox is gone with the registry and the intake: it ends once what
     // it holds is handed to the connection.
     drop(registry);
@@ -186,6 +195,7 @@ pub(super) async fn run(
     {
         tracing::warn!("the outbox did not finish within 10 s");
     }
+    tracing::debug!("session teardown: closing the channels and the connection");
     for channel in stopped.channels {
         channel.close().await;
     }
