@@ -330,16 +330,7 @@ impl Deliveries {
 
     /// Closes the channel: deliveries not acked return to the queue.
     pub async fn close(self) {
-        // Bounded like the connection's close: a channel of a connection that failed meanwhile
-        // may never see its close confirmed; dropping it is then all that is left to do.
-        let closing = self.channel.close(200, "consumer done".into());
-        match tokio::time::timeout(std::time::Duration::from_secs(5), closing).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(error = %crate::telemetry::chain(&e), "closing a consumer channel failed")
-            }
-            Err(_) => tracing::debug!("closing a consumer channel was not confirmed within 5 s"),
-        }
+        super::close_channel(&self.channel, "consumer done").await;
     }
 
     /// Stops the flow of new deliveries. The channel stays open as long as `self` lives, so

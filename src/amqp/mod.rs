@@ -43,6 +43,25 @@ pub fn url_user(url: &str) -> Option<String> {
         .map(|uri| uri.authority.userinfo.username)
 }
 
+/// Closes a channel and waits for the broker to confirm, at most 5 s: a channel of a connection
+/// that failed meanwhile may never see its close confirmed, and dropping it is then all that is
+/// left to do. Closing explicitly, rather than leaving it to the drop, also keeps the client
+/// library from closing it a second time when the connection closes (which it reports as a
+/// connection error).
+async fn close_channel(channel: &lapin::Channel, why: &str) {
+    if !channel.status().connected() {
+        return;
+    }
+    let closing = channel.close(200, why.into());
+    match tokio::time::timeout(std::time::Duration::from_secs(5), closing).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %crate::telemetry::chain(&e), why, "closing a channel failed")
+        }
+        Err(_) => tracing::debug!(why, "closing a channel was not confirmed within 5 s"),
+    }
+}
+
 fn is_not_found(e: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(p)

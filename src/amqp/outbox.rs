@@ -156,4 +156,5 @@ async fn run(publisher: Publisher, mut inbox: mpsc::Receiver<Letter>) {
         }
     }
     while unwatched.next().await.is_some() {}
+    publisher.close().await;
 }

@@ -205,4 +205,9 @@ impl Publisher {
     pub async fn send_confirmed(&self, message: Outgoing) -> Result<()> {
         self.send(message).await?.confirmed().await
     }
+
+    /// Closes the channel (bounded).
+    pub async fn close(self) {
+        super::close_channel(&self.channel, "publisher done").await;
+    }
 }

@@ -268,114 +268,134 @@ async fn finalize(
     fault: Fault,
 ) {
     while let Some(batch) = batches.recv().await {
-        let mut confirms = Vec::with_capacity(batch.len() * 2);
-        let mut answered: Vec<i64> = Vec::new();
-        for (decided, committed) in &batch {
-            if decided.redelivered && committed.answered {
-                continue;
-            }
-            let request = &decided.pending.request;
-            if let Some(id) = committed.batch_id
-                && !answered.contains(&id)
-            {
-                answered.push(id);
-            }
-            let mut answer = Answer::decided(request, &committed.verdict, Stage::Final);
-            answer.replayed = committed.replayed;
-            answer.revised = committed.revised;
-            let body = answer.to_json();
-            if let Some(to) = &decided.pending.reply_to {
+        let finalized = tokio::select! {
+            finalized = finalize_batch(batch, &outbox, &store, &topology, &fault) => finalized,
+            // The session is over (its connection failed): no confirm or ack can come any
+            // more, and every delivery of the batch is redelivered and replays its outcome.
+            _ = fault.raised() => false,
+        };
+        if !finalized {
+            return;
+        }
+    }
+}
+
+/// Answers one committed batch, then acks it; `false` if the session must end.
+async fn finalize_batch(
+    batch: CommittedBatch,
+    outbox: &Outbox,
+    store: &Store,
+    topology: &Topology,
+    fault: &Fault,
+) -> bool {
+    let mut confirms = Vec::with_capacity(batch.len() * 2);
+    let mut answered: Vec<i64> = Vec::new();
+    for (decided, committed) in &batch {
+        if decided.redelivered && committed.answered {
+            continue;
+        }
+        let request = &decided.pending.request;
+        if let Some(id) = committed.batch_id
+            && !answered.contains(&id)
+        {
+            answered.push(id);
+        }
+        let mut answer = Answer::decided(request, &committed.verdict, Stage::Final);
+        answer.replayed = committed.replayed;
+        answer.revised = committed.revised;
+        let body = answer.to_json();
+        if let Some(to) = &decided.pending.reply_to {
+            confirms.push(
+                outbox
+                    .post_confirmed(Outgoing::reply(to, body.clone()))
+                    .await,
+            );
+        }
+        confirms.push(
+            outbox
+                .post_confirmed(Outgoing::event(
+                    topology,
+                    request.course_id.as_str(),
+                    request.student_id.as_str(),
+                    body,
+                ))
+                .await,
+        );
+        // Each student this request moved off the waitlist hears it on the events
+        // exchange, and at the address of their own enroll request where it still listens.
+        for promotion in &committed.promotions {
+            let body = Answer::promoted(promotion).to_json();
+            if let Some(queue) = &promotion.reply_to {
+                let to = ReplyTo {
+                    queue: queue.clone(),
+                    correlation_id: promotion.correlation_id.clone(),
+                };
                 confirms.push(
                     outbox
-                        .post_confirmed(Outgoing::reply(to, body.clone()))
+                        .post_confirmed(Outgoing::reply(&to, body.clone()))
                         .await,
                 );
             }
             confirms.push(
                 outbox
                     .post_confirmed(Outgoing::event(
-                        &topology,
-                        request.course_id.as_str(),
-                        request.student_id.as_str(),
+                        topology,
+                        &promotion.course_id,
+                        &promotion.student_id,
                         body,
                     ))
                     .await,
             );
-            // Each student this request moved off the waitlist hears it on the events
-            // exchange, and at the address of their own enroll request where it still listens.
-            for promotion in &committed.promotions {
-                let body = Answer::promoted(promotion).to_json();
-                if let Some(queue) = &promotion.reply_to {
-                    let to = ReplyTo {
-                        queue: queue.clone(),
-                        correlation_id: promotion.correlation_id.clone(),
-                    };
-                    confirms.push(
-                        outbox
-                            .post_confirmed(Outgoing::reply(&to, body.clone()))
-                            .await,
-                    );
-                }
-                confirms.push(
-                    outbox
-                        .post_confirmed(Outgoing::event(
-                            &topology,
-                            &promotion.course_id,
-                            &promotion.student_id,
-                            body,
-                        ))
-                        .await,
-                );
-            }
-        }
-        let confirming = join_all(
-            confirms
-                .into_iter()
-                .map(|sent| async move { sent?.confirmed().await }),
-        );
-        // Bounded: a confirm the client library never resolves (its connection failed between
-        // the publish and the error) must not hold the session forever.
-        let Ok(confirmed) = tokio::time::timeout(CONFIRMS_WITHIN, confirming).await else {
-            fault.raise(anyhow!(
-                "publishing final answers: no broker confirm within {CONFIRMS_WITHIN:?}"
-            ));
-            return;
-        };
-        if let Some(Err(e)) = confirmed.into_iter().find(Result::is_err) {
-            // Not acked: the requests are redelivered and replay their committed outcome.
-            fault.raise(anyhow::Error::new(e).context("publishing final answers"));
-            return;
-        }
-        crate::failpoint::crash_point(crate::failpoint::AFTER_PUBLISH);
-        // Only a hint for redeliveries: if it cannot be written, a redelivered request is
-        // answered twice, which is better than not acking what is committed and answered.
-        if !answered.is_empty()
-            && let Err(e) = store.mark_answered(&answered).await
-        {
-            tracing::warn!(error = %crate::telemetry::chain(&e), "could not record final answers as sent");
-        }
-        drop(answered);
-        crate::failpoint::crash_point(crate::failpoint::BEFORE_ACK);
-        let acking = join_all(batch.into_iter().map(|(decided, _)| async move {
-            if lose_ack(&decided.pending.request) {
-                // Dropped unsettled: the broker gets it back and redelivers it.
-                return Ok(());
-            }
-            let acked = decided.ack.ack().await;
-            drop(decided.guard);
-            acked
-        }));
-        let Ok(acks) = tokio::time::timeout(CONFIRMS_WITHIN, acking).await else {
-            fault.raise(anyhow!(
-                "acking committed requests: not settled within {CONFIRMS_WITHIN:?}"
-            ));
-            return;
-        };
-        if let Some(Err(e)) = acks.into_iter().find(Result::is_err) {
-            fault.raise(anyhow!(e).context("acking committed requests"));
-            return;
         }
     }
+    let confirming = join_all(
+        confirms
+            .into_iter()
+            .map(|sent| async move { sent?.confirmed().await }),
+    );
+    // Bounded: a confirm the client library never resolves (its connection failed between
+    // the publish and the error) must not hold the session forever.
+    let Ok(confirmed) = tokio::time::timeout(CONFIRMS_WITHIN, confirming).await else {
+        fault.raise(anyhow!(
+            "publishing final answers: no broker confirm within {CONFIRMS_WITHIN:?}"
+        ));
+        return false;
+    };
+    if let Some(Err(e)) = confirmed.into_iter().find(Result::is_err) {
+        // Not acked: the requests are redelivered and replay their committed outcome.
+        fault.raise(anyhow::Error::new(e).context("publishing final answers"));
+        return false;
+    }
+    crate::failpoint::crash_point(crate::failpoint::AFTER_PUBLISH);
+    // Only a hint for redeliveries: if it cannot be written, a redelivered request is
+    // answered twice, which is better than not acking what is committed and answered.
+    if !answered.is_empty()
+        && let Err(e) = store.mark_answered(&answered).await
+    {
+        tracing::warn!(error = %crate::telemetry::chain(&e), "could not record final answers as sent");
+    }
+    drop(answered);
+    crate::failpoint::crash_point(crate::failpoint::BEFORE_ACK);
+    let acking = join_all(batch.into_iter().map(|(decided, _)| async move {
+        if lose_ack(&decided.pending.request) {
+            // Dropped unsettled: the broker gets it back and redelivers it.
+            return Ok(());
+        }
+        let acked = decided.ack.ack().await;
+        drop(decided.guard);
+        acked
+    }));
+    let Ok(acks) = tokio::time::timeout(CONFIRMS_WITHIN, acking).await else {
+        fault.raise(anyhow!(
+            "acking committed requests: not settled within {CONFIRMS_WITHIN:?}"
+        ));
+        return false;
+    };
+    if let Some(Err(e)) = acks.into_iter().find(Result::is_err) {
+        fault.raise(anyhow!(e).context("acking committed requests"));
+        return false;
+    }
+    true
 }
 
 /// A named fail point for fault-injection tests, `finalize-lose-ack-<course>`: the ack is lost as

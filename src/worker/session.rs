@@ -33,6 +33,11 @@ impl Fault {
         self.token.cancel();
     }
 
+    /// Resolves once a fault was raised.
+    pub(super) async fn raised(&self) {
+        self.token.cancelled().await;
+    }
+
     pub(super) fn take(&self) -> Option<anyhow::Error> {
         self.error
             .lock()
@@ -152,7 +157,8 @@ pub(super) async fn run(
 
     tokio::select! {
         _ = shutdown.cancelled() => tracing::info!("shutting down: draining in-flight requests"),
-        _ = fault.token.cancelled() => {}
+        // Not ready from this moment: the teardown below may take a while.
+        _ = fault.token.cancelled() => health.set_broker(false),
     }
     stop_intake.cancel();
     // On a graceful stop the ownership task hands every partition over, each once drained.
