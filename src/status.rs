@@ -52,12 +52,7 @@ pub async fn gather(
     lease: Duration,
 ) -> anyhow::Result<Status> {
     let (workers, partitions) = store.ownership().await?;
-    let mut owns: HashMap<&str, usize> = HashMap::new();
-    for p in &partitions {
-        if let Some(owner) = &p.owner {
-            *owns.entry(owner.as_str()).or_default() += 1;
-        }
-    }
+    let owns = owned_by(&partitions);
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let workers: Vec<WorkerStatus> = workers
         .into_iter()
@@ -94,6 +89,15 @@ pub async fn gather(
         partitions: with_queues,
         dead_letters,
     })
+}
+
+/// How many partitions each holder of a running lease owns.
+pub fn owned_by(partitions: &[PartitionRow]) -> HashMap<&str, usize> {
+    let mut owns: HashMap<&str, usize> = HashMap::new();
+    for owner in partitions.iter().filter_map(|p| p.owner.as_deref()) {
+        *owns.entry(owner).or_default() += 1;
+    }
+    owns
 }
 
 /// Whether `owned` (partitions per live worker) splits `partitions` fairly: each floor(P/W) or

@@ -390,15 +390,12 @@ pub async fn wait_until_balanced(
     expected.sort_unstable();
     loop {
         let (_, partitions) = store.ownership().await?;
-        let mut owned: HashMap<String, usize> = HashMap::new();
-        for owner in partitions.iter().filter_map(|p| p.owner.as_ref()) {
-            *owned.entry(owner.clone()).or_default() += 1;
-        }
-        let mut owners: Vec<&str> = owned.keys().map(String::as_str).collect();
+        let owned = crate::status::owned_by(&partitions);
+        let mut owners: Vec<&str> = owned.keys().copied().collect();
         owners.sort_unstable();
         let counts: Vec<usize> = owned.values().copied().collect();
         if owners == expected && crate::status::is_fair(&counts, partitions.len()) {
-            return Ok(owned);
+            return Ok(owned.into_iter().map(|(w, n)| (w.to_owned(), n)).collect());
         }
         if start.elapsed() > within {
             anyhow::bail!(

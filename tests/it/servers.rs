@@ -61,11 +61,7 @@ pub enum Kind {
 /// free port and a state directory of its own, so it can be restarted without harming anything
 /// else.
 pub struct OwnServer {
-    kind: Kind,
-    port: u16,
-    dir: std::path::PathBuf,
-    /// Whether it also serves TLS (`SEATRUSH_TLS=1`).
-    tls: bool,
+    place: Place,
     pub url: String,
     /// With TLS: the broker's `amqps://` URL.
     pub amqps_url: Option<String>,
@@ -73,7 +69,17 @@ pub struct OwnServer {
     pub tls_ca: Option<String>,
 }
 
-impl OwnServer {
+/// Where a server of a test's own runs, and how `scripts/services.sh` is told so.
+#[derive(Clone)]
+struct Place {
+    kind: Kind,
+    port: u16,
+    dir: std::path::PathBuf,
+    /// Whether it also serves TLS (`SEATRUSH_TLS=1`).
+    tls: bool,
+}
+
+impl Place {
     fn script(&self, verb: &str) -> std::process::Output {
         let (what, port_var) = match self.kind {
             Kind::Database => ("db", "SEATRUSH_PG_PORT"),
@@ -92,6 +98,12 @@ impl OwnServer {
                 .unwrap_or_else(|e| panic!("scripts/services.sh {command}: {e}"));
         assert!(out.status.success() || verb == "stop", "{command}: {out:?}");
         out
+    }
+}
+
+impl OwnServer {
+    fn script(&self, verb: &str) -> std::process::Output {
+        self.place.script(verb)
     }
 
     /// A port that is free, and (for a broker) whose Erlang distribution port, 20000 above,
@@ -124,10 +136,12 @@ impl OwnServer {
         let port = Self::pick_port(kind);
         let dir = std::env::temp_dir().join(format!("seatrush-it/own-server-{port}"));
         let mut server = Self {
-            kind,
-            port,
-            dir,
-            tls,
+            place: Place {
+                kind,
+                port,
+                dir,
+                tls,
+            },
             url: String::new(),
             amqps_url: None,
             tls_ca: None,
@@ -169,23 +183,10 @@ impl OwnServer {
     /// again; returns how long that took.
     pub async fn restart(&self) -> Duration {
         let start = Instant::now();
-        let (kind, port, dir, tls) = (self.kind, self.port, self.dir.clone(), self.tls);
-        tokio::task::spawn_blocking(move || {
-            let twin = OwnServer {
-                kind,
-                port,
-                dir,
-                tls,
-                url: String::new(),
-                amqps_url: None,
-                tls_ca: None,
-            };
-            twin.script("restart");
-            // The twin must not stop the server when it goes.
-            std::mem::forget(twin);
-        })
-        .await
-        .expect("restart task");
+        let place = self.place.clone();
+        tokio::task::spawn_blocking(move || place.script("restart"))
+            .await
+            .expect("restart task");
         start.elapsed()
     }
 }
@@ -193,6 +194,6 @@ impl OwnServer {
 impl Drop for OwnServer {
     fn drop(&mut self) {
         self.script("stop");
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.place.dir);
     }
 }
