@@ -15,9 +15,11 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --features failpoints -- -D warnings
+cargo clippy --workspace --all-targets --features failpoints -- -D warnings
+# The runtime alone (the worker's build, without the tooling) must build and lint clean too.
+cargo clippy -p seatrush --no-default-features -- -D warnings
 # failpoints compiles in the named fail points the crash tests inject faults with.
-cargo test --features failpoints -- "$@"
+cargo test --workspace --features failpoints -- "$@"
 # The container image's build command (docker/Dockerfile), checked here where no Docker engine
 # runs: the release binary builds from exactly Cargo.lock.
 cargo build --release --locked --bin seatrush

@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use seatrush::domain::CourseId;
+use seatrush_core::domain::CourseId;
 
 use crate::helpers::{Listener, TestEnv, enroll};
 

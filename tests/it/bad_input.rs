@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use seatrush::amqp::{Outgoing, ReplyTo};
-use seatrush::client::parse_answer;
-use seatrush::protocol::{REASON_HEADER, Stage};
+use seatrush_core::amqp::{Outgoing, ReplyTo};
+use seatrush_core::client::parse_answer;
+use seatrush_core::protocol::{REASON_HEADER, Stage};
 
 use crate::helpers::{TestEnv, assert_exactly_one_final, enroll};
 

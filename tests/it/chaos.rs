@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use seatrush::chaos::{proxy_for, through};
-use seatrush::client::Client;
-use seatrush::domain::{CourseId, CourseSettings};
+use seatrush_core::client::Client;
+use seatrush_core::domain::{CourseId, CourseSettings};
+use seatrush_tools::chaos::{proxy_for, through};
 
 use crate::helpers::{TestEnv, enroll};
 use crate::servers::{Kind, OwnServer, free_port, wait_ready};
@@ -62,7 +62,7 @@ async fn broker_cuts_and_database_stalls_mid_rush_lose_nothing() {
     wait_ready(health, true).await;
     let crowd = env.spawn_crowd(
         requests,
-        seatrush::load::Pace::Rate(400.0),
+        seatrush_tools::load::Pace::Rate(400.0),
         Duration::from_secs(120),
     );
     probe(&env, &probe_course, 0).await;
@@ -139,7 +139,7 @@ async fn a_database_crash_restart_mid_rush_loses_nothing() {
     env.start_worker(config).await;
     let crowd = env.spawn_crowd(
         requests,
-        seatrush::load::Pace::Rate(400.0),
+        seatrush_tools::load::Pace::Rate(400.0),
         Duration::from_secs(120),
     );
     probe(&env, &probe_course, 0).await;
@@ -175,7 +175,7 @@ async fn a_broker_restart_mid_rush_loses_nothing() {
     env.start_worker(config).await;
     let first_try = env.spawn_crowd(
         requests.clone(),
-        seatrush::load::Pace::Rate(400.0),
+        seatrush_tools::load::Pace::Rate(400.0),
         Duration::from_secs(60),
     );
     while env.store.decision_batches().await.expect("count") < 2 {

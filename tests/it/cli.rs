@@ -86,7 +86,7 @@ async fn a_worker_with_another_partition_count_refuses_to_start() {
     config.topology.partitions = 8;
 
     // Act
-    let refused = seatrush::worker::run(config, CancellationToken::new()).await;
+    let refused = seatrush_core::worker::run(config, CancellationToken::new()).await;
 
     // Assert
     let message = format!("{:#}", refused.expect_err("the worker must refuse"));
@@ -158,7 +158,7 @@ async fn migrations_are_safe_when_several_processes_run_them_at_once() {
         let output = output.expect("run migrate");
         assert!(output.status.success(), "{output:?}");
     }
-    let store = seatrush::store::Store::connect(&fresh, 1)
+    let store = seatrush_core::store::Store::connect(&fresh, 1)
         .await
         .expect("connect");
     assert!(store.audit().await.expect("schema in place").is_empty());

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use seatrush::domain::{Action, CourseSettings};
-use seatrush::failpoint;
+use seatrush_core::domain::{Action, CourseSettings};
+use seatrush_core::failpoint;
 
 use crate::helpers::{Listener, TestEnv, enroll, request};
 
@@ -28,7 +28,7 @@ async fn crash_at(point: &str) {
     env.wait_for_partitions().await;
     let crowd = env.spawn_crowd(
         requests,
-        seatrush::load::Pace::Burst,
+        seatrush_tools::load::Pace::Burst,
         Duration::from_secs(120),
     );
 
@@ -93,7 +93,7 @@ async fn a_paused_owner_is_fenced_out_and_gives_its_partitions_back() {
     env.wait_for_partitions().await;
     let crowd = env.spawn_crowd(
         requests,
-        seatrush::load::Pace::Rate(300.0),
+        seatrush_tools::load::Pace::Rate(300.0),
         Duration::from_secs(90),
     );
     while env.store.decision_batches().await.expect("count") < 2 {

@@ -37,7 +37,7 @@ async fn twenty_thousand_requests_with_duplicates_batch_and_replay() {
     let courses = env.add_courses("c", 300, 30).await;
     env.start_worker(env.worker_config()).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let mut requests: Vec<seatrush::domain::Request> = Vec::with_capacity(20_000);
+    let mut requests: Vec<seatrush_core::domain::Request> = Vec::with_capacity(20_000);
     let mut next_student = 0usize;
     while requests.len() < 20_000 {
         let roll: f64 = rng.random();
@@ -45,7 +45,7 @@ async fn twenty_thousand_requests_with_duplicates_batch_and_replay() {
             let earlier = rng.random_range(0..requests.len());
             requests.push(requests[earlier].clone());
         } else if roll < 0.15 && !requests.is_empty() {
-            let earlier: &seatrush::domain::Request =
+            let earlier: &seatrush_core::domain::Request =
                 &requests[rng.random_range(0..requests.len())];
             let again = enroll(
                 &format!("again{}", requests.len()),
@@ -95,13 +95,13 @@ async fn twenty_thousand_requests_with_duplicates_batch_and_replay() {
         batches as f64 / report.answered.len() as f64,
         report.answered.len() as f64 / batches.max(1) as f64,
         report
-            .latency(seatrush::protocol::Stage::Provisional)
+            .latency(seatrush_core::protocol::Stage::Provisional)
             .p50_ms,
         report
-            .latency(seatrush::protocol::Stage::Provisional)
+            .latency(seatrush_core::protocol::Stage::Provisional)
             .p99_ms,
-        report.latency(seatrush::protocol::Stage::Final).p50_ms,
-        report.latency(seatrush::protocol::Stage::Final).p99_ms,
+        report.latency(seatrush_core::protocol::Stage::Final).p50_ms,
+        report.latency(seatrush_core::protocol::Stage::Final).p99_ms,
     );
     assert!(
         batches as usize * 50 <= report.answered.len(),

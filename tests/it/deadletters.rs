@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use seatrush::amqp::Outgoing;
+use seatrush_core::amqp::Outgoing;
 
 use sqlx::Connection;
 

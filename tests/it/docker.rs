@@ -150,11 +150,11 @@ fn the_dashboard_queries_only_metrics_the_worker_exports() {
             let base = ["_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|s| name.strip_suffix(s))
-                .filter(|b| seatrush::telemetry::metrics::ALL.contains(b))
+                .filter(|b| seatrush_core::telemetry::metrics::ALL.contains(b))
                 .unwrap_or(&name)
                 .to_owned();
             assert!(
-                seatrush::telemetry::metrics::ALL.contains(&base.as_str()),
+                seatrush_core::telemetry::metrics::ALL.contains(&base.as_str()),
                 "{name} in `{expr}` is not exported"
             );
             seen.insert(base);
@@ -162,7 +162,7 @@ fn the_dashboard_queries_only_metrics_the_worker_exports() {
     }
     // Everything but the promotions counter is on the dashboard.
     assert!(
-        seen.len() >= seatrush::telemetry::metrics::ALL.len() - 1,
+        seen.len() >= seatrush_core::telemetry::metrics::ALL.len() - 1,
         "{seen:?}"
     );
 }

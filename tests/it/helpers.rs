@@ -8,14 +8,14 @@ use sqlx::Connection;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use seatrush::amqp::{Broker, Outgoing, ReplyTo, Topology};
-use seatrush::client::parse_answer;
-use seatrush::domain::{Action, CourseId, CourseSettings, Request, RequestId, StudentId};
-use seatrush::load::{self, Report};
-use seatrush::protocol::{Answer, Stage, request_body};
-use seatrush::rush::{self, Services, WorkerProcess};
-use seatrush::store::Store;
-use seatrush::worker::{self, WorkerConfig};
+use seatrush_core::amqp::{Broker, Outgoing, ReplyTo, Topology};
+use seatrush_core::client::parse_answer;
+use seatrush_core::domain::{Action, CourseId, CourseSettings, Request, RequestId, StudentId};
+use seatrush_core::protocol::{Answer, Stage, request_body};
+use seatrush_core::store::Store;
+use seatrush_core::worker::{self, WorkerConfig};
+use seatrush_tools::load::{self, Report};
+use seatrush_tools::rush::{self, Services, WorkerProcess};
 
 pub fn required(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
@@ -82,7 +82,10 @@ impl TestEnv {
     }
 
     async fn setup(amqp_url: String, admin_url: String, partitions: u16) -> Self {
-        seatrush::telemetry::init(seatrush::telemetry::LogFormat::Pretty, "warn,seatrush=info");
+        seatrush_core::telemetry::init(
+            seatrush_core::telemetry::LogFormat::Pretty,
+            "warn,seatrush=info",
+        );
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("seatrush_it_{}", &id[..12]);
         admin(&admin_url, format!("CREATE DATABASE {db_name}")).await;
@@ -317,7 +320,7 @@ pub fn enroll(request_id: &str, course: &CourseId, student: &str) -> Request {
 }
 
 /// Every request id has a final answer, and all final answers of one id agree.
-pub fn assert_one_outcome_per_id(report: &seatrush::load::Report) {
+pub fn assert_one_outcome_per_id(report: &seatrush_tools::load::Report) {
     crate::schema::assert_valid_report(report);
     let mut by_id: HashMap<&str, Vec<&Answer>> = HashMap::new();
     for answered in &report.answered {
@@ -373,11 +376,11 @@ pub fn assert_exactly_one_final(report: &Report) {
 /// answer schema.
 pub struct Listener {
     broker: Broker,
-    publisher: seatrush::amqp::Publisher,
+    publisher: seatrush_core::amqp::Publisher,
     topology: Topology,
     queue: String,
-    replies: seatrush::amqp::Deliveries,
-    events: Option<seatrush::amqp::Deliveries>,
+    replies: seatrush_core::amqp::Deliveries,
+    events: Option<seatrush_core::amqp::Deliveries>,
     /// Everything received on the reply queue, in order.
     pub received: Vec<Answer>,
     /// Everything received on the events subscription, in order.

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use seatrush::amqp::Outgoing;
-use seatrush::domain::CourseSettings;
+use seatrush_core::amqp::Outgoing;
+use seatrush_core::domain::CourseSettings;
 
 use crate::helpers::TestEnv;
 use crate::servers::{Kind, OwnServer, free_port, wait_ready};
@@ -17,7 +17,7 @@ struct Scrape(HashMap<String, f64>);
 
 impl Scrape {
     async fn of(addr: &str) -> Self {
-        let (status, body) = seatrush::worker::health::probe(addr, "/metrics", WAIT)
+        let (status, body) = seatrush_core::worker::health::probe(addr, "/metrics", WAIT)
             .await
             .expect("GET /metrics");
         assert_eq!(status, 200, "{body}");
@@ -98,7 +98,7 @@ async fn metrics_logs_and_spans_after_a_small_rush_match_what_happened() {
         &[("DATABASE_URL", &database_url), ("RUST_LOG", "info")],
     );
     env.wait_for_partitions().await;
-    let requests = seatrush::rush::crowd(&courses, 120, 1, &prefix, 7).expect("crowd");
+    let requests = seatrush_tools::rush::crowd(&courses, 120, 1, &prefix, 7).expect("crowd");
 
     // Act: the crowd, and one message that is not a request.
     let broker = env.broker().await;
@@ -187,7 +187,7 @@ async fn metrics_logs_and_spans_after_a_small_rush_match_what_happened() {
         scrape.sum("seatrush_ready", &["component=\"database\""]),
         1.0
     );
-    for name in seatrush::telemetry::metrics::ALL {
+    for name in seatrush_core::telemetry::metrics::ALL {
         assert!(
             scrape.has(name) || scrape.has(&format!("{name}_count")),
             "{name} is exposed"

@@ -50,12 +50,13 @@ async fn sigterm_mid_burst_then_restart_loses_and_doubles_nothing() {
     let courses = env.add_courses("t", 40, 30).await;
     let first = env.worker_process("first");
     env.wait_for_partitions().await;
-    let requests = seatrush::rush::crowd(&courses, 6000, 1, "burst", 3).expect("crowd");
+    let requests = seatrush_tools::rush::crowd(&courses, 6000, 1, "burst", 3).expect("crowd");
     let crowd = {
         let amqp_url = env.amqp_url.clone();
         let topology = env.topology.clone();
         tokio::spawn(async move {
-            seatrush::load::fire(&amqp_url, &topology, requests, Duration::from_secs(180)).await
+            seatrush_tools::load::fire(&amqp_url, &topology, requests, Duration::from_secs(180))
+                .await
         })
     };
 
@@ -147,7 +148,7 @@ async fn a_redelivered_request_already_answered_gets_no_second_final_answer() {
     let broker = env.broker().await;
     let publisher = broker.confirmed_publisher().await.expect("publisher");
     let (queue, mut replies) = broker.reply_queue().await.expect("reply queue");
-    let to = seatrush::amqp::ReplyTo {
+    let to = seatrush_core::amqp::ReplyTo {
         queue,
         correlation_id: None,
     };
@@ -155,12 +156,12 @@ async fn a_redelivered_request_already_answered_gets_no_second_final_answer() {
 
     // Act
     publisher
-        .send_confirmed(seatrush::amqp::Outgoing::request(
+        .send_confirmed(seatrush_core::amqp::Outgoing::request(
             &env.topology,
             request.course_id.as_str(),
             request.request_id.as_str(),
             Some(&to),
-            seatrush::protocol::request_body(&request),
+            seatrush_core::protocol::request_body(&request),
         ))
         .await
         .expect("publish");
@@ -178,8 +179,8 @@ async fn a_redelivered_request_already_answered_gets_no_second_final_answer() {
             continue;
         };
         crate::schema::assert_valid_answer(&message.body);
-        let answer = seatrush::client::parse_answer(&message.body).expect("JSON");
-        if answer.stage == seatrush::protocol::Stage::Provisional && answer.replayed {
+        let answer = seatrush_core::client::parse_answer(&message.body).expect("JSON");
+        if answer.stage == seatrush_core::protocol::Stage::Provisional && answer.replayed {
             quiet_until = Some(std::time::Instant::now() + Duration::from_secs(2));
         }
         answers.push(answer);
@@ -188,11 +189,11 @@ async fn a_redelivered_request_already_answered_gets_no_second_final_answer() {
     // Assert
     let provisional_replays = answers
         .iter()
-        .filter(|a| a.stage == seatrush::protocol::Stage::Provisional && a.replayed)
+        .filter(|a| a.stage == seatrush_core::protocol::Stage::Provisional && a.replayed)
         .count();
     let finals: Vec<_> = answers
         .iter()
-        .filter(|a| a.stage == seatrush::protocol::Stage::Final)
+        .filter(|a| a.stage == seatrush_core::protocol::Stage::Final)
         .collect();
     assert_eq!(
         provisional_replays, 1,

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use seatrush::domain::CourseSettings;
-use seatrush::load::Pace;
-use seatrush::rush::WorkerProcess;
+use seatrush_core::domain::CourseSettings;
+use seatrush_tools::load::Pace;
+use seatrush_tools::rush::WorkerProcess;
 
 use crate::helpers::{TestEnv, assert_one_outcome_per_id, enroll};
 
@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// P/W each); returns how long it took and the split.
 async fn wait_balanced(env: &TestEnv, workers: &[&str]) -> (Duration, HashMap<String, usize>) {
     let start = Instant::now();
-    let split = seatrush::rush::wait_until_balanced(&env.store, workers, WAIT)
+    let split = seatrush_tools::rush::wait_until_balanced(&env.store, workers, WAIT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     (start.elapsed(), split)

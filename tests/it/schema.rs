@@ -6,9 +6,11 @@ use std::sync::LazyLock;
 use jsonschema::Validator;
 use serde_json::Value;
 
-use seatrush::domain::{Action, CourseId, CoursePatch, REASONS, Request, RequestId, StudentId};
-use seatrush::load::Report;
-use seatrush::protocol::{Answer, parse_request, request_body};
+use seatrush_core::domain::{
+    Action, CourseId, CoursePatch, REASONS, Request, RequestId, StudentId,
+};
+use seatrush_core::protocol::{Answer, parse_request, request_body};
+use seatrush_tools::load::Report;
 
 fn load(name: &str) -> (Value, Validator) {
     let path = format!("{}/docs/schemas/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -77,7 +79,7 @@ fn the_answer_schema_names_every_outcome_and_reason() {
     assert_eq!(reasons, known);
     for outcome in enum_of(schema, "outcome") {
         assert!(
-            seatrush::domain::Outcome::parse(outcome).is_some(),
+            seatrush_core::domain::Outcome::parse(outcome).is_some(),
             "{outcome} is not an outcome"
         );
     }
@@ -122,7 +124,7 @@ fn requests_seatrush_accepts_match_the_request_schema_and_invalid_ones_do_not() 
 
 #[test]
 fn a_promotion_event_matches_the_answer_schema() {
-    let promotion = seatrush::protocol::Promotion {
+    let promotion = seatrush_core::protocol::Promotion {
         course_id: "CS101".into(),
         student_id: "s9".into(),
         request_id: "r9".into(),

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use seatrush::worker::health::Readiness;
+use seatrush_core::worker::health::Readiness;
 
 /// A loopback address with a port nobody listens on (a moment ago).
 pub fn free_port() -> SocketAddr {
@@ -15,7 +15,7 @@ pub fn free_port() -> SocketAddr {
 /// `GET /readyz` on the worker's health endpoint; `None` while it does not answer.
 pub async fn readyz(addr: SocketAddr) -> Option<Readiness> {
     let (status, body) =
-        seatrush::worker::health::probe(&addr.to_string(), "/readyz", Duration::from_secs(2))
+        seatrush_core::worker::health::probe(&addr.to_string(), "/readyz", Duration::from_secs(2))
             .await
             .ok()?;
     let value: serde_json::Value = serde_json::from_str(body.trim()).ok()?;

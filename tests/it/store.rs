@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-use seatrush::course::Effect;
-use seatrush::domain::{Action, Outcome, Partition, Reason, StudentId, Verdict};
-use seatrush::store::Pending;
+use seatrush_core::course::Effect;
+use seatrush_core::domain::{Action, Outcome, Partition, Reason, StudentId, Verdict};
+use seatrush_core::store::Pending;
 
 use crate::helpers::{TestEnv, enroll, request};
 
@@ -72,7 +72,7 @@ async fn a_replay_knows_whether_its_final_answer_was_already_sent() {
     assert!(after_marking[0].replayed && after_marking[0].answered);
     assert_eq!(after_marking[0].verdict, decided);
     assert!(
-        matches!(stale, Err(seatrush::store::StoreError::Fenced { .. })),
+        matches!(stale, Err(seatrush_core::store::StoreError::Fenced { .. })),
         "a commit under an old epoch is refused: {stale:?}"
     );
     assert!(env.store.audit().await.expect("audit").is_empty());
@@ -87,7 +87,7 @@ async fn the_database_decides_promotions_and_refuses_what_memory_got_wrong() {
         .add_courses_with(
             "sp",
             1,
-            seatrush::domain::CourseSettings {
+            seatrush_core::domain::CourseSettings {
                 capacity: 1,
                 waitlist: 2,
                 ..Default::default()

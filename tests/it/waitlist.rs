@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use sqlx::Connection;
 
-use seatrush::domain::{Action, CourseSettings};
+use seatrush_core::domain::{Action, CourseSettings};
 
 use crate::helpers::{Listener, TestEnv, enroll, request};
 
@@ -146,7 +146,7 @@ async fn a_full_course_waitlists_in_order_and_drops_promote_the_head() {
     let replay = client
         .received
         .iter()
-        .rfind(|a| a.request_id == "d000" && a.stage == seatrush::protocol::Stage::Final)
+        .rfind(|a| a.request_id == "d000" && a.stage == seatrush_core::protocol::Stage::Final)
         .expect("the replayed drop's final answer");
     assert!(replay.replayed);
     assert_eq!(client.promotions().len(), 5);
@@ -323,16 +323,16 @@ async fn the_queue_limit_nacks_a_producer_instead_of_growing() {
     let mut nacked = 0;
     for i in 0..12 {
         let r = enroll(&format!("n{i}"), &course, &format!("s{i}"));
-        let message = seatrush::amqp::Outgoing::request(
+        let message = seatrush_core::amqp::Outgoing::request(
             &env.topology,
             course.as_str(),
             r.request_id.as_str(),
             None,
-            seatrush::protocol::request_body(&r),
+            seatrush_core::protocol::request_body(&r),
         );
         match publisher.send_confirmed(message).await {
             Ok(()) => confirmed += 1,
-            Err(seatrush::amqp::AmqpError::Nacked(_)) => nacked += 1,
+            Err(seatrush_core::amqp::AmqpError::Nacked(_)) => nacked += 1,
             Err(e) => panic!("unexpected publish error: {e}"),
         }
     }

@@ -10,10 +10,10 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::amqp::{Broker, Outgoing, Publisher, ReplyTo, Topology};
-use crate::domain::{Outcome, Partition, Request, Verdict};
 use crate::load::{self, Pace, Progress};
-use crate::protocol::{Answer, Stage, parse_request};
+use seatrush_core::amqp::{Broker, Outgoing, Publisher, ReplyTo, Topology};
+use seatrush_core::domain::{Outcome, Partition, Request, Verdict};
+use seatrush_core::protocol::{Answer, Stage, parse_request};
 
 /// What the echo consumer publishes per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub async fn run(
 
 /// Answers every delivery once, confirmed, then acks it.
 async fn echo(
-    mut deliveries: crate::amqp::Deliveries,
+    mut deliveries: seatrush_core::amqp::Deliveries,
     publisher: Publisher,
     topology: Topology,
     echo_kind: Echo,

@@ -1,4 +1,4 @@
-//! seatrush: course enrollment that survives the flash crowd.
+//! seatrush-core: the product's runtime. Course enrollment that survives the flash crowd.
 //!
 //! Requests arrive over RabbitMQ, partitioned by course through a consistent-hash exchange. A
 //! worker owns partitions (leased in Postgres, fenced by epoch) and runs one supervised actor per
@@ -13,24 +13,21 @@
 //! - [`store`]: Postgres. Only it speaks SQL.
 //! - [`client`]: what producers and operators use: publish a request and await its answers.
 //! - [`admin`]: course creation, changes through the course actor, CSV import.
-//! - [`load`]: a flash crowd of requests with answer collection, used by the demo and tests.
+//! - [`status`]: who owns which partition, for operators.
+//!
+//! What this crate must never depend on: the tooling (`seatrush-tools`: the crowd, the rush, the
+//! benchmark, chaos, charts, the demo). The compiler enforces it: this crate does not list the
+//! tooling crate, or its chart and progress-bar libraries, among its dependencies.
 
 pub mod admin;
 pub mod amqp;
-pub mod bench;
-pub mod chaos;
-pub mod charts;
 pub mod client;
 pub mod course;
-pub mod demo;
 pub mod domain;
 pub mod failpoint;
-pub mod load;
 pub mod pipeline;
 pub mod protocol;
 pub mod retry;
-pub mod rush;
-pub mod stats;
 pub mod status;
 pub mod store;
 pub mod telemetry;

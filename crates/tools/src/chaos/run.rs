@@ -18,11 +18,11 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use super::proxy::Proxy;
-use crate::client::Client;
-use crate::domain::{Action, CourseId, CourseSettings, Request, RequestId, StudentId};
 use crate::load::{self, Pace, Report};
 use crate::rush::{self, Crowd, Services, WorkerProcess};
-use crate::store::{Store, Violation};
+use seatrush_core::client::Client;
+use seatrush_core::domain::{Action, CourseId, CourseSettings, Request, RequestId, StudentId};
+use seatrush_core::store::{Store, Violation};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -312,8 +312,8 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     // With the crash points compiled in, a worker also dies at each of them: the others stop
     // (giving their partitions back), a worker that aborts the first time it passes the point
     // takes them all, a probe drives it there, and fresh workers finish the job.
-    if cfg!(feature = "failpoints") {
-        for point in crate::failpoint::ALL {
+    if seatrush_core::failpoint::ENABLED {
+        for point in seatrush_core::failpoint::ALL {
             rush::wait_for_partitions(&store, services.topology.partitions).await?;
             let began = Instant::now();
             for worker in workers.drain(..) {

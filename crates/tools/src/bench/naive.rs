@@ -5,19 +5,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::naive_sql::{Naive, NaiveOutcome};
 use super::{DesignFigures, NaiveFigures};
-use crate::domain::{CourseId, Request};
 use crate::stats::Latency;
-use crate::store::{NaiveOutcome, Store};
+use seatrush_core::domain::{CourseId, Request};
 
 pub(super) async fn run(
-    store: &Store,
+    database_url: &str,
     courses: &[CourseId],
     seats: u32,
     connections: u32,
     stream: &[Request],
 ) -> anyhow::Result<(NaiveFigures, Vec<Duration>)> {
-    let naive = Arc::new(store.naive(courses, seats, connections).await?);
+    let naive = Arc::new(Naive::create(database_url, courses, seats, connections).await?);
     let stream: Arc<Vec<Request>> = Arc::new(stream.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -50,8 +50,10 @@ pub(super) async fn run(
     }
     let elapsed = start.elapsed();
     let violations = naive.violations().await?;
-    naive.close().await;
-    store.drop_naive().await?;
+    // Every task has ended, so this is the last handle.
+    if let Some(naive) = Arc::into_inner(naive) {
+        naive.drop().await?;
+    }
     Ok((
         NaiveFigures {
             figures: DesignFigures::of(stream.len(), elapsed, Latency::of(latencies.clone())),

@@ -2,10 +2,11 @@
 //! `UPDATE ... WHERE enrolled < capacity` plus an insert, straight against Postgres. It lives in
 //! its own schema, created fresh for each benchmark run, so it never touches seatrush's tables.
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::{Result, Store};
-use crate::domain::{CourseId, Request};
+use seatrush_core::domain::{CourseId, Request};
+
+type Result<T> = std::result::Result<T, sqlx::Error>;
 
 /// The naive design's tables and a pool of connections to drive them.
 pub struct Naive {
@@ -21,10 +22,21 @@ pub enum NaiveOutcome {
     Duplicate,
 }
 
-impl Store {
+impl Naive {
     /// Creates the naive schema afresh with the given courses, and a pool of `connections`.
-    pub async fn naive(&self, courses: &[CourseId], seats: u32, connections: u32) -> Result<Naive> {
-        let mut tx = self.pool.begin().await?;
+    pub async fn create(
+        database_url: &str,
+        courses: &[CourseId],
+        seats: u32,
+        connections: u32,
+    ) -> Result<Naive> {
+        let options: PgConnectOptions = database_url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .min_connections(connections)
+            .connect_with(options.application_name("seatrush-bench-naive"))
+            .await?;
+        let mut tx = pool.begin().await?;
         for statement in [
             "DROP SCHEMA IF EXISTS bench_naive CASCADE",
             "CREATE SCHEMA bench_naive",
@@ -45,16 +57,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(connections)
-            .min_connections(connections)
-            .connect_with(self.pool.connect_options().as_ref().clone())
-            .await?;
         Ok(Naive { pool })
     }
-}
 
-impl Naive {
     /// One request, one transaction.
     pub async fn enroll(&self, request: &Request) -> Result<NaiveOutcome> {
         let mut tx = self.pool.begin().await?;
@@ -88,26 +93,21 @@ impl Naive {
 
     /// Courses holding more students than seats, and counters that disagree with the rows.
     pub async fn violations(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar(
+        sqlx::query_scalar(
             "SELECT count(*) FROM bench_naive.courses c \
              WHERE c.enrolled > c.capacity OR c.enrolled <> \
                (SELECT count(*) FROM bench_naive.enrollments e WHERE e.course_id = c.course_id)",
         )
         .fetch_one(&self.pool)
-        .await?)
+        .await
     }
 
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-}
-
-impl Store {
-    /// Drops the naive design's schema.
-    pub async fn drop_naive(&self) -> Result<()> {
+    /// Drops the naive design's schema and closes the pool.
+    pub async fn drop(self) -> Result<()> {
         sqlx::query("DROP SCHEMA IF EXISTS bench_naive CASCADE")
             .execute(&self.pool)
             .await?;
+        self.pool.close().await;
         Ok(())
     }
 }

@@ -7,7 +7,6 @@
 mod audit;
 mod commit;
 mod courses;
-mod naive;
 mod ownership;
 
 use std::time::Duration;
@@ -17,12 +16,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 pub use audit::Violation;
 pub use commit::{Committed, Pending};
 pub use courses::{CourseDetail, CourseRow};
-pub use naive::{Naive, NaiveOutcome};
 pub use ownership::{Lease, Membership, PartitionRow, WorkerRow};
 
 /// Embedded migrations; sqlx takes an advisory lock while applying them, so several workers
 /// starting at once are safe.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// Errors at the store's edge.
 #[derive(Debug, thiserror::Error)]

@@ -62,34 +62,47 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    // The defaults, in one place: `new` uses them and the command line shows them.
+    pub const DEFAULT_PREFETCH: u16 = 250;
+    pub const DEFAULT_MAILBOX: usize = 512;
+    pub const DEFAULT_MAX_ACTORS: usize = 5000;
+    pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+    pub const DEFAULT_BATCH_MAX: usize = 1000;
+    pub const DEFAULT_BATCH_LINGER_MS: u64 = 5;
+    pub const DEFAULT_LEASE_MS: u64 = 6000;
+    /// A shorter lease would expire between two heartbeats of a busy worker.
+    pub const MIN_LEASE_MS: u64 = 300;
+    pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
+    pub const DEFAULT_SETTLE_GRACE_MS: u64 = 1000;
+    pub const DEFAULT_DB_CONNECTIONS: u32 = 8;
+    /// One connection commits while another serves heartbeats and actor loads.
+    pub const MIN_DB_CONNECTIONS: u32 = 2;
+    pub const DEFAULT_RESTARTS: RestartPolicy = RestartPolicy {
+        max_restarts: 5,
+        window: Duration::from_secs(30),
+    };
+    pub const DEFAULT_CATALOG_REFRESH: Duration = Duration::from_secs(1);
+
     /// Defaults for everything but the URLs.
     pub fn new(amqp_url: String, database_url: String) -> Self {
         let admin_users = crate::amqp::url_user(&amqp_url).into_iter().collect();
         Self {
             amqp_url,
             database_url,
-            topology: Topology {
-                prefix: "seatrush".into(),
-                partitions: 16,
-                delivery_limit: 20,
-                max_queue_length: 1_000_000,
-            },
+            topology: Topology::new(Topology::DEFAULT_PREFIX, Topology::DEFAULT_PARTITIONS),
             worker_id: format!("worker-{}", uuid::Uuid::new_v4().simple()),
-            prefetch: 250,
-            mailbox: 512,
-            max_actors: 5000,
-            idle_timeout: Duration::from_secs(60),
-            batch_max: 1000,
-            batch_linger: Duration::from_millis(5),
-            lease: Duration::from_secs(6),
-            drain_timeout: Duration::from_secs(30),
-            settle_grace: Duration::from_secs(1),
-            db_connections: 8,
-            restarts: RestartPolicy {
-                max_restarts: 5,
-                window: Duration::from_secs(30),
-            },
-            catalog_refresh: Duration::from_secs(1),
+            prefetch: Self::DEFAULT_PREFETCH,
+            mailbox: Self::DEFAULT_MAILBOX,
+            max_actors: Self::DEFAULT_MAX_ACTORS,
+            idle_timeout: Duration::from_secs(Self::DEFAULT_IDLE_TIMEOUT_SECS),
+            batch_max: Self::DEFAULT_BATCH_MAX,
+            batch_linger: Duration::from_millis(Self::DEFAULT_BATCH_LINGER_MS),
+            lease: Duration::from_millis(Self::DEFAULT_LEASE_MS),
+            drain_timeout: Duration::from_secs(Self::DEFAULT_DRAIN_TIMEOUT_SECS),
+            settle_grace: Duration::from_millis(Self::DEFAULT_SETTLE_GRACE_MS),
+            db_connections: Self::DEFAULT_DB_CONNECTIONS,
+            restarts: Self::DEFAULT_RESTARTS,
+            catalog_refresh: Self::DEFAULT_CATALOG_REFRESH,
             admin_users,
             http_addr: None,
         }

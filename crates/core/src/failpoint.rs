@@ -34,3 +34,12 @@ pub fn crash_point(name: &str) {
 
 #[cfg(not(feature = "failpoints"))]
 pub fn crash_point(_: &str) {}
+
+/// Whether this build has the crash points compiled in.
+pub const ENABLED: bool = cfg!(feature = "failpoints");
+
+/// Reads the crash points configured in `FAILPOINTS` for the life of the returned guard.
+#[cfg(feature = "failpoints")]
+pub fn setup() -> impl Drop {
+    fail::FailScenario::setup()
+}

@@ -19,6 +19,22 @@ pub struct Topology {
 }
 
 impl Topology {
+    pub const DEFAULT_PREFIX: &str = "seatrush";
+    pub const DEFAULT_PARTITIONS: u16 = 16;
+    pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+    pub const DEFAULT_MAX_QUEUE_LENGTH: u32 = 1_000_000;
+
+    /// The layout under `prefix` with `partitions` queues and the default limits (which only
+    /// matter to whoever declares the queues: a worker, or a test standing in for one).
+    pub fn new(prefix: impl Into<String>, partitions: u16) -> Self {
+        Self {
+            prefix: prefix.into(),
+            partitions,
+            delivery_limit: Self::DEFAULT_DELIVERY_LIMIT,
+            max_queue_length: Self::DEFAULT_MAX_QUEUE_LENGTH,
+        }
+    }
+
     /// The consistent-hash exchange producers publish requests to.
     pub fn requests_exchange(&self) -> String {
         format!("{}.requests", self.prefix)

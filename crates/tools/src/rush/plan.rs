@@ -3,7 +3,7 @@
 use rand::distr::{Distribution, weighted::WeightedIndex};
 use rand::{Rng, SeedableRng};
 
-use crate::domain::{Action, CourseId, Request, RequestId, StudentId};
+use seatrush_core::domain::{Action, CourseId, Request, RequestId, StudentId};
 
 /// The course ids of a rush: `<tag>-c0000`, `<tag>-c0001`, ...
 pub fn course_ids(tag: &str, count: usize) -> anyhow::Result<Vec<CourseId>> {

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 pub use plan::{course_ids, crowd, with_duplicates};
 pub use workers::{Services, Usage, WorkerProcess, usage_of};
 
-use crate::domain::{CourseId, CourseSettings};
 use crate::load::{self, Pace, Progress};
-use crate::protocol::Stage;
-use crate::store::Store;
+use seatrush_core::domain::{CourseId, CourseSettings};
+use seatrush_core::protocol::Stage;
+use seatrush_core::store::Store;
 
 /// Who runs the workers.
 #[derive(Debug, Clone)]
@@ -126,7 +126,7 @@ pub struct RushReport {
     /// Audit violations plus final answers that disagree with the enrollment rows.
     pub violations: usize,
     pub outcomes: BTreeMap<String, usize>,
-    pub audit: Vec<crate::store::Violation>,
+    pub audit: Vec<seatrush_core::store::Violation>,
 }
 
 impl RushReport {
@@ -390,11 +390,11 @@ pub async fn wait_until_balanced(
     expected.sort_unstable();
     loop {
         let (_, partitions) = store.ownership().await?;
-        let owned = crate::status::owned_by(&partitions);
+        let owned = seatrush_core::status::owned_by(&partitions);
         let mut owners: Vec<&str> = owned.keys().copied().collect();
         owners.sort_unstable();
         let counts: Vec<usize> = owned.values().copied().collect();
-        if owners == expected && crate::status::is_fair(&counts, partitions.len()) {
+        if owners == expected && seatrush_core::status::is_fair(&counts, partitions.len()) {
             return Ok(owned.into_iter().map(|(w, n)| (w.to_owned(), n)).collect());
         }
         if start.elapsed() > within {

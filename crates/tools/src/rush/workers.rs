@@ -9,7 +9,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::amqp::Topology;
+use seatrush_core::amqp::Topology;
 
 /// Where the services are, as passed to worker processes.
 #[derive(Debug, Clone)]

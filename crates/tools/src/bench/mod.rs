@@ -5,6 +5,7 @@
 
 mod ceiling;
 mod naive;
+mod naive_sql;
 mod report;
 
 use std::path::PathBuf;
@@ -16,12 +17,12 @@ use serde::Serialize;
 
 pub use report::{markdown, write_junk, write_outputs};
 
-use crate::amqp::Topology;
-use crate::domain::{Action, CourseId, Request, RequestId, StudentId};
 use crate::load;
 use crate::rush::{self, Crowd, RushConfig, RushReport, Services, WorkerProcess};
 use crate::stats::Latency;
-use crate::store::Store;
+use seatrush_core::amqp::Topology;
+use seatrush_core::domain::{Action, CourseId, Request, RequestId, StudentId};
+use seatrush_core::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -147,7 +148,7 @@ pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples
         config.naive_connections
     );
     let (naive, naive_latencies) = naive::run(
-        &store,
+        &config.services.database_url,
         &courses,
         config.crowd.seats,
         config.naive_connections,
@@ -174,13 +175,13 @@ pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples
     let ceiling_figures = DesignFigures::of(
         n,
         ceiling.total_time,
-        ceiling.latency(crate::protocol::Stage::Final),
+        ceiling.latency(seatrush_core::protocol::Stage::Final),
     );
     let budget = ceiling.total_time.as_secs_f64() * 1000.0 + 1000.0;
     let same_figures = DesignFigures::of(
         n,
         same.total_time,
-        same.latency(crate::protocol::Stage::Final),
+        same.latency(seatrush_core::protocol::Stage::Final),
     );
     let report = BenchReport {
         scenario: "burst",

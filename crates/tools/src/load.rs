@@ -11,11 +11,11 @@ use anyhow::Context;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use crate::amqp::{Broker, Outgoing, Publisher, ReplyTo, Topology};
-use crate::client::parse_answer;
-use crate::domain::Request;
-use crate::protocol::{Answer, Stage, request_body};
 use crate::stats::Latency;
+use seatrush_core::amqp::{Broker, Outgoing, Publisher, ReplyTo, Topology};
+use seatrush_core::client::parse_answer;
+use seatrush_core::domain::Request;
+use seatrush_core::protocol::{Answer, Stage, request_body};
 
 /// Numbers each request by its request id (copies share a number); returns the numbers and
 /// how many distinct ids there are.
@@ -515,7 +515,7 @@ pub async fn flood(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Action, CourseId, RequestId, StudentId};
+    use seatrush_core::domain::{Action, CourseId, RequestId, StudentId};
 
     fn answer(stage: Stage, outcome: &str, reason: Option<&str>) -> Answer {
         Answer {

@@ -1,0 +1,290 @@
+//! The tooling's commands (with the default `tools` feature): `rush`, `bench`, `chaos` and
+//! `demo`. Each spawns worker processes of this same binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::common::Common;
+use super::parse::{at_least, positive_rate};
+use seatrush_tools::load::Pace;
+use seatrush_tools::rush::{Crowd, RushConfig, Services, Workers};
+
+/// The crowd of a rush or the demo; the defaults are the seeds' opening day.
+#[derive(Args)]
+pub struct CrowdArgs {
+    /// Courses to create.
+    #[arg(long, default_value_t = 300, value_parser = at_least::<usize>(1))]
+    courses: usize,
+    /// Seats per course.
+    #[arg(long, default_value_t = 30)]
+    seats: u32,
+    /// Waitlist places per course (0: no waitlist).
+    #[arg(long, default_value_t = 0)]
+    waitlist: u32,
+    /// Students in the crowd.
+    #[arg(long, default_value_t = 40_000, value_parser = at_least::<usize>(1))]
+    students: usize,
+    /// Courses each student asks for (popularity is skewed).
+    #[arg(long, default_value_t = 3, value_parser = at_least::<usize>(1))]
+    choices: usize,
+}
+
+impl CrowdArgs {
+    fn crowd(&self) -> Crowd {
+        Crowd {
+            courses: self.courses,
+            seats: self.seats,
+            waitlist: self.waitlist,
+            students: self.students,
+            choices: self.choices,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct RushArgs {
+    #[command(flatten)]
+    crowd: CrowdArgs,
+    /// Publish everything as fast as the broker confirms (the default).
+    #[arg(long, conflicts_with = "rate")]
+    burst: bool,
+    /// Publish this many requests per second instead.
+    #[arg(long, value_parser = positive_rate)]
+    rate: Option<f64>,
+    /// Start this many worker processes and stop them at the end.
+    #[arg(long, default_value_t = 1, conflicts_with = "external",
+          value_parser = at_least::<usize>(1))]
+    workers: usize,
+    /// Use workers that are already running.
+    #[arg(long)]
+    external: bool,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Name for this run's courses and students (default: fresh); reusing one reuses them.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Seed of the crowd's choices and arrival order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds to wait for the last final answer.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// The same burst through the broker alone, a naive Postgres design, and seatrush.
+    Burst,
+    /// Requests naming random unknown courses: the worker's memory must stay flat.
+    Junk,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "burst")]
+    scenario: Scenario,
+    /// Where report.md, bench.json (or junk.json) and the charts go.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 300, value_parser = at_least::<usize>(1))]
+    courses: usize,
+    #[arg(long, default_value_t = 30)]
+    seats: u32,
+    /// Students in the burst; with one choice each, the seeds' 10,000 requests at once.
+    #[arg(long, default_value_t = 10_000, value_parser = at_least::<usize>(1))]
+    students: usize,
+    #[arg(long, default_value_t = 1, value_parser = at_least::<usize>(1))]
+    choices: usize,
+    /// seatrush worker processes.
+    #[arg(long, default_value_t = 1, value_parser = at_least::<usize>(1))]
+    workers: usize,
+    /// Connections of the naive design.
+    #[arg(long, default_value_t = 32, value_parser = at_least::<u32>(1))]
+    naive_connections: u32,
+    /// Requests of the junk scenario.
+    #[arg(long, default_value_t = 1_000_000, value_parser = at_least::<usize>(1))]
+    junk_requests: usize,
+    /// Seconds to wait for the last answer of each run.
+    #[arg(long, default_value_t = 900)]
+    timeout_secs: u64,
+}
+
+#[derive(Args)]
+pub struct ChaosArgs {
+    /// Courses to create.
+    #[arg(long, default_value_t = 300, value_parser = at_least::<usize>(1))]
+    courses: usize,
+    /// Seats per course.
+    #[arg(long, default_value_t = 30)]
+    seats: u32,
+    /// Waitlist places per course.
+    #[arg(long, default_value_t = 5)]
+    waitlist: u32,
+    /// Students; each asks for `--choices` courses, and every tenth request is published twice.
+    #[arg(long, default_value_t = 10_000, value_parser = at_least::<usize>(1))]
+    students: usize,
+    #[arg(long, default_value_t = 2, value_parser = at_least::<usize>(1))]
+    choices: usize,
+    /// Requests published per second, so that the crowd spans the faults.
+    #[arg(long, default_value_t = 500.0, value_parser = positive_rate)]
+    rate: f64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2, value_parser = at_least::<usize>(1))]
+    workers: usize,
+    /// Shell command that restarts the database server (for example
+    /// `SEATRUSH_PG_PORT=26432 scripts/services.sh restart-db`); without it, no restart.
+    #[arg(long)]
+    restart_database: Option<String>,
+    /// Shell command that restarts the broker; without it, no restart.
+    #[arg(long)]
+    restart_broker: Option<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Seconds to wait for the crowd's answers.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    crowd: CrowdArgs,
+    #[arg(long, default_value_t = 2, value_parser = at_least::<usize>(1))]
+    workers: usize,
+}
+
+fn services(common: &Common) -> anyhow::Result<Services> {
+    Ok(Services {
+        amqp_url: common.amqp_url()?,
+        database_url: common.database_url()?,
+        topology: common.topology(),
+    })
+}
+
+fn this_binary() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the seatrush binary")
+}
+
+fn exit_code(passed: bool) -> ExitCode {
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn write_json(path: Option<&PathBuf>, report: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub async fn rush(common: &Common, args: RushArgs) -> anyhow::Result<ExitCode> {
+    let workers = if args.external {
+        Workers::External
+    } else {
+        Workers::Spawn {
+            count: args.workers,
+            exe: this_binary()?,
+            args: Vec::new(),
+        }
+    };
+    let pace = match args.rate {
+        Some(rate) if !args.burst => Pace::Rate(rate),
+        _ => Pace::Burst,
+    };
+    let config = RushConfig {
+        services: services(common)?,
+        crowd: args.crowd.crowd(),
+        pace,
+        workers,
+        tag: args
+            .tag
+            .unwrap_or_else(|| seatrush_tools::rush::fresh_tag("rush")),
+        seed: args.seed,
+        timeout: Duration::from_secs(args.timeout_secs),
+        log_dir: std::env::temp_dir().join("seatrush-rush"),
+    };
+    let done = seatrush_tools::rush::run(config, true).await?;
+    print!("{}", seatrush_tools::rush::describe(&done.report));
+    write_json(args.json.as_ref(), &done.report)?;
+    Ok(exit_code(done.report.passed()))
+}
+
+pub async fn bench(common: &Common, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use seatrush_tools::bench;
+    let config = bench::BenchConfig {
+        services: services(common)?,
+        crowd: Crowd {
+            courses: args.courses,
+            seats: args.seats,
+            waitlist: 0,
+            students: args.students,
+            choices: args.choices,
+        },
+        workers: args.workers,
+        naive_connections: args.naive_connections,
+        exe: this_binary()?,
+        out: args.out.clone(),
+        timeout: Duration::from_secs(args.timeout_secs),
+    };
+    match args.scenario {
+        Scenario::Burst => {
+            let (report, samples) = bench::burst(&config).await?;
+            bench::write_outputs(&args.out, &report, &samples)?;
+            print!("{}", bench::markdown(&report));
+            println!("\nwritten to {}", args.out.display());
+            Ok(exit_code(report.seatrush.passed()))
+        }
+        Scenario::Junk => {
+            let report = bench::junk(&config, args.junk_requests).await?;
+            bench::write_junk(&args.out, &report)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(exit_code(report.answered == report.requests))
+        }
+    }
+}
+
+pub async fn chaos(common: &Common, args: ChaosArgs) -> anyhow::Result<ExitCode> {
+    let config = seatrush_tools::chaos::ChaosConfig {
+        services: services(common)?,
+        crowd: Crowd {
+            courses: args.courses,
+            seats: args.seats,
+            waitlist: args.waitlist,
+            students: args.students,
+            choices: args.choices,
+        },
+        rate: args.rate,
+        workers: args.workers,
+        exe: this_binary()?,
+        log_dir: std::env::temp_dir().join("seatrush-chaos"),
+        restart_database: args.restart_database,
+        restart_broker: args.restart_broker,
+        timeout: Duration::from_secs(args.timeout_secs),
+    };
+    let report = seatrush_tools::chaos::run(config).await?;
+    print!("{}", seatrush_tools::chaos::describe(&report));
+    write_json(args.json.as_ref(), &report)?;
+    Ok(exit_code(report.passed()))
+}
+
+pub async fn demo(common: &Common, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    seatrush_tools::demo::run(seatrush_tools::demo::DemoConfig {
+        services: services(common)?,
+        crowd: args.crowd.crowd(),
+        workers: args.workers,
+        exe: this_binary()?,
+        log_dir: std::env::temp_dir().join("seatrush-demo"),
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
