@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-use seatrush_core::course::Effect;
+use seatrush_core::domain::Effect;
 use seatrush_core::domain::{Action, Outcome, Partition, Reason, StudentId, Verdict};
 use seatrush_core::store::Pending;
 

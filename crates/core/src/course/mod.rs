@@ -3,10 +3,13 @@
 
 mod actor;
 mod catalog;
+mod context;
 mod decision;
+mod instance;
 mod registry;
 
-pub use actor::{ActorContext, CourseTicket, RestartPolicy, submit};
+pub use actor::CourseHandle;
 pub use catalog::Catalog;
-pub use decision::{CourseSnapshot, CourseState, Decision, Effect};
-pub use registry::{Close, Registry, RegistryConfig, Routed};
+pub use context::{ActorContext, RestartPolicy};
+pub use decision::CourseState;
+pub use registry::{Close, Registry, RegistryConfig};

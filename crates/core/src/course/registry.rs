@@ -8,15 +8,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
-use super::actor::{ActorContext, CourseTicket, supervise};
+use super::actor::CourseHandle;
 use super::catalog::Catalog;
-use crate::domain::{CourseId, Partition};
-use crate::pipeline::Envelope;
+use super::context::ActorContext;
+use crate::domain::{CourseId, Partition, Reason};
+use crate::pipeline::{CommitClosed, Envelope};
 
 #[derive(Debug, Clone, Copy)]
 pub struct RegistryConfig {
@@ -28,14 +27,6 @@ pub struct RegistryConfig {
     pub idle_timeout: Duration,
 }
 
-/// Where a request went.
-pub enum Routed {
-    /// In its course actor's mailbox.
-    Delivered,
-    /// The course does not exist; the request is handed back to be answered as such.
-    UnknownCourse(Box<Envelope>),
-}
-
 /// How to stop the actors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
@@ -44,8 +35,7 @@ pub enum Close {
 }
 
 struct Entry {
-    sender: mpsc::Sender<Envelope>,
-    ticket: Arc<CourseTicket>,
+    handle: CourseHandle,
     last_used: Instant,
     /// The partition its last request came from.
     partition: Partition,
@@ -96,56 +86,68 @@ impl Registry {
     pub fn mailbox_depths(&self) -> (usize, usize) {
         self.actors()
             .values()
-            .map(|e| e.sender.max_capacity() - e.sender.capacity())
+            .map(|e| e.handle.depth())
             .fold((0, 0), |(total, max), depth| {
                 (total + depth, max.max(depth))
             })
     }
 
-    /// Delivers a request to its course actor, starting the actor if needed. Waits while the
-    /// mailbox is full (backpressure reaches the broker through the prefetch limit).
-    /// While the database cannot be asked whether a course exists, this waits: the partition
-    /// stops taking deliveries rather than answering "unknown" for a course that may exist.
-    pub async fn route(&self, mut envelope: Envelope) -> Routed {
+    /// Delivers a request to its course actor, starting the actor if needed; a request for a
+    /// course that does not exist goes straight to the commit as `unknown_course`, recorded
+    /// like any decision (so it replays) without spawning anything. Waits while the mailbox is
+    /// full (backpressure reaches the broker through the prefetch limit). While the database
+    /// cannot be asked whether a course exists, this waits: the partition stops taking
+    /// deliveries rather than answering "unknown" for a course that may exist.
+    pub async fn route(&self, mut envelope: Envelope) -> Result<(), CommitClosed> {
         loop {
             let course = envelope.request.course_id.clone();
-            // Counting the message on the ticket under the map's lock is what makes stopping an
-            // idle actor race-free: an actor is only removed while its count is zero.
             let partition = envelope.partition;
-            let live = self.actors().get_mut(&course).map(|entry| {
-                entry.last_used = Instant::now();
-                entry.partition = partition;
-                entry.ticket.route();
-                (entry.sender.clone(), entry.ticket.clone())
-            });
-            match live {
-                Some((sender, ticket)) => match sender.send(envelope).await {
-                    Ok(()) => return Routed::Delivered,
-                    Err(mpsc::error::SendError(back)) => {
-                        // The actor ended between lookup and send; forget it and start anew.
-                        ticket.unroute();
-                        self.forget(&course, &ticket);
-                        envelope = back;
+            let Some(handle) = self.live_handle(&course, partition) else {
+                match self.inner.catalog.contains(&course).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return self
+                            .inner
+                            .ctx
+                            .commit
+                            .reject(envelope, Reason::UnknownCourse)
+                            .await;
                     }
-                },
-                None => {
-                    match self.inner.catalog.contains(&course).await {
-                        Ok(true) => {}
-                        Ok(false) => return Routed::UnknownCourse(Box::new(envelope)),
-                        Err(e) => {
-                            tracing::warn!(error = %crate::telemetry::chain(&e), "cannot read the course catalog; waiting");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            continue;
-                        }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::telemetry::chain(&e), "cannot read the course catalog; waiting");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
                     }
-                    if !self.start(&course, partition) {
-                        // Every live actor is busy and the bound is reached: wait for one to
-                        // settle rather than exceed it.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
+                }
+                if !self.start(&course, partition) {
+                    // Every live actor is busy and the bound is reached: wait for one to
+                    // settle rather than exceed it.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                continue;
+            };
+            match handle.send(envelope).await {
+                Ok(()) => return Ok(()),
+                Err(back) => {
+                    // The actor ended between lookup and send; forget it and start anew.
+                    handle.ticket().unroute();
+                    self.forget(&course, &handle);
+                    envelope = back;
                 }
             }
         }
+    }
+
+    /// The live actor of `course`, with one more message counted on its ticket. Counting under
+    /// the map's lock is what makes stopping an idle actor race-free: an actor is only removed
+    /// while its count is zero.
+    fn live_handle(&self, course: &CourseId, partition: Partition) -> Option<CourseHandle> {
+        self.actors().get_mut(course).map(|entry| {
+            entry.last_used = Instant::now();
+            entry.partition = partition;
+            entry.handle.ticket().route();
+            entry.handle.clone()
+        })
     }
 
     /// Starts an actor for `course` unless one is alive; false when the bound is reached and no
@@ -158,49 +160,41 @@ impl Registry {
         if actors.len() >= self.inner.config.max_actors {
             let victim = actors
                 .iter()
-                .filter(|(_, e)| e.ticket.is_idle())
+                .filter(|(_, e)| e.handle.ticket().is_idle())
                 .min_by_key(|(_, e)| e.last_used)
                 .map(|(id, _)| id.clone());
             match victim {
-                // Dropping the entry drops the only sender: the actor ends on its own.
+                // Dropping the entry drops the only long-lived handle: the actor ends on its own.
                 Some(id) => {
                     actors.remove(&id);
                 }
                 None => return false,
             }
         }
-        let (sender, mailbox) = mpsc::channel(self.inner.config.mailbox);
-        let ticket = Arc::new(CourseTicket::default());
+        let handle = CourseHandle::spawn(
+            course.clone(),
+            partition,
+            self.inner.config.mailbox,
+            self.inner.ctx.clone(),
+            &self.inner.tasks,
+            self.inner.halt.clone(),
+        );
         actors.insert(
             course.clone(),
             Entry {
-                sender,
-                ticket: ticket.clone(),
+                handle,
                 last_used: Instant::now(),
                 partition,
             },
         );
-        // Everything the actor logs carries its course. A root span: the actor outlives the
-        // partition consumer that happened to start it.
-        let span = tracing::info_span!(parent: None, "course", course_id = %course, %partition);
-        self.inner.tasks.spawn(
-            supervise(
-                course.clone(),
-                mailbox,
-                ticket,
-                self.inner.ctx.clone(),
-                self.inner.halt.clone(),
-            )
-            .instrument(span),
-        );
         true
     }
 
-    fn forget(&self, course: &CourseId, ticket: &Arc<CourseTicket>) {
+    fn forget(&self, course: &CourseId, handle: &CourseHandle) {
         let mut actors = self.actors();
         if actors
             .get(course)
-            .is_some_and(|e| Arc::ptr_eq(&e.ticket, ticket))
+            .is_some_and(|e| Arc::ptr_eq(e.handle.ticket(), handle.ticket()))
         {
             actors.remove(course);
         }
@@ -211,7 +205,7 @@ impl Registry {
     /// idle (or reload first, should the partition come back meanwhile).
     pub fn forget_partition(&self, partition: Partition) {
         self.actors()
-            .retain(|_, e| e.partition != partition || !e.ticket.is_idle());
+            .retain(|_, e| e.partition != partition || !e.handle.ticket().is_idle());
     }
 
     /// Stops actors idle for longer than the timeout, until `shutdown`.
@@ -223,7 +217,7 @@ impl Registry {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    self.actors().retain(|_, e| !e.ticket.is_idle() || e.last_used.elapsed() < timeout);
+                    self.actors().retain(|_, e| !e.handle.ticket().is_idle() || e.last_used.elapsed() < timeout);
                 }
             }
         }

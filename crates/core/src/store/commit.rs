@@ -16,7 +16,7 @@ use sqlx::Row;
 
 use super::courses::{to_u32, verdict_from_row};
 use super::{Result, Store, StoreError};
-use crate::course::Effect;
+use crate::domain::Effect;
 use crate::domain::{Outcome, Partition, Reason, ReplyTo, Request, StudentId, Verdict};
 use crate::protocol::Promotion;
 

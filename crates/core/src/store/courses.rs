@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{Result, Store, StoreError};
-use crate::course::CourseSnapshot;
+use crate::domain::CourseSnapshot;
 use crate::domain::{CourseId, CourseSettings, Outcome, Reason, RequestId, StudentId, Verdict};
 
 /// A course as listed to operators.

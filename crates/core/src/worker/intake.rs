@@ -1,16 +1,18 @@
-//! The intake: consumes one partition, parses each delivery once, and routes it to its course
-//! actor; what cannot be parsed is dead-lettered with its reason and answered where possible.
+//! The intake: consumes one partition, parses each delivery once, and hands it forward: to the
+//! registry (which finds its course actor), or, for a course change from a user who may not
+//! make one, straight to the commit as `forbidden`. What cannot be parsed is dead-lettered with
+//! its reason and answered where possible.
 
 use std::sync::Arc;
 
 use anyhow::anyhow;
 use tokio_util::sync::CancellationToken;
 
-use super::session::Fault;
-use crate::amqp::{Broker, DeadCopy, Deliveries, Incoming, Outgoing, ReplyTo, Topology};
-use crate::course::{ActorContext, Decision, Registry, Routed, submit};
+use super::fault::Fault;
+use crate::amqp::{Broker, DeadCopy, Deliveries, Incoming, Outbox, Outgoing, ReplyTo, Topology};
+use crate::course::Registry;
 use crate::domain::{Action, Reason};
-use crate::pipeline::{Envelope, InFlight, InFlightGuard};
+use crate::pipeline::{CommitQueue, Envelope, InFlight, InFlightGuard};
 use crate::protocol::{Answer, Invalid, parse_request};
 use crate::store::Lease;
 use crate::telemetry::metrics;
@@ -19,7 +21,9 @@ use crate::telemetry::metrics;
 pub(super) struct Intake {
     pub broker: Arc<Broker>,
     pub registry: Registry,
-    pub ctx: Arc<ActorContext>,
+    pub commit: CommitQueue,
+    /// Dead letters of invalid messages, and answers to them.
+    pub outbox: Outbox,
     pub topology: Topology,
     pub prefetch: u16,
     pub fault: Fault,
@@ -98,31 +102,26 @@ impl Intake {
                     redelivered: incoming.redelivered,
                     guard,
                 };
-                if let Action::Configure(_) = &envelope.request.action
-                    && !self
-                        .admin_users
-                        .iter()
-                        .any(|u| u == envelope.request.student_id.as_str())
-                {
+                // An error means the committer is gone (shutting down): the delivery returns
+                // to its queue with the channel.
+                let _ = if self.may_not_change(&envelope) {
                     tracing::warn!(user = %envelope.request.student_id, course_id = %envelope.request.course_id, "course change refused: not an admin user");
-                    let _ = submit(
-                        &self.ctx,
-                        envelope,
-                        Decision::rejected(Reason::Forbidden),
-                        None,
-                    )
-                    .await;
-                    return;
-                }
-                if let Routed::UnknownCourse(envelope) = self.registry.route(envelope).await {
-                    // Recorded like any decision (so it replays), without spawning anything.
-                    // An error means the committer is gone (shutting down): the delivery
-                    // returns to its queue with the channel.
-                    let _ = submit(&self.ctx, *envelope, Decision::unknown_course(), None).await;
-                }
+                    self.commit.reject(envelope, Reason::Forbidden).await
+                } else {
+                    self.registry.route(envelope).await
+                };
             }
             Err(invalid) => self.reject(incoming, invalid, guard).await,
         }
+    }
+
+    /// A course change from a broker user not listed as an admin.
+    fn may_not_change(&self, envelope: &Envelope) -> bool {
+        matches!(envelope.request.action, Action::Configure(_))
+            && !self
+                .admin_users
+                .iter()
+                .any(|u| u == envelope.request.student_id.as_str())
     }
 
     /// Dead-letters a message that is not a valid request, with the reason in a header, answers
@@ -131,7 +130,7 @@ impl Intake {
         tracing::debug!(why = %invalid.why, message_id = ?incoming.message_id, "invalid request");
         metrics::dead_lettered(metrics::DeadReason::Invalid);
         let dead = Outgoing::dead_letter(&self.topology, &DeadCopy::of(&incoming), &invalid.why);
-        let confirmed = match self.ctx.outbox.post_confirmed(dead).await {
+        let confirmed = match self.outbox.post_confirmed(dead).await {
             Ok(posted) => posted.confirmed().await,
             Err(e) => Err(e),
         };
@@ -146,7 +145,7 @@ impl Intake {
                 correlation_id: incoming.correlation_id.clone(),
             };
             let answer = Answer::invalid(&invalid).to_json();
-            if let Err(e) = self.ctx.outbox.post(Outgoing::reply(&to, answer)).await {
+            if let Err(e) = self.outbox.post(Outgoing::reply(&to, answer)).await {
                 tracing::debug!(error = %crate::telemetry::chain(&e), "answer to an invalid request not sent");
             }
         }

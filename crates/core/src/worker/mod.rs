@@ -5,6 +5,7 @@
 //! (or until the broker connection fails, after which a new session starts with backoff).
 
 mod committer;
+mod fault;
 pub mod health;
 mod intake;
 mod ownership;

@@ -4,9 +4,13 @@
 //! `[A-Za-z0-9_-]`), so the rest of the code can hold a `CourseId` and know it is sane: bounded in
 //! length, safe in a routing key, a log line or a SQL parameter.
 
+mod decision;
+
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+
+pub use decision::{CourseSnapshot, Decision, Effect};
 
 /// Longest id accepted, in bytes (all accepted characters are ASCII).
 pub const MAX_ID_LEN: usize = 64;

@@ -9,22 +9,22 @@
 //! only then acks the deliveries: a final event never precedes its commit (I2) and a delivery is
 //! never acked before its commit (I1).
 
+mod finalizer;
+
 use std::time::Duration;
 
-use anyhow::anyhow;
-use futures::future::join_all;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::session::Fault;
-use crate::amqp::{Outbox, Outgoing, ReplyTo, Topology};
+use self::finalizer::{CommittedBatch, finalize};
+use super::fault::Fault;
+use crate::amqp::{Outbox, Topology};
 use crate::pipeline::Decided;
-use crate::protocol::{Answer, Stage};
 use crate::store::{Committed, Store, StoreError};
 use crate::telemetry::metrics;
 
-pub(super) struct Committer {
+pub(in crate::worker) struct Committer {
     pub store: Store,
     pub outbox: Outbox,
     pub topology: Topology,
@@ -34,16 +34,15 @@ pub(super) struct Committer {
     pub fault: Fault,
 }
 
-type CommittedBatch = Vec<(Decided, Committed)>;
-
-/// How long the finalizer waits for a batch's broker confirms, or its acks, before it gives
-/// the session up. Far above any healthy wait (milliseconds), and above short broker alarms.
-const CONFIRMS_WITHIN: Duration = Duration::from_secs(30);
 /// How long a stopping committer waits for its finalizer.
 const FINALIZER_WITHIN: Duration = Duration::from_secs(10);
 
 impl Committer {
-    pub(super) async fn run(self, mut decided: mpsc::Receiver<Decided>, stop: CancellationToken) {
+    pub(in crate::worker) async fn run(
+        self,
+        mut decided: mpsc::Receiver<Decided>,
+        stop: CancellationToken,
+    ) {
         // A couple of batches may wait for their confirms while the next one commits.
         let (to_finalizer, committed) = mpsc::channel::<CommittedBatch>(2);
         let mut finalizer = tokio::spawn(finalize(
@@ -252,162 +251,4 @@ impl Committer {
             );
         }
     }
-}
-
-/// Publishes the final answers of committed batches, waits for the broker's confirms, records
-/// them as answered, then acks.
-///
-/// A request the broker redelivers after its answer was already confirmed (the worker stopped
-/// or crashed between answering and acking) is only acked: the client has its one final answer.
-/// A client that re-publishes a request id is answered again, since its message is new.
-async fn finalize(
-    mut batches: mpsc::Receiver<CommittedBatch>,
-    outbox: Outbox,
-    store: Store,
-    topology: Topology,
-    fault: Fault,
-) {
-    while let Some(batch) = batches.recv().await {
-        let finalized = tokio::select! {
-            finalized = finalize_batch(batch, &outbox, &store, &topology, &fault) => finalized,
-            // The session is over (its connection failed): no confirm or ack can come any
-            // more, and every delivery of the batch is redelivered and replays its outcome.
-            _ = fault.raised() => false,
-        };
-        if !finalized {
-            return;
-        }
-    }
-}
-
-/// Answers one committed batch, then acks it; `false` if the session must end.
-async fn finalize_batch(
-    batch: CommittedBatch,
-    outbox: &Outbox,
-    store: &Store,
-    topology: &Topology,
-    fault: &Fault,
-) -> bool {
-    let mut confirms = Vec::with_capacity(batch.len() * 2);
-    let mut answered: Vec<i64> = Vec::new();
-    for (decided, committed) in &batch {
-        if decided.redelivered && committed.answered {
-            continue;
-        }
-        let request = &decided.pending.request;
-        if let Some(id) = committed.batch_id
-            && !answered.contains(&id)
-        {
-            answered.push(id);
-        }
-        let mut answer = Answer::decided(request, &committed.verdict, Stage::Final);
-        answer.replayed = committed.replayed;
-        answer.revised = committed.revised;
-        let body = answer.to_json();
-        if let Some(to) = &decided.pending.reply_to {
-            confirms.push(
-                outbox
-                    .post_confirmed(Outgoing::reply(to, body.clone()))
-                    .await,
-            );
-        }
-        confirms.push(
-            outbox
-                .post_confirmed(Outgoing::event(
-                    topology,
-                    request.course_id.as_str(),
-                    request.student_id.as_str(),
-                    body,
-                ))
-                .await,
-        );
-        // Each student this request moved off the waitlist hears it on the events
-        // exchange, and at the address of their own enroll request where it still listens.
-        for promotion in &committed.promotions {
-            let body = Answer::promoted(promotion).to_json();
-            if let Some(queue) = &promotion.reply_to {
-                let to = ReplyTo {
-                    queue: queue.clone(),
-                    correlation_id: promotion.correlation_id.clone(),
-                };
-                confirms.push(
-                    outbox
-                        .post_confirmed(Outgoing::reply(&to, body.clone()))
-                        .await,
-                );
-            }
-            confirms.push(
-                outbox
-                    .post_confirmed(Outgoing::event(
-                        topology,
-                        &promotion.course_id,
-                        &promotion.student_id,
-                        body,
-                    ))
-                    .await,
-            );
-        }
-    }
-    let confirming = join_all(
-        confirms
-            .into_iter()
-            .map(|sent| async move { sent?.confirmed().await }),
-    );
-    // Bounded: a confirm the client library never resolves (its connection failed between
-    // the publish and the error) must not hold the session forever.
-    let Ok(confirmed) = tokio::time::timeout(CONFIRMS_WITHIN, confirming).await else {
-        fault.raise(anyhow!(
-            "publishing final answers: no broker confirm within {CONFIRMS_WITHIN:?}"
-        ));
-        return false;
-    };
-    if let Some(Err(e)) = confirmed.into_iter().find(Result::is_err) {
-        // Not acked: the requests are redelivered and replay their committed outcome.
-        fault.raise(anyhow::Error::new(e).context("publishing final answers"));
-        return false;
-    }
-    crate::failpoint::crash_point(crate::failpoint::AFTER_PUBLISH);
-    // Only a hint for redeliveries: if it cannot be written, a redelivered request is
-    // answered twice, which is better than not acking what is committed and answered.
-    if !answered.is_empty()
-        && let Err(e) = store.mark_answered(&answered).await
-    {
-        tracing::warn!(error = %crate::telemetry::chain(&e), "could not record final answers as sent");
-    }
-    drop(answered);
-    crate::failpoint::crash_point(crate::failpoint::BEFORE_ACK);
-    let acking = join_all(batch.into_iter().map(|(decided, _)| async move {
-        if lose_ack(&decided.pending.request) {
-            // Dropped unsettled: the broker gets it back and redelivers it.
-            return Ok(());
-        }
-        let acked = decided.ack.ack().await;
-        drop(decided.guard);
-        acked
-    }));
-    let Ok(acks) = tokio::time::timeout(CONFIRMS_WITHIN, acking).await else {
-        fault.raise(anyhow!(
-            "acking committed requests: not settled within {CONFIRMS_WITHIN:?}"
-        ));
-        return false;
-    };
-    if let Some(Err(e)) = acks.into_iter().find(Result::is_err) {
-        fault.raise(anyhow!(e).context("acking committed requests"));
-        return false;
-    }
-    true
-}
-
-/// A named fail point for fault-injection tests, `finalize-lose-ack-<course>`: the ack is lost as
-/// if the worker died between answering and acking, and the broker redelivers the request.
-/// Compiled out without the `failpoints` feature.
-#[cfg(feature = "failpoints")]
-fn lose_ack(request: &crate::domain::Request) -> bool {
-    let name = format!("finalize-lose-ack-{}", request.course_id);
-    fail::eval(&name, |_| ()).is_some()
-}
-
-#[cfg(not(feature = "failpoints"))]
-fn lose_ack(_: &crate::domain::Request) -> bool {
-    false
 }

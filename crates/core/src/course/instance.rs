@@ -1,0 +1,164 @@
+//! One instance of a course actor: loads the course, then decides its requests one at a time
+//! from memory and hands each decision forward to the commit. The supervisor (`actor.rs`)
+//! starts a new instance after a panic or when the state must be read again.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::context::ActorContext;
+use super::decision::CourseState;
+use crate::domain::{CourseId, Decision};
+use crate::pipeline::{CourseTicket, Envelope};
+use crate::store::Store;
+
+/// The message being decided, kept outside the instance so a panic does not lose it.
+pub(super) type InHand = Arc<Mutex<Option<Envelope>>>;
+/// The mailbox, shared by the instances the supervisor starts one after the other.
+pub(super) type Mailbox = Arc<tokio::sync::Mutex<mpsc::Receiver<Envelope>>>;
+
+/// Why an instance ended.
+pub(super) enum Stop {
+    /// Every sender is gone and the mailbox is empty: passivated, evicted or shutting down.
+    MailboxClosed,
+    /// The database disagreed with this instance's memory (`diverged`), or the partition was
+    /// owned by another worker meanwhile: reload and go on.
+    Reload { diverged: bool },
+}
+
+pub(super) struct Instance {
+    pub course: CourseId,
+    pub mailbox: Mailbox,
+    pub in_hand: InHand,
+    pub ticket: Arc<CourseTicket>,
+    pub ctx: Arc<ActorContext>,
+}
+
+impl Instance {
+    pub(super) async fn run(self) -> Stop {
+        self.ticket.all_committed().await;
+        let mut state = load(&self.ctx.store, &self.course).await;
+        // The ownership epoch of the partition this state was loaded under: the first request's.
+        let mut loaded_under: Option<i64> = None;
+        loop {
+            let Some(envelope) = self.next().await else {
+                return Stop::MailboxClosed;
+            };
+            // A newer epoch means the partition left this worker and came back: another owner
+            // may have decided for this course meanwhile, so the state is read again. (Requests
+            // of an older epoch are decided as they are; their commit is fenced out.)
+            let newer_epoch = loaded_under.is_some_and(|epoch| envelope.epoch > epoch);
+            let diverged = self.ticket.is_stale();
+            if diverged || newer_epoch {
+                self.hold(envelope);
+                return Stop::Reload { diverged };
+            }
+            loaded_under = loaded_under.max(Some(envelope.epoch));
+            let Some((envelope, decision)) = self.decide(envelope, state.as_mut()) else {
+                continue;
+            };
+            crate::failpoint::crash_point(crate::failpoint::AFTER_DECIDE);
+            // At debug level, what happens to one request carries its id (a disabled span costs
+            // next to nothing on this hot path).
+            let span = tracing::debug_span!("request", request_id = %envelope.request.request_id);
+            let handed = self
+                .ctx
+                .commit
+                .submit(envelope, decision, Some(self.ticket.clone()))
+                .instrument(span)
+                .await;
+            if handed.is_err() {
+                // The committer is gone: the worker is stopping and the message returns to its
+                // queue when the channel closes.
+                return Stop::MailboxClosed;
+            }
+        }
+    }
+
+    /// The message a crashed or reloading instance left in hand, else the next in the mailbox;
+    /// `None` once the mailbox is closed and empty.
+    async fn next(&self) -> Option<Envelope> {
+        let carried = self
+            .in_hand
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match carried {
+            Some(envelope) => Some(envelope),
+            None => self.mailbox.lock().await.recv().await,
+        }
+    }
+
+    fn hold(&self, envelope: Envelope) {
+        *self.in_hand.lock().unwrap_or_else(PoisonError::into_inner) = Some(envelope);
+    }
+
+    /// Decides with the message in hand, so a panic leaves it to the next instance; then takes
+    /// it back out with its decision.
+    fn decide(
+        &self,
+        envelope: Envelope,
+        state: Option<&mut CourseState>,
+    ) -> Option<(Envelope, Decision)> {
+        let decision = {
+            let mut slot = self.in_hand.lock().unwrap_or_else(PoisonError::into_inner);
+            let envelope = slot.insert(envelope);
+            before_decide(&envelope.request);
+            match state {
+                // The worker's clock decides windows: keep worker hosts NTP-synchronized.
+                Some(state) => {
+                    let started = Instant::now();
+                    let decision = state.decide(&envelope.request, chrono::Utc::now());
+                    crate::telemetry::metrics::decided_in(started.elapsed());
+                    decision
+                }
+                None => Decision::unknown_course(),
+            }
+        };
+        let envelope = self
+            .in_hand
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        Some((envelope, decision))
+    }
+}
+
+/// Loads the course, retrying while the database is unreachable; `None` if it does not exist.
+async fn load(store: &Store, course: &CourseId) -> Option<CourseState> {
+    let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
+    let mut failures = 0u32;
+    loop {
+        match store.load_course(course).await {
+            Ok(snapshot) => {
+                if failures > 0 {
+                    tracing::info!(course_id = %course, failures, "course loaded after the database came back");
+                }
+                return snapshot.map(|s| CourseState::from_snapshot(course.clone(), s));
+            }
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                // Once per outage per course: the retries that follow say nothing new.
+                if failures == 0 {
+                    tracing::warn!(course_id = %course, error = %crate::telemetry::chain(&e), "loading course failed; retrying until the database answers");
+                }
+                failures += 1;
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// A named fail point before each decision, for fault-injection tests: `course-decide-<course>`
+/// (for example `FAILPOINTS=course-decide-CS101=1*panic` crashes the actor once, and
+/// `course-decide-CS101=return(abort)` kills the whole worker process at every request of that
+/// course). Compiled out without the `failpoints` feature.
+#[cfg(feature = "failpoints")]
+fn before_decide(request: &crate::domain::Request) {
+    crate::failpoint::crash_point(&format!("course-decide-{}", request.course_id));
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn before_decide(_: &crate::domain::Request) {}

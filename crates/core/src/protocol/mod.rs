@@ -1,0 +1,110 @@
+//! The wire contract: JSON bodies as producers send them and answers as clients receive them.
+//!
+//! Wire types are plain serde structs, kept apart from the domain types; `parse_request` is the
+//! one place where a message becomes a domain [`Request`], and it never panics on any input.
+//! `docs/protocol.md` documents the same contract for producers in other languages.
+
+mod answer;
+mod request;
+
+pub use answer::{Answer, Promotion, Stage};
+pub use request::{Invalid, RequestBody, parse_request, request_body};
+
+/// Largest request body accepted, in bytes. A real request is under 250 bytes; anything far
+/// larger is a mistake or an attack, and is dead-lettered without being parsed.
+pub const MAX_BODY_BYTES: usize = 4096;
+
+/// Header that carries the reason on messages seatrush dead-letters itself.
+pub const REASON_HEADER: &str = "x-seatrush-reason";
+
+/// Most seats, and most waitlist places, a course may have.
+pub const MAX_SEATS: u32 = 100_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Action;
+
+    #[test]
+    fn a_good_request_parses() {
+        let r = parse_request(
+            Some("req-1"),
+            None,
+            br#"{"action":"enroll","course_id":"CS101","student_id":"s-1"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.action, Action::Enroll);
+        assert_eq!(r.course_id.as_str(), "CS101");
+    }
+
+    #[test]
+    fn each_kind_of_bad_message_says_why() {
+        let ok_body = br#"{"action":"enroll","course_id":"CS101","student_id":"s1"}"#;
+        let missing = parse_request(None, None, ok_body).unwrap_err();
+        assert!(missing.why.contains("message_id is missing"));
+        assert!(!missing.answerable);
+
+        let bad_json = parse_request(Some("r1"), None, b"{not json").unwrap_err();
+        assert!(bad_json.why.contains("not a valid request"));
+        assert!(bad_json.answerable);
+
+        let huge = vec![b' '; MAX_BODY_BYTES + 1];
+        assert!(
+            parse_request(Some("r1"), None, &huge)
+                .unwrap_err()
+                .why
+                .contains("limit")
+        );
+
+        let bad_id = parse_request(
+            Some("r1"),
+            None,
+            br#"{"action":"enroll","course_id":"CS 101","student_id":"s1"}"#,
+        )
+        .unwrap_err();
+        assert!(bad_id.why.contains("course_id"));
+        assert_eq!(Answer::invalid(&bad_id).course_id, "CS 101");
+
+        let bad_action = parse_request(
+            Some("r1"),
+            None,
+            br#"{"action":"swap","course_id":"C","student_id":"s1"}"#,
+        )
+        .unwrap_err();
+        assert!(bad_action.why.contains("swap"));
+
+        let no_student =
+            parse_request(Some("r1"), None, br#"{"action":"drop","course_id":"C"}"#).unwrap_err();
+        assert!(no_student.why.contains("student_id is missing"));
+    }
+
+    #[test]
+    fn a_configure_request_needs_a_user_and_a_setting_and_tells_null_from_absent() {
+        let body = br#"{"action":"configure","course_id":"C","seats":40,"opens_at":null}"#;
+        let anonymous = parse_request(Some("c1"), None, body).unwrap_err();
+        assert!(anonymous.why.contains("user_id"));
+        let r = parse_request(Some("c1"), Some("registrar"), body).unwrap();
+        let Action::Configure(patch) = &r.action else {
+            panic!("not a configure request: {r:?}");
+        };
+        assert_eq!(patch.seats, Some(40));
+        assert_eq!(patch.opens_at, Some(None));
+        assert_eq!(patch.closes_at, None);
+        assert_eq!(r.student_id.as_str(), "registrar");
+        assert_eq!(
+            parse_request(Some("c1"), Some("registrar"), &request_body(&r)).unwrap(),
+            r
+        );
+        let empty = br#"{"action":"configure","course_id":"C"}"#;
+        assert!(parse_request(Some("c2"), Some("registrar"), empty).is_err());
+        let mixed = br#"{"action":"enroll","course_id":"C","student_id":"s","seats":3}"#;
+        assert!(parse_request(Some("c3"), None, mixed).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics(id in proptest::option::of(".{0,80}"), body in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = parse_request(id.as_deref(), None, &body);
+        }
+    }
+}

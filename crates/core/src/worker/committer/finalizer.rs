@@ -1,0 +1,215 @@
+//! The finalizer: publishes each committed batch's final answers (reply and event) and the
+//! promotions it made, waits for the broker's confirms, records the batch as answered, and only
+//! then acks its deliveries.
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use futures::future::join_all;
+use tokio::sync::mpsc;
+
+use super::super::fault::Fault;
+use crate::amqp::{Outbox, Outgoing, Posted, ReplyTo, Topology};
+use crate::pipeline::Decided;
+use crate::protocol::{Answer, Stage};
+use crate::store::{Committed, Store};
+
+pub(super) type CommittedBatch = Vec<(Decided, Committed)>;
+
+/// How long the finalizer waits for a batch's broker confirms, or its acks, before it gives
+/// the session up. Far above any healthy wait (milliseconds), and above short broker alarms.
+const CONFIRMS_WITHIN: Duration = Duration::from_secs(30);
+
+/// Publishes the final answers of committed batches, waits for the broker's confirms, records
+/// them as answered, then acks.
+///
+/// A request the broker redelivers after its answer was already confirmed (the worker stopped
+/// or crashed between answering and acking) is only acked: the client has its one final answer.
+/// A client that re-publishes a request id is answered again, since its message is new.
+pub(super) async fn finalize(
+    mut batches: mpsc::Receiver<CommittedBatch>,
+    outbox: Outbox,
+    store: Store,
+    topology: Topology,
+    fault: Fault,
+) {
+    while let Some(batch) = batches.recv().await {
+        let finalized = tokio::select! {
+            finalized = finalize_batch(batch, &outbox, &store, &topology, &fault) => finalized,
+            // The session is over (its connection failed): no confirm or ack can come any
+            // more, and every delivery of the batch is redelivered and replays its outcome.
+            _ = fault.raised() => false,
+        };
+        if !finalized {
+            return;
+        }
+    }
+}
+
+/// Answers one committed batch, then acks it; `false` if the session must end.
+async fn finalize_batch(
+    batch: CommittedBatch,
+    outbox: &Outbox,
+    store: &Store,
+    topology: &Topology,
+    fault: &Fault,
+) -> bool {
+    let mut answers = Answers::new(outbox, topology, batch.len());
+    for (decided, committed) in &batch {
+        answers.post(decided, committed).await;
+    }
+    let Answers {
+        confirms,
+        answered_batches,
+        ..
+    } = answers;
+    if let Err(e) = confirmed(confirms).await {
+        // Not acked: the requests are redelivered and replay their committed outcome.
+        fault.raise(e);
+        return false;
+    }
+    crate::failpoint::crash_point(crate::failpoint::AFTER_PUBLISH);
+    // Only a hint for redeliveries: if it cannot be written, a redelivered request is
+    // answered twice, which is better than not acking what is committed and answered.
+    if !answered_batches.is_empty()
+        && let Err(e) = store.mark_answered(&answered_batches).await
+    {
+        tracing::warn!(error = %crate::telemetry::chain(&e), "could not record final answers as sent");
+    }
+    crate::failpoint::crash_point(crate::failpoint::BEFORE_ACK);
+    match acked(batch).await {
+        Ok(()) => true,
+        Err(e) => {
+            fault.raise(e);
+            false
+        }
+    }
+}
+
+/// The final answers of one batch as they are posted, with the confirms to wait for.
+struct Answers<'a> {
+    outbox: &'a Outbox,
+    topology: &'a Topology,
+    confirms: Vec<Result<Posted, crate::amqp::AmqpError>>,
+    /// The decision batches whose answers these are, to record as answered.
+    answered_batches: Vec<i64>,
+}
+
+impl<'a> Answers<'a> {
+    fn new(outbox: &'a Outbox, topology: &'a Topology, requests: usize) -> Self {
+        Self {
+            outbox,
+            topology,
+            confirms: Vec::with_capacity(requests * 2),
+            answered_batches: Vec::new(),
+        }
+    }
+
+    /// Posts one request's final answer (to its reply address and the events exchange) and the
+    /// promotions it made. A redelivered request whose answer was already confirmed gets none.
+    async fn post(&mut self, decided: &Decided, committed: &Committed) {
+        if decided.redelivered && committed.answered {
+            return;
+        }
+        let request = &decided.pending.request;
+        if let Some(id) = committed.batch_id
+            && !self.answered_batches.contains(&id)
+        {
+            self.answered_batches.push(id);
+        }
+        let mut answer = Answer::decided(request, &committed.verdict, Stage::Final);
+        answer.replayed = committed.replayed;
+        answer.revised = committed.revised;
+        let body = answer.to_json();
+        if let Some(to) = &decided.pending.reply_to {
+            self.confirm(Outgoing::reply(to, body.clone())).await;
+        }
+        let event = Outgoing::event(
+            self.topology,
+            request.course_id.as_str(),
+            request.student_id.as_str(),
+            body,
+        );
+        self.confirm(event).await;
+        // Each student this request moved off the waitlist hears it on the events exchange,
+        // and at the address of their own enroll request where it still listens.
+        for promotion in &committed.promotions {
+            let body = Answer::promoted(promotion).to_json();
+            if let Some(queue) = &promotion.reply_to {
+                let to = ReplyTo {
+                    queue: queue.clone(),
+                    correlation_id: promotion.correlation_id.clone(),
+                };
+                self.confirm(Outgoing::reply(&to, body.clone())).await;
+            }
+            let event = Outgoing::event(
+                self.topology,
+                &promotion.course_id,
+                &promotion.student_id,
+                body,
+            );
+            self.confirm(event).await;
+        }
+    }
+
+    async fn confirm(&mut self, message: Outgoing) {
+        self.confirms
+            .push(self.outbox.post_confirmed(message).await);
+    }
+}
+
+/// Waits for every confirm. Bounded: a confirm the client library never resolves (its
+/// connection failed between the publish and the error) must not hold the session forever.
+async fn confirmed(confirms: Vec<Result<Posted, crate::amqp::AmqpError>>) -> anyhow::Result<()> {
+    let confirming = join_all(
+        confirms
+            .into_iter()
+            .map(|sent| async move { sent?.confirmed().await }),
+    );
+    let Ok(confirmed) = tokio::time::timeout(CONFIRMS_WITHIN, confirming).await else {
+        return Err(anyhow!(
+            "publishing final answers: no broker confirm within {CONFIRMS_WITHIN:?}"
+        ));
+    };
+    match confirmed.into_iter().find(Result::is_err) {
+        Some(Err(e)) => Err(anyhow::Error::new(e).context("publishing final answers")),
+        _ => Ok(()),
+    }
+}
+
+/// Acks every delivery of the batch, each releasing its in-flight count; bounded like the
+/// confirms.
+async fn acked(batch: CommittedBatch) -> anyhow::Result<()> {
+    let acking = join_all(batch.into_iter().map(|(decided, _)| async move {
+        if lose_ack(&decided.pending.request) {
+            // Dropped unsettled: the broker gets it back and redelivers it.
+            return Ok(());
+        }
+        let acked = decided.ack.ack().await;
+        drop(decided.guard);
+        acked
+    }));
+    let Ok(acks) = tokio::time::timeout(CONFIRMS_WITHIN, acking).await else {
+        return Err(anyhow!(
+            "acking committed requests: not settled within {CONFIRMS_WITHIN:?}"
+        ));
+    };
+    match acks.into_iter().find(Result::is_err) {
+        Some(Err(e)) => Err(anyhow!(e).context("acking committed requests")),
+        _ => Ok(()),
+    }
+}
+
+/// A named fail point for fault-injection tests, `finalize-lose-ack-<course>`: the ack is lost as
+/// if the worker died between answering and acking, and the broker redelivers the request.
+/// Compiled out without the `failpoints` feature.
+#[cfg(feature = "failpoints")]
+fn lose_ack(request: &crate::domain::Request) -> bool {
+    let name = format!("finalize-lose-ack-{}", request.course_id);
+    fail::eval(&name, |_| ()).is_some()
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn lose_ack(_: &crate::domain::Request) -> bool {
+    false
+}
