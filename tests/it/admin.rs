@@ -5,9 +5,7 @@ use std::process::Output;
 
 use seatrush_core::domain::CourseId;
 
-use crate::helpers::{Listener, TestEnv, enroll};
-
-const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+use crate::helpers::{Listener, TestEnv, WAIT, enroll};
 
 async fn seatrush(env: &TestEnv, args: &[&str]) -> Output {
     env.seatrush()

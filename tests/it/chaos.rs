@@ -178,9 +178,7 @@ async fn a_broker_restart_mid_rush_loses_nothing() {
         seatrush_tools::load::Pace::Rate(400.0),
         Duration::from_secs(60),
     );
-    while env.store.decision_batches().await.expect("count") < 2 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::helpers::committed_batches(&env.store, 2).await;
 
     // Act: the node stops (its durable queues keep what they hold) and starts again. The
     // crowd's own connection and reply queue die with it, so, as a web back end would, the

@@ -6,9 +6,7 @@ use std::time::Duration;
 use seatrush_core::domain::{Action, CourseSettings};
 use seatrush_core::failpoint;
 
-use crate::helpers::{Listener, TestEnv, enroll, request};
-
-const WAIT: Duration = Duration::from_secs(60);
+use crate::helpers::{Listener, TestEnv, WAIT, enroll, request};
 
 /// Runs a crowd against a worker that aborts the first time it passes `point`, then against a
 /// fresh worker, and checks the outcome.
@@ -96,16 +94,22 @@ async fn a_paused_owner_is_fenced_out_and_gives_its_partitions_back() {
         seatrush_tools::load::Pace::Rate(300.0),
         Duration::from_secs(90),
     );
-    while env.store.decision_batches().await.expect("count") < 2 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::helpers::committed_batches(&env.store, 2).await;
 
     // Act: pause the owner past its lease; another worker takes the partitions; resume it.
     paused
         .signal(nix::sys::signal::Signal::SIGSTOP)
         .expect("pause the worker");
     let taker = env.worker_process_args("taker", &["--lease-ms", "2000"]);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The paused owner's lease lapses and the taker acquires every partition.
+    crate::helpers::eventually("the taker owns every partition", WAIT, || async {
+        let (_, partitions) = env.store.ownership().await.ok()?;
+        partitions
+            .iter()
+            .all(|p| p.owner.as_deref() == Some("taker"))
+            .then_some(())
+    })
+    .await;
     paused
         .signal(nix::sys::signal::Signal::SIGCONT)
         .expect("resume the worker");

@@ -8,9 +8,7 @@ use seatrush_core::amqp::Outgoing;
 
 use sqlx::Connection;
 
-use crate::helpers::{Listener, TestEnv, enroll};
-
-const WAIT: Duration = Duration::from_secs(60);
+use crate::helpers::{Listener, TestEnv, WAIT, enroll, eventually};
 
 async fn deadletters(env: &TestEnv, args: &[&str]) -> serde_json::Value {
     let out = env
@@ -58,14 +56,11 @@ async fn a_poison_request_is_dead_lettered_listed_and_replayed_once_fixed() {
     client
         .until(WAIT, |c| c.finals().contains_key("healthy-1"))
         .await;
-    let start = std::time::Instant::now();
-    let listed = loop {
+    let listed = eventually("both dead letters listed", WAIT, || async {
         let listed = deadletters(&env, &[]).await;
-        if listed.as_array().map_or(0, Vec::len) >= 2 || start.elapsed() > WAIT {
-            break listed;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+        (listed.as_array().map_or(0, Vec::len) >= 2).then_some(listed)
+    })
+    .await;
     let again = deadletters(&env, &[]).await;
 
     // Assert 1: the healthy course was answered; both dead letters are listed with their
@@ -155,14 +150,11 @@ async fn a_request_the_database_refuses_is_dead_lettered_alone_and_its_batch_com
     // Act
     client.send(&requests).await;
     client.until(WAIT, |c| c.final_count() == 20).await;
-    let start = std::time::Instant::now();
-    let listed = loop {
+    let listed = eventually("the refused request dead-lettered", WAIT, || async {
         let listed = deadletters(&env, &[]).await;
-        if !listed.as_array().is_none_or(Vec::is_empty) || start.elapsed() > WAIT {
-            break listed;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+        (!listed.as_array().is_none_or(Vec::is_empty)).then_some(listed)
+    })
+    .await;
 
     // Assert: the twenty were committed as decided, each once; the poison alone is
     // dead-lettered, once, with the database's reason, and has no outcome.

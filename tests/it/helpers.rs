@@ -1,6 +1,8 @@
-//! The test environment: a fresh database and topology per test, and workers to run against them.
+//! The test environment: a fresh database and topology per test, workers to run against them,
+//! the one set of timeouts every test uses, and `eventually` for what no event announces.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,6 +18,44 @@ use seatrush_core::store::Store;
 use seatrush_core::worker::{self, WorkerConfig};
 use seatrush_tools::load::{self, Report};
 use seatrush_tools::rush::{self, Services, WorkerProcess};
+
+/// How long a test waits for something that takes milliseconds when all is well (an answer, a
+/// worker taking its partitions, a row appearing): far above that, so a slow shared machine
+/// does not fail a test, and bounded, so a broken one does.
+pub const WAIT: Duration = Duration::from_secs(60);
+/// How long a crowd may take to get every final answer.
+pub const CROWD_WAIT: Duration = Duration::from_secs(180);
+
+/// Polls `probe` until it yields a value, for at most `within`; fails the test naming `what`
+/// otherwise. For what no signal announces (a row in the database, a line in a log file, a
+/// metric): bounded, and never a bare sleep.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// At least `n` decision batches committed in this environment's database.
+pub async fn committed_batches(store: &Store, n: i64) {
+    eventually(&format!("{n} batches committed"), WAIT, || async {
+        (store.decision_batches().await.ok()? >= n).then_some(())
+    })
+    .await
+}
 
 pub fn required(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
@@ -63,6 +103,8 @@ pub struct TestEnv {
     pub store: Store,
     extra_databases: Vec<String>,
     workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    /// Set by `cleanup`; a test that ends without it (it panicked) is cleaned up on drop.
+    cleaned: bool,
 }
 
 impl TestEnv {
@@ -112,6 +154,7 @@ impl TestEnv {
             store,
             extra_databases: Vec::new(),
             workers: Vec::new(),
+            cleaned: false,
         }
     }
 
@@ -237,14 +280,9 @@ impl TestEnv {
     /// Publishes requests as a crowd and collects their answers, each checked against the
     /// answer schema.
     pub async fn fire(&self, requests: Vec<Request>) -> Report {
-        let report = load::fire(
-            &self.amqp_url,
-            &self.topology,
-            requests,
-            Duration::from_secs(180),
-        )
-        .await
-        .expect("fire the crowd");
+        let report = load::fire(&self.amqp_url, &self.topology, requests, CROWD_WAIT)
+            .await
+            .expect("fire the crowd");
         crate::schema::assert_valid_report(&report);
         report
     }
@@ -290,7 +328,8 @@ impl TestEnv {
         );
     }
 
-    /// Stops workers, deletes the topology and drops the database.
+    /// Stops workers (checking they exit cleanly), deletes the topology and drops the
+    /// databases.
     pub async fn cleanup(mut self) {
         self.stop_workers().await;
         self.store.close().await;
@@ -300,13 +339,68 @@ impl TestEnv {
             .await
             .expect("delete topology");
         broker.close().await;
-        for name in self.extra_databases.iter().chain([&self.db_name]) {
+        for name in self.databases() {
             admin(
                 &self.admin_url,
                 format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
             )
             .await;
         }
+        self.cleaned = true;
+    }
+
+    /// This test's database.
+    pub fn database_name(&self) -> &str {
+        &self.db_name
+    }
+
+    fn databases(&self) -> Vec<String> {
+        let mut names = self.extra_databases.clone();
+        names.push(self.db_name.clone());
+        names
+    }
+}
+
+/// A test that panicked leaves neither its databases nor its queues behind: they are removed
+/// here, on a thread and runtime of their own (the test's runtime is unwinding), best effort
+/// and bounded. In-process workers end with the test's runtime; worker processes are killed
+/// when their handles drop.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        for (shutdown, _) in &self.workers {
+            shutdown.cancel();
+        }
+        let (amqp_url, admin_url) = (self.amqp_url.clone(), self.admin_url.clone());
+        let (topology, databases) = (self.topology.clone(), self.databases());
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let work = async {
+                    if let Ok(broker) = Broker::connect(&amqp_url, "seatrush-test-cleanup").await {
+                        let _ = broker.delete_topology(&topology).await;
+                        broker.close().await;
+                    }
+                    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                        for name in databases {
+                            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                                .execute(&mut admin)
+                                .await;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(20), work).await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 

@@ -10,6 +10,7 @@ mod crashes;
 mod crowd;
 mod deadletters;
 mod docker;
+mod harness;
 mod helpers;
 mod operability;
 mod restarts;

@@ -2,15 +2,12 @@
 //! follows the broker, and JSON logs that parse and never show a password.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use seatrush_core::amqp::Outgoing;
 use seatrush_core::domain::CourseSettings;
 
-use crate::helpers::TestEnv;
+use crate::helpers::{TestEnv, WAIT, eventually};
 use crate::servers::{Kind, OwnServer, free_port, wait_ready};
-
-const WAIT: Duration = Duration::from_secs(60);
 
 /// One sample of a Prometheus text exposition: `name{labels}` to value.
 struct Scrape(HashMap<String, f64>);
@@ -116,17 +113,14 @@ async fn metrics_logs_and_spans_after_a_small_rush_match_what_happened() {
     let report = env.fire(requests).await;
     let transactions = env.store.decision_batches().await.expect("count");
     // The load gauges are sampled once a second; the counters are final already.
-    let start = Instant::now();
-    let scrape = loop {
+    let scrape = eventually("the load gauges settled", WAIT, || async {
         let scrape = Scrape::of(&http).await;
         let settled = scrape.sum("seatrush_in_flight", &[]) == 0.0
             && scrape.sum("seatrush_dead_letters_total", &[]) == 1.0
             && scrape.sum("seatrush_live_actors", &[]) > 0.0;
-        if settled || start.elapsed() > WAIT {
-            break scrape;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        settled.then_some(scrape)
+    })
+    .await;
     worker.stop(WAIT).await.expect("the worker exits 0");
 
     // Assert: the counters match the rush.
@@ -243,16 +237,14 @@ async fn a_refused_broker_login_is_logged_with_its_cause_and_without_the_passwor
     let log = env
         .log_dir()
         .join(format!("{}-refused.log", env.topology.prefix));
-    let start = Instant::now();
-    while json_lines(&log)
-        .iter()
-        .filter(|l| l["fields"]["message"] == "broker session ended; reconnecting")
-        .count()
-        < 2
-    {
-        assert!(start.elapsed() < WAIT, "the worker never retried");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the worker retried twice", WAIT, || async {
+        let retries = json_lines(&log)
+            .iter()
+            .filter(|l| l["fields"]["message"] == "broker session ended; reconnecting")
+            .count();
+        (retries >= 2).then_some(())
+    })
+    .await;
     let health = env
         .seatrush()
         .args(["healthcheck", "--addr", &http])

@@ -9,12 +9,11 @@ use seatrush_core::domain::CourseSettings;
 use seatrush_tools::load::Pace;
 use seatrush_tools::rush::WorkerProcess;
 
-use crate::helpers::{TestEnv, assert_one_outcome_per_id, enroll};
+use crate::helpers::{TestEnv, WAIT, assert_one_outcome_per_id, enroll};
 
 const PARTITIONS: u16 = 8;
 /// Short leases, so a crash frees its partitions quickly.
 const WORKER_ARGS: [&str; 2] = ["--lease-ms", "1500"];
-const WAIT: Duration = Duration::from_secs(60);
 
 /// Waits until exactly the workers named own every partition, split fairly (floor or ceil of
 /// P/W each); returns how long it took and the split.

@@ -34,20 +34,11 @@ pub async fn readyz(addr: SocketAddr) -> Option<Readiness> {
 
 /// Waits until `/readyz` says `ready`; returns what it said.
 pub async fn wait_ready(addr: SocketAddr, ready: bool) -> Readiness {
-    let start = Instant::now();
-    loop {
-        if let Some(r) = readyz(addr).await
-            && r.ready == ready
-        {
-            return r;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "/readyz never said ready = {ready}; last: {:?}",
-            readyz(addr).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("/readyz says ready = {ready}");
+    crate::helpers::eventually(&what, crate::helpers::WAIT, || async {
+        readyz(addr).await.filter(|r| r.ready == ready)
+    })
+    .await
 }
 
 /// Which server a test runs of its own.

@@ -7,9 +7,7 @@ use sqlx::Connection;
 
 use seatrush_core::domain::{Action, CourseSettings};
 
-use crate::helpers::{Listener, TestEnv, enroll, request};
-
-const WAIT: Duration = Duration::from_secs(60);
+use crate::helpers::{Listener, TestEnv, WAIT, enroll, request};
 
 fn student(i: usize) -> String {
     format!("s{i:03}")

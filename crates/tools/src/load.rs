@@ -12,7 +12,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::stats::Latency;
-use seatrush_core::amqp::{Broker, Outgoing, Publisher, ReplyTo, Topology};
+use seatrush_core::amqp::{Broker, Deliveries, Outgoing, Publisher, ReplyTo, Topology};
 use seatrush_core::client::parse_answer;
 use seatrush_core::domain::Request;
 use seatrush_core::protocol::{Answer, Stage, request_body};
@@ -264,77 +264,24 @@ pub async fn fire_with(
         .await
         .context("connecting to RabbitMQ")?;
     let publisher = broker.confirmed_publisher().await?;
-    let (queue, mut replies) = broker.reply_queue().await?;
-    let n = requests.len();
+    let (queue, replies) = broker.reply_queue().await?;
     let start = Instant::now();
-    let deadline = tokio::time::Instant::from_std(start + timeout);
-
-    // The collector notes when each answer arrived; latencies are computed at the end against
-    // the publish instants.
-    let counters = progress.clone();
     let (groups, ids) = id_groups(&requests);
-    let collector_groups = groups.clone();
     // Set when publishing stops early: what was published gets a short while to be answered.
     let interrupted = tokio_util::sync::CancellationToken::new();
-    let publishing_stopped = interrupted.clone();
-    let collector = tokio::spawn(async move {
-        let groups = collector_groups;
-        let mut got: Vec<(usize, Answer, Instant)> = Vec::with_capacity(n * 2);
-        // Request ids with a final answer: the crowd is done when every id has one (a
-        // duplicate final, after a crash, must not make it look done while another id waits).
-        let mut has_final = vec![false; ids];
-        let mut finals = 0usize;
-        // Once every id has its final answer, stragglers (the other copies' answers) are still
-        // collected for a short while.
-        let mut until = deadline;
-        loop {
-            if finals == ids {
-                let grace = tokio::time::Instant::now() + Duration::from_millis(300);
-                if until > grace {
-                    until = grace;
-                }
-            }
-            let next = tokio::select! {
-                next = tokio::time::timeout_at(until, replies.next()) => next,
-                _ = publishing_stopped.cancelled(), if until > tokio::time::Instant::now() + INTERRUPTED_GRACE => {
-                    until = tokio::time::Instant::now() + INTERRUPTED_GRACE;
-                    continue;
-                }
-            };
-            // The stream ends when the connection dies: what arrived until then is kept.
-            let Ok(Some(Ok(message))) = next else {
-                break;
-            };
-            let index = message
-                .correlation_id
-                .as_deref()
-                .and_then(|c| c.parse::<usize>().ok());
-            let (Some(index), Ok(answer)) = (index, parse_answer(&message.body)) else {
-                continue;
-            };
-            if answer.is_promotion() {
-                // Not an answer to this request's publish: it comes on top of the final one.
-            } else if answer.stage == Stage::Final {
-                if let Some(seen) = groups.get(index).and_then(|g| has_final.get_mut(*g))
-                    && !*seen
-                {
-                    *seen = true;
-                    finals += 1;
-                    counters.finals.fetch_add(1, Ordering::Relaxed);
-                }
-            } else {
-                counters.provisional.fetch_add(1, Ordering::Relaxed);
-            }
-            got.push((index, answer, Instant::now()));
-        }
-        // Cancel before the channel closes: an answer still arriving on a closing channel
-        // makes the client library fail the whole connection.
-        replies.cancel().await;
-        replies.close().await;
-        got
-    });
+    let collector = tokio::spawn(collect(
+        replies,
+        Collecting {
+            groups: groups.clone(),
+            ids,
+            expected: requests.len(),
+            deadline: tokio::time::Instant::from_std(start + timeout),
+            publishing_stopped: interrupted.clone(),
+            counters: progress.clone(),
+        },
+    ));
 
-    let mut sent_at = Vec::with_capacity(n);
+    let mut sent_at = Vec::with_capacity(requests.len());
     let published = publish_all(
         &publisher,
         topology,
@@ -355,10 +302,95 @@ pub async fn fire_with(
 
     // On timeout the collector returns what arrived; the rest counts as lost.
     let got = collector.await.context("the answer collector failed")?;
-    // Each request id's first final answer: the crowd is complete when every id has one, and
-    // its time is the last of them (a late duplicate does not count).
+    let (complete, total_time) = completion(&got, &groups, ids, start);
+    broker.close().await;
+    Ok(Report {
+        started: start,
+        answered: answered_of(requests, &sent_at, got, start),
+        publish_time,
+        total_time,
+        complete: complete && interrupted.is_none(),
+        interrupted,
+    })
+}
+
+/// What the answer collector needs to know about the crowd.
+struct Collecting {
+    /// Each published position's request id, numbered.
+    groups: Vec<usize>,
+    /// How many distinct request ids.
+    ids: usize,
+    expected: usize,
+    deadline: tokio::time::Instant,
+    publishing_stopped: tokio_util::sync::CancellationToken,
+    counters: Arc<Progress>,
+}
+
+/// One message received: the position it answers, the answer, when it arrived.
+type Received = (usize, Answer, Instant);
+
+/// Notes when each answer arrives (latencies are computed at the end against the publish
+/// instants) until every request id has a final answer, the deadline passes, or the connection
+/// dies; what arrived until then is kept.
+async fn collect(mut replies: Deliveries, crowd: Collecting) -> Vec<Received> {
+    let mut got: Vec<Received> = Vec::with_capacity(crowd.expected * 2);
+    // Request ids with a final answer: the crowd is done when every id has one (a duplicate
+    // final, after a crash, must not make it look done while another id waits).
+    let mut has_final = vec![false; crowd.ids];
+    let mut finals = 0usize;
+    // Once every id has its final answer, stragglers (the other copies' answers) are still
+    // collected for a short while.
+    let mut until = crowd.deadline;
+    loop {
+        if finals == crowd.ids {
+            let grace = tokio::time::Instant::now() + Duration::from_millis(300);
+            until = until.min(grace);
+        }
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(until, replies.next()) => next,
+            _ = crowd.publishing_stopped.cancelled(), if until > tokio::time::Instant::now() + INTERRUPTED_GRACE => {
+                until = tokio::time::Instant::now() + INTERRUPTED_GRACE;
+                continue;
+            }
+        };
+        // The stream ends when the connection dies: what arrived until then is kept.
+        let Ok(Some(Ok(message))) = next else {
+            break;
+        };
+        let index = message
+            .correlation_id
+            .as_deref()
+            .and_then(|c| c.parse::<usize>().ok());
+        let (Some(index), Ok(answer)) = (index, parse_answer(&message.body)) else {
+            continue;
+        };
+        if answer.is_promotion() {
+            // Not an answer to this request's publish: it comes on top of the final one.
+        } else if answer.stage == Stage::Final {
+            if let Some(seen) = crowd.groups.get(index).and_then(|g| has_final.get_mut(*g))
+                && !*seen
+            {
+                *seen = true;
+                finals += 1;
+                crowd.counters.finals.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            crowd.counters.provisional.fetch_add(1, Ordering::Relaxed);
+        }
+        got.push((index, answer, Instant::now()));
+    }
+    // Cancel before the channel closes: an answer still arriving on a closing channel makes
+    // the client library fail the whole connection.
+    replies.cancel().await;
+    replies.close().await;
+    got
+}
+
+/// Whether every request id got a final answer, and when the last of those first finals came
+/// (a late duplicate does not count).
+fn completion(got: &[Received], groups: &[usize], ids: usize, start: Instant) -> (bool, Duration) {
     let mut first_final: Vec<Option<Instant>> = vec![None; ids];
-    for (index, answer, at) in &got {
+    for (index, answer, at) in got {
         if answer.stage == Stage::Final
             && !answer.is_promotion()
             && let Some(slot @ None) = groups.get(*index).and_then(|g| first_final.get_mut(*g))
@@ -373,11 +405,19 @@ pub async fn fire_with(
         .map(|at| at.duration_since(start))
         .max()
         .unwrap_or_else(|| start.elapsed());
-    broker.close().await;
+    (complete, total_time)
+}
 
+/// Each published request with the answers it received, and their latencies from its publish.
+fn answered_of(
+    requests: Vec<Request>,
+    sent_at: &[Instant],
+    got: Vec<Received>,
+    start: Instant,
+) -> Vec<Answered> {
     let mut answered: Vec<Answered> = requests
         .into_iter()
-        .zip(&sent_at)
+        .zip(sent_at)
         .map(|(request, at)| Answered {
             request,
             sent: at.duration_since(start),
@@ -400,14 +440,7 @@ pub async fn fire_with(
             Stage::Final => slot.finals.push((answer, latency)),
         }
     }
-    Ok(Report {
-        started: start,
-        answered,
-        publish_time,
-        total_time,
-        complete: complete && interrupted.is_none(),
-        interrupted,
-    })
+    answered
 }
 
 /// Publishes requests, persistent and confirmed, with answers addressed to `queue` and the

@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -182,9 +183,47 @@ impl Run {
     }
 }
 
-/// Runs the chaos scenario; errors only when it could not run (the report says what it found).
-pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
-    let services = config.services.clone();
+/// Starts worker processes that reach the servers through the proxies, each with an id of its
+/// own (`<tag>-w0`, `-w1`, ...).
+struct Launcher {
+    exe: PathBuf,
+    proxied: Services,
+    log_dir: PathBuf,
+    tag: String,
+    started: AtomicUsize,
+}
+
+impl Launcher {
+    fn start(&self, env: &[(&str, &str)]) -> anyhow::Result<WorkerProcess> {
+        let n = self.started.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-w{n}", self.tag);
+        let log = self.log_dir.join(format!("{id}.log"));
+        let args = [
+            "--lease-ms".to_owned(),
+            "3000".to_owned(),
+            "--http-addr".to_owned(),
+            free_port()?.to_string(),
+        ];
+        WorkerProcess::start_with_env(&self.exe, &self.proxied, &id, log, &args, env)
+    }
+
+    fn start_many(&self, count: usize) -> anyhow::Result<Vec<WorkerProcess>> {
+        (0..count).map(|_| self.start(&[])).collect()
+    }
+}
+
+/// The courses and the crowd of one run.
+struct Scenario {
+    store: Store,
+    tag: String,
+    courses: Vec<CourseId>,
+    probe_course: CourseId,
+    requests: Vec<Request>,
+}
+
+/// Creates the run's courses (and the probe's) and plans its crowd, every tenth request twice.
+async fn prepare(config: &ChaosConfig) -> anyhow::Result<Scenario> {
+    let services = &config.services;
     let store = Store::connect(&services.database_url, 4)
         .await
         .context("connecting to PostgreSQL")?;
@@ -210,30 +249,40 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         &tag,
         23,
     )?);
+    Ok(Scenario {
+        store,
+        tag,
+        courses,
+        probe_course,
+        requests,
+    })
+}
 
+/// Runs the chaos scenario; errors only when it could not run (the report says what it found).
+pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
+    let Scenario {
+        store,
+        tag,
+        courses,
+        probe_course,
+        requests,
+    } = prepare(&config).await?;
+    let services = config.services.clone();
     let amqp = proxy_for(&services.amqp_url).await?;
     let db = proxy_for(&services.database_url).await?;
-    let proxied = Services {
-        amqp_url: through(&services.amqp_url, amqp.addr()),
-        database_url: through(&services.database_url, db.addr()),
-        topology: services.topology.clone(),
-    };
     std::fs::create_dir_all(&config.log_dir)?;
-    let start_worker_with = |n: usize, env: &[(&str, &str)]| -> anyhow::Result<WorkerProcess> {
-        let id = format!("{tag}-w{n}");
-        let log = config.log_dir.join(format!("{id}.log"));
-        let args = [
-            "--lease-ms".to_owned(),
-            "3000".to_owned(),
-            "--http-addr".to_owned(),
-            free_port()?.to_string(),
-        ];
-        WorkerProcess::start_with_env(&config.exe, &proxied, &id, log, &args, env)
+    let launcher = Launcher {
+        exe: config.exe.clone(),
+        proxied: Services {
+            amqp_url: through(&services.amqp_url, amqp.addr()),
+            database_url: through(&services.database_url, db.addr()),
+            topology: services.topology.clone(),
+        },
+        log_dir: config.log_dir.clone(),
+        tag: tag.clone(),
+        started: AtomicUsize::new(0),
     };
-    let start_worker = |n: usize| start_worker_with(n, &[]);
-    let mut workers = (0..config.workers.max(1))
-        .map(start_worker)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut workers = launcher.start_many(config.workers)?;
     rush::wait_for_partitions(&store, services.topology.partitions).await?;
 
     let distinct = requests
@@ -267,30 +316,12 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         faults: Vec::new(),
     };
     run.probe("before any fault", None).await?;
-
-    let began = Instant::now();
-    amqp.cut();
-    run.probe("every broker connection cut", Some(began))
-        .await?;
-
-    let began = Instant::now();
-    db.stall();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    db.resume();
-    run.probe("database stalled for 3 s", Some(began)).await?;
-
-    let began = Instant::now();
-    db.refuse();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    db.resume();
-    run.probe("database unreachable for 2 s", Some(began))
-        .await?;
+    run.link_faults(&amqp, &db).await?;
 
     let began = Instant::now();
     let victim = workers.remove(0);
     victim.signal(Signal::SIGKILL)?;
-    let mut started = config.workers.max(1);
-    workers.push(start_worker(started)?);
+    workers.push(launcher.start(&[])?);
     run.probe(
         "a worker killed with SIGKILL (and a new one started)",
         Some(began),
@@ -298,85 +329,13 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     .await?;
 
     // The server restarts come before the crash points, while the crowd is still publishing.
-    if let Some(command) = &config.restart_database {
-        let began = Instant::now();
-        run.shell("database restart", command).await?;
-        run.probe("database restarted", Some(began)).await?;
-    }
-    if let Some(command) = &config.restart_broker {
-        let began = Instant::now();
-        run.shell("broker restart", command).await?;
-        run.probe("broker restarted", Some(began)).await?;
-    }
-
-    // With the crash points compiled in, a worker also dies at each of them: the others stop
-    // (giving their partitions back), a worker that aborts the first time it passes the point
-    // takes them all, a probe drives it there, and fresh workers finish the job.
+    run.restart_servers().await?;
     if seatrush_core::failpoint::ENABLED {
-        for point in seatrush_core::failpoint::ALL {
-            rush::wait_for_partitions(&store, services.topology.partitions).await?;
-            let began = Instant::now();
-            for worker in workers.drain(..) {
-                // A worker stopped before it set up its signal handler dies of the signal:
-                // harmless here, its deliveries return to the queues like a crash's.
-                if let Err(e) = worker.stop(Duration::from_secs(60)).await {
-                    println!("  {e:#}");
-                }
-            }
-            started += 1;
-            let action = format!("{point}=1*return(abort)");
-            let mut doomed = start_worker_with(started, &[("FAILPOINTS", action.as_str())])?;
-            rush::wait_for_partitions(&store, services.topology.partitions).await?;
-            let fault = format!("a worker killed at {point} (and new ones started)");
-            let replace = async {
-                if doomed.exited(Duration::from_secs(60)).await.is_none() {
-                    bail!("the worker never reached {point}");
-                }
-                (0..config.workers.max(1))
-                    .map(|k| start_worker(started + 1 + k))
-                    .collect::<anyhow::Result<Vec<_>>>()
-            };
-            let (probed, replaced) = tokio::join!(run.probe(&fault, Some(began)), replace);
-            workers = replaced?;
-            started += config.workers.max(1);
-            probed?;
-        }
+        workers = run.crash_points(&launcher, workers).await?;
     }
 
-    // The crowd's client dies with a broker restart. What it was answered until then is kept;
-    // like a web back end, it then publishes every request id it has no final answer for
-    // again, under the same id. Those requests were caught in the restart, whose window
-    // therefore lasts until they are answered.
     let first = crowd.await.context("the crowd task failed")??;
-    let again = first.unanswered(&requests);
-    let report = if again.is_empty() {
-        first
-    } else {
-        println!(
-            "  the client publishes again the {} request ids without a final answer ({})",
-            again.len(),
-            first
-                .interrupted
-                .as_deref()
-                .unwrap_or("no answer before the timeout")
-        );
-        let later = load::fire(
-            &services.amqp_url,
-            &services.topology,
-            again,
-            config.timeout,
-        )
-        .await?;
-        if let Some(window) = run
-            .faults
-            .last_mut()
-            .filter(|f| f.fault == "broker restarted")
-            .and_then(|f| f.window.as_mut())
-        {
-            window.1 = Instant::now();
-        }
-        first.then(later)
-    };
+    let report = run.publish_unanswered_again(first, &requests).await?;
     rush::wait_for_partitions(&store, services.topology.partitions).await?;
     for worker in workers {
         if let Err(e) = worker.stop(Duration::from_secs(60)).await {
@@ -385,6 +344,121 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     }
     drop((amqp, db));
     check(&mut run, &courses, &requests, &report).await
+}
+
+impl Run {
+    /// The links' faults: every broker connection cut, the database stalled, then refused.
+    async fn link_faults(&mut self, amqp: &Proxy, db: &Proxy) -> anyhow::Result<()> {
+        let began = Instant::now();
+        amqp.cut();
+        self.probe("every broker connection cut", Some(began))
+            .await?;
+
+        let began = Instant::now();
+        db.stall();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        db.resume();
+        self.probe("database stalled for 3 s", Some(began)).await?;
+
+        let began = Instant::now();
+        db.refuse();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        db.resume();
+        self.probe("database unreachable for 2 s", Some(began))
+            .await
+    }
+
+    /// The servers restarted by the operator's commands, where given.
+    async fn restart_servers(&mut self) -> anyhow::Result<()> {
+        if let Some(command) = self.config.restart_database.clone() {
+            let began = Instant::now();
+            self.shell("database restart", &command).await?;
+            self.probe("database restarted", Some(began)).await?;
+        }
+        if let Some(command) = self.config.restart_broker.clone() {
+            let began = Instant::now();
+            self.shell("broker restart", &command).await?;
+            self.probe("broker restarted", Some(began)).await?;
+        }
+        Ok(())
+    }
+
+    /// With the crash points compiled in, a worker also dies at each of them: the others stop
+    /// (giving their partitions back), a worker that aborts the first time it passes the point
+    /// takes them all, a probe drives it there, and fresh workers finish the job.
+    async fn crash_points(
+        &mut self,
+        launcher: &Launcher,
+        mut workers: Vec<WorkerProcess>,
+    ) -> anyhow::Result<Vec<WorkerProcess>> {
+        let partitions = self.config.services.topology.partitions;
+        for point in seatrush_core::failpoint::ALL {
+            rush::wait_for_partitions(&self.store, partitions).await?;
+            let began = Instant::now();
+            for worker in workers.drain(..) {
+                // A worker stopped before it set up its signal handler dies of the signal:
+                // harmless here, its deliveries return to the queues like a crash's.
+                if let Err(e) = worker.stop(Duration::from_secs(60)).await {
+                    println!("  {e:#}");
+                }
+            }
+            let action = format!("{point}=1*return(abort)");
+            let mut doomed = launcher.start(&[("FAILPOINTS", action.as_str())])?;
+            rush::wait_for_partitions(&self.store, partitions).await?;
+            let fault = format!("a worker killed at {point} (and new ones started)");
+            let count = self.config.workers;
+            let replace = async {
+                if doomed.exited(Duration::from_secs(60)).await.is_none() {
+                    bail!("the worker never reached {point}");
+                }
+                launcher.start_many(count)
+            };
+            let (probed, replaced) = tokio::join!(self.probe(&fault, Some(began)), replace);
+            workers = replaced?;
+            probed?;
+        }
+        Ok(workers)
+    }
+
+    /// The crowd's client dies with a broker restart. What it was answered until then is kept;
+    /// like a web back end, it then publishes every request id it has no final answer for
+    /// again, under the same id. Those requests were caught in the restart, whose window
+    /// therefore lasts until they are answered.
+    async fn publish_unanswered_again(
+        &mut self,
+        first: Report,
+        requests: &[Request],
+    ) -> anyhow::Result<Report> {
+        let again = first.unanswered(requests);
+        if again.is_empty() {
+            return Ok(first);
+        }
+        println!(
+            "  the client publishes again the {} request ids without a final answer ({})",
+            again.len(),
+            first
+                .interrupted
+                .as_deref()
+                .unwrap_or("no answer before the timeout")
+        );
+        let services = &self.config.services;
+        let later = load::fire(
+            &services.amqp_url,
+            &services.topology,
+            again,
+            self.config.timeout,
+        )
+        .await?;
+        if let Some(window) = self
+            .faults
+            .last_mut()
+            .filter(|f| f.fault == "broker restarted")
+            .and_then(|f| f.window.as_mut())
+        {
+            window.1 = Instant::now();
+        }
+        Ok(first.then(later))
+    }
 }
 
 async fn check(
