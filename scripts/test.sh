@@ -18,6 +18,12 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features failpoints -- -D warnings
 # The runtime alone (the worker's build, without the tooling) must build and lint clean too.
 cargo clippy -p seatrush --no-default-features -- -D warnings
+# ... and links none of the tooling's libraries (charts, progress bars, the benchmark).
+if cargo tree -p seatrush --no-default-features -e normal --prefix none \
+    | grep -E '^(seatrush-tools|plotters|indicatif) '; then
+    echo "the worker's build depends on the tooling (above)" >&2
+    exit 1
+fi
 # failpoints compiles in the named fail points the crash tests inject faults with.
 cargo test --workspace --features failpoints -- "$@"
 # The container image's build command (docker/Dockerfile), checked here where no Docker engine

@@ -165,3 +165,41 @@ async fn migrations_are_safe_when_several_processes_run_them_at_once() {
     store.close().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn values_a_worker_cannot_run_with_are_refused_with_their_limit() {
+    // Arrange: each bad value, and what the refusal must say.
+    let cases: [(&[&str], &str); 6] = [
+        (&["worker", "--prefetch", "0"], "must be at least 1"),
+        (&["worker", "--lease-ms", "10"], "must be at least 300"),
+        (&["worker", "--db-connections", "1"], "must be at least 2"),
+        (&["worker", "--partitions", "0"], "must be at least 1"),
+        (&["rush", "--rate=-1"], "must be a number above 0"),
+        (&["bench", "--workers", "0"], "must be at least 1"),
+    ];
+    for (args, why) in cases {
+        // Act: no server is needed to refuse a flag.
+        let out = Command::new(crate::helpers::exe())
+            .args(args)
+            .env_remove("AMQP_URL")
+            .env_remove("DATABASE_URL")
+            .output()
+            .await
+            .expect("run seatrush");
+
+        // Assert: a usage error (exit 2) naming the flag and its limit, before anything starts.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(
+                args[1]
+                    .trim_start_matches('-')
+                    .split('=')
+                    .next()
+                    .unwrap_or("")
+            ),
+            "{args:?} names the flag: {stderr}"
+        );
+    }
+}
