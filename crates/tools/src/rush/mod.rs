@@ -19,7 +19,7 @@ pub use plan::{course_ids, crowd, with_duplicates};
 pub use workers::{Services, Usage, WorkerProcess, usage_of};
 
 use crate::load::{self, Pace, Progress};
-use seatrush_core::domain::{CourseId, CourseSettings};
+use seatrush_core::domain::{CourseId, CourseSettings, Request};
 use seatrush_core::protocol::Stage;
 use seatrush_core::store::Store;
 
@@ -162,7 +162,47 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         &config.tag,
         config.seed,
     )?;
+    let started = start_workers(&config, &store).await?;
+    // Costs are counted from here: start-up (migrations, topology) is not the rush's.
+    let cpu_before: Vec<Duration> = started
+        .iter()
+        .map(|w| w.usage().map(|u| u.cpu).unwrap_or_default())
+        .collect();
+    let batches_before = store.decision_batches().await?;
 
+    let fired = fire_showing_progress(&config, requests, show_progress)
+        .await?
+        .fully_published()?;
+
+    let measured = Measured {
+        transactions: store.decision_batches().await? - batches_before,
+        usages: started.iter().map(WorkerProcess::usage).collect(),
+        cpu_before,
+        held: store.seats_held(&courses).await?,
+    };
+    let mut stop_errors = Vec::new();
+    for worker in started {
+        if let Err(e) = worker.stop(Duration::from_secs(60)).await {
+            stop_errors.push(format!("{e:#}"));
+        }
+    }
+    let audit = store.audit().await?;
+    store.close().await;
+    let report = report_of(&config, &fired, measured, audit);
+    if !stop_errors.is_empty() {
+        anyhow::bail!("workers did not stop cleanly: {}", stop_errors.join("; "));
+    }
+    Ok(Rush {
+        report,
+        load: fired,
+    })
+}
+
+/// Starts the rush's own worker processes, if it has any, and waits until they hold every
+/// partition in a balanced way (several workers start by handing partitions over to each
+/// other: the rush begins once that has settled, so it measures the steady state).
+async fn start_workers(config: &RushConfig, store: &Store) -> anyhow::Result<Vec<WorkerProcess>> {
+    let services = &config.services;
     let mut started = Vec::new();
     if let Workers::Spawn { count, exe, args } = &config.workers {
         std::fs::create_dir_all(&config.log_dir)?;
@@ -172,20 +212,20 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
             started.push(WorkerProcess::start(exe, services, &id, log, args)?);
         }
     }
-    wait_for_partitions(&store, services.topology.partitions).await?;
+    wait_for_partitions(store, services.topology.partitions).await?;
     if !started.is_empty() {
-        // Several workers start by handing partitions over to each other: the rush begins once
-        // that has settled, so it measures the steady state.
         let ids: Vec<&str> = started.iter().map(|w| w.worker_id.as_str()).collect();
-        wait_until_balanced(&store, &ids, Duration::from_secs(60)).await?;
+        wait_until_balanced(store, &ids, Duration::from_secs(60)).await?;
     }
-    // Costs are counted from here: start-up (migrations, topology) is not the rush's.
-    let cpu_before: Vec<Duration> = started
-        .iter()
-        .map(|w| w.usage().map(|u| u.cpu).unwrap_or_default())
-        .collect();
-    let batches_before = store.decision_batches().await?;
+    Ok(started)
+}
 
+/// Fires the crowd, with progress bars on a terminal when asked.
+async fn fire_showing_progress(
+    config: &RushConfig,
+    requests: Vec<Request>,
+    show_progress: bool,
+) -> anyhow::Result<load::Report> {
     let progress = Arc::new(Progress::default());
     let done = CancellationToken::new();
     let display = show_progress.then(|| {
@@ -196,8 +236,8 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         ))
     });
     let fired = load::fire_with(
-        &services.amqp_url,
-        &services.topology,
+        &config.services.amqp_url,
+        &config.services.topology,
         requests,
         config.timeout,
         config.pace,
@@ -208,31 +248,37 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
     if let Some(display) = display {
         let _ = display.await;
     }
-    let fired = fired?.fully_published()?;
+    fired
+}
 
-    let transactions = store.decision_batches().await? - batches_before;
-    let usages: Vec<Option<Usage>> = started.iter().map(WorkerProcess::usage).collect();
-    let held = store.seats_held(&courses).await?;
-    let mut stop_errors = Vec::new();
-    for worker in started {
-        if let Err(e) = worker.stop(Duration::from_secs(60)).await {
-            stop_errors.push(format!("{e:#}"));
-        }
-    }
-    let audit = store.audit().await?;
-    store.close().await;
+/// What was measured around the crowd: commits, the workers' costs, the seats held after.
+struct Measured {
+    transactions: i64,
+    usages: Vec<Option<Usage>>,
+    cpu_before: Vec<Duration>,
+    held: Vec<(String, String)>,
+}
 
+fn report_of(
+    config: &RushConfig,
+    fired: &load::Report,
+    measured: Measured,
+    audit: Vec<seatrush_core::store::Violation>,
+) -> RushReport {
+    let shape = config.crowd;
     let n = fired.answered.len();
-    let cpu: Option<Duration> = usages
+    let cpu: Option<Duration> = measured
+        .usages
         .iter()
-        .zip(&cpu_before)
+        .zip(&measured.cpu_before)
         .map(|(u, before)| u.map(|u| u.cpu.saturating_sub(*before)))
         .sum();
-    let peak = usages.iter().flatten().map(|u| u.peak_rss).max();
+    let peak = measured.usages.iter().flatten().map(|u| u.peak_rss).max();
     let provisional = fired.latency(Stage::Provisional);
     let final_ = fired.latency(Stage::Final);
-    let mismatched = mismatched_seats(&fired, &held);
-    let report = RushReport {
+    let mismatched = mismatched_seats(fired, &measured.held);
+    let transactions = measured.transactions;
+    RushReport {
         tag: config.tag.clone(),
         requests: n,
         courses: shape.courses,
@@ -269,14 +315,7 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         violations: audit.len() + mismatched,
         outcomes: fired.outcomes().into_iter().collect(),
         audit,
-    };
-    if !stop_errors.is_empty() {
-        anyhow::bail!("workers did not stop cleanly: {}", stop_errors.join("; "));
     }
-    Ok(Rush {
-        report,
-        load: fired,
-    })
 }
 
 /// A fresh tag for a run's course and student names.
