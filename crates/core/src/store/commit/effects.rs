@@ -1,55 +1,85 @@
 //! The effects of a batch as `apply_effects` takes them, and what it answers.
+//!
+//! The function takes one array of the SQL composite type `effect` (migration
+//! `20261121000005_typed_effects.sql`); [`EffectRow`] derives the same type, so each field has
+//! one name and one Rust type, and the match below is exhaustive over [`Effect`]: a new effect
+//! kind does not compile until it is given a row. Postgres checks the rest when it receives the
+//! array: the number of fields and the type of each, in order.
+//!
+//! One composite array costs no more than the eleven parallel arrays it replaced: on
+//! `Store::commit` of batches of 1000 effects (enrolls, waitlist joins and drops that promote,
+//! over 200 courses), six alternating runs of twenty rounds each on a loaded two-core machine
+//! gave a median of 83.6 ms against 82.4 ms and a best of 40.8 ms against 41.3 ms, a
+//! difference within the noise. So the typed form is kept over a `jsonb` array, which would
+//! give up the checked field types for no gain.
 
 use chrono::{DateTime, Utc};
 
-use super::{Entry, Pending, to_i32};
+use super::{Entry, to_i32};
 use crate::course::Effect;
 use crate::domain::StudentId;
 use crate::protocol::Promotion;
 use crate::store::courses::to_u32;
 use crate::store::{Result, StoreError};
 
-/// The effects of a batch as the parallel arrays `apply_effects` takes.
-#[derive(Default)]
-struct EffectRows<'a> {
-    ords: Vec<i32>,
-    courses: Vec<&'a str>,
-    students: Vec<&'a str>,
-    requests: Vec<&'a str>,
-    kinds: Vec<&'static str>,
-    replies: Vec<Option<&'a str>>,
-    correlations: Vec<Option<&'a str>>,
-    capacities: Vec<Option<i32>>,
-    waitlists: Vec<Option<i32>>,
-    opens: Vec<Option<DateTime<Utc>>>,
-    closes: Vec<Option<DateTime<Utc>>>,
+/// What an effect does to its course: the SQL enum `effect_kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "effect_kind", rename_all = "lowercase")]
+enum EffectKind {
+    Enroll,
+    Waitlist,
+    Drop,
+    Leave,
+    Configure,
 }
 
-impl<'a> EffectRows<'a> {
-    /// Adds the entry at `index`, unless its decision changes nothing.
-    fn push(&mut self, index: usize, entry: &Entry<'a>) {
-        let p: &'a Pending = entry.pending;
+/// One effect as `apply_effects` takes it: the SQL composite type `effect`, field for field
+/// in the same order.
+#[derive(Debug, sqlx::Type)]
+#[sqlx(type_name = "effect")]
+struct EffectRow {
+    /// The item's index in the batch: its decision order, and how result rows name it.
+    ord: i32,
+    course_id: String,
+    student_id: String,
+    request_id: String,
+    kind: EffectKind,
+    /// Where the student listens, kept with a waitlist place to announce a promotion there.
+    reply_to: Option<String>,
+    correlation_id: Option<String>,
+    /// The new settings of a `configure`; `None` for every other kind.
+    capacity: Option<i32>,
+    waitlist: Option<i32>,
+    opens_at: Option<DateTime<Utc>>,
+    closes_at: Option<DateTime<Utc>>,
+}
+
+impl EffectRow {
+    /// The row of the entry at `index`, or `None` when its decision changes nothing.
+    fn of(index: usize, entry: &Entry<'_>) -> Option<Self> {
+        let p = entry.pending;
         let (kind, settings) = match &p.effect {
-            Effect::None => return,
-            Effect::Enroll => ("enroll", None),
-            Effect::Waitlist => ("waitlist", None),
-            Effect::Drop { .. } => ("drop", None),
-            Effect::Leave => ("leave", None),
-            Effect::Configure { settings, .. } => ("configure", Some(settings)),
+            Effect::None => return None,
+            Effect::Enroll => (EffectKind::Enroll, None),
+            Effect::Waitlist => (EffectKind::Waitlist, None),
+            Effect::Drop { .. } => (EffectKind::Drop, None),
+            Effect::Leave => (EffectKind::Leave, None),
+            Effect::Configure { settings, .. } => (EffectKind::Configure, Some(settings)),
         };
         let reply_to = p.reply_to.as_ref();
-        self.ords.push(i32::try_from(index).unwrap_or(i32::MAX));
-        self.courses.push(p.request.course_id.as_str());
-        self.students.push(p.request.student_id.as_str());
-        self.requests.push(p.request.request_id.as_str());
-        self.kinds.push(kind);
-        self.replies.push(reply_to.map(|r| r.queue.as_str()));
-        self.correlations
-            .push(reply_to.and_then(|r| r.correlation_id.as_deref()));
-        self.capacities.push(settings.map(|s| to_i32(s.capacity)));
-        self.waitlists.push(settings.map(|s| to_i32(s.waitlist)));
-        self.opens.push(settings.and_then(|s| s.opens_at));
-        self.closes.push(settings.and_then(|s| s.closes_at));
+        Some(Self {
+            ord: i32::try_from(index).unwrap_or(i32::MAX),
+            course_id: p.request.course_id.to_string(),
+            student_id: p.request.student_id.to_string(),
+            request_id: p.request.request_id.to_string(),
+            kind,
+            reply_to: reply_to.map(|r| r.queue.clone()),
+            correlation_id: reply_to.and_then(|r| r.correlation_id.clone()),
+            capacity: settings.map(|s| to_i32(s.capacity)),
+            waitlist: settings.map(|s| to_i32(s.waitlist)),
+            opens_at: settings.and_then(|s| s.opens_at),
+            closes_at: settings.and_then(|s| s.closes_at),
+        })
     }
 }
 
@@ -70,39 +100,25 @@ struct AppliedRow {
 /// did: whether its effect was missed, whom it promoted, and whether those are the students
 /// the actor promoted, in the same order.
 pub(super) async fn apply(tx: &mut sqlx::PgConnection, entries: &mut [Entry<'_>]) -> Result<()> {
-    let mut rows = EffectRows::default();
-    for (index, entry) in entries.iter().enumerate() {
-        if entry.fresh.is_some() {
-            rows.push(index, entry);
-        }
-    }
-    if rows.ords.is_empty() {
+    let rows: Vec<EffectRow> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| entry.fresh.is_some())
+        .filter_map(|(index, entry)| EffectRow::of(index, entry))
+        .collect();
+    if rows.is_empty() {
         return Ok(());
     }
     // Missed until the database says it applied.
-    for &ord in &rows.ords {
-        if let Some(fresh) = entry_at(entries, ord)?.fresh.as_mut() {
+    for row in &rows {
+        if let Some(fresh) = entry_at(entries, row.ord)?.fresh.as_mut() {
             fresh.missed = true;
         }
     }
-    let applied: Vec<AppliedRow> = sqlx::query_as(
-        "SELECT * FROM apply_effects($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                                     $6::text[], $7::text[], $8::int[], $9::int[], \
-                                     $10::timestamptz[], $11::timestamptz[])",
-    )
-    .bind(&rows.ords)
-    .bind(&rows.courses)
-    .bind(&rows.students)
-    .bind(&rows.requests)
-    .bind(&rows.kinds)
-    .bind(&rows.replies)
-    .bind(&rows.correlations)
-    .bind(&rows.capacities)
-    .bind(&rows.waitlists)
-    .bind(&rows.opens)
-    .bind(&rows.closes)
-    .fetch_all(&mut *tx)
-    .await?;
+    let applied: Vec<AppliedRow> = sqlx::query_as("SELECT * FROM apply_effects($1)")
+        .bind(&rows)
+        .fetch_all(&mut *tx)
+        .await?;
     for row in applied {
         let entry = entry_at(entries, row.r_ord)?;
         let promotion = row.promotion(entry)?;
