@@ -215,7 +215,9 @@ async fn fetch_stored(
         .collect()
 }
 
-/// The promotions made by the given requests, by request.
+/// The promotions made by the given requests, by request, each request's in the order they
+/// were made. One request's promotions share a transaction, so `promoted_at` cannot order
+/// them; the seats left after each can, as every promotion takes one more seat.
 async fn fetch_promotions(
     tx: &mut sqlx::PgConnection,
     causes: &[&str],
@@ -226,7 +228,8 @@ async fn fetch_promotions(
     let rows = sqlx::query(
         "SELECT request_id, course_id, student_id, reply_to, correlation_id, cause_request_id, \
                 seats_left \
-         FROM promotions WHERE cause_request_id = ANY($1) ORDER BY promoted_at, request_id",
+         FROM promotions WHERE cause_request_id = ANY($1) \
+         ORDER BY promoted_at, seats_left DESC, request_id",
     )
     .bind(causes)
     .fetch_all(&mut *tx)
