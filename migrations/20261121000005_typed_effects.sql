@@ -2,7 +2,8 @@
 -- arrays, so a missing or misplaced field is a type error on both sides (the store builds the
 -- rows from a Rust struct deriving the same type). The body is the one of
 -- 20261121000003_waitlist.sql unchanged but for how it reads its argument: the same checks, in
--- the same order, with the same promotions and the same results.
+-- the same order, with the same promotions and the same results. The eleven-array form, at the
+-- end of this file, now only converts its arguments and calls this one.
 
 -- What an effect does to its course. See apply_effects for what each kind checks.
 CREATE TYPE effect_kind AS ENUM ('enroll', 'waitlist', 'drop', 'leave', 'configure');
@@ -24,9 +25,6 @@ CREATE TYPE effect AS (
     opens_at       timestamptz,
     closes_at      timestamptz
 );
-
-DROP FUNCTION apply_effects(integer[], text[], text[], text[], text[], text[], text[], integer[],
-                            integer[], timestamptz[], timestamptz[]);
 
 -- Applies a batch's effects in decision order per course, each guarded by what the database
 -- holds, and returns whether each applied and whom it promoted (one row per promotion, or one
@@ -156,4 +154,25 @@ BEGIN
                               v_opens, v_closes, v_moved);
     END IF;
 END;
+$$;
+
+-- The eleven-array form stays for one release as a wrapper of the typed one, so the rules live
+-- in one place and a worker of the previous release still commits during a rolling upgrade
+-- (the first upgraded worker applies this migration while the others run on). A later
+-- migration drops it once no worker of that release can be running.
+CREATE OR REPLACE FUNCTION apply_effects(
+    p_ord integer[], p_course text[], p_student text[], p_request text[], p_kind text[],
+    p_reply text[], p_correlation text[], p_capacity integer[], p_waitlist integer[],
+    p_opens timestamptz[], p_closes timestamptz[])
+RETURNS TABLE (r_ord integer, r_applied boolean, r_student text, r_request text,
+               r_reply text, r_correlation text, r_seats_left integer)
+LANGUAGE sql AS $$
+    SELECT * FROM apply_effects(ARRAY(
+        SELECT ROW(t.ord, t.course_id, t.student_id, t.request_id, t.kind::effect_kind,
+                   t.reply_to, t.correlation_id, t.capacity, t.waitlist, t.opens_at,
+                   t.closes_at)::effect
+          FROM UNNEST(p_ord, p_course, p_student, p_request, p_kind, p_reply, p_correlation,
+                      p_capacity, p_waitlist, p_opens, p_closes)
+            AS t(ord, course_id, student_id, request_id, kind, reply_to, correlation_id,
+                 capacity, waitlist, opens_at, closes_at)))
 $$;
