@@ -6,12 +6,13 @@
 //! kind does not compile until it is given a row. Postgres checks the rest when it receives the
 //! array: the number of fields and the type of each, in order.
 //!
-//! One composite array costs no more than the eleven parallel arrays it replaced: on
+//! One composite array costs no more than the eleven parallel arrays it replaced. On
 //! `Store::commit` of batches of 1000 effects (enrolls, waitlist joins and drops that promote,
-//! over 200 courses), six alternating runs of twenty rounds each on a loaded two-core machine
-//! gave a median of 83.6 ms against 82.4 ms and a best of 40.8 ms against 41.3 ms, a
-//! difference within the noise. So the typed form is kept over a `jsonb` array, which would
-//! give up the checked field types for no gain.
+//! over 200 courses), alternating runs of twenty rounds each on a loaded two-core machine gave
+//! pooled medians of 83.6 and 74.3 ms against 82.4 and 73.8 ms, and bests of 40.8 and 39.8 ms
+//! against 41.3 and 41.1 ms. The call alone, both forms interleaved on the same database, had
+//! medians within a few percent either way from run to run. So the typed form is kept over a
+//! `jsonb` array, which would give up the checked field types for no gain.
 
 use chrono::{DateTime, Utc};
 
