@@ -10,6 +10,7 @@ mod crashes;
 mod crowd;
 mod deadletters;
 mod docker;
+mod equivalence;
 mod harness;
 mod helpers;
 mod operability;

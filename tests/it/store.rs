@@ -228,3 +228,74 @@ async fn the_audit_finds_a_broken_waitlist() {
     db.close().await.expect("close");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_release_still_commits_through_the_eleven_array_form() {
+    // Arrange: one seat and one waitlist place, as a worker of the previous release finds them
+    // during a rolling upgrade.
+    let env = TestEnv::new().await;
+    let course = env
+        .add_courses_with(
+            "so",
+            1,
+            seatrush_core::domain::CourseSettings {
+                capacity: 1,
+                waitlist: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .remove(0);
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("connect");
+    let none_text: Vec<Option<&str>> = vec![None; 3];
+    let none_int: Vec<Option<i32>> = vec![None; 3];
+    let none_time: Vec<Option<chrono::DateTime<chrono::Utc>>> = vec![None; 3];
+
+    // Act: s1 enrolls, s2 joins the waitlist, s1 drops, in the previous release's call.
+    let rows: Vec<(i32, bool, Option<String>)> = sqlx::query_as(
+        "SELECT r_ord, r_applied, r_student \
+         FROM apply_effects($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                            $6::text[], $7::text[], $8::int[], $9::int[], \
+                            $10::timestamptz[], $11::timestamptz[])",
+    )
+    .bind([0, 1, 2])
+    .bind([course.as_str(); 3])
+    .bind(["s1", "s2", "s1"])
+    .bind(["o1", "o2", "o3"])
+    .bind(["enroll", "waitlist", "drop"])
+    .bind(&none_text)
+    .bind(&none_text)
+    .bind(&none_int)
+    .bind(&none_int)
+    .bind(&none_time)
+    .bind(&none_time)
+    .fetch_all(&mut db)
+    .await
+    .expect("the eleven-array form");
+
+    // Assert: each applied, the drop promoted s2, and the course holds what the typed form
+    // would have left.
+    let mut rows = rows;
+    rows.sort_by_key(|(ord, _, _)| *ord);
+    assert_eq!(
+        rows,
+        [
+            (0, true, None),
+            (1, true, None),
+            (2, true, Some("s2".to_owned()))
+        ]
+    );
+    let detail = env
+        .store
+        .course_detail(&course)
+        .await
+        .expect("read")
+        .expect("course");
+    assert_eq!(detail.enrolled_students, ["s2"]);
+    assert!(detail.waitlist.is_empty());
+    assert_eq!((detail.course.enrolled, detail.course.waitlisted), (1, 0));
+    db.close().await.expect("close");
+    env.cleanup().await;
+}

@@ -1,0 +1,181 @@
+//! The effects of a batch as `apply_effects` takes them, and what it answers.
+//!
+//! The function takes one array of the SQL composite type `effect` (migration
+//! `20261121000005_typed_effects.sql`); [`EffectRow`] derives the same type, so each field has
+//! one name and one Rust type, and the match below is exhaustive over [`Effect`]: a new effect
+//! kind does not compile until it is given a row. Postgres checks the rest when it receives the
+//! array: the number of fields and the type of each, in order.
+//!
+//! One composite array costs no more than the eleven parallel arrays it replaced. On
+//! `Store::commit` of batches of 1000 effects (enrolls, waitlist joins and drops that promote,
+//! over 200 courses), alternating runs of twenty rounds each on a loaded two-core machine gave
+//! pooled medians of 83.6 and 74.3 ms against 82.4 and 73.8 ms, and bests of 40.8 and 39.8 ms
+//! against 41.3 and 41.1 ms. The call alone, both forms interleaved on the same database, had
+//! medians within a few percent either way from run to run. So the typed form is kept over a
+//! `jsonb` array, which would give up the checked field types for no gain.
+
+use chrono::{DateTime, Utc};
+
+use super::{Entry, to_i32};
+use crate::domain::Effect;
+use crate::domain::StudentId;
+use crate::protocol::Promotion;
+use crate::store::courses::to_u32;
+use crate::store::{Result, StoreError};
+
+/// What an effect does to its course: the SQL enum `effect_kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "effect_kind", rename_all = "lowercase")]
+enum EffectKind {
+    Enroll,
+    Waitlist,
+    Drop,
+    Leave,
+    Configure,
+}
+
+/// One effect as `apply_effects` takes it: the SQL composite type `effect`, field for field
+/// in the same order.
+#[derive(Debug, sqlx::Type)]
+#[sqlx(type_name = "effect")]
+struct EffectRow {
+    /// The item's index in the batch: its decision order, and how result rows name it.
+    ord: i32,
+    course_id: String,
+    student_id: String,
+    request_id: String,
+    kind: EffectKind,
+    /// Where the student listens, kept with a waitlist place to announce a promotion there.
+    reply_to: Option<String>,
+    correlation_id: Option<String>,
+    /// The new settings of a `configure`; `None` for every other kind.
+    capacity: Option<i32>,
+    waitlist: Option<i32>,
+    opens_at: Option<DateTime<Utc>>,
+    closes_at: Option<DateTime<Utc>>,
+}
+
+impl EffectRow {
+    /// The row of the entry at `index`, or `None` when its decision changes nothing.
+    fn of(index: usize, entry: &Entry<'_>) -> Option<Self> {
+        let p = entry.pending;
+        let (kind, settings) = match &p.effect {
+            Effect::None => return None,
+            Effect::Enroll => (EffectKind::Enroll, None),
+            Effect::Waitlist => (EffectKind::Waitlist, None),
+            Effect::Drop { .. } => (EffectKind::Drop, None),
+            Effect::Leave => (EffectKind::Leave, None),
+            Effect::Configure { settings, .. } => (EffectKind::Configure, Some(settings)),
+        };
+        let reply_to = p.reply_to.as_ref();
+        Some(Self {
+            ord: i32::try_from(index).unwrap_or(i32::MAX),
+            course_id: p.request.course_id.to_string(),
+            student_id: p.request.student_id.to_string(),
+            request_id: p.request.request_id.to_string(),
+            kind,
+            reply_to: reply_to.map(|r| r.queue.clone()),
+            correlation_id: reply_to.and_then(|r| r.correlation_id.clone()),
+            capacity: settings.map(|s| to_i32(s.capacity)),
+            waitlist: settings.map(|s| to_i32(s.waitlist)),
+            opens_at: settings.and_then(|s| s.opens_at),
+            closes_at: settings.and_then(|s| s.closes_at),
+        })
+    }
+}
+
+/// One row `apply_effects` returns: whether the effect `r_ord` applied, and one student it
+/// promoted (an effect that promoted nobody has one row with no student).
+#[derive(Debug, sqlx::FromRow)]
+struct AppliedRow {
+    r_ord: i32,
+    r_applied: bool,
+    r_student: Option<String>,
+    r_request: Option<String>,
+    r_reply: Option<String>,
+    r_correlation: Option<String>,
+    r_seats_left: Option<i32>,
+}
+
+/// Applies the fresh entries' effects in decision order and records in each what the database
+/// did: whether its effect was missed, whom it promoted, and whether those are the students
+/// the actor promoted, in the same order.
+pub(super) async fn apply(tx: &mut sqlx::PgConnection, entries: &mut [Entry<'_>]) -> Result<()> {
+    let rows: Vec<EffectRow> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| entry.fresh.is_some())
+        .filter_map(|(index, entry)| EffectRow::of(index, entry))
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // Missed until the database says it applied.
+    for row in &rows {
+        if let Some(fresh) = entry_at(entries, row.ord)?.fresh.as_mut() {
+            fresh.missed = true;
+        }
+    }
+    let applied: Vec<AppliedRow> = sqlx::query_as("SELECT * FROM apply_effects($1)")
+        .bind(&rows)
+        .fetch_all(&mut *tx)
+        .await?;
+    for row in applied {
+        let entry = entry_at(entries, row.r_ord)?;
+        let promotion = row.promotion(entry)?;
+        let Some(fresh) = entry.fresh.as_mut() else {
+            return Err(StoreError::Inconsistent(format!(
+                "apply_effects answered for request {}, which had no effect to apply",
+                entry.pending.request.request_id
+            )));
+        };
+        fresh.missed &= !row.r_applied;
+        fresh.promotions.extend(promotion);
+    }
+    for entry in entries.iter_mut() {
+        let expected = entry
+            .pending
+            .effect
+            .promoted()
+            .iter()
+            .map(StudentId::as_str);
+        if let Some(fresh) = entry.fresh.as_mut() {
+            let actual = fresh.promotions.iter().map(|p| p.student_id.as_str());
+            fresh.unexpected = !expected.eq(actual);
+        }
+    }
+    Ok(())
+}
+
+/// The entry a result row names.
+fn entry_at<'e, 'a>(entries: &'e mut [Entry<'a>], ord: i32) -> Result<&'e mut Entry<'a>> {
+    usize::try_from(ord)
+        .ok()
+        .and_then(|index| entries.get_mut(index))
+        .ok_or_else(|| StoreError::Inconsistent(format!("apply_effects returned ord {ord}")))
+}
+
+impl AppliedRow {
+    /// The promotion this row reports, made by the entry's request, if any.
+    fn promotion(&self, entry: &Entry<'_>) -> Result<Option<Promotion>> {
+        let Some(student_id) = self.r_student.clone() else {
+            return Ok(None);
+        };
+        let (Some(request_id), Some(seats_left)) = (self.r_request.clone(), self.r_seats_left)
+        else {
+            return Err(StoreError::Inconsistent(format!(
+                "apply_effects promoted {student_id} without naming the request or the seats left"
+            )));
+        };
+        let cause = &entry.pending.request;
+        Ok(Some(Promotion {
+            course_id: cause.course_id.to_string(),
+            student_id,
+            request_id,
+            reply_to: self.r_reply.clone(),
+            correlation_id: self.r_correlation.clone(),
+            promoted_by: cause.request_id.to_string(),
+            seats_left: to_u32(seats_left),
+        }))
+    }
+}

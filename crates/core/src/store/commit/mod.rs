@@ -1,0 +1,198 @@
+//! The group commit: one transaction writes a whole batch of decisions.
+//!
+//! The course actors decide in memory; this is where their decisions become durable. The
+//! effects that change a course (seats, waitlist places, settings) go to one call of the
+//! `apply_effects` function, which applies them in decision order per course, each guarded by
+//! what the database holds, and promotes the head of a waitlist into every freed seat; the
+//! outcomes go in one `UNNEST` insert. A batch of 500 decisions costs a handful of round trips.
+//! The database stays the final arbiter: an effect that no longer fits what is committed (a seat
+//! that is not free, a student not enrolled, a request id already decided elsewhere) is not
+//! applied, and the final verdict says what really happened.
+//!
+//! [`Store::commit`] runs the steps in order, each in its own file: `fence` (is this worker
+//! still the owner), `effects` (the typed rows `apply_effects` takes and what it answers),
+//! `results` (revised verdicts, waitlist positions and what earlier batches stored), and
+//! `outcomes` (the insert of this batch's outcomes). Every item of the batch is followed
+//! through them as one [`Entry`].
+
+mod effects;
+mod fence;
+mod outcomes;
+mod results;
+
+use std::collections::HashSet;
+
+use super::{Result, Store, StoreError};
+use crate::domain::Effect;
+use crate::domain::{Partition, ReplyTo, Request, Verdict};
+use crate::protocol::Promotion;
+use results::Earlier;
+
+/// One decision waiting to be committed.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub request: Request,
+    /// What the actor decided (and sent as the provisional answer).
+    pub provisional: Verdict,
+    pub effect: Effect,
+    /// The actor replayed a verdict it already knew; nothing is written for it.
+    pub replay: bool,
+    /// The partition the request came from and the ownership epoch it was consumed under.
+    pub partition: Partition,
+    pub epoch: i64,
+    /// Where the client listens; kept with a waitlist place to announce a promotion there.
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// What a committed decision turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub verdict: Verdict,
+    /// The request id had been decided before; this is its stored verdict.
+    pub replayed: bool,
+    /// The verdict differs from the provisional one: the course actor's memory was not in step
+    /// with the database.
+    pub revised: bool,
+    /// The database did not do what the actor decided (a different verdict, an effect not
+    /// applied, other students promoted): the actor's memory is out of step and must reload.
+    pub diverged: bool,
+    /// A replayed outcome whose final answer the broker has already confirmed once.
+    pub answered: bool,
+    /// The batch that wrote this outcome, for a fresh one: the finalizer records it as answered.
+    pub batch_id: Option<i64>,
+    /// Waitlisted students this request moved into a seat, to be told. For a replay, only
+    /// while its batch's answers are not confirmed (a redelivery after a crash tells them).
+    pub promotions: Vec<Promotion>,
+}
+
+/// One item of the batch, followed through the steps of the commit.
+struct Entry<'a> {
+    pending: &'a Pending,
+    /// What this batch makes of the request; `None` when its id was decided before (replayed
+    /// by the actor, stored by an earlier batch, or an earlier item of this batch): then its
+    /// stored outcome is the answer and its effect is not written.
+    fresh: Option<Fresh>,
+}
+
+/// A request decided in this batch, as the commit works it out.
+struct Fresh {
+    /// The final verdict: the provisional one, unless the database did not apply the effect.
+    verdict: Verdict,
+    /// The effect was decided but the committed state did not allow it.
+    missed: bool,
+    /// The database promoted other students than the actor did, or in another order.
+    unexpected: bool,
+    /// Whom the database moved from the waitlist into the seats this request freed.
+    promotions: Vec<Promotion>,
+}
+
+impl Store {
+    /// Commits a batch in one transaction and returns the final verdict of each item, in order.
+    ///
+    /// Fails with [`StoreError::Fenced`] if this worker no longer owns one of the partitions at
+    /// the epoch the items carry; nothing is written then.
+    pub async fn commit(&self, worker_id: &str, items: &[&Pending]) -> Result<Vec<Committed>> {
+        let mut tx = self.pool.begin().await?;
+        fence::check(&mut tx, worker_id, items).await?;
+        let mut entries = entries(&mut tx, items).await?;
+        effects::apply(&mut tx, &mut entries).await?;
+        results::revise(&mut tx, &mut entries).await?;
+        results::place_on_waitlist(&mut tx, &mut entries).await?;
+        let batch_id = outcomes::insert(&mut tx, worker_id, &entries).await?;
+        let mut earlier = results::earlier(&mut tx, &entries).await?;
+        tx.commit().await?;
+        entries
+            .into_iter()
+            .map(|entry| entry.committed(batch_id, &mut earlier))
+            .collect()
+    }
+
+    /// Records that the final answers of these batches were confirmed by the broker.
+    pub async fn mark_answered(&self, batch_ids: &[i64]) -> Result<()> {
+        sqlx::query("UPDATE decision_batches SET answered = true WHERE batch_id = ANY($1)")
+            .bind(batch_ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The batch's items as entries, each request id fresh at most once: ids decided before this
+/// batch (possible after a failover or when a client reuses an id for another course) keep
+/// their stored verdict, and within the batch the first occurrence wins.
+async fn entries<'a>(tx: &mut sqlx::PgConnection, items: &[&'a Pending]) -> Result<Vec<Entry<'a>>> {
+    let candidates: Vec<&str> = items
+        .iter()
+        .filter(|p| !p.replay)
+        .map(|p| p.request.request_id.as_str())
+        .collect();
+    let stored = results::stored_ids(tx, &candidates).await?;
+    let mut seen = HashSet::new();
+    Ok(items
+        .iter()
+        .map(|&pending| {
+            let id = pending.request.request_id.as_str();
+            let fresh = !pending.replay && !stored.contains(id) && seen.insert(id);
+            Entry {
+                pending,
+                fresh: fresh.then(|| Fresh {
+                    verdict: pending.provisional.clone(),
+                    missed: false,
+                    unexpected: false,
+                    promotions: Vec::new(),
+                }),
+            }
+        })
+        .collect())
+}
+
+impl Entry<'_> {
+    fn request_id(&self) -> &str {
+        self.pending.request.request_id.as_str()
+    }
+
+    /// What the caller is told about this item once the transaction has committed.
+    fn committed(self, batch_id: Option<i64>, earlier: &mut Earlier) -> Result<Committed> {
+        let provisional = &self.pending.provisional;
+        let Some(fresh) = self.fresh else {
+            let id = self.pending.request.request_id.as_str();
+            let stored = earlier.stored.get(id).ok_or_else(|| {
+                StoreError::Inconsistent(format!(
+                    "request {id} was replayed but has no stored outcome"
+                ))
+            })?;
+            let revised = !same_answer(&stored.verdict, provisional);
+            // Its id was decided before, so any effect decided now was not written.
+            let unapplied = self.pending.effect != Effect::None;
+            return Ok(Committed {
+                verdict: stored.verdict.clone(),
+                replayed: true,
+                revised,
+                diverged: revised || unapplied,
+                answered: stored.answered,
+                batch_id: None,
+                promotions: earlier.promotions.remove(id).unwrap_or_default(),
+            });
+        };
+        let revised = !same_answer(&fresh.verdict, provisional);
+        Ok(Committed {
+            verdict: fresh.verdict,
+            replayed: false,
+            revised,
+            diverged: revised || fresh.missed || fresh.unexpected,
+            answered: false,
+            batch_id,
+            promotions: fresh.promotions,
+        })
+    }
+}
+
+/// Two verdicts tell the student the same thing (seat counts and positions move on between
+/// the two).
+fn same_answer(a: &Verdict, b: &Verdict) -> bool {
+    a.outcome == b.outcome && a.reason == b.reason
+}
+
+fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
