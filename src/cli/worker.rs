@@ -46,7 +46,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "SEATRUSH_LEASE_MS", default_value_t = WorkerConfig::DEFAULT_LEASE_MS,
           value_parser = at_least(WorkerConfig::MIN_LEASE_MS))]
     lease_ms: u64,
-    /// Seconds a graceful shutdown waits for in-flight requests.
+    /// Seconds a graceful shutdown waits for in-flight requests; what is left then returns to
+    /// the broker unacked, and the worker exits 3 instead of 0.
     #[arg(long, env = "SEATRUSH_DRAIN_TIMEOUT_SECS",
           default_value_t = WorkerConfig::DEFAULT_DRAIN_TIMEOUT_SECS)]
     drain_timeout_secs: u64,
