@@ -164,6 +164,9 @@ async fn prepare(config: &WorkerConfig) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// How long the health endpoint may take to stop once the worker is stopping.
+const HEALTH_ENDPOINT_WITHIN: Duration = Duration::from_secs(1);
+
 /// Runs broker sessions until shutdown, then deregisters and reports what was left.
 async fn serve(config: &WorkerConfig, store: Store, shutdown: &Shutdown) -> Left {
     // The URLs are logged without their passwords, like every URL this worker logs.
@@ -197,10 +200,14 @@ async fn serve(config: &WorkerConfig, store: Store, shutdown: &Shutdown) -> Left
     let left = sessions(config, &store, &health, shutdown).await;
     background.cancel();
     let _ = watcher.await;
-    if let Some(server) = server
-        && let Ok(Err(e)) = server.await
-    {
-        tracing::warn!(error = format!("{e:#}"), "health endpoint failed");
+    // The endpoint stops on `background` once its open requests are answered; a client that
+    // holds one open is not waited for.
+    if let Some(mut server) = server {
+        match tokio::time::timeout(HEALTH_ENDPOINT_WITHIN, &mut server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = format!("{e:#}"), "health endpoint failed"),
+            Ok(_) => {}
+            Err(_) => server.abort(),
+        }
     }
     match tokio::time::timeout(
         STORE_CALL_WITHIN,

@@ -130,23 +130,22 @@ async fn hand_over(
         tracing::debug!(%partition, "closing the partition's channel was not confirmed in time");
     }
     registry.forget_partition(partition);
-    // Bounded: with the database down the pool would wait its acquire timeout, and with it
-    // stalled forever; an unreleased partition passes on when its lease lapses.
-    match tokio::time::timeout(
-        STORE_CALL_WITHIN,
-        store.release_partitions(&worker_id, &[partition]),
-    )
-    .await
-    {
-        Ok(Ok(())) => {
+    // Waited for as long as it takes until the halt (a busy pool is no reason to leave a
+    // partition unowned for a lease), then at most STORE_CALL_WITHIN: with the database down
+    // the pool would wait its acquire timeout, and with it stalled forever. An unreleased
+    // partition passes on when its lease lapses.
+    let partitions = [partition];
+    let release = store.release_partitions(&worker_id, &partitions);
+    match until_halted(release, &halt, STORE_CALL_WITHIN).await {
+        Some(Ok(())) => {
             tracing::info!(%partition, epoch = held.lease.epoch, "partition handed over");
             None
         }
-        Ok(Err(e)) => {
+        Some(Err(e)) => {
             tracing::warn!(%partition, error = %crate::telemetry::chain(&e), "could not release the partition; its lease will lapse");
             Some(partition)
         }
-        Err(_) => {
+        None => {
             tracing::warn!(%partition, within = ?STORE_CALL_WITHIN, "could not release the partition in time; its lease will lapse");
             Some(partition)
         }
