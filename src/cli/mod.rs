@@ -75,7 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let common = &cli.common;
     match cli.command {
         Command::Migrate => ops::migrate(common).await,
-        Command::Worker(args) => worker::run(common, args).await.map(|()| ExitCode::SUCCESS),
+        Command::Worker(args) => worker::run(common, args).await,
         Command::Course(command) => course::run(common, command).await,
         Command::Enroll(args) => request::request(common, Action::Enroll, args).await,
         Command::Drop(args) => request::request(common, Action::Drop, args).await,

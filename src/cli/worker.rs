@@ -1,6 +1,7 @@
 //! `seatrush worker`: its flags, mapped onto the library's `WorkerConfig`, whose constants are
 //! the one source of every default shown here.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -45,7 +46,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "SEATRUSH_LEASE_MS", default_value_t = WorkerConfig::DEFAULT_LEASE_MS,
           value_parser = at_least(WorkerConfig::MIN_LEASE_MS))]
     lease_ms: u64,
-    /// Seconds a graceful shutdown waits for in-flight requests.
+    /// Seconds a graceful shutdown waits for in-flight requests; what is left then returns to
+    /// the broker unacked, and the worker exits 3 instead of 0.
     #[arg(long, env = "SEATRUSH_DRAIN_TIMEOUT_SECS",
           default_value_t = WorkerConfig::DEFAULT_DRAIN_TIMEOUT_SECS)]
     drain_timeout_secs: u64,
@@ -105,12 +107,26 @@ impl WorkerArgs {
     }
 }
 
-/// Runs a worker until SIGINT or SIGTERM, then drains it.
-pub async fn run(common: &Common, args: WorkerArgs) -> anyhow::Result<()> {
+/// The exit status of a worker that stopped on SIGTERM or SIGINT but could not finish its
+/// drain (the database or the broker did not answer in time): it returned deliveries to the
+/// broker unacked, or left partitions to lapse with their lease. Nothing is lost (those
+/// deliveries are redelivered to whichever worker owns their partition next), but the stop was
+/// not clean, and the last log line says what was left. A clean drain exits 0; a worker that
+/// could not start, or any other error, exits 2.
+pub const EXIT_DRAIN_UNFINISHED: u8 = 3;
+
+/// Runs a worker until SIGINT or SIGTERM, then drains it; the exit status says whether the
+/// drain finished.
+pub async fn run(common: &Common, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let config = args.config(common)?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(&shutdown)?;
-    worker::run(config, shutdown).await
+    let left = worker::run_reporting(config, shutdown).await?;
+    Ok(if left.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DRAIN_UNFINISHED)
+    })
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM. The SIGTERM handler is registered before this

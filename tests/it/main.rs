@@ -19,5 +19,6 @@ mod rush;
 mod scaling;
 mod schema;
 mod servers;
+mod shutdown;
 mod store;
 mod waitlist;

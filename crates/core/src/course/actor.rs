@@ -103,6 +103,8 @@ impl CourseActor {
             let ended = tokio::select! {
                 ended = instance => ended,
                 // The worker is abandoning its session: whatever is in hand returns to its queue.
+                // This is also how an instance waiting on the database ends (its load retries,
+                // or its wait for earlier decisions to commit): by being aborted here.
                 _ = halt.cancelled() => {
                     abort.abort();
                     return;
@@ -116,7 +118,11 @@ impl CourseActor {
                 Ok(Stop::Reload { diverged: false }) => {
                     tracing::debug!(course_id = %self.course, "course state reloaded: its partition came back to this worker");
                 }
-                Err(e) if e.is_panic() => self.crashed(&mut crashes).await,
+                Err(e) if e.is_panic() => tokio::select! {
+                    () = self.crashed(&mut crashes) => {}
+                    // Giving up on a message waits for the broker to confirm its dead letter.
+                    _ = halt.cancelled() => return,
+                },
                 // Cancelled: the runtime is shutting down.
                 Err(_) => return,
             }

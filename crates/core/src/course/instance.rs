@@ -127,6 +127,8 @@ impl Instance {
 }
 
 /// Loads the course, retrying while the database is unreachable; `None` if it does not exist.
+/// It retries for as long as it takes: an instance has nothing else to do before its course is
+/// loaded. Its supervisor aborts it when the session halts (see `CourseActor::supervise`).
 async fn load(store: &Store, course: &CourseId) -> Option<CourseState> {
     let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
     let mut failures = 0u32;

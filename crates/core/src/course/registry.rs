@@ -57,7 +57,14 @@ struct Inner {
 }
 
 impl Registry {
-    pub fn new(catalog: Catalog, ctx: Arc<ActorContext>, config: RegistryConfig) -> Self {
+    /// A registry whose actors stop at once, abandoning what they hold, when `halt` is
+    /// cancelled (the session's halt: its drain expired, or it faulted).
+    pub fn new(
+        catalog: Catalog,
+        ctx: Arc<ActorContext>,
+        config: RegistryConfig,
+        halt: CancellationToken,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 actors: Mutex::new(HashMap::new()),
@@ -65,7 +72,7 @@ impl Registry {
                 ctx,
                 config,
                 tasks: TaskTracker::new(),
-                halt: CancellationToken::new(),
+                halt,
             }),
         }
     }
@@ -97,8 +104,22 @@ impl Registry {
     /// like any decision (so it replays) without spawning anything. Waits while the mailbox is
     /// full (backpressure reaches the broker through the prefetch limit). While the database
     /// cannot be asked whether a course exists, this waits: the partition stops taking
-    /// deliveries rather than answering "unknown" for a course that may exist.
-    pub async fn route(&self, mut envelope: Envelope) -> Result<(), CommitClosed> {
+    /// deliveries rather than answering "unknown" for a course that may exist. It waits until
+    /// the registry halts at the latest; the envelope is then dropped unacked and returns to
+    /// the broker.
+    pub async fn route(&self, envelope: Envelope) -> Result<(), CommitClosed> {
+        tokio::select! {
+            routed = self.deliver(envelope) => routed,
+            // The session gives up what it holds: no mailbox or catalog is worth waiting for.
+            // (A message counted on a ticket and dropped here no longer matters: every actor
+            // stops at the halt.)
+            _ = self.inner.halt.cancelled() => Err(CommitClosed),
+        }
+    }
+
+    async fn deliver(&self, mut envelope: Envelope) -> Result<(), CommitClosed> {
+        // Whether the catalog could not be read last time, so an outage is logged once.
+        let mut catalog_failing = false;
         loop {
             let course = envelope.request.course_id.clone();
             let partition = envelope.partition;
@@ -114,7 +135,10 @@ impl Registry {
                             .await;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %crate::telemetry::chain(&e), "cannot read the course catalog; waiting");
+                        if !catalog_failing {
+                            tracing::warn!(error = %crate::telemetry::chain(&e), "cannot read the course catalog; waiting");
+                            catalog_failing = true;
+                        }
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         continue;
                     }
@@ -224,24 +248,32 @@ impl Registry {
     }
 
     /// Stops every actor and waits for them: once its mailbox is empty (`Close::Drain`), or at
-    /// once, abandoning what they hold (`Close::Halt`, after a fault). A drain that takes longer
-    /// than `bound` becomes a halt: whatever is left returns to the queues with the channels.
-    pub async fn close(&self, how: Close, bound: Duration) {
+    /// once, abandoning what they hold (`Close::Halt`, after a fault or once the drain expired).
+    /// A drain still going on when the registry halts becomes a halt: whatever is left returns
+    /// to the queues with the channels.
+    pub async fn close(&self, how: Close) {
         self.actors().clear();
         if how == Close::Halt {
             self.inner.halt.cancel();
         }
         self.inner.tasks.close();
-        if tokio::time::timeout(bound, self.inner.tasks.wait())
+        tokio::select! {
+            () = self.inner.tasks.wait() => return,
+            _ = self.inner.halt.cancelled() => {}
+        }
+        // Halted: each supervisor aborts its instance (a load retrying against a database that
+        // is down included) and returns.
+        if tokio::time::timeout(HALTED_WITHIN, self.inner.tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!(
                 actors = self.inner.tasks.len(),
-                "course actors did not finish in time; halting them"
+                "course actors did not stop after the halt; leaving them behind"
             );
-            self.inner.halt.cancel();
-            self.inner.tasks.wait().await;
         }
     }
 }
+
+/// How long halted actors may take to stop; their supervisors stop at the halt at once.
+const HALTED_WITHIN: Duration = Duration::from_secs(1);

@@ -65,18 +65,20 @@ impl InFlight {
         self.inner.count.load(Ordering::SeqCst)
     }
 
+    /// Waits until nothing is in flight. Callers bound the wait (a timeout, or a token).
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.inner.settled.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until nothing is in flight, or the timeout passes; returns what is left.
     pub async fn drained(&self, timeout: Duration) -> usize {
-        let wait = async {
-            loop {
-                let notified = self.inner.settled.notified();
-                if self.count() == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        let _ = tokio::time::timeout(timeout, wait).await;
+        let _ = tokio::time::timeout(timeout, self.settled()).await;
         self.count()
     }
 }

@@ -85,7 +85,12 @@ pub async fn watch_database(store: Store, health: Arc<Health>, shutdown: Cancell
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let up = match tokio::time::timeout(PING_WITHIN, store.ping()).await {
+        // Raced with the shutdown too: the worker's stop does not wait out a ping.
+        let pinged = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            pinged = tokio::time::timeout(PING_WITHIN, store.ping()) => pinged,
+        };
+        let up = match pinged {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 if was_up != Some(false) {

@@ -28,6 +28,10 @@ pub(super) struct Intake {
     pub prefetch: u16,
     pub fault: Fault,
     pub admin_users: Arc<Vec<String>>,
+    /// The session's halt: a delivery still being routed or dead-lettered then is given up
+    /// (unacked, it returns to the broker) instead of waiting on a database or broker that
+    /// does not answer.
+    pub halt: CancellationToken,
 }
 
 impl Intake {
@@ -58,7 +62,16 @@ impl Intake {
                 next = deliveries.next() => next,
             };
             match next {
-                Some(Ok(incoming)) => self.handle(incoming, lease, in_flight.enter()).await,
+                Some(Ok(incoming)) => {
+                    let guard = in_flight.enter();
+                    tokio::select! {
+                        () = self.handle(incoming, lease, guard) => {}
+                        // Routing waits while the catalog cannot be read or a mailbox is
+                        // full, dead-lettering while the broker does not confirm; past the
+                        // halt, the delivery is dropped unacked and returns to the broker.
+                        _ = self.halt.cancelled() => break,
+                    }
+                }
                 Some(Err(e)) => {
                     self.fault
                         .raise(anyhow::Error::new(e).context(format!("consuming {queue}")));
@@ -73,8 +86,12 @@ impl Intake {
                 }
             }
         }
-        // Stop the flow but keep the channel: what is in flight is still acked on it.
-        deliveries.cancel().await;
+        // Stop the flow but keep the channel: what is in flight is still acked on it. A broker
+        // that stalls never confirms the cancel; the channel's close then stops the flow.
+        tokio::select! {
+            () = deliveries.cancel() => {}
+            _ = self.halt.cancelled() => {}
+        }
         tracing::info!(partition = %lease.partition, "stopped consuming partition");
         Some(deliveries)
     }

@@ -10,6 +10,7 @@ pub mod health;
 mod intake;
 mod ownership;
 mod session;
+mod shutdown;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use self::health::Health;
+pub use self::shutdown::Left;
+use self::shutdown::{STORE_CALL_WITHIN, Shutdown, TEARDOWN_WITHIN};
 use crate::amqp::Topology;
 use crate::course::RestartPolicy;
 use crate::store::Store;
@@ -110,8 +113,41 @@ impl WorkerConfig {
     }
 }
 
-/// Runs a worker until `shutdown` is cancelled, then drains and returns.
+/// Runs a worker until `shutdown` is cancelled, then drains and returns; what the drain could
+/// not finish is logged (see [`run_reporting`]) but not an error.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_reporting(config, shutdown).await.map(drop)
+}
+
+/// Runs a worker until `shutdown` is cancelled, then drains it and returns what the drain left
+/// to the broker; an error only if the worker could not start.
+///
+/// The stop ends within the drain timeout plus a few seconds whatever the state of the broker
+/// and the database: the drain gives up at its timeout, each teardown step is bounded, and a
+/// session whose teardown still does not end is abandoned (its connection closes when the
+/// process exits, which returns its deliveries). Cancelled before the worker started, it
+/// returns at once: nothing was taken yet.
+pub async fn run_reporting(
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Left> {
+    let (shutdown, timer) = Shutdown::new(shutdown, config.drain_timeout);
+    let ended = match shutdown.unless_requested(prepare(&config)).await {
+        Some(Ok(store)) => Ok(serve(&config, store, &shutdown).await),
+        Some(Err(e)) => Err(e),
+        None => {
+            tracing::info!(worker_id = %config.worker_id, "stopped before starting: nothing was taken from the broker");
+            Ok(Left::default())
+        }
+    };
+    timer.abort();
+    ended
+}
+
+/// Connects the store, applies the migrations, checks the partition count and registers the
+/// worker. Each of these may wait long on a database that is down (the pool's acquire
+/// timeout) or forever on one that is stalled; the caller stops waiting on shutdown.
+async fn prepare(config: &WorkerConfig) -> anyhow::Result<Store> {
     let store = Store::connect(&config.database_url, config.db_connections)
         .await
         .context("connecting to PostgreSQL")?;
@@ -125,6 +161,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .register_worker(&config.worker_id, &host, std::process::id())
         .await
         .context("registering the worker")?;
+    Ok(store)
+}
+
+/// How long the health endpoint may take to stop once the worker is stopping.
+const HEALTH_ENDPOINT_WITHIN: Duration = Duration::from_secs(1);
+
+/// Runs broker sessions until shutdown, then deregisters and reports what was left.
+async fn serve(config: &WorkerConfig, store: Store, shutdown: &Shutdown) -> Left {
     // The URLs are logged without their passwords, like every URL this worker logs.
     tracing::info!(
         worker_id = %config.worker_id,
@@ -153,39 +197,110 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         ))
     });
 
-    // Capped at 3 s: after a broker restart, students wait for the next attempt.
-    let mut delays = crate::retry::delays(Duration::from_millis(200), Duration::from_secs(3));
-    let outcome = loop {
-        let ended = session::run(&config, &store, &health, shutdown.clone()).await;
-        health.set_broker(false);
-        match ended {
-            Ok(()) => break Ok(()),
-            Err(e) if shutdown.is_cancelled() => break Err(e),
-            Err(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(3));
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    ?delay,
-                    "broker session ended; reconnecting"
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => break Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    };
+    let left = sessions(config, &store, &health, shutdown).await;
     background.cancel();
     let _ = watcher.await;
-    if let Some(server) = server
-        && let Ok(Err(e)) = server.await
+    // The endpoint stops on `background` once its open requests are answered; a client that
+    // holds one open is not waited for.
+    if let Some(mut server) = server {
+        match tokio::time::timeout(HEALTH_ENDPOINT_WITHIN, &mut server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = format!("{e:#}"), "health endpoint failed"),
+            Ok(_) => {}
+            Err(_) => server.abort(),
+        }
+    }
+    match tokio::time::timeout(
+        STORE_CALL_WITHIN,
+        store.deregister_worker(&config.worker_id),
+    )
+    .await
     {
-        tracing::warn!(error = format!("{e:#}"), "health endpoint failed");
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::telemetry::chain(&e), "could not deregister the worker; it drops out of the fair share when its heartbeat is a lease old")
+        }
+        Err(_) => {
+            tracing::warn!(within = ?STORE_CALL_WITHIN, "could not deregister the worker in time; it drops out of the fair share when its heartbeat is a lease old")
+        }
     }
-    if let Err(e) = store.deregister_worker(&config.worker_id).await {
-        tracing::warn!(error = %crate::telemetry::chain(&e), "could not deregister the worker");
+    // Closing waits for connections in use; one stuck on a stalled server is dropped with the
+    // process instead.
+    if tokio::time::timeout(STORE_CALL_WITHIN, store.close())
+        .await
+        .is_err()
+    {
+        tracing::debug!("database connections not closed in time; dropping them");
     }
-    store.close().await;
-    tracing::info!(worker_id = %config.worker_id, "worker stopped");
-    outcome
+    report(&config.worker_id, &left);
+    left
+}
+
+/// Runs one broker session after the other (with backoff between them) until shutdown; returns
+/// what the last one left.
+async fn sessions(
+    config: &WorkerConfig,
+    store: &Store,
+    health: &Health,
+    shutdown: &Shutdown,
+) -> Left {
+    // Capped at 3 s: after a broker restart, students wait for the next attempt.
+    let mut delays = crate::retry::delays(Duration::from_millis(200), Duration::from_secs(3));
+    loop {
+        // The backstop of the guarantee that a stop ends in time: each step of a teardown is
+        // bounded, but should one still hang, the session is dropped TEARDOWN_WITHIN after the
+        // drain expired. Its connection then closes when the process exits, so the broker
+        // still gets back every delivery it held.
+        let abandoned = async {
+            shutdown.expired().await;
+            tokio::time::sleep(TEARDOWN_WITHIN).await;
+        };
+        let ended = tokio::select! {
+            ended = session::run(config, store, health, shutdown) => ended,
+            () = abandoned => {
+                tracing::warn!(within = ?TEARDOWN_WITHIN, "the session's teardown did not end in time after the drain expired; abandoning it");
+                session::Ended { left: Left { abandoned: true, ..Left::default() }, fault: None }
+            }
+        };
+        health.set_broker(false);
+        let Some(e) = ended.fault else {
+            return ended.left;
+        };
+        if shutdown.is_requested() {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "the broker session failed while stopping"
+            );
+            return ended.left;
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(3));
+        tracing::warn!(
+            error = format!("{e:#}"),
+            ?delay,
+            "broker session ended; reconnecting"
+        );
+        tokio::select! {
+            // What that session held went back with its connection; only partitions it could
+            // not release are still left, to lapse.
+            () = shutdown.requested() => return Left { unreleased: ended.left.unreleased, ..Left::default() },
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// The last line a worker logs: whether its stop was clean, and if not, what it left to whom.
+fn report(worker_id: &str, left: &Left) {
+    if left.is_empty() {
+        tracing::info!(%worker_id, "worker stopped: every delivery taken was committed and acked, every partition released");
+        return;
+    }
+    let unreleased: Vec<String> = left.unreleased.iter().map(ToString::to_string).collect();
+    tracing::warn!(
+        %worker_id,
+        returned = left.returned,
+        unreleased = %unreleased.join(","),
+        abandoned = left.abandoned,
+        "worker stopped without finishing its drain: {} deliveries returned to the broker unacked (redelivered, committed ones replay their outcome), {} partitions left to lapse with their lease",
+        left.returned,
+        left.unreleased.len()
+    );
 }

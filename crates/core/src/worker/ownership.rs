@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::intake::Intake;
+use super::shutdown::{CLOSE_HALTED_WITHIN, STORE_CALL_WITHIN, until_halted};
 use crate::amqp::Deliveries;
 use crate::course::Registry;
 use crate::domain::Partition;
@@ -55,30 +56,43 @@ struct Held {
 }
 
 /// What a session keeps after a fault stopped its consumers: the partitions to release, and the
-/// consumers' channels, to be closed first. Empty after a graceful stop, which hands every
-/// partition over itself.
+/// consumers' channels, to be closed first. After a graceful stop, which hands every partition
+/// over itself, only the partitions whose release could not be written.
 #[derive(Default)]
 pub(super) struct Stopped {
     pub partitions: Vec<Partition>,
     pub channels: Vec<Deliveries>,
+    /// Handed over but not released (the database did not answer): they lapse with their lease.
+    pub unreleased: Vec<Partition>,
 }
 
 /// Closes the channel of a partition this worker lost, once its consumer has stopped and the
 /// batches committed before the loss had time to be acked. Whatever it still holds unacked (a
 /// prefetched delivery, a decision the new owner's epoch fences out) returns to the queue for
 /// the new owner; keeping the channel open would hold those messages back indefinitely. Then
-/// the partition's idle course actors stop.
-async fn give_back(held: Held, grace: Duration, registry: Registry) {
+/// the partition's idle course actors stop. Returns no partition: it is not this worker's.
+async fn give_back(
+    held: Held,
+    grace: Duration,
+    registry: Registry,
+    halt: CancellationToken,
+) -> Option<Partition> {
     held.stop.cancel();
     if let Ok(Some(channel)) = held.consumer.await {
-        tokio::time::sleep(grace).await;
-        channel.close().await;
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = halt.cancelled() => {}
+        }
+        until_halted(channel.close(), &halt, CLOSE_HALTED_WITHIN).await;
     }
     registry.forget_partition(held.lease.partition);
+    None
 }
 
 /// Hands one partition over to whichever worker takes it next: stops consuming it, waits until
-/// what it delivered is committed and acked, closes its channel, then releases it.
+/// what it delivered is committed and acked (at most `drain_timeout`, and not past `halt`),
+/// closes its channel, then releases it. Returns the partition if its release could not be
+/// written.
 async fn hand_over(
     store: Store,
     worker_id: String,
@@ -86,26 +100,54 @@ async fn hand_over(
     grace: Duration,
     drain_timeout: Duration,
     registry: Registry,
-) {
+    halt: CancellationToken,
+) -> Option<Partition> {
     let partition = held.lease.partition;
     held.stop.cancel();
+    // The consumer ends by itself once stopped; what it is still routing it gives up at the
+    // halt (the envelope returns to the broker).
     let channel = held.consumer.await.ok().flatten();
-    let left = held.in_flight.drained(drain_timeout).await;
+    let left = tokio::select! {
+        left = held.in_flight.drained(drain_timeout) => left,
+        _ = halt.cancelled() => held.in_flight.count(),
+    };
     if left > 0 {
         // Released anyway: what is left returns to the queue when the channel closes, and the
         // next owner's epoch fences out any commit of it still to come from here.
         tracing::warn!(%partition, left, "partition not drained in time; handing it over anyway");
     } else {
-        tokio::time::sleep(grace).await;
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = halt.cancelled() => {}
+        }
     }
-    if let Some(channel) = channel {
-        channel.close().await;
+    if let Some(channel) = channel
+        && until_halted(channel.close(), &halt, CLOSE_HALTED_WITHIN)
+            .await
+            .is_none()
+    {
+        // The broker does not answer; it gets the deliveries back when the connection closes.
+        tracing::debug!(%partition, "closing the partition's channel was not confirmed in time");
     }
     registry.forget_partition(partition);
-    match store.release_partitions(&worker_id, &[partition]).await {
-        Ok(()) => tracing::info!(%partition, epoch = held.lease.epoch, "partition handed over"),
-        Err(e) => {
-            tracing::warn!(%partition, error = %crate::telemetry::chain(&e), "could not release the partition; its lease will lapse")
+    // Waited for as long as it takes until the halt (a busy pool is no reason to leave a
+    // partition unowned for a lease), then at most STORE_CALL_WITHIN: with the database down
+    // the pool would wait its acquire timeout, and with it stalled forever. An unreleased
+    // partition passes on when its lease lapses.
+    let partitions = [partition];
+    let release = store.release_partitions(&worker_id, &partitions);
+    match until_halted(release, &halt, STORE_CALL_WITHIN).await {
+        Some(Ok(())) => {
+            tracing::info!(%partition, epoch = held.lease.epoch, "partition handed over");
+            None
+        }
+        Some(Err(e)) => {
+            tracing::warn!(%partition, error = %crate::telemetry::chain(&e), "could not release the partition; its lease will lapse");
+            Some(partition)
+        }
+        None => {
+            tracing::warn!(%partition, within = ?STORE_CALL_WITHIN, "could not release the partition in time; its lease will lapse");
+            Some(partition)
         }
     }
 }
@@ -116,7 +158,7 @@ impl Ownership {
     /// the consumers and returns what the session must close and release.
     pub(super) async fn run(self, stop: CancellationToken, fault: CancellationToken) -> Stopped {
         let mut held: HashMap<Partition, Held> = HashMap::new();
-        let mut leaving: Vec<JoinHandle<()>> = Vec::new();
+        let mut leaving: Vec<JoinHandle<Option<Partition>>> = Vec::new();
         let mut tick = tokio::time::interval(self.lease / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -125,13 +167,23 @@ impl Ownership {
                 _ = tick.tick() => {}
             }
             leaving.retain(|handover| !handover.is_finished());
-            let Some(share) = self.heartbeat(&mut held, &mut leaving).await else {
-                continue;
+            // A heartbeat or an acquisition waits as long as the database takes: up to the
+            // pool's acquire timeout when it is down, forever when it is stalled. Stopping does
+            // not wait for it. Cut short, it leaves at most a lease this worker does not know
+            // it holds (an acquisition that was written): it lapses, nothing was consumed.
+            let beat = async {
+                let Some(share) = self.heartbeat(&mut held, &mut leaving).await else {
+                    return;
+                };
+                if held.len() > usize::from(share) {
+                    self.hand_over_surplus(&mut held, &mut leaving, share);
+                } else {
+                    self.acquire(&mut held, share).await;
+                }
             };
-            if held.len() > usize::from(share) {
-                self.hand_over_surplus(&mut held, &mut leaving, share);
-            } else {
-                self.acquire(&mut held, share).await;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                () = beat => {}
             }
             metrics::owned_partitions(held.len());
         }
@@ -154,11 +206,19 @@ impl Ownership {
         );
         metrics::owned_partitions(0);
         leaving.extend(held.into_values().map(|h| self.spawn_hand_over(h)));
-        join_all(leaving).await;
-        Stopped::default()
+        // Each handover ends by the halt plus its bounded channel close and release.
+        let unreleased = join_all(leaving)
+            .await
+            .into_iter()
+            .filter_map(|handed| handed.ok().flatten())
+            .collect();
+        Stopped {
+            unreleased,
+            ..Stopped::default()
+        }
     }
 
-    fn spawn_hand_over(&self, held: Held) -> JoinHandle<()> {
+    fn spawn_hand_over(&self, held: Held) -> JoinHandle<Option<Partition>> {
         tokio::spawn(hand_over(
             self.store.clone(),
             self.worker_id.clone(),
@@ -166,6 +226,7 @@ impl Ownership {
             self.grace,
             self.drain_timeout,
             self.intake.registry.clone(),
+            self.intake.halt.clone(),
         ))
     }
 
@@ -174,7 +235,7 @@ impl Ownership {
     async fn heartbeat(
         &self,
         held: &mut HashMap<Partition, Held>,
-        leaving: &mut Vec<JoinHandle<()>>,
+        leaving: &mut Vec<JoinHandle<Option<Partition>>>,
     ) -> Option<u16> {
         let unacked: Vec<(Partition, usize)> = held
             .iter()
@@ -218,6 +279,7 @@ impl Ownership {
                     h,
                     self.grace,
                     self.intake.registry.clone(),
+                    self.intake.halt.clone(),
                 )));
             }
         }
@@ -228,7 +290,7 @@ impl Ownership {
     fn hand_over_surplus(
         &self,
         held: &mut HashMap<Partition, Held>,
-        leaving: &mut Vec<JoinHandle<()>>,
+        leaving: &mut Vec<JoinHandle<Option<Partition>>>,
         share: u16,
     ) {
         let mut mine: Vec<Partition> = held.keys().copied().collect();

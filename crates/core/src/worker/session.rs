@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::future::join_all;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,13 +22,19 @@ use super::fault::Fault;
 use super::health::Health;
 use super::intake::Intake;
 use super::ownership::{Ownership, Stopped};
-use crate::amqp::{Broker, Outbox};
+use super::shutdown::{CLOSE_HALTED_WITHIN, Left, STORE_CALL_WITHIN, Shutdown, until_halted};
+use crate::amqp::{Broker, Deliveries, Outbox};
 use crate::course::{ActorContext, Catalog, Close, Registry, RegistryConfig};
+use crate::domain::Partition;
 use crate::pipeline::{CommitQueue, InFlight};
 use crate::store::Store;
 
 /// How long the outbox may take to hand what it holds to the connection at the end.
 const OUTBOX_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a stage may take to stop once the session is halted: every stage watches the
+/// halt, so this only bounds one that somehow does not.
+const HALTED_WITHIN: Duration = Duration::from_secs(1);
 
 /// Samples the load gauges (live actors, mailbox depths, in flight) once a second until `stop`.
 async fn sample_load(registry: Registry, in_flight: InFlight, stop: CancellationToken) {
@@ -42,19 +49,38 @@ async fn sample_load(registry: Registry, in_flight: InFlight, stop: Cancellation
     }
 }
 
-/// Runs until `shutdown` (then drains: stop consuming, commit and ack what is in flight, release
-/// the partitions) or until a fault (then returns the error; unacked messages are redelivered).
+/// How a session ended: what it left behind, and the fault that ended it, if one did.
+#[derive(Default)]
+pub(super) struct Ended {
+    pub left: Left,
+    pub fault: Option<anyhow::Error>,
+}
+
+/// Runs until shutdown (then drains: stop consuming, commit and ack what is in flight, release
+/// the partitions, giving up on what is left when the drain expires) or until a fault (then
+/// returns the error; unacked messages are redelivered).
 pub(super) async fn run(
     config: &WorkerConfig,
     store: &Store,
     health: &Health,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let session = Session::open(config).await?;
+    shutdown: &Shutdown,
+) -> Ended {
+    // Connecting to a broker that is stalled may never finish; nothing is held yet, so a stop
+    // simply ends the attempt.
+    let session = match shutdown.unless_requested(Session::open(config)).await {
+        Some(Ok(session)) => session,
+        Some(Err(e)) => {
+            return Ended {
+                fault: Some(e),
+                ..Ended::default()
+            };
+        }
+        None => return Ended::default(),
+    };
     health.set_broker(true);
-    let running = session.start(config, store);
+    let running = session.start(config, store, shutdown.halt_token());
     tokio::select! {
-        _ = shutdown.cancelled() => tracing::info!("shutting down: draining in-flight requests"),
+        () = shutdown.requested() => tracing::info!(drain_timeout = ?config.drain_timeout, "shutting down: draining in-flight requests"),
         // Not ready from this moment: the teardown below may take a while.
         _ = running.fault.raised() => health.set_broker(false),
     }
@@ -76,6 +102,9 @@ struct Running {
     tasks: TaskTracker,
     in_flight: InFlight,
     registry: Registry,
+    /// Cancelled when the drain expires, or at once after a fault: every stage gives up what it
+    /// holds (unacked, so it returns to the broker) instead of waiting any longer.
+    halt: CancellationToken,
     /// Stops the consumers; cancelled first on shutdown so in-flight work can finish.
     stop_intake: CancellationToken,
     /// Stops the committer and the sweeper, once nothing is in flight any more.
@@ -110,7 +139,7 @@ impl Session {
 
     /// Wires the pipeline front to back (committer, then the actors' registry, then the
     /// intake that feeds it) and starts consuming the partitions this worker owns.
-    fn start(self, config: &WorkerConfig, store: &Store) -> Running {
+    fn start(self, config: &WorkerConfig, store: &Store, halt: CancellationToken) -> Running {
         let fault = Fault::default();
         let tasks = TaskTracker::new();
         let in_flight = InFlight::default();
@@ -124,6 +153,7 @@ impl Session {
             batch_max: config.batch_max,
             batch_linger: config.batch_linger,
             fault: fault.clone(),
+            halt: halt.clone(),
         };
         let stop_pipeline = CancellationToken::new();
         tasks.spawn(committer.run(from_actors, stop_pipeline.clone()));
@@ -141,6 +171,7 @@ impl Session {
                 max_actors: config.max_actors,
                 idle_timeout: config.idle_timeout,
             },
+            halt.clone(),
         );
         tasks.spawn({
             let registry = registry.clone();
@@ -161,6 +192,7 @@ impl Session {
             prefetch: config.prefetch,
             fault: fault.clone(),
             admin_users: Arc::new(config.admin_users.clone()),
+            halt: halt.clone(),
         };
         let ownership = Ownership {
             store: store.clone(),
@@ -182,6 +214,7 @@ impl Session {
             tasks,
             in_flight,
             registry,
+            halt,
             stop_intake,
             stop_pipeline,
             owner,
@@ -190,71 +223,137 @@ impl Session {
 }
 
 impl Running {
-    /// Tears the session down in the reverse order of `start`; returns the fault, if any.
-    async fn stop(self, config: &WorkerConfig, store: &Store) -> anyhow::Result<()> {
+    /// Tears the session down in the reverse order of `start`; returns what it left behind
+    /// and the fault, if any. Every wait ends by the halt (the drain's expiry, or at once after
+    /// a fault) plus a bounded grace.
+    async fn stop(self, config: &WorkerConfig, store: &Store) -> Ended {
+        let faulted = self.fault.is_raised();
+        if faulted {
+            // Nothing can be drained: no ack can reach the broker any more.
+            self.halt.cancel();
+        }
         self.stop_intake.cancel();
-        // On a graceful stop the ownership task hands every partition over, each once drained.
-        // After a fault it only stops the consumers and hands back the partitions it held, with
-        // their channels, to be closed and released below.
+        // On a graceful stop the ownership task hands every partition over, each once drained
+        // or once the drain expires. After a fault it only stops the consumers and hands back
+        // the partitions it held, with their channels, to be closed and released below.
         let stopped = self.owner.await.unwrap_or_default();
         tracing::debug!("session teardown: consumers stopped");
-        let mut faulted = self.fault.is_raised();
-        if !faulted {
-            let left = self.in_flight.drained(config.drain_timeout).await;
-            if left > 0 {
-                tracing::warn!(left, "drain timed out; the rest returns to the queues");
-                faulted = true;
-            }
+        let returned = tokio::select! {
+            () = self.in_flight.settled() => 0,
+            _ = self.halt.cancelled() => self.in_flight.count(),
+        };
+        if returned > 0 {
+            tracing::warn!(
+                returned,
+                faulted,
+                "giving up on the deliveries still in flight; they return to the broker unacked"
+            );
+            self.halt.cancel();
         }
         self.stop_pipeline.cancel();
         tracing::debug!("session teardown: stopping the actors");
-        let how = if faulted { Close::Halt } else { Close::Drain };
-        self.registry.close(how, config.drain_timeout).await;
+        let how = if self.halt.is_cancelled() {
+            Close::Halt
+        } else {
+            Close::Drain
+        };
+        self.registry.close(how).await;
         tracing::debug!("session teardown: stopping the committer");
         self.tasks.close();
-        if tokio::time::timeout(config.drain_timeout, self.tasks.wait())
+        if until_halted(self.tasks.wait(), &self.halt, HALTED_WITHIN)
             .await
-            .is_err()
+            .is_none()
         {
             // Whatever they still hold returns to the queues when the connection closes below.
             tracing::warn!("the session's tasks did not stop in time; leaving them behind");
         }
         // Every sender of the outbox is gone with the registry and the intake: it ends once
-        // what it holds is handed to the connection.
+        // what it holds is handed to the connection. Once halted, nothing it holds is worth
+        // waiting for: final answers not confirmed are sent again after the redelivery.
         drop(self.registry);
-        if tokio::time::timeout(OUTBOX_WITHIN, self.outbox_task)
+        let outbox_within = if self.halt.is_cancelled() {
+            HALTED_WITHIN
+        } else {
+            OUTBOX_WITHIN
+        };
+        let mut outbox_task = self.outbox_task;
+        if tokio::time::timeout(outbox_within, &mut outbox_task)
             .await
             .is_err()
         {
-            tracing::warn!("the outbox did not finish within {OUTBOX_WITHIN:?}");
+            tracing::warn!(
+                "the outbox did not finish within {outbox_within:?}; dropping what it holds"
+            );
+            outbox_task.abort();
         }
-        close_and_release(&self.broker, stopped, config, store).await;
-        match self.fault.take() {
-            Some(error) => Err(error),
-            None => Ok(()),
+        let mut left = Left {
+            returned,
+            ..Left::default()
+        };
+        left.unreleased = stopped.unreleased;
+        let Stopped {
+            partitions,
+            channels,
+            ..
+        } = stopped;
+        left.unreleased.extend(
+            close_and_release(
+                &self.broker,
+                partitions,
+                channels,
+                &self.halt,
+                config,
+                store,
+            )
+            .await,
+        );
+        Ended {
+            left,
+            fault: self.fault.take(),
         }
     }
 }
 
 /// Closes the channels and the connection, then releases the partitions a fault left held:
 /// only after the connection is closed, so the next owner cannot get a delivery this worker
-/// still holds unacked.
+/// still holds unacked. Returns the partitions it could not release.
 async fn close_and_release(
     broker: &Broker,
-    stopped: Stopped,
+    partitions: Vec<Partition>,
+    channels: Vec<Deliveries>,
+    halt: &CancellationToken,
     config: &WorkerConfig,
     store: &Store,
-) {
+) -> Vec<Partition> {
     tracing::debug!("session teardown: closing the channels and the connection");
-    for channel in stopped.channels {
-        channel.close().await;
-    }
-    broker.close().await;
-    if !stopped.partitions.is_empty()
-        && let Err(e) = store
-            .release_partitions(&config.worker_id, &stopped.partitions)
-            .await
+    // Each close is bounded; closed together, they take one bound, not one per channel. Once
+    // halted, a broker that does not confirm is not waited for: dropping the connection (at
+    // the latest when the process exits) returns the deliveries all the same.
+    let closing = join_all(channels.into_iter().map(Deliveries::close));
+    until_halted(closing, halt, CLOSE_HALTED_WITHIN).await;
+    if until_halted(broker.close(), halt, CLOSE_HALTED_WITHIN)
+        .await
+        .is_none()
     {
-        tracing::warn!(error = %crate::telemetry::chain(&e), "could not release partitions; their leases will expire");
+        tracing::debug!("closing the broker connection was not confirmed in time");
+    }
+    if partitions.is_empty() {
+        return partitions;
+    }
+    match tokio::time::timeout(
+        STORE_CALL_WITHIN,
+        store.release_partitions(&config.worker_id, &partitions),
+    )
+    .await
+    {
+        Ok(Ok(())) => Vec::new(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::telemetry::chain(&e), "could not release partitions; their leases will lapse");
+            partitions
+        }
+        Err(_) => {
+            tracing::warn!(within = ?STORE_CALL_WITHIN, "could not release partitions in time; their leases will lapse");
+            partitions
+        }
     }
 }

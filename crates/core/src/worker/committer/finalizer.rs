@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use futures::future::join_all;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::super::fault::Fault;
 use crate::amqp::{Outbox, Outgoing, Posted, ReplyTo, Topology};
@@ -32,6 +33,7 @@ pub(super) async fn finalize(
     store: Store,
     topology: Topology,
     fault: Fault,
+    halt: CancellationToken,
 ) {
     while let Some(batch) = batches.recv().await {
         let finalized = tokio::select! {
@@ -39,6 +41,8 @@ pub(super) async fn finalize(
             // The session is over (its connection failed): no confirm or ack can come any
             // more, and every delivery of the batch is redelivered and replays its outcome.
             _ = fault.raised() => false,
+            // The drain expired: the same, by the worker's choice.
+            _ = halt.cancelled() => false,
         };
         if !finalized {
             return;

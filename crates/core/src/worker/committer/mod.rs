@@ -32,6 +32,8 @@ pub(in crate::worker) struct Committer {
     pub batch_max: usize,
     pub batch_linger: Duration,
     pub fault: Fault,
+    /// The session's halt: the finalizer then stops waiting for confirms and acks.
+    pub halt: CancellationToken,
 }
 
 /// How long a stopping committer waits for its finalizer.
@@ -51,6 +53,7 @@ impl Committer {
             self.store.clone(),
             self.topology.clone(),
             self.fault.clone(),
+            self.halt.clone(),
         ));
         loop {
             let first = tokio::select! {
@@ -108,7 +111,13 @@ impl Committer {
                         }
                     }
                     let pairs = chunk.into_iter().zip(results).collect();
-                    if to_finalizer.send(pairs).await.is_err() {
+                    // The finalizer's queue is full while it waits for confirms; a stop does
+                    // not wait for them (the batch, committed, is redelivered and replays).
+                    let handed = tokio::select! {
+                        handed = to_finalizer.send(pairs) => handed.is_ok(),
+                        _ = stop.cancelled() => false,
+                    };
+                    if !handed {
                         return false;
                     }
                 }
@@ -196,7 +205,14 @@ impl Committer {
         let mut failures = 0u32;
         loop {
             let started = std::time::Instant::now();
-            match self.store.commit(&self.worker_id, &pending).await {
+            // A database that stalls may never answer; a stop does not wait for it. A commit
+            // cut short unacked is safe whether or not it reached the database: its requests
+            // are redelivered and either decided anew or replayed from their stored outcome.
+            let attempt = tokio::select! {
+                attempt = self.store.commit(&self.worker_id, &pending) => attempt,
+                _ = stop.cancelled() => return None,
+            };
+            match attempt {
                 Ok(results) => {
                     metrics::committed_batch(batch.len(), started.elapsed());
                     if failures > 0 {
