@@ -251,41 +251,7 @@ impl Running {
             self.halt.cancel();
         }
         self.stop_pipeline.cancel();
-        tracing::debug!("session teardown: stopping the actors");
-        let how = if self.halt.is_cancelled() {
-            Close::Halt
-        } else {
-            Close::Drain
-        };
-        self.registry.close(how).await;
-        tracing::debug!("session teardown: stopping the committer");
-        self.tasks.close();
-        if until_halted(self.tasks.wait(), &self.halt, HALTED_WITHIN)
-            .await
-            .is_none()
-        {
-            // Whatever they still hold returns to the queues when the connection closes below.
-            tracing::warn!("the session's tasks did not stop in time; leaving them behind");
-        }
-        // Every sender of the outbox is gone with the registry and the intake: it ends once
-        // what it holds is handed to the connection. Once halted, nothing it holds is worth
-        // waiting for: final answers not confirmed are sent again after the redelivery.
-        drop(self.registry);
-        let outbox_within = if self.halt.is_cancelled() {
-            HALTED_WITHIN
-        } else {
-            OUTBOX_WITHIN
-        };
-        let mut outbox_task = self.outbox_task;
-        if tokio::time::timeout(outbox_within, &mut outbox_task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "the outbox did not finish within {outbox_within:?}; dropping what it holds"
-            );
-            outbox_task.abort();
-        }
+        stop_pipeline(self.registry, &self.tasks, self.outbox_task, &self.halt).await;
         let mut left = Left {
             returned,
             ..Left::default()
@@ -311,6 +277,50 @@ impl Running {
             left,
             fault: self.fault.take(),
         }
+    }
+}
+
+/// Stops the actors, then the committer and the other tasks, then the outbox, each bounded by
+/// the halt.
+async fn stop_pipeline(
+    registry: Registry,
+    tasks: &TaskTracker,
+    mut outbox_task: JoinHandle<()>,
+    halt: &CancellationToken,
+) {
+    tracing::debug!("session teardown: stopping the actors");
+    let how = if halt.is_cancelled() {
+        Close::Halt
+    } else {
+        Close::Drain
+    };
+    registry.close(how).await;
+    tracing::debug!("session teardown: stopping the committer");
+    tasks.close();
+    if until_halted(tasks.wait(), halt, HALTED_WITHIN)
+        .await
+        .is_none()
+    {
+        // Whatever they still hold returns to the queues when the connection closes below.
+        tracing::warn!("the session's tasks did not stop in time; leaving them behind");
+    }
+    // Every sender of the outbox is gone with the registry and the intake: it ends once
+    // what it holds is handed to the connection. Once halted, nothing it holds is worth
+    // waiting for: final answers not confirmed are sent again after the redelivery.
+    drop(registry);
+    let outbox_within = if halt.is_cancelled() {
+        HALTED_WITHIN
+    } else {
+        OUTBOX_WITHIN
+    };
+    if tokio::time::timeout(outbox_within, &mut outbox_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the outbox did not finish within {outbox_within:?}; dropping what it holds"
+        );
+        outbox_task.abort();
     }
 }
 
