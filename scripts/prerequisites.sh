@@ -3,7 +3,8 @@
 # why before it does. Nothing is installed when everything is already there.
 #
 # Usage: scripts/prerequisites.sh [compiler] [services]
-#   compiler  a C compiler (`gcc`) when there is no `cc`: Rust links its programs with it
+#   compiler  a C compiler and the C library's development files (`gcc`, `libc6-dev`) when
+#             `cc` cannot link a program: Rust links its programs with it
 #   services  `rabbitmq-server` and `postgresql`, whose programs scripts/services.sh runs as
 #             project-private instances (not needed when AMQP_URL and DATABASE_URL are set)
 #
@@ -29,14 +30,27 @@ have_postgresql() {
         { command -v initdb >/dev/null && command -v pg_ctl >/dev/null; }
 }
 
+# True if `cc` exists and links a program: gcc alone is not enough, the linker also needs the C
+# library's start files and libraries from libc6-dev (a recommendation that
+# --no-install-recommends leaves out).
+cc_links() {
+    command -v cc >/dev/null || return 1
+    local dir ok=0
+    dir=$(mktemp -d)
+    printf 'int main(void) { return 0; }\n' >"$dir/main.c"
+    cc "$dir/main.c" -o "$dir/main" >/dev/null 2>&1 || ok=1
+    rm -rf "$dir"
+    return "$ok"
+}
+
 missing=()
 reasons=()
 for group in "$@"; do
     case $group in
         compiler)
-            if ! command -v cc >/dev/null; then
-                missing+=(gcc)
-                reasons+=("gcc (a C compiler: Rust links its programs with cc)")
+            if ! cc_links; then
+                missing+=(gcc libc6-dev)
+                reasons+=("gcc and libc6-dev (a C compiler and the C library's files: Rust links its programs with cc)")
             fi
             ;;
         services)
