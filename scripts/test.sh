@@ -4,7 +4,12 @@
 # installs what is missing (a C compiler, and Debian's rabbitmq-server and postgresql packages,
 # through sudo when not root; scripts/prerequisites.sh says what and why) and starts
 # project-private services on loopback.
-# Extra arguments go to the test binaries (for example --nocapture).
+#
+# A passing run prints the test results, not the workers' logs: worker processes log to files under
+# target/test-logs/<module>/<test>/, in-process workers through libtest's captured output (and to
+# target/test-logs/in-process.log). A failing test shows its in-process log lines with its output
+# and names its log directory. Extra arguments go to the test binaries (for example --nocapture,
+# which also shows the in-process logs as they happen).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
