@@ -2,7 +2,12 @@
 # Project-private RabbitMQ and PostgreSQL for seatrush development, tests and
 # the demo. Both listen on 127.0.0.1 only, on their own ports, with all state
 # under .services/, so they never interfere with system-wide servers
-# (RabbitMQ node rabbit@localhost on 5672, PostgreSQL on 5432).
+# (RabbitMQ node rabbit@localhost on 5672, PostgreSQL on 5432). Run as root,
+# PostgreSQL belongs to the `postgres` user, and when that user cannot reach
+# .services/ (a checkout under /root) its cluster lives in
+# /tmp/seatrush-pg-<port> instead (see pg_base); RabbitMQ, and PostgreSQL
+# when not root, run as the invoking user. Missing packages are installed by
+# scripts/prerequisites.sh (through sudo when not root).
 #
 # Usage: scripts/services.sh [start|stop|status|env|start-db|restart-db|stop-db|
 #                             start-broker|restart-broker|stop-broker]
