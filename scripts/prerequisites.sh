@@ -80,7 +80,9 @@ fi
 
 say "installing with apt-get${sudo:+ (through sudo)}:"
 for reason in "${reasons[@]}"; do say "  $reason"; done
-"${sudo[@]}" apt-get update >&2 || die "apt-get update failed"
+# Through sudo, a refusal (no sudo rights, no password given) fails here first.
+"${sudo[@]}" apt-get update >&2 ||
+    die "apt-get update failed${sudo:+ (through sudo: this user needs sudo rights; or, as root: apt-get install ${missing[*]})}"
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
     die "apt-get install ${missing[*]} failed"
