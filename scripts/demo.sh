@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
-# The demo: starts (or reuses) the services, builds seatrush, and runs a flash crowd against a
-# real worker with a short report and the audit. Extra arguments go to `seatrush demo`
-# (--courses, --seats, --students).
+# The demo: installs what is missing (a C compiler, and Debian's rabbitmq-server and postgresql
+# packages, through sudo when not root; scripts/prerequisites.sh says what and why), starts (or
+# reuses) the project-private services, builds seatrush, and runs a flash crowd against a real
+# worker with a short report and the audit. Extra arguments go to `seatrush demo` (--courses,
+# --seats, --students). With AMQP_URL and DATABASE_URL both set, it uses those servers instead and
+# installs no services.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# A failed step stops the script here with its cause, not later with a misleading one.
+fail() {
+    echo "demo: $*" >&2
+    exit 1
+}
+
+using_external=false
+if [ -n "${AMQP_URL:-}" ] && [ -n "${DATABASE_URL:-}" ]; then using_external=true; fi
+
+if $using_external; then
+    scripts/prerequisites.sh compiler || fail "could not install the prerequisites (see above)"
+else
+    scripts/prerequisites.sh compiler services || fail "could not install the prerequisites (see above)"
+fi
+
 # Stop at the end what this script started, unless asked to keep it (SEATRUSH_KEEP_SERVICES=1).
 started_here=false
-if [ -z "${AMQP_URL:-}" ] || [ -z "${DATABASE_URL:-}" ]; then
+if ! $using_external; then
     scripts/services.sh status >/dev/null 2>&1 || started_here=true
 fi
 stop_services() {
@@ -18,10 +36,14 @@ stop_services() {
 }
 trap stop_services EXIT
 
-eval "$(scripts/services.sh start)"
+# The exports are captured first: a failure inside `eval "$(...)"` would not stop the script.
+exports=$(scripts/services.sh start) || fail "could not start the services (see above)"
+eval "$exports"
 export AMQP_URL DATABASE_URL
 
-cargo build --release --quiet
+# Cargo shows what it compiles; the first release build takes several minutes.
+echo "demo: building seatrush (cargo build --release)" >&2
+cargo build --release || fail "the build failed (see above)"
 target/release/seatrush migrate
 # The seeds' opening day, with a short waitlist per course unless one is given.
 case " $* " in

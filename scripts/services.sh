@@ -2,7 +2,12 @@
 # Project-private RabbitMQ and PostgreSQL for seatrush development, tests and
 # the demo. Both listen on 127.0.0.1 only, on their own ports, with all state
 # under .services/, so they never interfere with system-wide servers
-# (RabbitMQ node rabbit@localhost on 5672, PostgreSQL on 5432).
+# (RabbitMQ node rabbit@localhost on 5672, PostgreSQL on 5432). Run as root,
+# PostgreSQL belongs to the `postgres` user, and when that user cannot reach
+# .services/ (a checkout under /root) its cluster lives in
+# /tmp/seatrush-pg-<port> instead (see pg_base); RabbitMQ, and PostgreSQL
+# when not root, run as the invoking user. Missing packages are installed by
+# scripts/prerequisites.sh (through sudo when not root).
 #
 # Usage: scripts/services.sh [start|stop|status|env|start-db|restart-db|stop-db|
 #                             start-broker|restart-broker|stop-broker]
@@ -207,15 +212,7 @@ have_packages() {
 
 ensure_packages() {
     have_packages && return 0
-    say "installing rabbitmq-server and postgresql (apt-get)"
-    local sudo=()
-    if ! is_root; then
-        command -v sudo >/dev/null || die "need root or sudo to install packages"
-        sudo=(sudo)
-    fi
-    "${sudo[@]}" apt-get update >&2
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends rabbitmq-server postgresql >&2
+    "$root/scripts/prerequisites.sh" services
     have_packages || die "packages installed but rabbitmq-server / initdb still not found"
 }
 
@@ -430,30 +427,45 @@ rmq_status() {
 # ---------------------------------------------------------------- PostgreSQL
 
 # initdb and pg_ctl refuse to run as root, so as root the cluster belongs to
-# the `postgres` system user. That user must be able to reach the state dir;
-# if it cannot (e.g. a checkout under a 0700 home dir), the cluster lives in
-# /tmp/seatrush-pg-<port> instead of chmod-ing the user's parent dirs.
+# the `postgres` system user (created by the postgresql package); as anyone
+# else it belongs to the invoking user and lives under the state dir. The
+# postgres user must be able to reach the cluster's directory. A checkout
+# under root's home (/root is 0700) or any other directory the postgres user
+# cannot traverse would make initdb fail with "Permission denied", and
+# opening up the caller's parent directories is not this script's business,
+# so as root the cluster then lives in /tmp/seatrush-pg-<port> (owned by
+# postgres, mode 0700; gone after a reboot, like any test data there).
 pg_as_postgres() { is_root; }
 
 pg_base() {
+    if ! pg_as_postgres; then
+        echo "$state/postgres-$pg_port"
+        return 0
+    fi
     # The state dir may not exist yet; check its nearest existing ancestor.
     local d=$state
     while [ ! -d "$d" ]; do d=$(dirname "$d"); done
-    if pg_as_postgres && id postgres >/dev/null 2>&1 &&
-        ! (cd / && runuser -u postgres -- test -x "$d") 2>/dev/null; then
-        echo "/tmp/seatrush-pg-$pg_port"
-    else
+    if id postgres >/dev/null 2>&1 &&
+        (cd / && runuser -u postgres -- test -x "$d") 2>/dev/null; then
         echo "$state/postgres-$pg_port"
+    else
+        echo "/tmp/seatrush-pg-$pg_port"
     fi
 }
 
-pg_base_dir=$(pg_base)
-pg_data="$pg_base_dir/data"
-pg_sock="$pg_base_dir/run"
-# Unix socket paths are limited to ~107 bytes; clients use TCP, so the socket
-# only has to be creatable.
-[ "${#pg_sock}" -le 80 ] || pg_sock="/tmp/seatrush-pg-sock-$pg_port"
-pg_log="$pg_base_dir/postgres.log"
+# The cluster's paths. Decided only when needed, after ensure_packages: as
+# root the choice depends on the postgres user, which the package install
+# creates.
+pg_paths() {
+    [ -z "${pg_base_dir:-}" ] || return 0
+    pg_base_dir=$(pg_base)
+    pg_data="$pg_base_dir/data"
+    pg_sock="$pg_base_dir/run"
+    # Unix socket paths are limited to ~107 bytes; clients use TCP, so the
+    # socket only has to be creatable.
+    [ "${#pg_sock}" -le 80 ] || pg_sock="/tmp/seatrush-pg-sock-$pg_port"
+    pg_log="$pg_base_dir/postgres.log"
+}
 
 # Run a PostgreSQL binary as the cluster owner, with extra fds closed and
 # cwd=/ (the postgres user may not be able to read the caller's cwd).
@@ -469,10 +481,12 @@ pg() {
 }
 
 pg_running() {
+    pg_paths
     [ -f "$pg_data/PG_VERSION" ] && pg pg_ctl -D "$pg_data" status >/dev/null 2>&1
 }
 
 pg_init() {
+    pg_paths
     [ -f "$pg_data/PG_VERSION" ] && return 0
     say "postgres: initialising cluster in $pg_data"
     mkdir -p "$pg_base_dir"
@@ -490,6 +504,7 @@ pg_init() {
 
 pg_start() {
     mkdir -p "$state"
+    pg_paths
     if pg_running; then
         say "postgres: already running on 127.0.0.1:$pg_port ($pg_data)"
     elif port_open "$pg_port" && pg_answers "$pg_port"; then
@@ -525,6 +540,7 @@ pg_start() {
 }
 
 pg_wait() {
+    pg_paths
     local deadline=$((SECONDS + wait_secs))
     until pg pg_isready -q -h 127.0.0.1 -p "$pg_port" -d postgres -U postgres; do
         if [ "$SECONDS" -ge "$deadline" ]; then
@@ -554,6 +570,7 @@ pg_bootstrap() {
 }
 
 pg_stop() {
+    pg_paths
     if ! pg_running; then
         say "postgres: not running ($pg_data)"
         return 0
@@ -566,6 +583,7 @@ pg_stop() {
 }
 
 pg_status() {
+    pg_paths
     if pg_running; then
         local ready="not accepting connections"
         pg pg_isready -q -h 127.0.0.1 -p "$pg_port" && ready="accepting connections"
@@ -616,6 +634,7 @@ cmd_start_db() {
 
 cmd_restart_db() {
     take_lock
+    pg_paths
     if pg_running; then
         say "postgres: immediate shutdown ($pg_data)"
         pg pg_ctl -D "$pg_data" stop -m immediate -w -t 30 >&2

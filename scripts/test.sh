@@ -1,16 +1,39 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit and property tests, and the integration tests
 # against a real RabbitMQ and PostgreSQL. Uses AMQP_URL/DATABASE_URL when both are set; otherwise
-# installs (if needed) and starts project-private services on loopback.
+# installs what is missing (a C compiler, and Debian's rabbitmq-server and postgresql packages,
+# through sudo when not root; scripts/prerequisites.sh says what and why) and starts
+# project-private services on loopback.
+#
+# A passing run prints the test results, not the workers' logs: worker processes log to files under
+# target/test-logs/<module>/<test>/, in-process workers through libtest's captured output (and to
+# target/test-logs/in-process.log). A failing test shows its in-process log lines with its output
+# and names its log directory. Extra arguments go to the test binaries (for example --nocapture,
+# which also shows the in-process logs as they happen).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-eval "$(scripts/services.sh start)"
+# A failed step stops the script here with its cause, not later with a misleading one.
+fail() {
+    echo "test: $*" >&2
+    exit 1
+}
+
+if [ -n "${AMQP_URL:-}" ] && [ -n "${DATABASE_URL:-}" ]; then
+    scripts/prerequisites.sh compiler || fail "could not install the prerequisites (see above)"
+else
+    scripts/prerequisites.sh compiler services || fail "could not install the prerequisites (see above)"
+fi
+
+# The exports are captured first: a failure inside `eval "$(...)"` would not stop the script.
+exports=$(scripts/services.sh start) || fail "could not start the services (see above)"
+eval "$exports"
 export AMQP_URL DATABASE_URL
 
 # rustfmt and clippy come with rustup's default profile; add them if this toolchain lacks them.
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    echo "test: adding the rustfmt and clippy components (rustup component add)" >&2
     rustup component add rustfmt clippy
 fi
 

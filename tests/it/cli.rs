@@ -106,6 +106,7 @@ async fn watch_prints_each_final_event_of_the_course() {
         .env("AMQP_URL", &env.amqp_url)
         .env("SEATRUSH_PREFIX", &env.topology.prefix)
         .stdout(std::process::Stdio::piped())
+        .stderr(env.log_file("watch.log"))
         .kill_on_drop(true)
         .spawn()
         .expect("start watch");

@@ -1,9 +1,10 @@
 //! The test environment: a fresh database and topology per test, workers to run against them,
 //! the one set of timeouts every test uses, and `eventually` for what no event announces.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::Connection;
@@ -63,6 +64,62 @@ pub fn required(var: &str) -> String {
     })
 }
 
+/// Where the tests' logs go: `target/test-logs/`, beside cargo's `target/tmp`.
+fn logs_root() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("test-logs")
+}
+
+/// The running test's log directory, `target/test-logs/<module>/<test>/`, named after the
+/// thread libtest runs the test on. The first call of a run empties it (the previous run's logs
+/// go); the logs stay after the test, and a failing test names the directory.
+fn test_log_dir() -> PathBuf {
+    static STARTED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("unnamed");
+    let dir = name
+        .split("::")
+        .fold(logs_root(), |dir, part| dir.join(part));
+    let first = STARTED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(dir.clone());
+    if first {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
+/// The log of the in-process workers of every test in this run.
+fn in_process_log() -> PathBuf {
+    logs_root().join("in-process.log")
+}
+
+/// Installs the log subscriber of the test binary once (`RUST_LOG` applies, as for `seatrush`).
+/// In-process workers log through libtest's captured output, so a passing test prints nothing
+/// and a failing one shows its own lines with its output; every line also goes, without colours,
+/// to `in_process_log()`. The global `telemetry::init` would write to stderr, which libtest does
+/// not capture.
+fn init_in_process_logs() {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        std::fs::create_dir_all(logs_root()).expect("test log directory");
+        let file = std::fs::File::create(in_process_log()).expect("in-process log file");
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,seatrush=info"));
+        let writer = tracing_subscriber::fmt::TestWriter::new().and(Mutex::new(file));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
 /// Replaces the database name in a Postgres URL.
 fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
@@ -105,6 +162,7 @@ pub struct TestEnv {
     workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     /// Set by `cleanup`; a test that ends without it (it panicked) is cleaned up on drop.
     cleaned: bool,
+    log_dir: PathBuf,
 }
 
 impl TestEnv {
@@ -124,17 +182,14 @@ impl TestEnv {
     }
 
     async fn setup(amqp_url: String, admin_url: String, partitions: u16) -> Self {
-        seatrush_core::telemetry::init(
-            seatrush_core::telemetry::LogFormat::Pretty,
-            "warn,seatrush=info",
-        );
+        init_in_process_logs();
+        let log_dir = test_log_dir();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("seatrush_it_{}", &id[..12]);
         admin(&admin_url, format!("CREATE DATABASE {db_name}")).await;
         let database_url = with_database(&admin_url, &db_name);
         let store = Store::connect(&database_url, 4).await.expect("connect");
         store.migrate().await.expect("migrate");
-        std::fs::create_dir_all(std::env::temp_dir().join("seatrush-it")).expect("log dir");
         let topology = Topology {
             prefix: format!("it{}", &id[..12]),
             partitions,
@@ -155,6 +210,7 @@ impl TestEnv {
             extra_databases: Vec::new(),
             workers: Vec::new(),
             cleaned: false,
+            log_dir,
         }
     }
 
@@ -244,8 +300,15 @@ impl TestEnv {
         command
     }
 
+    /// This test's log directory: worker processes' logs and tools' output go here.
     pub fn log_dir(&self) -> PathBuf {
-        std::env::temp_dir().join("seatrush-it")
+        self.log_dir.clone()
+    }
+
+    /// A new file in this test's log directory, for a process's output.
+    pub fn log_file(&self, name: &str) -> std::fs::File {
+        let path = self.log_dir.join(name);
+        std::fs::File::create(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()))
     }
 
     pub async fn add_courses(&self, prefix: &str, count: usize, seats: u32) -> Vec<CourseId> {
@@ -361,12 +424,19 @@ impl TestEnv {
     }
 }
 
-/// A test that panicked leaves neither its databases nor its queues behind: they are removed
-/// here, on a thread and runtime of their own (the test's runtime is unwinding), best effort
-/// and bounded. In-process workers end with the test's runtime; worker processes are killed
-/// when their handles drop.
+/// A test that panicked says where its logs are (libtest shows it with the test's output), and
+/// leaves neither its databases nor its queues behind: they are removed here, on a thread and
+/// runtime of their own (the test's runtime is unwinding), best effort and bounded. In-process
+/// workers end with the test's runtime; worker processes are killed when their handles drop.
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "logs of this test: worker processes in {}, in-process workers above and in {}",
+                self.log_dir.display(),
+                in_process_log().display()
+            );
+        }
         if self.cleaned {
             return;
         }

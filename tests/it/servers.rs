@@ -183,8 +183,17 @@ impl OwnServer {
 }
 
 impl Drop for OwnServer {
+    /// Stops the server and removes its state, except after a failure: then its logs stay and
+    /// the test's output says where.
     fn drop(&mut self) {
         self.script("stop");
-        let _ = std::fs::remove_dir_all(&self.place.dir);
+        if std::thread::panicking() {
+            eprintln!(
+                "this test's own server kept its state and logs in {}",
+                self.place.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.place.dir);
+        }
     }
 }
