@@ -7,6 +7,7 @@
 //! every wait bounded.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -87,6 +88,64 @@ pub(super) async fn run(
     running.stop(config, store).await
 }
 
+/// A session's halt, and how many deliveries were in flight the moment it came. The count is
+/// taken before the token is cancelled, so before any stage (each gives up what it holds on the
+/// halt) lets go of a delivery: it is what the stop returns to the broker.
+struct Halt {
+    token: CancellationToken,
+    in_flight: InFlight,
+    in_flight_then: Arc<AtomicUsize>,
+    /// The task that halts at the expiry; owned by the session's halt, ended with it.
+    gate: Option<JoinHandle<()>>,
+}
+
+impl Halt {
+    /// A halt that comes when `expiry` is cancelled (the drain expired), or on `now`.
+    fn follow(expiry: CancellationToken, in_flight: InFlight) -> Self {
+        let mut halt = Self {
+            token: CancellationToken::new(),
+            in_flight,
+            in_flight_then: Arc::new(AtomicUsize::new(0)),
+            gate: None,
+        };
+        let gate = Self {
+            token: halt.token.clone(),
+            in_flight: halt.in_flight.clone(),
+            in_flight_then: halt.in_flight_then.clone(),
+            gate: None,
+        };
+        halt.gate = Some(tokio::spawn(async move {
+            tokio::select! {
+                () = expiry.cancelled() => gate.now(),
+                () = gate.token.cancelled() => {}
+            }
+        }));
+        halt
+    }
+
+    /// Halts the session now (after a fault, or once the drain gave up), counting what is in
+    /// flight first; a second call changes nothing.
+    fn now(&self) {
+        if !self.token.is_cancelled() {
+            self.in_flight_then
+                .store(self.in_flight.count(), Ordering::SeqCst);
+            self.token.cancel();
+        }
+    }
+
+    fn in_flight_then(&self) -> usize {
+        self.in_flight_then.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Halt {
+    fn drop(&mut self) {
+        if let Some(gate) = &self.gate {
+            gate.abort();
+        }
+    }
+}
+
 /// A connected session, before its pipeline starts.
 struct Session {
     broker: Arc<Broker>,
@@ -102,9 +161,9 @@ struct Running {
     tasks: TaskTracker,
     in_flight: InFlight,
     registry: Registry,
-    /// Cancelled when the drain expires, or at once after a fault: every stage gives up what it
+    /// Comes when the drain expires, or at once after a fault: every stage gives up what it
     /// holds (unacked, so it returns to the broker) instead of waiting any longer.
-    halt: CancellationToken,
+    halt: Halt,
     /// Stops the consumers; cancelled first on shutdown so in-flight work can finish.
     stop_intake: CancellationToken,
     /// Stops the committer and the sweeper, once nothing is in flight any more.
@@ -139,10 +198,11 @@ impl Session {
 
     /// Wires the pipeline front to back (committer, then the actors' registry, then the
     /// intake that feeds it) and starts consuming the partitions this worker owns.
-    fn start(self, config: &WorkerConfig, store: &Store, halt: CancellationToken) -> Running {
+    fn start(self, config: &WorkerConfig, store: &Store, expiry: CancellationToken) -> Running {
         let fault = Fault::default();
         let tasks = TaskTracker::new();
         let in_flight = InFlight::default();
+        let halt = Halt::follow(expiry, in_flight.clone());
         let (to_committer, from_actors) = mpsc::channel(config.batch_max * 4);
         let commit = CommitQueue::new(self.outbox.clone(), to_committer);
         let committer = Committer {
@@ -153,7 +213,7 @@ impl Session {
             batch_max: config.batch_max,
             batch_linger: config.batch_linger,
             fault: fault.clone(),
-            halt: halt.clone(),
+            halt: halt.token.clone(),
         };
         let stop_pipeline = CancellationToken::new();
         tasks.spawn(committer.run(from_actors, stop_pipeline.clone()));
@@ -171,7 +231,7 @@ impl Session {
                 max_actors: config.max_actors,
                 idle_timeout: config.idle_timeout,
             },
-            halt.clone(),
+            halt.token.clone(),
         );
         tasks.spawn({
             let registry = registry.clone();
@@ -192,7 +252,7 @@ impl Session {
             prefetch: config.prefetch,
             fault: fault.clone(),
             admin_users: Arc::new(config.admin_users.clone()),
-            halt: halt.clone(),
+            halt: halt.token.clone(),
         };
         let ownership = Ownership {
             store: store.clone(),
@@ -230,7 +290,7 @@ impl Running {
         let faulted = self.fault.is_raised();
         if faulted {
             // Nothing can be drained: no ack can reach the broker any more.
-            self.halt.cancel();
+            self.halt.now();
         }
         self.stop_intake.cancel();
         // On a graceful stop the ownership task hands every partition over, each once drained
@@ -238,9 +298,11 @@ impl Running {
         // the partitions it held, with their channels, to be closed and released below.
         let stopped = self.owner.await.unwrap_or_default();
         tracing::debug!("session teardown: consumers stopped");
+        // Counted when the halt came, before any stage gave up what it held on it.
         let returned = tokio::select! {
+            biased;
+            _ = self.halt.token.cancelled() => self.halt.in_flight_then(),
             () = self.in_flight.settled() => 0,
-            _ = self.halt.cancelled() => self.in_flight.count(),
         };
         if returned > 0 {
             tracing::warn!(
@@ -248,10 +310,16 @@ impl Running {
                 faulted,
                 "giving up on the deliveries still in flight; they return to the broker unacked"
             );
-            self.halt.cancel();
+            self.halt.now();
         }
         self.stop_pipeline.cancel();
-        stop_pipeline(self.registry, &self.tasks, self.outbox_task, &self.halt).await;
+        stop_pipeline(
+            self.registry,
+            &self.tasks,
+            self.outbox_task,
+            &self.halt.token,
+        )
+        .await;
         let mut left = Left {
             returned,
             ..Left::default()
@@ -267,7 +335,7 @@ impl Running {
                 &self.broker,
                 partitions,
                 channels,
-                &self.halt,
+                &self.halt.token,
                 config,
                 store,
             )
