@@ -7,7 +7,6 @@
 //! every wait bounded.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,7 +22,7 @@ use super::fault::Fault;
 use super::health::Health;
 use super::intake::Intake;
 use super::ownership::{Ownership, Stopped};
-use super::shutdown::{CLOSE_HALTED_WITHIN, Left, STORE_CALL_WITHIN, Shutdown, until_halted};
+use super::shutdown::{CLOSE_HALTED_WITHIN, Halt, Left, STORE_CALL_WITHIN, Shutdown, until_halted};
 use crate::amqp::{Broker, Deliveries, Outbox};
 use crate::course::{ActorContext, Catalog, Close, Registry, RegistryConfig};
 use crate::domain::Partition;
@@ -86,64 +85,6 @@ pub(super) async fn run(
         _ = running.fault.raised() => health.set_broker(false),
     }
     running.stop(config, store).await
-}
-
-/// A session's halt, and how many deliveries were in flight the moment it came. The count is
-/// taken before the token is cancelled, so before any stage (each gives up what it holds on the
-/// halt) lets go of a delivery: it is what the stop returns to the broker.
-struct Halt {
-    token: CancellationToken,
-    in_flight: InFlight,
-    in_flight_then: Arc<AtomicUsize>,
-    /// The task that halts at the expiry; owned by the session's halt, ended with it.
-    gate: Option<JoinHandle<()>>,
-}
-
-impl Halt {
-    /// A halt that comes when `expiry` is cancelled (the drain expired), or on `now`.
-    fn follow(expiry: CancellationToken, in_flight: InFlight) -> Self {
-        let mut halt = Self {
-            token: CancellationToken::new(),
-            in_flight,
-            in_flight_then: Arc::new(AtomicUsize::new(0)),
-            gate: None,
-        };
-        let gate = Self {
-            token: halt.token.clone(),
-            in_flight: halt.in_flight.clone(),
-            in_flight_then: halt.in_flight_then.clone(),
-            gate: None,
-        };
-        halt.gate = Some(tokio::spawn(async move {
-            tokio::select! {
-                () = expiry.cancelled() => gate.now(),
-                () = gate.token.cancelled() => {}
-            }
-        }));
-        halt
-    }
-
-    /// Halts the session now (after a fault, or once the drain gave up), counting what is in
-    /// flight first; a second call changes nothing.
-    fn now(&self) {
-        if !self.token.is_cancelled() {
-            self.in_flight_then
-                .store(self.in_flight.count(), Ordering::SeqCst);
-            self.token.cancel();
-        }
-    }
-
-    fn in_flight_then(&self) -> usize {
-        self.in_flight_then.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Halt {
-    fn drop(&mut self) {
-        if let Some(gate) = &self.gate {
-            gate.abort();
-        }
-    }
 }
 
 /// A connected session, before its pipeline starts.

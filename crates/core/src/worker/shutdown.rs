@@ -8,12 +8,15 @@
 //! connection closes (invariant I1).
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Partition;
+use crate::pipeline::InFlight;
 
 /// How long the teardown may go on once the drain has expired: closing channels and the
 /// connection, releasing partitions. Past it, the session is abandoned (see `worker::run`).
@@ -76,6 +79,64 @@ impl Shutdown {
         tokio::select! {
             done = step => Some(done),
             _ = self.requested.cancelled() => None,
+        }
+    }
+}
+
+/// A session's halt, and how many deliveries were in flight the moment it came. The count is
+/// taken before the token is cancelled, so before any stage (each gives up what it holds on the
+/// halt) lets go of a delivery: it is what the stop returns to the broker.
+pub(super) struct Halt {
+    pub(super) token: CancellationToken,
+    in_flight: InFlight,
+    in_flight_then: Arc<AtomicUsize>,
+    /// The task that halts at the expiry; owned by the session's halt, ended with it.
+    gate: Option<JoinHandle<()>>,
+}
+
+impl Halt {
+    /// A halt that comes when `expiry` is cancelled (the drain expired), or on `now`.
+    pub(super) fn follow(expiry: CancellationToken, in_flight: InFlight) -> Self {
+        let mut halt = Self {
+            token: CancellationToken::new(),
+            in_flight,
+            in_flight_then: Arc::new(AtomicUsize::new(0)),
+            gate: None,
+        };
+        let gate = Self {
+            token: halt.token.clone(),
+            in_flight: halt.in_flight.clone(),
+            in_flight_then: halt.in_flight_then.clone(),
+            gate: None,
+        };
+        halt.gate = Some(tokio::spawn(async move {
+            tokio::select! {
+                () = expiry.cancelled() => gate.now(),
+                () = gate.token.cancelled() => {}
+            }
+        }));
+        halt
+    }
+
+    /// Halts the session now (after a fault, or once the drain gave up), counting what is in
+    /// flight first; a second call changes nothing.
+    pub(super) fn now(&self) {
+        if !self.token.is_cancelled() {
+            self.in_flight_then
+                .store(self.in_flight.count(), Ordering::SeqCst);
+            self.token.cancel();
+        }
+    }
+
+    pub(super) fn in_flight_then(&self) -> usize {
+        self.in_flight_then.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Halt {
+    fn drop(&mut self) {
+        if let Some(gate) = &self.gate {
+            gate.abort();
         }
     }
 }
