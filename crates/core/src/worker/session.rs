@@ -29,6 +29,9 @@ use crate::domain::Partition;
 use crate::pipeline::{CommitQueue, InFlight};
 use crate::store::Store;
 
+/// How long opening a session may take: connecting, declaring the topology, opening the answer
+/// channel. Milliseconds on a healthy broker; far above that for one busy declaring its queues.
+const OPEN_WITHIN: Duration = Duration::from_secs(15);
 /// How long the outbox may take to hand what it holds to the connection at the end.
 const OUTBOX_WITHIN: Duration = Duration::from_secs(10);
 
@@ -113,7 +116,20 @@ struct Running {
 }
 
 impl Session {
+    /// Connects, declares and opens the answer channel, within [`OPEN_WITHIN`]: a broker (or a
+    /// link to it) that accepts the connection and then says nothing must not hold the worker,
+    /// which reconnects with backoff instead.
     async fn open(config: &WorkerConfig) -> anyhow::Result<Self> {
+        tokio::time::timeout(OPEN_WITHIN, Self::open_unbounded(config))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the broker did not complete the session's opening within {OPEN_WITHIN:?}"
+                )
+            })?
+    }
+
+    async fn open_unbounded(config: &WorkerConfig) -> anyhow::Result<Self> {
         let broker = Arc::new(
             Broker::connect(&config.amqp_url, &config.worker_id)
                 .await
