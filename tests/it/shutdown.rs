@@ -12,7 +12,7 @@ use seatrush_core::domain::{CourseId, Partition, Request};
 use seatrush_tools::chaos::{proxy_for, through};
 use seatrush_tools::rush::WorkerProcess;
 
-use crate::helpers::{Listener, TestEnv, enroll};
+use crate::helpers::{Listener, TestEnv, WAIT, enroll, eventually};
 use crate::servers::{Kind, OwnServer};
 
 /// The drain timeout the workers under test are given.
@@ -75,8 +75,10 @@ async fn sigterm(worker: &mut WorkerProcess) -> Stopped {
 }
 
 impl Stopped {
-    /// Asserts the exit status and that the last lines say `says`.
+    /// Asserts it stopped within the drain timeout plus the teardown's bound, with the exit
+    /// status `code`, and that its last lines say `says`.
     fn assert(&self, code: i32, says: &str) {
+        assert!(self.took <= DRAIN + TEARDOWN, "{:?}", self.took);
         assert_eq!(
             self.status.code(),
             Some(code),
@@ -96,6 +98,35 @@ impl Stopped {
     }
 }
 
+/// Creates four courses (named after `tag`), starts a worker process on the given URLs (the
+/// environment's own where `None`), waits until it holds every partition, and opens a client.
+async fn started(
+    env: &TestEnv,
+    tag: &str,
+    id: &str,
+    database_url: Option<&str>,
+    amqp_url: Option<&str>,
+) -> (Vec<CourseId>, WorkerProcess, Listener) {
+    let courses = env
+        .add_courses(&format!("{}{tag}", env.topology.prefix), 4, 30)
+        .await;
+    let worker = worker(env, id, database_url, amqp_url);
+    env.wait_for_partitions().await;
+    (courses, worker, Listener::new(env, None).await)
+}
+
+/// A first round of requests, answered and settled, so the course actors are loaded and nothing
+/// is left unacked before a fault; returns the round's requests.
+async fn warm_up(env: &TestEnv, listener: &mut Listener, courses: &[CourseId]) -> Vec<Request> {
+    let warm = requests(courses, 1, "warm");
+    listener.send(&warm).await;
+    listener
+        .until(RECOVERY, |l| l.finals().len() >= warm.len())
+        .await;
+    wait_settled(env).await;
+    warm
+}
+
 /// One enroll request per student for each of `courses`, tagged so ids do not collide.
 fn requests(courses: &[CourseId], students: usize, tag: &str) -> Vec<Request> {
     courses
@@ -110,24 +141,19 @@ fn requests(courses: &[CourseId], students: usize, tag: &str) -> Vec<Request> {
 /// is ready any more): the worker holds it, unacked.
 async fn wait_taken(env: &TestEnv) {
     let broker = env.broker().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually("every request delivered to the worker", WAIT, || async {
         let mut ready = 0;
         for p in 0..env.topology.partitions {
             let queue = env.topology.partition_queue(Partition(p));
-            if let Some(depth) = broker.queue_depth(&queue).await.expect("queue depth") {
-                ready += depth.ready;
-            }
+            ready += broker
+                .queue_depth(&queue)
+                .await
+                .ok()?
+                .map_or(0, |d| d.ready);
         }
-        if ready == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{ready} requests never delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (ready == 0).then_some(())
+    })
+    .await;
     broker.close().await;
 }
 
@@ -170,12 +196,7 @@ async fn sigterm_with_the_database_down_returns_what_is_in_flight_and_stops_in_t
     // then are taken by the worker and wait for the catalog it cannot read.
     let db = OwnServer::start(Kind::Database);
     let env = TestEnv::on(crate::helpers::required("AMQP_URL"), db.url.clone()).await;
-    let courses = env
-        .add_courses(&format!("{}d", env.topology.prefix), 4, 30)
-        .await;
-    let mut first = worker(&env, "db-down", None, None);
-    env.wait_for_partitions().await;
-    let mut listener = Listener::new(&env, None).await;
+    let (courses, mut first, mut listener) = started(&env, "d", "db-down", None, None).await;
     db.stop();
     let published = requests(&courses, 5, "down");
     listener.send(&published).await;
@@ -186,7 +207,6 @@ async fn sigterm_with_the_database_down_returns_what_is_in_flight_and_stops_in_t
 
     // Assert: in time, with the deliveries returned and the partitions left to lapse; then
     // nothing is lost once the database is back.
-    assert!(stopped.took <= DRAIN + TEARDOWN, "{:?}", stopped.took);
     stopped.assert(
         DRAIN_UNFINISHED,
         "worker stopped without finishing its drain",
@@ -204,20 +224,11 @@ async fn sigterm_with_the_database_stalled_mid_commit_stops_in_time() {
     // first round; then the database stalls, and the next round is decided (provisional
     // answers) but its commit never returns.
     let env = TestEnv::new().await;
-    let courses = env
-        .add_courses(&format!("{}s", env.topology.prefix), 4, 30)
-        .await;
     let proxy = proxy_for(&env.database_url).await.expect("database proxy");
     let via_proxy = through(&env.database_url, proxy.addr());
-    let mut first = worker(&env, "db-stalled", Some(&via_proxy), None);
-    env.wait_for_partitions().await;
-    let mut listener = Listener::new(&env, None).await;
-    let warm = requests(&courses, 1, "warm");
-    listener.send(&warm).await;
-    listener
-        .until(RECOVERY, |l| l.finals().len() >= warm.len())
-        .await;
-    wait_settled(&env).await;
+    let (courses, mut first, mut listener) =
+        started(&env, "s", "db-stalled", Some(&via_proxy), None).await;
+    let warm = warm_up(&env, &mut listener, &courses).await;
     proxy.stall();
     let stalled = requests(&courses, 5, "stalled");
     listener.send(&stalled).await;
@@ -227,7 +238,6 @@ async fn sigterm_with_the_database_stalled_mid_commit_stops_in_time() {
     let stopped = sigterm(&mut first).await;
 
     // Assert
-    assert!(stopped.took <= DRAIN + TEARDOWN, "{:?}", stopped.took);
     stopped.assert(
         DRAIN_UNFINISHED,
         "worker stopped without finishing its drain",
@@ -245,14 +255,10 @@ async fn sigterm_with_the_broker_down_stops_at_once_and_cleanly() {
     // Arrange: the worker reaches the broker through a proxy that then refuses it, as a broker
     // that is down; requests keep arriving at the broker meanwhile.
     let env = TestEnv::new().await;
-    let courses = env
-        .add_courses(&format!("{}b", env.topology.prefix), 4, 30)
-        .await;
     let proxy = proxy_for(&env.amqp_url).await.expect("broker proxy");
     let via_proxy = through(&env.amqp_url, proxy.addr());
-    let mut first = worker(&env, "broker-down", None, Some(&via_proxy));
-    env.wait_for_partitions().await;
-    let mut listener = Listener::new(&env, None).await;
+    let (courses, mut first, mut listener) =
+        started(&env, "b", "broker-down", None, Some(&via_proxy)).await;
     proxy.refuse();
     wait_released(&env).await;
     let published = requests(&courses, 5, "nobroker");
@@ -263,7 +269,6 @@ async fn sigterm_with_the_broker_down_stops_at_once_and_cleanly() {
 
     // Assert: it held nothing (the broker took back what it had when the connection
     // dropped, and the partitions were released), so the stop is clean.
-    assert!(stopped.took <= DRAIN + TEARDOWN, "{:?}", stopped.took);
     stopped.assert(
         0,
         "worker stopped: every delivery taken was committed and acked",
@@ -279,14 +284,10 @@ async fn sigterm_with_the_broker_stalled_stops_in_time() {
     // stays open and silent. Requests published meanwhile are pushed into the stall: the broker
     // counts them as delivered to this worker, which never sees them.
     let env = TestEnv::new().await;
-    let courses = env
-        .add_courses(&format!("{}t", env.topology.prefix), 4, 30)
-        .await;
     let proxy = proxy_for(&env.amqp_url).await.expect("broker proxy");
     let via_proxy = through(&env.amqp_url, proxy.addr());
-    let mut first = worker(&env, "broker-stalled", None, Some(&via_proxy));
-    env.wait_for_partitions().await;
-    let mut listener = Listener::new(&env, None).await;
+    let (courses, mut first, mut listener) =
+        started(&env, "t", "broker-stalled", None, Some(&via_proxy)).await;
     proxy.stall();
     let published = requests(&courses, 5, "brokerstall");
     listener.send(&published).await;
@@ -298,7 +299,6 @@ async fn sigterm_with_the_broker_stalled_stops_in_time() {
     // Assert: it held nothing it could settle and released its partitions (the database is
     // fine), so the stop counts as clean; the broker gets the requests back once the stalled
     // connection ends, here when the proxy lets it go.
-    assert!(stopped.took <= DRAIN + TEARDOWN, "{:?}", stopped.took);
     stopped.assert(
         0,
         "worker stopped: every delivery taken was committed and acked",
@@ -314,24 +314,15 @@ async fn sigterm_with_the_broker_down_and_the_database_stalled_stops_in_time() {
     // Arrange: both links through proxies. The database stalls with requests in flight, then
     // the broker goes away: the session ends, and its partitions cannot be released.
     let env = TestEnv::new().await;
-    let courses = env
-        .add_courses(&format!("{}a", env.topology.prefix), 4, 30)
-        .await;
     let db = proxy_for(&env.database_url).await.expect("database proxy");
     let amqp = proxy_for(&env.amqp_url).await.expect("broker proxy");
     let (db_url, amqp_url) = (
         through(&env.database_url, db.addr()),
         through(&env.amqp_url, amqp.addr()),
     );
-    let mut first = worker(&env, "both-down", Some(&db_url), Some(&amqp_url));
-    env.wait_for_partitions().await;
-    let mut listener = Listener::new(&env, None).await;
-    let warm = requests(&courses, 1, "warm");
-    listener.send(&warm).await;
-    listener
-        .until(RECOVERY, |l| l.finals().len() >= warm.len())
-        .await;
-    wait_settled(&env).await;
+    let (courses, mut first, mut listener) =
+        started(&env, "a", "both-down", Some(&db_url), Some(&amqp_url)).await;
+    let warm = warm_up(&env, &mut listener, &courses).await;
     db.stall();
     let stalled = requests(&courses, 5, "both");
     listener.send(&stalled).await;
@@ -342,7 +333,6 @@ async fn sigterm_with_the_broker_down_and_the_database_stalled_stops_in_time() {
     let stopped = sigterm(&mut first).await;
 
     // Assert: the partitions are left to lapse, which the status and the log say.
-    assert!(stopped.took <= DRAIN + TEARDOWN, "{:?}", stopped.took);
     stopped.assert(
         DRAIN_UNFINISHED,
         "partitions left to lapse with their lease",
@@ -389,14 +379,10 @@ async fn sigterm_while_starting_against_a_stalled_database_stops_at_once() {
 /// Waits, bounded, until no partition is held any more (a session that lost its broker
 /// released them).
 async fn wait_released(env: &TestEnv) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while env.store.live_partitions().await.expect("partitions") > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the partitions were never released"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the partitions released", WAIT, || async {
+        (env.store.live_partitions().await.ok()? == 0).then_some(())
+    })
+    .await;
 }
 
 /// Waits, bounded, until the worker process catches SIGTERM (its `SigCgt` mask in
@@ -404,24 +390,13 @@ async fn wait_released(env: &TestEnv) {
 async fn wait_for_signal_handler(worker: &WorkerProcess) {
     let pid = worker.pid().expect("a running worker");
     let sigterm_bit = 1u64 << (Signal::SIGTERM as i32 - 1);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let caught = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|status| {
-                let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
-                u64::from_str_radix(mask.trim(), 16).ok()
-            })
-            .is_some_and(|mask| mask & sigterm_bit != 0);
-        if caught {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker never set up its signal handler"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the worker catches SIGTERM", WAIT, || async {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+        let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+        (mask & sigterm_bit != 0).then_some(())
+    })
+    .await;
 }
 
 /// Waits, bounded, until the worker has acked everything it took: a heartbeat written after
@@ -436,25 +411,19 @@ async fn wait_settled(env: &TestEnv) {
         .fetch_one(&mut db)
         .await
         .expect("the database's clock");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let db = tokio::sync::Mutex::new(db);
+    eventually("every partition reported settled", WAIT, || async {
         // A heartbeat sets `lease_until` to its own time plus the lease (2 s here).
         let unsettled: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM partitions \
              WHERE unacked > 0 OR extract(epoch FROM lease_until)::float8 - 2.0 <= $1",
         )
         .bind(since)
-        .fetch_one(&mut db)
+        .fetch_one(&mut *db.lock().await)
         .await
-        .expect("read the partitions");
-        if unsettled == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{unsettled} partitions never reported settled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = db.close().await;
+        .ok()?;
+        (unsettled == 0).then_some(())
+    })
+    .await;
+    let _ = db.into_inner().close().await;
 }
