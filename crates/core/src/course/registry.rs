@@ -104,20 +104,11 @@ impl Registry {
     /// like any decision (so it replays) without spawning anything. Waits while the mailbox is
     /// full (backpressure reaches the broker through the prefetch limit). While the database
     /// cannot be asked whether a course exists, this waits: the partition stops taking
-    /// deliveries rather than answering "unknown" for a course that may exist. It waits until
-    /// the registry halts at the latest; the envelope is then dropped unacked and returns to
-    /// the broker.
-    pub async fn route(&self, envelope: Envelope) -> Result<(), CommitClosed> {
-        tokio::select! {
-            routed = self.deliver(envelope) => routed,
-            // The session gives up what it holds: no mailbox or catalog is worth waiting for.
-            // (A message counted on a ticket and dropped here no longer matters: every actor
-            // stops at the halt.)
-            _ = self.inner.halt.cancelled() => Err(CommitClosed),
-        }
-    }
-
-    async fn deliver(&self, mut envelope: Envelope) -> Result<(), CommitClosed> {
+    /// deliveries rather than answering "unknown" for a course that may exist. Its caller, the
+    /// intake, bounds the wait by the session's halt: dropped then, the envelope returns to the
+    /// broker unacked (and a message counted on a ticket no longer matters: every actor stops at
+    /// the halt).
+    pub async fn route(&self, mut envelope: Envelope) -> Result<(), CommitClosed> {
         // Whether the catalog could not be read last time, so an outage is logged once.
         let mut catalog_failing = false;
         loop {

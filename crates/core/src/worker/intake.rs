@@ -65,6 +65,9 @@ impl Intake {
                 Some(Ok(incoming)) => {
                     let guard = in_flight.enter();
                     tokio::select! {
+                        // The delivery first: on the usual path it is routed at once, and the
+                        // halt's token is then never polled (polling it registers a waiter).
+                        biased;
                         () = self.handle(incoming, lease, guard) => {}
                         // Routing waits while the catalog cannot be read or a mailbox is
                         // full, dead-lettering while the broker does not confirm; past the

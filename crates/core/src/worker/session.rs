@@ -170,7 +170,7 @@ impl Session {
             batch_max: config.batch_max,
             batch_linger: config.batch_linger,
             fault: fault.clone(),
-            halt: halt.token.clone(),
+            halt: halt.token().clone(),
         };
         let stop_pipeline = CancellationToken::new();
         tasks.spawn(committer.run(from_actors, stop_pipeline.clone()));
@@ -188,7 +188,7 @@ impl Session {
                 max_actors: config.max_actors,
                 idle_timeout: config.idle_timeout,
             },
-            halt.token.clone(),
+            halt.token().clone(),
         );
         tasks.spawn({
             let registry = registry.clone();
@@ -209,7 +209,7 @@ impl Session {
             prefetch: config.prefetch,
             fault: fault.clone(),
             admin_users: Arc::new(config.admin_users.clone()),
-            halt: halt.token.clone(),
+            halt: halt.token().clone(),
         };
         let ownership = Ownership {
             store: store.clone(),
@@ -258,7 +258,7 @@ impl Running {
         // Counted when the halt came, before any stage gave up what it held on it.
         let returned = tokio::select! {
             biased;
-            _ = self.halt.token.cancelled() => self.halt.in_flight_then(),
+            _ = self.halt.token().cancelled() => self.halt.in_flight_then(),
             () = self.in_flight.settled() => 0,
         };
         if returned > 0 {
@@ -274,7 +274,7 @@ impl Running {
             self.registry,
             &self.tasks,
             self.outbox_task,
-            &self.halt.token,
+            self.halt.token(),
         )
         .await;
         let mut left = Left {
@@ -292,7 +292,7 @@ impl Running {
                 &self.broker,
                 partitions,
                 channels,
-                &self.halt.token,
+                self.halt.token(),
                 config,
                 store,
             )

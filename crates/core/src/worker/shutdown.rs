@@ -87,57 +87,68 @@ impl Shutdown {
 /// taken before the token is cancelled, so before any stage (each gives up what it holds on the
 /// halt) lets go of a delivery: it is what the stop returns to the broker.
 pub(super) struct Halt {
-    pub(super) token: CancellationToken,
-    in_flight: InFlight,
-    in_flight_then: Arc<AtomicUsize>,
-    /// The task that halts at the expiry; owned by the session's halt, ended with it.
-    gate: Option<JoinHandle<()>>,
+    state: Arc<HaltState>,
+    /// The task that halts at the expiry; owned by the halt, aborted with it.
+    gate: JoinHandle<()>,
 }
 
-impl Halt {
-    /// A halt that comes when `expiry` is cancelled (the drain expired), or on `now`.
-    pub(super) fn follow(expiry: CancellationToken, in_flight: InFlight) -> Self {
-        let mut halt = Self {
-            token: CancellationToken::new(),
-            in_flight,
-            in_flight_then: Arc::new(AtomicUsize::new(0)),
-            gate: None,
-        };
-        let gate = Self {
-            token: halt.token.clone(),
-            in_flight: halt.in_flight.clone(),
-            in_flight_then: halt.in_flight_then.clone(),
-            gate: None,
-        };
-        halt.gate = Some(tokio::spawn(async move {
-            tokio::select! {
-                () = expiry.cancelled() => gate.now(),
-                () = gate.token.cancelled() => {}
-            }
-        }));
-        halt
-    }
+/// What the halt and its gate task share.
+struct HaltState {
+    token: CancellationToken,
+    in_flight: InFlight,
+    in_flight_then: AtomicUsize,
+}
 
-    /// Halts the session now (after a fault, or once the drain gave up), counting what is in
-    /// flight first; a second call changes nothing.
-    pub(super) fn now(&self) {
+impl HaltState {
+    fn now(&self) {
         if !self.token.is_cancelled() {
             self.in_flight_then
                 .store(self.in_flight.count(), Ordering::SeqCst);
             self.token.cancel();
         }
     }
+}
 
+impl Halt {
+    /// A halt that comes when `expiry` is cancelled (the drain expired), or on `now`.
+    pub(super) fn follow(expiry: CancellationToken, in_flight: InFlight) -> Self {
+        let state = Arc::new(HaltState {
+            token: CancellationToken::new(),
+            in_flight,
+            in_flight_then: AtomicUsize::new(0),
+        });
+        let gate = tokio::spawn({
+            let state = state.clone();
+            async move {
+                tokio::select! {
+                    () = expiry.cancelled() => state.now(),
+                    () = state.token.cancelled() => {}
+                }
+            }
+        });
+        Self { state, gate }
+    }
+
+    /// The token every stage watches.
+    pub(super) fn token(&self) -> &CancellationToken {
+        &self.state.token
+    }
+
+    /// Halts the session now (after a fault, or once the drain gave up), counting what is in
+    /// flight first; a second call changes nothing.
+    pub(super) fn now(&self) {
+        self.state.now();
+    }
+
+    /// How many deliveries were in flight when the halt came.
     pub(super) fn in_flight_then(&self) -> usize {
-        self.in_flight_then.load(Ordering::SeqCst)
+        self.state.in_flight_then.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for Halt {
     fn drop(&mut self) {
-        if let Some(gate) = &self.gate {
-            gate.abort();
-        }
+        self.gate.abort();
     }
 }
 
