@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::common::Common;
 use super::worker::cancel_on_signal;
-use seatrush_core::client::Client;
+use seatrush_core::client::{Client, EventFilter};
 use seatrush_core::domain::{Action, CourseId, Request, RequestId, StudentId};
 use seatrush_core::protocol::Answer;
 
@@ -25,6 +25,9 @@ pub struct RequestArgs {
     /// Seconds to wait for the final answer.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+    /// Ask for the answers in batches (`x-seatrush-batch`), as a web back end would.
+    #[arg(long)]
+    batch: bool,
 }
 
 #[derive(Args)]
@@ -32,6 +35,9 @@ pub struct WatchArgs {
     /// Only this course's events.
     #[arg(long)]
     course: Option<String>,
+    /// Only this student's events.
+    #[arg(long)]
+    student: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -53,7 +59,7 @@ pub async fn request(
     };
     let client = Client::connect(&common.amqp_url()?, common.topology()).await?;
     let answers = client
-        .request(&request, Duration::from_secs(args.timeout_secs))
+        .request(&request, args.batch, Duration::from_secs(args.timeout_secs))
         .await;
     client.close().await;
     let answers = answers?;
@@ -73,9 +79,12 @@ pub async fn request(
 
 /// Prints final events as they happen, until SIGINT or SIGTERM.
 pub async fn watch(common: &Common, args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let course = args.course.map(CourseId::parse).transpose()?;
+    let filter = EventFilter {
+        course: args.course.map(CourseId::parse).transpose()?,
+        student: args.student.map(StudentId::parse).transpose()?,
+    };
     let client = Client::connect(&common.amqp_url()?, common.topology()).await?;
-    let mut events = client.watch(course.as_ref()).await?;
+    let mut events = client.watch(filter).await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(&shutdown)?;
     loop {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::common::Common;
 use super::parse::at_least;
 use seatrush_core::amqp::Topology;
+use seatrush_core::protocol::FinalEvents;
 use seatrush_core::worker::{self, WorkerConfig};
 
 #[derive(Args)]
@@ -76,6 +77,12 @@ pub struct WorkerArgs {
     /// Serve `/livez`, `/readyz` and `/metrics` on this address (for example 127.0.0.1:9090).
     #[arg(long, env = "SEATRUSH_HTTP_ADDR")]
     http_addr: Option<std::net::SocketAddr>,
+    /// How final answers go to the events exchange: `batched` (one message per group commit,
+    /// routing key `finals`) or `per-request` (one message per answer, routing key
+    /// `final.<course>.<student>`, so a subscriber can bind to one student; one broker message
+    /// more per request).
+    #[arg(long, env = "SEATRUSH_FINAL_EVENTS", default_value_t = FinalEvents::Batched)]
+    final_events: FinalEvents,
 }
 
 impl WorkerArgs {
@@ -100,6 +107,7 @@ impl WorkerArgs {
         config.settle_grace = Duration::from_millis(self.settle_grace_ms);
         config.db_connections = self.db_connections;
         config.http_addr = self.http_addr;
+        config.final_events = self.final_events;
         if !self.admin_users.is_empty() {
             config.admin_users = self.admin_users;
         }

@@ -3,6 +3,7 @@
 
 use std::process::Output;
 
+use seatrush_core::client::EventFilter;
 use seatrush_core::domain::CourseId;
 
 use crate::helpers::{Listener, TestEnv, WAIT, enroll};
@@ -34,7 +35,7 @@ async fn add_set_show_and_import_go_through_the_course_actor() {
     assert!(added.status.success(), "{added:?}");
     env.start_worker(env.worker_config()).await;
     let course = CourseId::parse("A1").expect("id");
-    let mut client = Listener::new(&env, Some("final.A1.*")).await;
+    let mut client = Listener::new(&env, Some(EventFilter::course(course.clone()))).await;
     let enrolls: Vec<_> = (1..=4)
         .map(|i| enroll(&format!("e{i}"), &course, &format!("s{i}")))
         .collect();

@@ -20,6 +20,7 @@ async fn bad_input_is_answered_or_dead_lettered_and_the_worker_goes_on() {
     let to = ReplyTo {
         queue,
         correlation_id: None,
+        batch: false,
     };
     let good = br#"{"action":"enroll","course_id":"ok000","student_id":"s1"}"#.to_vec();
     let cases: Vec<(&str, Option<&str>, Vec<u8>)> = vec![

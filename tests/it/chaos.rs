@@ -35,7 +35,9 @@ async fn probe(env: &TestEnv, course: &CourseId, n: usize) -> Duration {
         .expect("connect a probe client");
     let request = enroll(&format!("probe-{n}"), course, &format!("probe-{n}"));
     let start = Instant::now();
-    let answers = client.request(&request, Duration::from_secs(60)).await;
+    let answers = client
+        .request(&request, false, Duration::from_secs(60))
+        .await;
     let waited = start.elapsed();
     client.close().await;
     let answer = answers.expect("the probe is answered").final_answer;

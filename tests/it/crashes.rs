@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use seatrush_core::client::EventFilter;
 use seatrush_core::domain::{Action, CourseSettings};
 use seatrush_core::failpoint;
 
@@ -161,7 +162,7 @@ async fn a_drop_redelivered_after_a_crash_still_announces_its_promotion() {
         &[("FAILPOINTS", crash.as_str())],
     );
     env.wait_for_partitions().await;
-    let mut client = Listener::new(&env, Some(&format!("final.{course}.*"))).await;
+    let mut client = Listener::new(&env, Some(EventFilter::course(course.clone()))).await;
     client.send(&[enroll("a1", &course, "alice")]).await;
     client.until(WAIT, |c| c.final_count() == 1).await;
     client.send(&[enroll("b1", &course, "bob")]).await;

@@ -159,6 +159,7 @@ impl World<'_> {
         let reply_to = step.listens.then(|| ReplyTo {
             queue: format!("{}-replies", self.tag),
             correlation_id: Some(request.request_id.to_string()),
+            batch: false,
         });
         if !replay {
             let promoted = effect.promoted().iter().map(|s| s.to_string()).collect();

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use seatrush_core::amqp::{Broker, Outgoing, ReplyTo, Topology};
-use seatrush_core::client::parse_answer;
+use seatrush_core::client::EventFilter;
 use seatrush_core::domain::{Action, CourseId, CourseSettings, Request, RequestId, StudentId};
 use seatrush_core::protocol::{Answer, Stage, request_body};
 use seatrush_core::store::Store;
@@ -544,7 +544,12 @@ pub struct Listener {
     topology: Topology,
     queue: String,
     replies: seatrush_core::amqp::Deliveries,
-    events: Option<seatrush_core::amqp::Deliveries>,
+    events: Option<(seatrush_core::amqp::Deliveries, EventFilter)>,
+    /// Ask for answers in batches (`x-seatrush-batch`).
+    pub batch: bool,
+    /// How many messages arrived on the reply queue, and how many of them were batches.
+    pub reply_messages: usize,
+    pub reply_batches: usize,
     /// Everything received on the reply queue, in order.
     pub received: Vec<Answer>,
     /// Everything received on the events subscription, in order.
@@ -552,18 +557,23 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Connects; with `events`, also follows final events matching that pattern.
-    pub async fn new(env: &TestEnv, events: Option<&str>) -> Self {
+    /// Connects; with `events`, also follows the final events that filter admits, in both
+    /// the batched and the per-answer form.
+    pub async fn new(env: &TestEnv, events: Option<EventFilter>) -> Self {
         let broker = env.broker().await;
         let publisher = broker.confirmed_publisher().await.expect("publisher");
         let (queue, replies) = broker.reply_queue().await.expect("reply queue");
         let events = match events {
-            Some(pattern) => Some(
+            Some(filter) => Some((
                 broker
-                    .subscribe(&env.topology.events_exchange(), pattern)
+                    .subscribe(
+                        &env.topology.events_exchange(),
+                        &[Topology::FINALS_KEY, &filter.pattern()],
+                    )
                     .await
                     .expect("subscribe to events"),
-            ),
+                filter,
+            )),
             None => None,
         };
         Self {
@@ -573,6 +583,9 @@ impl Listener {
             queue,
             replies,
             events,
+            batch: false,
+            reply_messages: 0,
+            reply_batches: 0,
             received: Vec::new(),
             seen_events: Vec::new(),
         }
@@ -585,6 +598,7 @@ impl Listener {
             let to = ReplyTo {
                 queue: self.queue.clone(),
                 correlation_id: Some(request.request_id.to_string()),
+                batch: self.batch,
             };
             let message = Outgoing::request(
                 &self.topology,
@@ -609,7 +623,7 @@ impl Listener {
         while !done(self) {
             let next = async {
                 match self.events.as_mut() {
-                    Some(events) => tokio::select! {
+                    Some((events, _)) => tokio::select! {
                         m = self.replies.next() => (false, m),
                         m = events.next() => (true, m),
                     },
@@ -623,12 +637,14 @@ impl Listener {
                     self.received, self.seen_events
                 );
             };
-            crate::schema::assert_valid_answer(&message.body);
-            let answer = parse_answer(&message.body).expect("an answer");
-            if is_event {
-                self.seen_events.push(answer);
+            let answers = crate::schema::assert_valid_answers(&message);
+            if let Some((_, filter)) = self.events.as_ref().filter(|_| is_event) {
+                let followed = answers.into_iter().filter(|a| filter.admits(a));
+                self.seen_events.extend(followed);
             } else {
-                self.received.push(answer);
+                self.reply_messages += 1;
+                self.reply_batches += usize::from(message.body.first() == Some(&b'['));
+                self.received.extend(answers);
             }
         }
     }

@@ -151,6 +151,7 @@ async fn a_redelivered_request_already_answered_gets_no_second_final_answer() {
     let to = seatrush_core::amqp::ReplyTo {
         queue,
         correlation_id: None,
+        batch: false,
     };
     let request = enroll("lost-ack-1", &courses[0], "s1");
 

@@ -44,6 +44,31 @@ pub fn assert_valid_answer(raw: &[u8]) {
     assert_valid(&ANSWER.1, "answer", raw);
 }
 
+/// Asserts a received message holds valid answers: one answer object, or a batch (a JSON array
+/// of them, as `answer-batch.schema.json` says, with their number in `x-seatrush-count`);
+/// returns them.
+pub fn assert_valid_answers(message: &seatrush_core::amqp::Incoming) -> Vec<Answer> {
+    let value: Value = serde_json::from_slice(&message.body).expect("a message that is JSON");
+    let Value::Array(items) = value else {
+        assert_valid_answer(&message.body);
+        return vec![serde_json::from_slice(&message.body).expect("an answer")];
+    };
+    assert!(!items.is_empty(), "an empty batch");
+    assert_eq!(
+        message.header(seatrush_core::protocol::COUNT_HEADER),
+        Some(items.len().to_string().as_str()),
+        "a batch's count header gives its length"
+    );
+    items
+        .iter()
+        .map(|item| {
+            let raw = serde_json::to_vec(item).expect("re-serialize");
+            assert_valid_answer(&raw);
+            serde_json::from_value(item.clone()).expect("an answer")
+        })
+        .collect()
+}
+
 /// Asserts every answer of a crowd matches the schema. The report holds parsed answers; they
 /// are checked as serialized by the same code the worker publishes with.
 pub fn assert_valid_report(report: &Report) {

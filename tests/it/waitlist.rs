@@ -5,6 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use sqlx::Connection;
 
+use seatrush_core::client::EventFilter;
 use seatrush_core::domain::{Action, CourseSettings};
 
 use crate::helpers::{Listener, TestEnv, WAIT, enroll, request};
@@ -24,7 +25,7 @@ async fn a_full_course_waitlists_in_order_and_drops_promote_the_head() {
     };
     let course = env.add_courses_with("W", 1, settings).await.remove(0);
     env.start_worker(env.worker_config()).await;
-    let mut client = Listener::new(&env, Some(&format!("final.{course}.*"))).await;
+    let mut client = Listener::new(&env, Some(EventFilter::course(course.clone()))).await;
     let enrolls: Vec<_> = (0..100)
         .map(|i| enroll(&format!("e{i:03}"), &course, &student(i)))
         .collect();

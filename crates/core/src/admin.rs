@@ -67,7 +67,7 @@ pub async fn configure(
         // The worker reads the operator from the broker-checked user_id, not from here.
         student_id: StudentId::parse("operator")?,
     };
-    client.request(&request, timeout).await
+    client.request(&request, false, timeout).await
 }
 
 /// One row of a course file.

@@ -13,7 +13,7 @@ use futures::stream::FuturesUnordered;
 
 use crate::stats::Latency;
 use seatrush_core::amqp::{Broker, Deliveries, Outgoing, Publisher, ReplyTo, Topology};
-use seatrush_core::client::parse_answer;
+use seatrush_core::client::parse_answers;
 use seatrush_core::domain::Request;
 use seatrush_core::protocol::{Answer, Stage, request_body};
 
@@ -45,6 +45,20 @@ pub enum Pace {
     Burst,
     /// This many requests per second.
     Rate(f64),
+}
+
+/// How a crowd publishes: its pace, and whether it asks for its answers in batches
+/// (`x-seatrush-batch`), as a web back end sharing one reply queue would.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fire {
+    pub pace: Pace,
+    pub batch: bool,
+}
+
+impl From<Pace> for Fire {
+    fn from(pace: Pace) -> Self {
+        Self { pace, batch: false }
+    }
 }
 
 /// Counters a progress display can read while a crowd runs.
@@ -257,9 +271,10 @@ pub async fn fire_with(
     topology: &Topology,
     requests: Vec<Request>,
     timeout: Duration,
-    pace: Pace,
+    fire: impl Into<Fire>,
     progress: Arc<Progress>,
 ) -> anyhow::Result<Report> {
+    let fire = fire.into();
     let broker = Broker::connect(amqp_url, "seatrush-crowd")
         .await
         .context("connecting to RabbitMQ")?;
@@ -287,7 +302,7 @@ pub async fn fire_with(
         topology,
         &queue,
         requests.iter().map(Cow::Borrowed),
-        pace,
+        fire,
         |_| {
             sent_at.push(Instant::now());
             progress.published.fetch_add(1, Ordering::Relaxed);
@@ -357,33 +372,47 @@ async fn collect(mut replies: Deliveries, crowd: Collecting) -> Vec<Received> {
         let Ok(Some(Ok(message))) = next else {
             break;
         };
-        let index = message
-            .correlation_id
-            .as_deref()
-            .and_then(|c| c.parse::<usize>().ok());
-        let (Some(index), Ok(answer)) = (index, parse_answer(&message.body)) else {
+        let Ok(answers) = parse_answers(&message.body) else {
             continue;
         };
-        if answer.is_promotion() {
-            // Not an answer to this request's publish: it comes on top of the final one.
-        } else if answer.stage == Stage::Final {
-            if let Some(seen) = crowd.groups.get(index).and_then(|g| has_final.get_mut(*g))
-                && !*seen
-            {
-                *seen = true;
-                finals += 1;
-                crowd.counters.finals.fetch_add(1, Ordering::Relaxed);
+        let at = Instant::now();
+        for answer in answers {
+            // A batched answer carries its correlation id inside; a single one as the property.
+            let index = answer
+                .correlation_id
+                .as_deref()
+                .or(message.correlation_id.as_deref())
+                .and_then(|c| c.parse::<usize>().ok());
+            if let Some(index) = index {
+                crowd.note(&mut has_final, &mut finals, index, &answer);
+                got.push((index, answer, at));
             }
-        } else {
-            crowd.counters.provisional.fetch_add(1, Ordering::Relaxed);
         }
-        got.push((index, answer, Instant::now()));
     }
     // Cancel before the channel closes: an answer still arriving on a closing channel makes
     // the client library fail the whole connection.
     replies.cancel().await;
     replies.close().await;
     got
+}
+
+impl Collecting {
+    /// Counts one received answer for the progress display and the crowd's end.
+    fn note(&self, has_final: &mut [bool], finals: &mut usize, index: usize, answer: &Answer) {
+        if answer.is_promotion() {
+            // Not an answer to this request's publish: it comes on top of the final one.
+        } else if answer.stage == Stage::Final {
+            if let Some(seen) = self.groups.get(index).and_then(|g| has_final.get_mut(*g))
+                && !*seen
+            {
+                *seen = true;
+                *finals += 1;
+                self.counters.finals.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            self.counters.provisional.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Whether every request id got a final answer, and when the last of those first finals came
@@ -451,20 +480,21 @@ async fn publish_all<'r>(
     topology: &Topology,
     queue: &str,
     requests: impl Iterator<Item = Cow<'r, Request>>,
-    pace: Pace,
+    fire: Fire,
     mut on_sent: impl FnMut(usize),
 ) -> anyhow::Result<usize> {
     let start = Instant::now();
     let mut confirms = FuturesUnordered::new();
     let mut published = 0usize;
     for (index, request) in requests.enumerate() {
-        if let Pace::Rate(rate) = pace {
+        if let Pace::Rate(rate) = fire.pace {
             let due = start + Duration::from_secs_f64(index as f64 / rate.max(1e-3));
             tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
         }
         let to = ReplyTo {
             queue: queue.to_owned(),
             correlation_id: Some(index.to_string()),
+            batch: fire.batch,
         };
         let message = Outgoing::request(
             topology,
@@ -519,8 +549,8 @@ pub async fn flood(
             else {
                 break;
             };
-            if parse_answer(&message.body).is_ok_and(|a| a.stage == Stage::Final) {
-                finals += 1;
+            if let Ok(answers) = parse_answers(&message.body) {
+                finals += answers.iter().filter(|a| a.stage == Stage::Final).count();
             }
         }
         replies.cancel().await;
@@ -532,7 +562,7 @@ pub async fn flood(
         topology,
         &queue,
         requests.take(count).map(Cow::Owned),
-        Pace::Burst,
+        Pace::Burst.into(),
         |_| {},
     )
     .await?;
@@ -567,6 +597,7 @@ mod tests {
             replayed: false,
             revised: false,
             detail: None,
+            correlation_id: None,
         }
     }
 

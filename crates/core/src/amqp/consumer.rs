@@ -30,6 +30,35 @@ pub struct Incoming {
     pub ack: AckHandle,
 }
 
+impl Incoming {
+    /// A header's value as text, if the message has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A header value as text: strings as they are, booleans and integers as they print (clients
+/// send `x-seatrush-batch` as a boolean or as a string), other types not at all.
+fn header_text(value: &lapin::types::AMQPValue) -> Option<String> {
+    use lapin::types::AMQPValue as V;
+    Some(match value {
+        V::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        V::ShortString(s) => s.to_string(),
+        V::Boolean(b) => b.to_string(),
+        V::ShortShortInt(i) => i.to_string(),
+        V::ShortShortUInt(i) => i.to_string(),
+        V::ShortInt(i) => i.to_string(),
+        V::ShortUInt(i) => i.to_string(),
+        V::LongInt(i) => i.to_string(),
+        V::LongUInt(i) => i.to_string(),
+        V::LongLongInt(i) => i.to_string(),
+        _ => return None,
+    })
+}
+
 /// Settles one delivery exactly once: the acker is taken out on first use, so a second ack is
 /// impossible rather than an error at the broker.
 #[derive(Debug)]
@@ -239,7 +268,7 @@ impl Deliveries {
     /// An exclusive, auto-deleted, server-named queue, optionally bound to an exchange.
     pub(super) async fn exclusive(
         channel: Channel,
-        bind: Option<(&str, &str)>,
+        bind: Option<(&str, &[&str])>,
     ) -> Result<(String, Self)> {
         let queue = channel
             .queue_declare(
@@ -253,12 +282,13 @@ impl Deliveries {
             )
             .await?;
         let name = queue.name().to_string();
-        if let Some((exchange, pattern)) = bind {
+        let (exchange, patterns) = bind.unwrap_or_default();
+        for pattern in patterns {
             channel
                 .queue_bind(
                     name.clone().into(),
                     exchange.into(),
-                    pattern.into(),
+                    (*pattern).into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
@@ -300,13 +330,7 @@ impl Deliveries {
                 table
                     .inner()
                     .iter()
-                    .filter_map(|(k, v)| match v {
-                        lapin::types::AMQPValue::LongString(s) => Some((
-                            k.to_string(),
-                            String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                        )),
-                        _ => None,
-                    })
+                    .filter_map(|(k, v)| header_text(v).map(|text| (k.to_string(), text)))
                     .collect()
             })
             .unwrap_or_default();

@@ -63,6 +63,7 @@ impl DeadLetter {
         let reply_to = self.reply_to.as_ref().map(|queue| ReplyTo {
             queue: queue.clone(),
             correlation_id: self.message_id.clone(),
+            batch: false,
         });
         Outgoing::raw_request(
             topology,

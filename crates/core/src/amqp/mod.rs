@@ -15,7 +15,7 @@ use lapin::{Connection, ConnectionProperties};
 pub use consumer::{AckHandle, Deliveries, Incoming};
 pub use dead::DeadLetter;
 pub use outbox::{Outbox, Posted};
-pub use publisher::{DeadCopy, Outgoing, PendingConfirm, Publisher, ReplyTo};
+pub use publisher::{Batch, DeadCopy, Kind, Outgoing, PendingConfirm, Publisher, ReplyTo};
 pub use topology::Topology;
 
 /// Errors at the broker's edge.
@@ -125,10 +125,10 @@ impl Broker {
         Deliveries::exclusive(channel, None).await
     }
 
-    /// Declares an exclusive queue bound to `exchange` with `pattern` and consumes it.
-    pub async fn subscribe(&self, exchange: &str, pattern: &str) -> Result<Deliveries> {
+    /// Declares an exclusive queue bound to `exchange` with each of `patterns` and consumes it.
+    pub async fn subscribe(&self, exchange: &str, patterns: &[&str]) -> Result<Deliveries> {
         let channel = self.connection.create_channel().await?;
-        let (_, deliveries) = Deliveries::exclusive(channel, Some((exchange, pattern))).await?;
+        let (_, deliveries) = Deliveries::exclusive(channel, Some((exchange, patterns))).await?;
         Ok(deliveries)
     }
 

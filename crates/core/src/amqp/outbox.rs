@@ -6,6 +6,13 @@
 //! outbox takes whatever is queued, issues all the sends at once (so the I/O thread writes them
 //! in one go), and hands each caller its broker confirm. Being one FIFO, it also keeps a
 //! request's provisional answer ahead of its final one.
+//!
+//! Answers for a reply queue that takes batches (`x-seatrush-batch`) are packed: those of one
+//! burst travel as one message, placed where the first of them was. Packing only moves an
+//! answer earlier, never later, so the order guarantee holds; and it only packs what is already
+//! queued, so no answer waits for a batch to fill.
+
+use std::collections::HashMap;
 
 use futures::StreamExt;
 use futures::future::join_all;
@@ -14,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{
-    AckHandle, AmqpError, DeadCopy, Outgoing, PendingConfirm, Publisher, ReplyTo, Result, Topology,
+    AckHandle, AmqpError, Batch, DeadCopy, Outgoing, PendingConfirm, Publisher, ReplyTo, Result,
+    Topology,
 };
 use crate::domain::Request;
 use crate::protocol::request_body;
@@ -140,8 +148,10 @@ async fn run(publisher: Publisher, mut inbox: mpsc::Receiver<Letter>) {
         if received == 0 {
             break;
         }
-        let (messages, confirms): (Vec<Outgoing>, Vec<_>) =
-            burst.drain(..).map(|l| (l.message, l.confirm)).unzip();
+        let (messages, confirms): (Vec<Outgoing>, Vec<_>) = pack(burst.drain(..))
+            .into_iter()
+            .map(|l| (l.message, l.confirm))
+            .unzip();
         let sent = join_all(messages.into_iter().map(|m| publisher.send(m))).await;
         for (result, confirm) in sent.into_iter().zip(confirms) {
             match (confirm, result) {
@@ -157,4 +167,102 @@ async fn run(publisher: Publisher, mut inbox: mpsc::Receiver<Letter>) {
     }
     while unwatched.next().await.is_some() {}
     publisher.close().await;
+}
+
+/// Packs the packable answers of one burst into one batch per reply queue, in the slot of the
+/// first of them; every other letter keeps its place.
+fn pack(letters: impl Iterator<Item = Letter>) -> Vec<Letter> {
+    let mut slots: Vec<Letter> = Vec::new();
+    // Per reply queue: the slot of its first packable answer, and the batch replacing it.
+    let mut batches: HashMap<String, (usize, Batch)> = HashMap::new();
+    for letter in letters {
+        if letter.confirm.is_some() || !letter.message.packable() {
+            slots.push(letter);
+            continue;
+        }
+        let queue = letter.message.routing_key();
+        if let Some((_, batch)) = batches.get_mut(queue) {
+            batch.push(&letter.message.into_body());
+            continue;
+        }
+        let mut batch = Batch::new();
+        batch.push(letter.message.body());
+        batches.insert(queue.to_owned(), (slots.len(), batch));
+        slots.push(letter);
+    }
+    for (queue, (slot, batch)) in batches {
+        if let Some(letter) = slots.get_mut(slot) {
+            letter.message = Outgoing::reply_batch(&queue, batch);
+        }
+    }
+    slots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Action, CourseId, Outcome, RequestId, StudentId, Verdict};
+    use crate::protocol::{Answer, Stage, answers_in};
+
+    fn answer_to(queue: &str, batch: bool, id: &str) -> Letter {
+        let request = Request {
+            request_id: RequestId::parse(id).expect("id"),
+            action: Action::Enroll,
+            course_id: CourseId::parse("C1").expect("id"),
+            student_id: StudentId::parse("s1").expect("id"),
+        };
+        let to = ReplyTo {
+            queue: queue.to_owned(),
+            correlation_id: Some(format!("c-{id}")),
+            batch,
+        };
+        let verdict = Verdict::new(Outcome::Enrolled, None, 3);
+        let mut answer = Answer::decided(&request, &verdict, Stage::Provisional);
+        Letter {
+            message: Outgoing::answer(&to, &mut answer),
+            confirm: None,
+        }
+    }
+
+    fn ids(letter: Letter) -> (String, Vec<(String, Option<String>)>) {
+        let queue = letter.message.routing_key().to_owned();
+        let answers = answers_in(&letter.message.into_body()).expect("answers");
+        let ids = answers
+            .into_iter()
+            .map(|a| (a.request_id, a.correlation_id))
+            .collect();
+        (queue, ids)
+    }
+
+    #[test]
+    fn a_bursts_answers_for_a_batching_queue_travel_together_where_the_first_was() {
+        let (confirm, _) = oneshot::channel();
+        let mut confirmed = answer_to("q-final", true, "f1");
+        confirmed.confirm = Some(confirm);
+        let burst = vec![
+            answer_to("q-single", false, "a"),
+            answer_to("q-batch", true, "b1"),
+            confirmed,
+            answer_to("q-other", true, "o1"),
+            answer_to("q-batch", true, "b2"),
+            answer_to("q-single", false, "c"),
+            answer_to("q-batch", true, "b3"),
+        ];
+        let packed: Vec<_> = pack(burst.into_iter()).into_iter().map(ids).collect();
+        let with = |id: &str, batched: bool| (id.to_owned(), batched.then(|| format!("c-{id}")));
+        assert_eq!(
+            packed,
+            vec![
+                ("q-single".to_owned(), vec![with("a", false)]),
+                (
+                    "q-batch".to_owned(),
+                    vec![with("b1", true), with("b2", true), with("b3", true)]
+                ),
+                // A letter whose confirm is awaited is never packed nor moved.
+                ("q-final".to_owned(), vec![with("f1", true)]),
+                ("q-other".to_owned(), vec![with("o1", true)]),
+                ("q-single".to_owned(), vec![with("c", false)]),
+            ]
+        );
+    }
 }

@@ -6,6 +6,27 @@ use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 
 use super::{AmqpError, Incoming, Result, Topology};
 pub use crate::domain::ReplyTo;
+use crate::protocol::{Answer, BATCH_HEADER, COUNT_HEADER};
+
+/// What a message is, for the count of what a worker publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Reply,
+    Event,
+    Request,
+    DeadLetter,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Reply => "reply",
+            Self::Event => "event",
+            Self::Request => "request",
+            Self::DeadLetter => "dead_letter",
+        }
+    }
+}
 
 /// A message ready to be published.
 #[derive(Debug, Clone)]
@@ -14,6 +35,10 @@ pub struct Outgoing {
     routing_key: String,
     body: Vec<u8>,
     properties: BasicProperties,
+    kind: Kind,
+    /// An answer for a reply queue that takes batches: the outbox packs it with the other
+    /// answers for that queue it sends at the same moment.
+    packable: bool,
 }
 
 const PERSISTENT: u8 = 2;
@@ -35,6 +60,33 @@ impl Outgoing {
             routing_key: to.queue.clone(),
             body,
             properties,
+            kind: Kind::Reply,
+            packable: false,
+        }
+    }
+
+    /// An answer for `to`: alone, or, if `to` takes batches, marked for the outbox to pack with
+    /// the other answers it sends that queue at the same moment (the answer then carries the
+    /// request's correlation id in its body).
+    pub fn answer(to: &ReplyTo, answer: &mut Answer) -> Self {
+        if !to.batch {
+            return Self::reply(to, answer.to_json());
+        }
+        answer.correlation_id.clone_from(&to.correlation_id);
+        let mut message = Self::reply(&ReplyTo::single(to.queue.as_str(), None), answer.to_json());
+        message.packable = true;
+        message
+    }
+
+    /// One message holding a batch of answers, already packed, to a reply queue (transient).
+    pub fn reply_batch(queue: &str, batch: Batch) -> Self {
+        Self {
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            properties: batch.properties(json_properties()),
+            body: batch.into_body(),
+            kind: Kind::Reply,
+            packable: false,
         }
     }
 
@@ -45,7 +97,43 @@ impl Outgoing {
             routing_key: Topology::event_key(course_id, student_id),
             body,
             properties: json_properties().with_delivery_mode(PERSISTENT),
+            kind: Kind::Event,
+            packable: false,
         }
+    }
+
+    /// The final answers of one group commit as one event, routing key
+    /// [`Topology::FINALS_KEY`], persistent.
+    pub fn finals(topology: &Topology, batch: Batch) -> Self {
+        Self {
+            exchange: topology.events_exchange(),
+            routing_key: Topology::FINALS_KEY.to_owned(),
+            properties: batch.properties(json_properties().with_delivery_mode(PERSISTENT)),
+            body: batch.into_body(),
+            kind: Kind::Event,
+            packable: false,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Whether the outbox may pack this message into a batch for its queue.
+    pub(super) fn packable(&self) -> bool {
+        self.packable
+    }
+
+    pub(super) fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
+    pub(super) fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    pub(super) fn into_body(self) -> Vec<u8> {
+        self.body
     }
 
     /// Names the publishing connection's user in the `user_id` property; the broker refuses the
@@ -72,12 +160,19 @@ impl Outgoing {
             if let Some(id) = &to.correlation_id {
                 properties = properties.with_correlation_id(id.as_str().into());
             }
+            if to.batch {
+                let mut headers = FieldTable::default();
+                headers.insert(BATCH_HEADER.into(), AMQPValue::Boolean(true));
+                properties = properties.with_headers(headers);
+            }
         }
         Self {
             exchange: topology.requests_exchange(),
             routing_key: course_id.to_owned(),
             body,
             properties,
+            kind: Kind::Request,
+            packable: false,
         }
     }
 
@@ -102,6 +197,8 @@ impl Outgoing {
             routing_key: routing_key.to_owned(),
             body,
             properties,
+            kind: Kind::Request,
+            packable: false,
         }
     }
 
@@ -130,7 +227,63 @@ impl Outgoing {
             routing_key: String::new(),
             body: original.body.to_vec(),
             properties,
+            kind: Kind::DeadLetter,
+            packable: false,
         }
+    }
+}
+
+/// Answers packed into one message: a JSON array of answer objects, each exactly as it would
+/// travel alone, with their number in the [`COUNT_HEADER`] header.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    body: Vec<u8>,
+    count: usize,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self {
+            body: b"[".to_vec(),
+            count: 0,
+        }
+    }
+
+    /// Appends one answer, given as its JSON object.
+    pub fn push(&mut self, answer: &[u8]) {
+        if self.count > 0 {
+            self.body.push(b',');
+        }
+        self.body.extend_from_slice(answer);
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn properties(&self, properties: BasicProperties) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            COUNT_HEADER.into(),
+            AMQPValue::LongLongInt(i64::try_from(self.count).unwrap_or(i64::MAX)),
+        );
+        properties.with_headers(headers)
+    }
+
+    fn into_body(mut self) -> Vec<u8> {
+        self.body.push(b']');
+        self.body
     }
 }
 
@@ -187,6 +340,7 @@ impl Publisher {
     /// Sends a message; the returned confirm resolves when the broker has it. Dropping it
     /// without awaiting is fine for messages that may be lost (provisional answers).
     pub async fn send(&self, message: Outgoing) -> Result<PendingConfirm> {
+        crate::telemetry::metrics::published(message.kind.label());
         let target = format!("{}/{}", message.exchange, message.routing_key);
         let confirm = self
             .channel

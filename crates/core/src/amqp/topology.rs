@@ -59,6 +59,9 @@ impl Topology {
     }
 
     /// The routing key of a final event.
+    /// Routing key of the batched final events: every final answer of one group commit.
+    pub const FINALS_KEY: &'static str = "finals";
+
     pub fn event_key(course_id: &str, student_id: &str) -> String {
         format!("final.{course_id}.{student_id}")
     }

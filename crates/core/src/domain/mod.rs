@@ -318,11 +318,23 @@ impl Verdict {
 }
 
 /// Where a client listens for its answers: the `reply_to` queue and `correlation_id` of its
-/// request.
+/// request, and whether it takes its answers packed into batches (`x-seatrush-batch`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyTo {
     pub queue: String,
     pub correlation_id: Option<String>,
+    pub batch: bool,
+}
+
+impl ReplyTo {
+    /// An address that takes one message per answer.
+    pub fn single(queue: impl Into<String>, correlation_id: Option<String>) -> Self {
+        Self {
+            queue: queue.into(),
+            correlation_id,
+            batch: false,
+        }
+    }
 }
 
 /// A partition of the request exchange, numbered from 0.

@@ -83,11 +83,7 @@ impl CommitQueue {
                 Answer::decided(&envelope.request, &decision.verdict, Stage::Provisional);
             answer.replayed = decision.replay;
             // Best effort by design: a lost provisional answer is covered by the final one.
-            if let Err(e) = self
-                .outbox
-                .post(Outgoing::reply(to, answer.to_json()))
-                .await
-            {
+            if let Err(e) = self.outbox.post(Outgoing::answer(to, &mut answer)).await {
                 tracing::debug!(error = %crate::telemetry::chain(&e), "provisional answer not sent");
             }
         }

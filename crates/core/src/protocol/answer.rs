@@ -51,6 +51,11 @@ pub struct Answer {
     /// A human-readable explanation, for rejections of invalid requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// In a batch of answers to a reply queue: the `correlation_id` of the request, which a
+    /// message of many answers cannot carry as its property. Absent on single answers (the
+    /// property carries it) and on events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 impl Answer {
@@ -78,6 +83,7 @@ impl Answer {
             replayed: false,
             revised: false,
             detail: None,
+            correlation_id: None,
         }
     }
 
@@ -100,6 +106,7 @@ impl Answer {
             replayed: false,
             revised: false,
             detail: None,
+            correlation_id: None,
         }
     }
 
@@ -127,12 +134,21 @@ impl Answer {
             replayed: false,
             revised: false,
             detail: Some(invalid.why.clone()),
+            correlation_id: None,
         }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing a struct of strings, integers and booleans cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The answers in a message body: one answer object, or a batch (a JSON array of them).
+pub fn answers_in(body: &[u8]) -> serde_json::Result<Vec<Answer>> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(body),
+        _ => serde_json::from_slice(body).map(|answer| vec![answer]),
     }
 }
 

@@ -7,7 +7,7 @@
 mod answer;
 mod request;
 
-pub use answer::{Answer, Promotion, Stage};
+pub use answer::{Answer, Promotion, Stage, answers_in};
 pub use request::{Invalid, RequestBody, parse_request, request_body};
 
 /// Largest request body accepted, in bytes. A real request is under 250 bytes; anything far
@@ -16,6 +16,57 @@ pub const MAX_BODY_BYTES: usize = 4096;
 
 /// Header that carries the reason on messages seatrush dead-letters itself.
 pub const REASON_HEADER: &str = "x-seatrush-reason";
+
+/// The protocol version this worker speaks, as `docs/protocol.md` documents it: 2 added batched
+/// answers and batched final events.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Request header with which a producer asks for its answers packed into batches.
+pub const BATCH_HEADER: &str = "x-seatrush-batch";
+
+/// Header on a batch: how many answers its JSON array holds.
+pub const COUNT_HEADER: &str = "x-seatrush-count";
+
+/// How final answers are published on the events exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FinalEvents {
+    /// One message per group commit, routing key `finals`, holding every final answer of the
+    /// commit: the broker carries a few hundred answers per message.
+    #[default]
+    Batched,
+    /// One message per final answer, routing key `final.<course_id>.<student_id>`, so that a
+    /// subscriber can bind to one student; costs one broker message per request.
+    PerRequest,
+}
+
+impl FinalEvents {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Batched => "batched",
+            Self::PerRequest => "per-request",
+        }
+    }
+}
+
+impl std::fmt::Display for FinalEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FinalEvents {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "batched" => Ok(Self::Batched),
+            "per-request" => Ok(Self::PerRequest),
+            other => Err(format!(
+                "unknown final events mode '{other}': expected batched or per-request"
+            )),
+        }
+    }
+}
 
 /// Most seats, and most waitlist places, a course may have.
 pub const MAX_SEATS: u32 = 100_000;

@@ -31,6 +31,11 @@ pub const MAILBOX_DEPTH: &str = "seatrush_mailbox_depth";
 pub const MAILBOX_DEPTH_MAX: &str = "seatrush_mailbox_depth_max";
 /// Deliveries taken from the broker and not yet settled.
 pub const IN_FLIGHT: &str = "seatrush_in_flight";
+/// Messages this worker published, by `kind` (reply, event, request, dead_letter): a batch
+/// of answers counts once. Divided by the requests decided, the broker's cost per request.
+pub const PUBLISHED: &str = "seatrush_published_messages_total";
+/// The kinds of message `PUBLISHED` counts, as their labels.
+pub const PUBLISHED_KINDS: [&str; 4] = ["reply", "event", "request", "dead_letter"];
 /// Deliveries the broker marked as redelivered.
 pub const REDELIVERIES: &str = "seatrush_redeliveries_total";
 /// Messages this worker dead-lettered, by `reason`.
@@ -132,6 +137,8 @@ struct PerRequest {
     requests: Vec<Vec<Counter>>,
     promotions: Counter,
     decision: Histogram,
+    /// In the order of `PUBLISHED_KINDS`.
+    published: Vec<Counter>,
 }
 
 /// Registered right after the recorder is installed; a process that never installs one (a
@@ -153,6 +160,10 @@ fn per_request() -> &'static PerRequest {
             .collect(),
         promotions: counter!(PROMOTIONS),
         decision: histogram!(DECISION),
+        published: PUBLISHED_KINDS
+            .iter()
+            .map(|kind| counter!(PUBLISHED, "kind" => *kind))
+            .collect(),
     })
 }
 
@@ -188,6 +199,9 @@ pub fn install() -> Option<PrometheusHandle> {
             }
             counter!(REDELIVERIES).absolute(0);
             per_request().promotions.absolute(0);
+            for counter in &per_request().published {
+                counter.absolute(0);
+            }
             Some(handle)
         })
         .clone()
@@ -216,6 +230,15 @@ pub fn request_committed(action: &Action, outcome: Outcome) {
         Outcome::Promoted => 5,
     };
     per_request().requests[a][o].increment(1);
+}
+
+/// One message published, of the kind labelled `kind` (one of `PUBLISHED_KINDS`).
+pub fn published(kind: &str) {
+    if let Some(i) = PUBLISHED_KINDS.iter().position(|k| *k == kind)
+        && let Some(counter) = per_request().published.get(i)
+    {
+        counter.increment(1);
+    }
 }
 
 pub fn promoted(students: usize) {

@@ -109,9 +109,11 @@ impl Intake {
             &incoming.body,
         ) {
             Ok(request) => {
+                let batch = takes_batches(&incoming);
                 let reply_to = incoming.reply_to.map(|queue| ReplyTo {
                     queue,
                     correlation_id: incoming.correlation_id,
+                    batch,
                 });
                 let envelope = Envelope {
                     request,
@@ -163,9 +165,10 @@ impl Intake {
             let to = ReplyTo {
                 queue: queue.clone(),
                 correlation_id: incoming.correlation_id.clone(),
+                batch: takes_batches(&incoming),
             };
-            let answer = Answer::invalid(&invalid).to_json();
-            if let Err(e) = self.outbox.post(Outgoing::reply(&to, answer)).await {
+            let mut answer = Answer::invalid(&invalid);
+            if let Err(e) = self.outbox.post(Outgoing::answer(&to, &mut answer)).await {
                 tracing::debug!(error = %crate::telemetry::chain(&e), "answer to an invalid request not sent");
             }
         }
@@ -175,4 +178,12 @@ impl Intake {
         }
         drop(guard);
     }
+}
+
+/// Whether the producer asked for its answers in batches (`x-seatrush-batch: true`, as a
+/// boolean or a string).
+fn takes_batches(incoming: &Incoming) -> bool {
+    incoming
+        .header(crate::protocol::BATCH_HEADER)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }

@@ -63,6 +63,8 @@ pub struct WorkerConfig {
     pub admin_users: Vec<String>,
     /// Where to serve `/livez` and `/readyz`; none by default.
     pub http_addr: Option<std::net::SocketAddr>,
+    /// How final answers are published on the events exchange.
+    pub final_events: crate::protocol::FinalEvents,
 }
 
 impl WorkerConfig {
@@ -109,6 +111,7 @@ impl WorkerConfig {
             catalog_refresh: Self::DEFAULT_CATALOG_REFRESH,
             admin_users,
             http_addr: None,
+            final_events: crate::protocol::FinalEvents::default(),
         }
     }
 }
@@ -176,6 +179,7 @@ async fn serve(config: &WorkerConfig, store: Store, shutdown: &Shutdown) -> Left
         amqp_url = %crate::telemetry::redact(&config.amqp_url),
         database_url = %crate::telemetry::redact(&config.database_url),
         http_addr = ?config.http_addr,
+        final_events = config.final_events.as_str(),
         lease_ms = config.lease.as_millis(),
         "worker started"
     );

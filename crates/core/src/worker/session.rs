@@ -166,6 +166,7 @@ impl Session {
             store: store.clone(),
             outbox: self.outbox.clone(),
             topology: config.topology.clone(),
+            final_events: config.final_events,
             worker_id: config.worker_id.clone(),
             batch_max: config.batch_max,
             batch_linger: config.batch_linger,

@@ -103,6 +103,7 @@ async fn echo(
         let to = ReplyTo {
             queue,
             correlation_id: incoming.correlation_id,
+            batch: false,
         };
         let body = Answer::decided(&request, &verdict, Stage::Final).to_json();
         let mut messages = Vec::with_capacity(3);

@@ -154,7 +154,9 @@ impl Run {
             self.config.services.topology.clone(),
         )
         .await?;
-        let answered = client.request(&request, Duration::from_secs(120)).await;
+        let answered = client
+            .request(&request, false, Duration::from_secs(120))
+            .await;
         client.close().await;
         answered.with_context(|| format!("the probe after \"{fault}\" got no final answer"))?;
         let waited = start.elapsed();

@@ -1,5 +1,5 @@
-//! The finalizer: publishes each committed batch's final answers (reply and event) and the
-//! promotions it made, waits for the broker's confirms, records the batch as answered, and only
+//! The finalizer: publishes each committed batch's final answers (reply and event, batched
+//! where the client or the events mode asks for it) and the promotions it made, waits for the broker's confirms, records the batch as answered, and only
 //! then acks its deliveries.
 
 use std::time::Duration;
@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::super::fault::Fault;
-use crate::amqp::{Outbox, Outgoing, Posted, ReplyTo, Topology};
+use crate::amqp::{Batch, Outbox, Outgoing, Posted, ReplyTo, Topology};
 use crate::pipeline::Decided;
-use crate::protocol::{Answer, Stage};
+use crate::protocol::{Answer, FinalEvents, Stage};
 use crate::store::{Committed, Store};
 
 pub(super) type CommittedBatch = Vec<(Decided, Committed)>;
@@ -32,12 +32,13 @@ pub(super) async fn finalize(
     outbox: Outbox,
     store: Store,
     topology: Topology,
+    final_events: FinalEvents,
     fault: Fault,
     halt: CancellationToken,
 ) {
     while let Some(batch) = batches.recv().await {
         let finalized = tokio::select! {
-            finalized = finalize_batch(batch, &outbox, &store, &topology, &fault) => finalized,
+            finalized = finalize_batch(batch, &outbox, &store, (&topology, final_events), &fault) => finalized,
             // The session is over (its connection failed): no confirm or ack can come any
             // more, and every delivery of the batch is redelivered and replays its outcome.
             _ = fault.raised() => false,
@@ -55,13 +56,14 @@ async fn finalize_batch(
     batch: CommittedBatch,
     outbox: &Outbox,
     store: &Store,
-    topology: &Topology,
+    (topology, final_events): (&Topology, FinalEvents),
     fault: &Fault,
 ) -> bool {
-    let mut answers = Answers::new(outbox, topology, batch.len());
+    let mut answers = Answers::new(outbox, topology, final_events);
     for (decided, committed) in &batch {
         answers.post(decided, committed).await;
     }
+    answers.finish().await;
     let Answers {
         confirms,
         answered_batches,
@@ -90,27 +92,38 @@ async fn finalize_batch(
     }
 }
 
-/// The final answers of one batch as they are posted, with the confirms to wait for.
+/// The final answers of one batch as they are posted, with the confirms to wait for. Answers
+/// for reply queues that take batches, and the batched events, are gathered and posted by
+/// [`Answers::finish`], one message per reply queue and one event for the whole commit.
 struct Answers<'a> {
     outbox: &'a Outbox,
     topology: &'a Topology,
+    final_events: FinalEvents,
     confirms: Vec<Result<Posted, crate::amqp::AmqpError>>,
     /// The decision batches whose answers these are, to record as answered.
     answered_batches: Vec<i64>,
+    /// Final answers for reply queues that take batches, by queue, in the order first seen.
+    replies: Vec<(String, Batch)>,
+    /// The commit's final answers, for the one batched event.
+    events: Batch,
 }
 
 impl<'a> Answers<'a> {
-    fn new(outbox: &'a Outbox, topology: &'a Topology, requests: usize) -> Self {
+    fn new(outbox: &'a Outbox, topology: &'a Topology, final_events: FinalEvents) -> Self {
         Self {
             outbox,
             topology,
-            confirms: Vec::with_capacity(requests * 2),
+            final_events,
+            confirms: Vec::new(),
             answered_batches: Vec::new(),
+            replies: Vec::new(),
+            events: Batch::new(),
         }
     }
 
-    /// Posts one request's final answer (to its reply address and the events exchange) and the
-    /// promotions it made. A redelivered request whose answer was already confirmed gets none.
+    /// Posts (or gathers) one request's final answer, to its reply address and as an event,
+    /// and posts the promotions it made. A redelivered request whose answer was already
+    /// confirmed gets none.
     async fn post(&mut self, decided: &Decided, committed: &Committed) {
         if decided.redelivered && committed.answered {
             return;
@@ -124,26 +137,38 @@ impl<'a> Answers<'a> {
         let mut answer = Answer::decided(request, &committed.verdict, Stage::Final);
         answer.replayed = committed.replayed;
         answer.revised = committed.revised;
-        let body = answer.to_json();
-        if let Some(to) = &decided.pending.reply_to {
-            self.confirm(Outgoing::reply(to, body.clone())).await;
+        let event = answer.to_json();
+        match &decided.pending.reply_to {
+            Some(to) if to.batch => {
+                answer.correlation_id.clone_from(&to.correlation_id);
+                self.gather_reply(&to.queue, &answer.to_json());
+            }
+            Some(to) => self.confirm(Outgoing::reply(to, event.clone())).await,
+            None => {}
         }
-        let event = Outgoing::event(
-            self.topology,
-            request.course_id.as_str(),
-            request.student_id.as_str(),
-            body,
-        );
-        self.confirm(event).await;
-        // Each student this request moved off the waitlist hears it on the events exchange,
-        // and at the address of their own enroll request where it still listens.
-        for promotion in &committed.promotions {
+        match self.final_events {
+            FinalEvents::Batched => self.events.push(&event),
+            FinalEvents::PerRequest => {
+                let event = Outgoing::event(
+                    self.topology,
+                    request.course_id.as_str(),
+                    request.student_id.as_str(),
+                    event,
+                );
+                self.confirm(event).await;
+            }
+        }
+        self.post_promotions(&committed.promotions).await;
+    }
+
+    /// Each student a request moved off the waitlist hears it on the events exchange, and at
+    /// the address of their own enroll request where it still listens; one message each, in
+    /// either events mode (promotions are rare and each concerns one student).
+    async fn post_promotions(&mut self, promotions: &[crate::protocol::Promotion]) {
+        for promotion in promotions {
             let body = Answer::promoted(promotion).to_json();
             if let Some(queue) = &promotion.reply_to {
-                let to = ReplyTo {
-                    queue: queue.clone(),
-                    correlation_id: promotion.correlation_id.clone(),
-                };
+                let to = ReplyTo::single(queue.as_str(), promotion.correlation_id.clone());
                 self.confirm(Outgoing::reply(&to, body.clone())).await;
             }
             let event = Outgoing::event(
@@ -153,6 +178,29 @@ impl<'a> Answers<'a> {
                 body,
             );
             self.confirm(event).await;
+        }
+    }
+
+    fn gather_reply(&mut self, queue: &str, answer: &[u8]) {
+        match self.replies.iter_mut().find(|(q, _)| q == queue) {
+            Some((_, batch)) => batch.push(answer),
+            None => {
+                let mut batch = Batch::new();
+                batch.push(answer);
+                self.replies.push((queue.to_owned(), batch));
+            }
+        }
+    }
+
+    /// Posts what was gathered: one message per reply queue that takes batches, and the
+    /// commit's batched event.
+    async fn finish(&mut self) {
+        for (queue, batch) in std::mem::take(&mut self.replies) {
+            self.confirm(Outgoing::reply_batch(&queue, batch)).await;
+        }
+        let events = std::mem::take(&mut self.events);
+        if !events.is_empty() {
+            self.confirm(Outgoing::finals(self.topology, events)).await;
         }
     }
 

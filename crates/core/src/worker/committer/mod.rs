@@ -28,6 +28,7 @@ pub(in crate::worker) struct Committer {
     pub store: Store,
     pub outbox: Outbox,
     pub topology: Topology,
+    pub final_events: crate::protocol::FinalEvents,
     pub worker_id: String,
     pub batch_max: usize,
     pub batch_linger: Duration,
@@ -52,6 +53,7 @@ impl Committer {
             self.outbox.clone(),
             self.store.clone(),
             self.topology.clone(),
+            self.final_events,
             self.fault.clone(),
             self.halt.clone(),
         ));
