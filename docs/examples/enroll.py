@@ -4,11 +4,16 @@
 Usage:
     pip install pika
     python3 enroll.py COURSE_ID STUDENT_ID [--action enroll|drop] [--request-id ID]
-                      [--prefix seatrush] [--timeout 30] [--until-promoted]
+                      [--prefix seatrush] [--timeout 30] [--until-promoted] [--batch]
 
 The broker URL comes from AMQP_URL (default amqp://guest:guest@127.0.0.1:25673/%2f).
 
-Each answer is printed on its own line as "<stage>: <JSON body as received>".
+Each answer is printed on its own line as "<stage>: <JSON answer>".
+
+With --batch, the request asks for batched answers (header x-seatrush-batch, protocol version 2):
+a message on the reply queue is then a JSON array of answers, each with the request's
+correlation_id inside. A web back end sharing one reply queue between many requests would do
+this; the script reads both shapes either way.
 
 With --until-promoted, a "waitlisted" final answer does not end the wait: the script keeps
 listening on the same reply queue until the "promoted" event for the request arrives (a drop
@@ -60,9 +65,14 @@ def main() -> int:
         answers = []
 
         def on_answer(_channel, _method, properties, body):
-            # The worker echoes correlation_id; ignore anything that is not ours.
-            if properties.correlation_id == request_id:
-                answers.append(body)
+            # One answer, or a batch of them (a JSON array). A single answer echoes
+            # correlation_id as its property, an answer in a batch inside itself; ignore
+            # anything that is not ours.
+            decoded = json.loads(body)
+            for answer in decoded if isinstance(decoded, list) else [decoded]:
+                ours = answer.get("correlation_id", properties.correlation_id)
+                if ours == request_id:
+                    answers.append(answer)
 
         channel.basic_consume(reply_queue, on_answer, auto_ack=True)
 
@@ -84,6 +94,7 @@ def main() -> int:
             message_id=request_id,  # required: the request id
             reply_to=reply_queue,
             correlation_id=request_id,  # echoed on every answer
+            headers={"x-seatrush-batch": True} if args.batch else None,
         )
 
         if not publish(channel, args, body, properties, deadline):
@@ -93,9 +104,8 @@ def main() -> int:
         while time.monotonic() < deadline:
             connection.process_data_events(time_limit=0.2)
             while answers:
-                raw = answers.pop(0)
-                answer = json.loads(raw)
-                print(f"{answer['stage']}: {raw.decode()}", flush=True)
+                answer = answers.pop(0)
+                print(f"{answer['stage']}: {json.dumps(answer, separators=(",", ":"))}", flush=True)
                 if answer["stage"] != "final":
                     continue
                 if args.until_promoted and answer["outcome"] == "waitlisted":
@@ -186,6 +196,11 @@ def parse_args():
         "--until-promoted",
         action="store_true",
         help="after a waitlisted answer, wait for the promotion",
+    )
+    p.add_argument(
+        "--batch",
+        action="store_true",
+        help="ask for batched answers (x-seatrush-batch)",
     )
     return p.parse_args()
 

@@ -62,6 +62,10 @@ pub struct RushArgs {
     /// Use workers that are already running.
     #[arg(long)]
     external: bool,
+    /// Ask for one message per answer instead of batched answers (`x-seatrush-batch`, which
+    /// the crowd sends by default, as a web back end would).
+    #[arg(long)]
+    single_answers: bool,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -205,6 +209,7 @@ pub async fn rush(common: &Common, args: RushArgs) -> anyhow::Result<ExitCode> {
         services: services(common)?,
         crowd: args.crowd.crowd(),
         pace,
+        batch: !args.single_answers,
         workers,
         tag: args
             .tag

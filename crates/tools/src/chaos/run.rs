@@ -122,11 +122,6 @@ pub async fn proxy_for(url: &str) -> anyhow::Result<Proxy> {
     Ok(Proxy::start(target).await?)
 }
 
-/// A loopback address with a port nobody listens on (a moment ago).
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 struct Run {
     config: ChaosConfig,
     store: Store,
@@ -200,13 +195,8 @@ impl Launcher {
         let n = self.started.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-w{n}", self.tag);
         let log = self.log_dir.join(format!("{id}.log"));
-        let args = [
-            "--lease-ms".to_owned(),
-            "3000".to_owned(),
-            "--http-addr".to_owned(),
-            free_port()?.to_string(),
-        ];
-        WorkerProcess::start_with_env(&self.exe, &self.proxied, &id, log, &args, env)
+        let args = ["--lease-ms".to_owned(), "3000".to_owned()];
+        WorkerProcess::start_observed(&self.exe, &self.proxied, &id, log, &args, env)
     }
 
     fn start_many(&self, count: usize) -> anyhow::Result<Vec<WorkerProcess>> {

@@ -53,6 +53,9 @@ pub struct RushConfig {
     pub services: Services,
     pub crowd: Crowd,
     pub pace: Pace,
+    /// Whether the crowd asks for its answers in batches (`x-seatrush-batch`), as a web back
+    /// end would; on by default.
+    pub batch: bool,
     pub workers: Workers,
     /// Names the courses and students; a fresh one per run unless given.
     pub tag: String,
@@ -77,6 +80,7 @@ impl RushConfig {
             services,
             crowd,
             pace: Pace::Burst,
+            batch: true,
             workers: Workers::Spawn {
                 count: workers,
                 exe,
@@ -118,6 +122,10 @@ pub struct RushReport {
     pub requests_per_commit: f64,
     /// Worker CPU (user + system) per request, for workers this rush started.
     pub worker_cpu_us_per_request: Option<f64>,
+    /// Messages the workers published (answers, batches of answers, events) per request.
+    pub worker_publishes_per_request: Option<f64>,
+    /// Whether the crowd asked for batched answers.
+    pub batched_answers: bool,
     /// The largest peak resident memory among the workers this rush started.
     pub worker_peak_rss_mib: Option<f64>,
     pub lost: usize,
@@ -169,6 +177,7 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         .map(|w| w.usage().map(|u| u.cpu).unwrap_or_default())
         .collect();
     let batches_before = store.decision_batches().await?;
+    let published_before = published(&started).await;
 
     let fired = fire_showing_progress(&config, requests, show_progress)
         .await?
@@ -176,6 +185,10 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
 
     let measured = Measured {
         transactions: store.decision_batches().await? - batches_before,
+        published: published(&started)
+            .await
+            .zip(published_before)
+            .map(|(after, before)| after.saturating_sub(before)),
         usages: started.iter().map(WorkerProcess::usage).collect(),
         cpu_before,
         held: store.seats_held(&courses).await?,
@@ -209,7 +222,14 @@ async fn start_workers(config: &RushConfig, store: &Store) -> anyhow::Result<Vec
         for n in 0..*count {
             let id = format!("{}-w{n}", config.tag);
             let log = config.log_dir.join(format!("{id}.log"));
-            started.push(WorkerProcess::start(exe, services, &id, log, args)?);
+            started.push(WorkerProcess::start_observed(
+                exe,
+                services,
+                &id,
+                log,
+                args,
+                &[],
+            )?);
         }
     }
     wait_for_partitions(store, services.topology.partitions).await?;
@@ -240,7 +260,10 @@ async fn fire_showing_progress(
         &config.services.topology,
         requests,
         config.timeout,
-        config.pace,
+        load::Fire {
+            pace: config.pace,
+            batch: config.batch,
+        },
         progress,
     )
     .await;
@@ -251,9 +274,23 @@ async fn fire_showing_progress(
     fired
 }
 
+/// Messages the workers published so far, all together; `None` if one could not say.
+async fn published(workers: &[WorkerProcess]) -> Option<u64> {
+    if workers.is_empty() {
+        return None;
+    }
+    let mut total = 0;
+    for worker in workers {
+        total += worker.published().await?;
+    }
+    Some(total)
+}
+
 /// What was measured around the crowd: commits, the workers' costs, the seats held after.
 struct Measured {
     transactions: i64,
+    /// Messages the workers published during the crowd.
+    published: Option<u64>,
     usages: Vec<Option<Usage>>,
     cpu_before: Vec<Duration>,
     held: Vec<(String, String)>,
@@ -308,6 +345,8 @@ fn report_of(
         transactions,
         requests_per_commit: n as f64 / transactions.max(1) as f64,
         worker_cpu_us_per_request: cpu.map(|c| c.as_secs_f64() * 1e6 / n.max(1) as f64),
+        worker_publishes_per_request: measured.published.map(|p| p as f64 / n.max(1) as f64),
+        batched_answers: config.batch,
         worker_peak_rss_mib: peak.map(|b| b as f64 / (1024.0 * 1024.0)),
         lost: fired.lost(),
         duplicated: fired.duplicated(),
@@ -380,6 +419,16 @@ pub fn describe(r: &RushReport) -> String {
         "  {} transactions wrote the decisions: {:.0} requests per commit",
         r.transactions, r.requests_per_commit
     ));
+    if let Some(publishes) = r.worker_publishes_per_request {
+        line(format!(
+            "  the workers published {publishes:.3} messages per request ({})",
+            if r.batched_answers {
+                "batched answers"
+            } else {
+                "one message per answer"
+            }
+        ));
+    }
     if let (Some(cpu), Some(rss)) = (r.worker_cpu_us_per_request, r.worker_peak_rss_mib) {
         line(format!(
             "  worker CPU {cpu:.1} µs per request; peak memory {rss:.1} MiB"

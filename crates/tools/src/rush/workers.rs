@@ -34,7 +34,14 @@ pub struct Usage {
 pub struct WorkerProcess {
     pub worker_id: String,
     pub log: PathBuf,
+    /// Where it serves `/livez`, `/readyz` and `/metrics`, if it was given an address.
+    pub http_addr: Option<std::net::SocketAddr>,
     child: Child,
+}
+
+/// A loopback address with a port that was free a moment ago, for a worker's `--http-addr`.
+pub fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 impl WorkerProcess {
@@ -47,6 +54,34 @@ impl WorkerProcess {
         extra_args: &[String],
     ) -> anyhow::Result<Self> {
         Self::start_with_env(exe, services, worker_id, log, extra_args, &[])
+    }
+
+    /// Like `start`, serving its metrics on a free loopback port (see [`Self::published`]).
+    pub fn start_observed(
+        exe: &std::path::Path,
+        services: &Services,
+        worker_id: &str,
+        log: PathBuf,
+        extra_args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let addr = free_addr()?;
+        let mut args = extra_args.to_vec();
+        args.extend(["--http-addr".to_owned(), addr.to_string()]);
+        let mut worker = Self::start_with_env(exe, services, worker_id, log, &args, env)?;
+        worker.http_addr = Some(addr);
+        Ok(worker)
+    }
+
+    /// How many messages the worker has published so far, from its `/metrics`; `None` if it
+    /// serves none or could not be asked.
+    pub async fn published(&self) -> Option<u64> {
+        let addr = self.http_addr?.to_string();
+        let (status, body) =
+            seatrush_core::worker::health::probe(&addr, "/metrics", Duration::from_secs(5))
+                .await
+                .ok()?;
+        (status == 200).then(|| counter_sum(&body, seatrush_core::telemetry::metrics::PUBLISHED))
     }
 
     /// Like `start`, with extra environment variables (for example `FAILPOINTS` in tests).
@@ -93,6 +128,7 @@ impl WorkerProcess {
         Ok(Self {
             worker_id: worker_id.to_owned(),
             log,
+            http_addr: None,
             child,
         })
     }
@@ -182,4 +218,17 @@ mod tests {
         let usage = super::usage_of(std::process::id()).expect("own /proc entry");
         assert!(usage.peak_rss >= usage.rss && usage.rss > 0);
     }
+}
+
+/// The sum of every series of the counter `name` in a Prometheus text exposition.
+fn counter_sum(exposition: &str, name: &str) -> u64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let series_name = series.split('{').next()?;
+            (series_name == name).then(|| value.parse::<f64>().ok())?
+        })
+        .sum::<f64>() as u64
 }
