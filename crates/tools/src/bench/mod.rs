@@ -4,6 +4,7 @@
 //! for random unknown courses and reports its memory before and after.
 
 mod ceiling;
+pub mod intake;
 mod naive;
 mod naive_sql;
 mod report;
