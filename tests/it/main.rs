@@ -5,6 +5,7 @@
 mod admin;
 mod bad_input;
 mod batches;
+mod bench_intake;
 mod chaos;
 mod cli;
 mod crashes;

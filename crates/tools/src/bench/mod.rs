@@ -3,7 +3,8 @@
 //! same broker and database, reported as ratios. A second scenario floods a worker with requests
 //! for random unknown courses and reports its memory before and after.
 
-mod ceiling;
+pub mod ceiling;
+pub mod intake;
 mod naive;
 mod naive_sql;
 mod report;
