@@ -6,6 +6,7 @@
 mod ceiling;
 mod naive;
 mod naive_sql;
+pub mod redis;
 mod report;
 
 use std::path::PathBuf;
