@@ -26,11 +26,13 @@ mod tally;
 mod writer;
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisResult, RetryMethod};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +56,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 /// How long a command may wait for its answer. Far above what a healthy server takes, so a
 /// slow shared machine does not turn answers into errors; a dead server fails at once anyway.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts at a setup, check or clean-up command whose connection was lost.
+const ADMIN_ATTEMPTS: u32 = 50;
 /// In the crash run, the requests arrive over this long and the server is killed halfway.
 const CRASH_SPREAD: Duration = Duration::from_secs(2);
 
@@ -284,27 +288,59 @@ async fn connect(client: &redis::Client) -> redis::RedisResult<ConnectionManager
     ConnectionManager::new_with_config(client.clone(), config).await
 }
 
+/// Whether an error may go away if the command is sent again: a lost connection, a timeout, a
+/// server still loading its AOF. An error the server gave for the command itself may not.
+fn transient(error: &redis::RedisError) -> bool {
+    !matches!(error.retry_method(), RetryMethod::NoRetry)
+}
+
+/// Runs `command` on a clone of `con`, and again after a pause while it fails for a lost
+/// connection (the manager reconnects meanwhile): the first command on a connection that sat
+/// idle through a server restart fails so, though the server is back.
+async fn again_if_lost<T, F, Fut>(con: &ConnectionManager, mut command: F) -> RedisResult<T>
+where
+    F: FnMut(ConnectionManager) -> Fut,
+    Fut: Future<Output = RedisResult<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match command(con.clone()).await {
+            Err(e) if attempt < ADMIN_ATTEMPTS && transient(&e) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Redis's `CONFIG GET <name>`.
-async fn config_get(con: &mut ConnectionManager, name: &str) -> anyhow::Result<String> {
-    let pair: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg(name)
-        .query_async(con)
-        .await
-        .with_context(|| format!("CONFIG GET {name}"))?;
+async fn config_get(con: &ConnectionManager, name: &str) -> anyhow::Result<String> {
+    let pair: Vec<String> = again_if_lost(con, |mut con| async move {
+        redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(&mut con)
+            .await
+    })
+    .await
+    .with_context(|| format!("CONFIG GET {name}"))?;
     pair.into_iter()
         .nth(1)
         .with_context(|| format!("the server has no setting {name}"))
 }
 
-async fn config_set(con: &mut ConnectionManager, name: &str, value: &str) -> anyhow::Result<()> {
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(name)
-        .arg(value)
-        .query_async::<()>(con)
-        .await
-        .with_context(|| format!("CONFIG SET {name} {value}"))
+async fn config_set(con: &ConnectionManager, name: &str, value: &str) -> anyhow::Result<()> {
+    again_if_lost(con, |mut con| async move {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async::<()>(&mut con)
+            .await
+    })
+    .await
+    .with_context(|| format!("CONFIG SET {name} {value}"))
 }
 
 /// One run's connections, keys and tables.
@@ -339,17 +375,17 @@ impl Session {
     async fn open(redis_url: &str, setup: &Setup<'_>) -> anyhow::Result<Session> {
         let client = redis::Client::open(redis_url)
             .with_context(|| format!("parsing the Redis URL {}", redact(redis_url)))?;
-        let mut admin = connect(&client)
+        let admin = connect(&client)
             .await
             .with_context(|| format!("connecting to Redis at {}", redact(redis_url)))?;
-        let appendonly = config_get(&mut admin, "appendonly").await?;
+        let appendonly = config_get(&admin, "appendonly").await?;
         anyhow::ensure!(
             appendonly == "yes",
             "the Redis design needs a server that keeps an append-only file (appendonly yes; \
              scripts/services.sh starts one), and {} has appendonly {appendonly}",
             redact(redis_url)
         );
-        let fsync_before = config_get(&mut admin, "appendfsync").await?;
+        let fsync_before = config_get(&admin, "appendfsync").await?;
         let registrar = Registrar::new(&crate::rush::fresh_tag("redis"));
         let ledger = Ledger::create(setup.database_url, setup.courses, setup.seats)
             .await
@@ -368,15 +404,16 @@ impl Session {
             fsync_before,
         };
         // Seeded with every write synced, so a crash run's kill cannot take the seats away.
-        let mut admin = session.admin.clone();
+        let admin = &session.admin;
+        let registrar = &session.registrar;
         let seeded = async {
-            config_set(&mut admin, "appendfsync", "always").await?;
-            session
-                .registrar
-                .seed(&mut admin, setup.courses, setup.seats)
-                .await
-                .context("seeding the courses in Redis")?;
-            config_set(&mut admin, "appendfsync", setup.fsync.as_config()).await
+            config_set(admin, "appendfsync", "always").await?;
+            again_if_lost(admin, |mut con| async move {
+                registrar.seed(&mut con, setup.courses, setup.seats).await
+            })
+            .await
+            .context("seeding the courses in Redis")?;
+            config_set(admin, "appendfsync", setup.fsync.as_config()).await
         }
         .await;
         if let Err(e) = seeded {
@@ -466,23 +503,24 @@ impl Session {
             .filter(|(_, a)| a.told.is_some())
             .map(|(r, _)| r.request_id.as_str())
             .collect();
-        let mut admin = self.admin.clone();
-        self.registrar
-            .remembered(&mut admin, &told)
-            .await
-            .context("reading what Redis remembers after its restart")
+        let (registrar, told) = (&self.registrar, &told);
+        again_if_lost(&self.admin, |mut con| async move {
+            registrar.remembered(&mut con, told).await
+        })
+        .await
+        .context("reading what Redis remembers after its restart")
     }
 
     /// Restores `appendfsync`, deletes the run's keys and drops its tables; tries each step
     /// and reports the first failure.
     async fn close(self, courses: &[CourseId]) -> anyhow::Result<()> {
-        let mut admin = self.admin.clone();
-        let restored = config_set(&mut admin, "appendfsync", &self.fsync_before).await;
-        let cleared = self
-            .registrar
-            .clear(&mut admin, courses)
-            .await
-            .context("deleting the run's Redis keys");
+        let restored = config_set(&self.admin, "appendfsync", &self.fsync_before).await;
+        let registrar = &self.registrar;
+        let cleared = again_if_lost(&self.admin, |mut con| async move {
+            registrar.clear(&mut con, courses).await
+        })
+        .await
+        .context("deleting the run's Redis keys");
         // Every task that held the ledger has ended, so this is the last handle.
         let dropped = match Arc::into_inner(self.ledger) {
             Some(ledger) => ledger

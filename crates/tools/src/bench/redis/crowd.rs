@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use redis::RetryMethod;
 use redis::aio::ConnectionManager;
 
 use super::RedisOutcome;
@@ -141,7 +140,7 @@ async fn ask(
                 };
             }
             Err(e) => {
-                let transient = !matches!(e.retry_method(), RetryMethod::NoRetry);
+                let transient = super::transient(&e);
                 error = Some(e.to_string());
                 if !transient || Instant::now() + pause >= deadline {
                     break;

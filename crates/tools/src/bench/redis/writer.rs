@@ -94,8 +94,13 @@ impl Writer {
                 }
             };
             let Some(newest) = entries.last() else {
-                if clients_done.is_cancelled() && self.drained().await? {
-                    return Ok(self.log);
+                if clients_done.is_cancelled() {
+                    if self.drained().await? {
+                        return Ok(self.log);
+                    }
+                    // Entries left behind the read position: a deletion that failed, or a
+                    // restarted server that replayed entries deleted after its last sync.
+                    last = String::from("0-0");
                 }
                 continue;
             };
