@@ -4,6 +4,7 @@
 
 mod admin;
 mod bad_input;
+mod bench_redis;
 mod chaos;
 mod cli;
 mod crashes;
