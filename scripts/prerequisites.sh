@@ -2,18 +2,24 @@
 # Installs the Debian packages seatrush's scripts need and this machine lacks, saying which and
 # why before it does. Nothing is installed when everything is already there.
 #
-# Usage: scripts/prerequisites.sh [compiler] [services]
+# Usage: scripts/prerequisites.sh [compiler] [services] [redis]
 #   compiler  a C compiler and the C library's development files (`gcc`, `libc6-dev`) when
 #             `cc` cannot link a program: Rust links its programs with it
-#   services  `rabbitmq-server` and `postgresql`, whose programs scripts/services.sh runs as
-#             project-private instances (not needed when AMQP_URL and DATABASE_URL are set)
+#   services  `rabbitmq-server`, `postgresql` and `redis-server`, whose programs
+#             scripts/services.sh runs as project-private instances
+#   redis     `redis-server` alone (scripts/services.sh still runs a private Redis, for the
+#             benchmark's Redis design, when AMQP_URL and DATABASE_URL are set but REDIS_URL is
+#             not)
 #
 # Packages come from apt-get: as root directly, otherwise through sudo (which may ask for a
 # password); without either it stops and says so. On a machine run by systemd, Debian's
-# rabbitmq-server and postgresql packages also start and enable their system-wide services
-# (RabbitMQ on 5672, PostgreSQL on 5432). seatrush never uses those; this script leaves them as
-# the packages set them up and prints how to stop them (README.md, "What the scripts leave on
-# the machine", says how to remove everything).
+# rabbitmq-server, postgresql and redis-server packages also start and enable their
+# system-wide services (RabbitMQ on 5672, PostgreSQL on 5432, Redis on 6379); where a
+# policy-rc.d forbids starting services (containers), they are installed but not started, which
+# is fine. seatrush never uses those services: scripts/services.sh runs only the packages'
+# programs, with configurations of its own. This script leaves them as the packages set them up
+# and prints how to stop them (README.md, "What the scripts leave on the machine", says how to
+# remove everything).
 set -euo pipefail
 
 say() { printf '[prerequisites] %s\n' "$*" >&2; }
@@ -25,6 +31,7 @@ die() {
 
 # The same tests scripts/services.sh uses to find the programs it runs.
 have_rabbitmq() { [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; }
+have_redis() { [ -x /usr/bin/redis-server ]; }
 have_postgresql() {
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ||
         { command -v initdb >/dev/null && command -v pg_ctl >/dev/null; }
@@ -45,6 +52,14 @@ cc_links() {
 
 missing=()
 reasons=()
+
+# Once, whether asked for by `services` or `redis` or both.
+need_redis() {
+    if ! have_redis && [[ " ${missing[*]} " != *" redis-server "* ]]; then
+        missing+=(redis-server)
+        reasons+=("redis-server (the private Redis instance, for the benchmark's Redis design)")
+    fi
+}
 for group in "$@"; do
     case $group in
         compiler)
@@ -62,8 +77,10 @@ for group in "$@"; do
                 missing+=(postgresql)
                 reasons+=("postgresql (the private PostgreSQL instance)")
             fi
+            need_redis
             ;;
-        *) die "unknown group: $group (expected compiler or services)" ;;
+        redis) need_redis ;;
+        *) die "unknown group: $group (expected compiler, services or redis)" ;;
     esac
 done
 
@@ -89,7 +106,7 @@ for reason in "${reasons[@]}"; do say "  $reason"; done
 say "installed: ${missing[*]}"
 
 if [ -d /run/systemd/system ]; then
-    for unit in rabbitmq-server postgresql; do
+    for unit in rabbitmq-server postgresql redis-server; do
         case " ${missing[*]} " in
             *" $unit "*)
                 if systemctl is-active --quiet "$unit" 2>/dev/null; then

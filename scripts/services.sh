@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
-# Project-private RabbitMQ and PostgreSQL for seatrush development, tests and
-# the demo. Both listen on 127.0.0.1 only, on their own ports, with all state
+# Project-private RabbitMQ, PostgreSQL and Redis for seatrush development,
+# tests, the demo and the benchmark (Redis serves only the benchmark's Redis
+# design). All listen on 127.0.0.1 only, on their own ports, with all state
 # under .services/, so they never interfere with system-wide servers
-# (RabbitMQ node rabbit@localhost on 5672, PostgreSQL on 5432). Run as root,
-# PostgreSQL belongs to the `postgres` user, and when that user cannot reach
-# .services/ (a checkout under /root) its cluster lives in
-# /tmp/seatrush-pg-<port> instead (see pg_base); RabbitMQ, and PostgreSQL
-# when not root, run as the invoking user. Missing packages are installed by
-# scripts/prerequisites.sh (through sudo when not root).
+# (RabbitMQ node rabbit@localhost on 5672, PostgreSQL on 5432, Redis on
+# 6379). Run as root, PostgreSQL belongs to the `postgres` user, and when that
+# user cannot reach .services/ (a checkout under /root) its cluster lives in
+# /tmp/seatrush-pg-<port> instead (see pg_base); RabbitMQ, Redis, and
+# PostgreSQL when not root, run as the invoking user. Missing packages are
+# installed by scripts/prerequisites.sh (through sudo when not root).
 #
 # Usage: scripts/services.sh [start|stop|status|env|start-db|restart-db|stop-db|
-#                             start-broker|restart-broker|stop-broker]
-#   start   (default) install packages if missing, start both instances if
-#           not running, wait until they accept connections, then print
-#           `export AMQP_URL=...` / `export DATABASE_URL=...` on stdout.
+#                             start-broker|restart-broker|stop-broker|
+#                             start-redis|restart-redis|stop-redis|kill-redis]
+#   start   (default) install packages if missing, start the three instances
+#           if not running, wait until they accept connections, then print
+#           `export AMQP_URL=...` / `export DATABASE_URL=...` /
+#           `export REDIS_URL=...` on stdout.
 #           If AMQP_URL and DATABASE_URL are both already set (to something
-#           other than the private URLs) nothing is started; they are echoed.
+#           other than the private URLs) neither RabbitMQ nor PostgreSQL is
+#           started; they are echoed. Redis is chosen on its own: if REDIS_URL
+#           is set (to something other than the private URL) it is echoed and
+#           nothing is started for it; otherwise the private Redis is started,
+#           even when the other two are external.
 #   env     print the export lines only (same URL choice as start), start
 #           nothing.
-#   stop    stop both private instances (only these; never by name pattern).
+#   stop    stop the three private instances (only these; never by name
+#           pattern).
 #   status  report (on stdout) whether each private instance is running;
-#           exit status 0 only if both are.
+#           exit status 0 only if all three are.
 #   start-db, stop-db
 #           the same as start and stop, for PostgreSQL alone (start-db prints
 #           the DATABASE_URL export line).
@@ -34,6 +42,19 @@
 #           export line; restart-broker stops the node and starts it again,
 #           its durable queues and their messages recovered). For fault tests,
 #           on a node of their own (SEATRUSH_AMQP_PORT, SEATRUSH_SERVICES_DIR).
+#   start-redis, stop-redis
+#           the same for Redis alone (start-redis prints the REDIS_URL export
+#           line and always starts the private server, whatever REDIS_URL
+#           says). stop-redis sends SIGTERM to the recorded pid: Redis syncs
+#           its append-only file and exits.
+#   kill-redis
+#           SIGKILL the private Redis by its recorded pid (no AOF sync: with
+#           appendfsync everysec up to about a second of writes is lost), for
+#           crash tests; fails if no private Redis runs.
+#   restart-redis
+#           crash-restart Redis: kill-redis (if it runs), then start-redis;
+#           the server replays its append-only file. For fault tests, on an
+#           instance of their own (SEATRUSH_REDIS_PORT, SEATRUSH_SERVICES_DIR).
 #
 #   eval "$(scripts/services.sh start)"
 #
@@ -46,6 +67,10 @@
 #                            system RabbitMQ's Erlang distribution listener)
 #   SEATRUSH_AMQP_DIST_PORT  Erlang distribution port (default AMQP port+20000)
 #   SEATRUSH_PG_PORT         PostgreSQL port (default 25432)
+#   SEATRUSH_REDIS_PORT      Redis port (default 26379)
+#   SEATRUSH_REDIS_FSYNC     Redis appendfsync when a server is started:
+#                            everysec (default), always or no. A running
+#                            server keeps the setting it was started with.
 #   SEATRUSH_TLS             1: also serve TLS, with a private CA and a server
 #                            certificate for localhost and 127.0.0.1 under
 #                            <state>/tls: PostgreSQL with ssl=on, RabbitMQ on
@@ -61,6 +86,8 @@ state=${SEATRUSH_SERVICES_DIR:-$root/.services}
 amqp_port=${SEATRUSH_AMQP_PORT:-25673}
 dist_port=${SEATRUSH_AMQP_DIST_PORT:-$((amqp_port + 20000))}
 pg_port=${SEATRUSH_PG_PORT:-25432}
+redis_port=${SEATRUSH_REDIS_PORT:-26379}
+redis_fsync=${SEATRUSH_REDIS_FSYNC:-everysec}
 
 rmq_node="seatrush-${amqp_port}@localhost"
 rmq_dir="$state/rabbitmq-$amqp_port"
@@ -72,6 +99,10 @@ tls_dir="$state/tls"
 amqps_port=$((amqp_port + 1))
 private_amqps_url="amqps://guest:guest@localhost:${amqps_port}/%2f"
 private_database_url="postgres://seatrush@127.0.0.1:${pg_port}/seatrush"
+
+redis_dir="$state/redis-$redis_port"
+redis_bin=/usr/bin/redis-server
+private_redis_url="redis://127.0.0.1:${redis_port}/"
 
 wait_secs=60
 
@@ -172,6 +203,9 @@ close_extra_fds() {
 # Serialise start/stop so parallel callers (e.g. concurrent test runs) do not
 # start duplicate servers.
 take_lock() {
+    # Once per run: opening fd 9 again would drop the lock before taking it anew.
+    [ -z "${lock_taken:-}" ] || return 0
+    lock_taken=1
     mkdir -p "$state"
     exec 9>"$state/.lock"
     if command -v flock >/dev/null; then
@@ -182,6 +216,7 @@ take_lock() {
 export_lines() {
     printf 'export AMQP_URL=%s\n' "$1"
     printf 'export DATABASE_URL=%s\n' "$2"
+    printf 'export REDIS_URL=%s\n' "$3"
 }
 
 # Both URLs set and not pointing at our private instances => caller brings
@@ -190,6 +225,13 @@ export_lines() {
 using_external() {
     [ -n "${AMQP_URL:-}" ] && [ -n "${DATABASE_URL:-}" ] || return 1
     [ "$AMQP_URL" != "$private_amqp_url" ] || [ "$DATABASE_URL" != "$private_database_url" ]
+}
+
+# REDIS_URL set and not the private URL => the caller brings its own Redis. Decided apart from
+# the other two: a caller with its own broker and database but no Redis still gets the private
+# one, since only the benchmark's Redis design needs it and it is cheap to run.
+redis_external() {
+    [ -n "${REDIS_URL:-}" ] && [ "$REDIS_URL" != "$private_redis_url" ]
 }
 
 # ---------------------------------------------------------------- packages
@@ -214,6 +256,14 @@ ensure_packages() {
     have_packages && return 0
     "$root/scripts/prerequisites.sh" services
     have_packages || die "packages installed but rabbitmq-server / initdb still not found"
+}
+
+have_redis() { [ -x "$redis_bin" ]; }
+
+ensure_redis_package() {
+    have_redis && return 0
+    "$root/scripts/prerequisites.sh" redis
+    have_redis || die "package installed but $redis_bin still not found"
 }
 
 # ---------------------------------------------------------------- RabbitMQ
@@ -594,31 +644,199 @@ pg_status() {
     return 1
 }
 
-# ---------------------------------------------------------------- commands
+# ---------------------------------------------------------------- Redis
 
-cmd_start() {
-    if using_external; then
-        say "AMQP_URL and DATABASE_URL already set; using those servers, starting nothing"
-        export_lines "$AMQP_URL" "$DATABASE_URL"
+# Debian's redis-server runs as whoever starts it, so as root and as anyone
+# else the server belongs to the invoking user and keeps its state in
+# <state>/redis-<port>. It daemonizes itself (it forks, detaches with setsid
+# and points its stdio at /dev/null) and records its pid in redis.pid there.
+
+redis_conf() { echo "$redis_dir/redis.conf"; }
+redis_pid() { read_pid "$redis_dir/redis.pid"; }
+
+# The recorded pid is alive and its command line names our config file
+# (set-proc-title is off, so Redis keeps its command line as started).
+redis_running() { pid_is_ours "$(redis_pid)" "$(redis_conf)"; }
+
+# True if a Redis server on 127.0.0.1:<port> answers PING. A server still
+# replaying its append-only file answers -LOADING, which is not ready.
+redis_answers() {
+    local reply
+    reply=$(timeout 5 bash -c '
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf "PING\r\n" >&3
+        head -c 5 <&3' _ "$1" 2>/dev/null) || return 1
+    [ "$reply" = "+PONG" ]
+}
+
+redis_write_config() {
+    case $redis_fsync in
+        always | everysec | no) ;;
+        *) die "SEATRUSH_REDIS_FSYNC must be always, everysec or no (not '$redis_fsync')" ;;
+    esac
+    mkdir -p "$redis_dir"
+    # Only the append-only file persists: no RDB snapshots (save ""), whose
+    # fork would double the memory at the worst moment and which add nothing
+    # the AOF does not already keep.
+    cat >"$(redis_conf)" <<EOF
+# Generated by scripts/services.sh; private seatrush Redis, loopback only.
+bind 127.0.0.1
+protected-mode yes
+port $redis_port
+daemonize yes
+pidfile "$redis_dir/redis.pid"
+logfile "$redis_dir/redis.log"
+dir "$redis_dir"
+set-proc-title no
+save ""
+appendonly yes
+appendfsync $redis_fsync
+EOF
+}
+
+redis_start() {
+    if redis_running; then
+        redis_wait
+        say "redis: already running on 127.0.0.1:$redis_port ($redis_dir)"
         return 0
     fi
-    take_lock
-    ensure_packages
-    pg_start
-    rmq_start
-    export_lines "$private_amqp_url" "$private_database_url"
+    if port_open "$redis_port"; then
+        # Started from another checkout on this machine: reuse it, as for the others.
+        if redis_answers "$redis_port"; then
+            say "redis: reusing the Redis server already on 127.0.0.1:$redis_port"
+            return 0
+        fi
+        die "redis: 127.0.0.1:$redis_port is already in use by another process (set SEATRUSH_REDIS_PORT)"
+    fi
+    redis_write_config
+    rm -f "$redis_dir/redis.pid"
+    say "redis: starting on 127.0.0.1:$redis_port ($redis_dir, appendfsync $redis_fsync)"
+    # The foreground part returns once the server has forked; what it says
+    # before that goes to startup.log. No fd of ours stays open in the
+    # daemon, so `eval "$(... start)"` returns.
+    if ! (
+        close_extra_fds
+        cd "$redis_dir"
+        exec "$redis_bin" "$(redis_conf)"
+    ) </dev/null >"$redis_dir/startup.log" 2>&1; then
+        log_tail "$redis_dir/startup.log"
+        log_tail "$redis_dir/redis.log"
+        die "redis: redis-server did not start"
+    fi
+    redis_wait
+}
+
+redis_wait() {
+    local deadline=$((SECONDS + wait_secs))
+    until redis_answers "$redis_port"; do
+        # The daemon writes its pid file before it loads the AOF; a pid file
+        # whose process is gone means it exited during startup.
+        if [ -s "$redis_dir/redis.pid" ] && ! redis_running; then
+            log_tail "$redis_dir/redis.log"
+            die "redis: server process exited during startup"
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log_tail "$redis_dir/redis.log"
+            die "redis: not answering on 127.0.0.1:$redis_port after ${wait_secs}s"
+        fi
+        sleep 0.2
+    done
+    say "redis: ready on 127.0.0.1:$redis_port"
+}
+
+# Waits, at most <tries> tenths of a second, until <pid> is no longer our
+# server; a zombie (empty command line) counts as gone.
+redis_gone() {
+    local pid=$1 tries=$2 i
+    for i in $(seq 1 "$tries"); do
+        pid_is_ours "$pid" "$(redis_conf)" || return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+redis_stop() {
+    local pid
+    pid=$(redis_pid)
+    if ! redis_running; then
+        say "redis: not running ($redis_dir)"
+        rm -f "$redis_dir/redis.pid"
+        return 0
+    fi
+    say "redis: stopping (pid $pid)"
+    # SIGTERM is Redis's graceful shutdown: it syncs the AOF, then exits.
+    kill -s TERM "$pid" 2>/dev/null || true
+    if ! redis_gone "$pid" 600; then
+        say "redis: still running after 60s, sending SIGKILL to recorded pid $pid"
+        kill -s KILL "$pid" 2>/dev/null || true
+        redis_gone "$pid" 100 || die "redis: pid $pid survived SIGKILL"
+    fi
+    rm -f "$redis_dir/redis.pid"
+    say "redis: stopped"
+}
+
+redis_kill() {
+    local pid
+    pid=$(redis_pid)
+    redis_running || die "redis: no private server runs on 127.0.0.1:$redis_port ($redis_dir); nothing killed"
+    say "redis: SIGKILL to pid $pid"
+    kill -s KILL "$pid" 2>/dev/null || true
+    redis_gone "$pid" 100 || die "redis: pid $pid survived SIGKILL"
+    rm -f "$redis_dir/redis.pid"
+    say "redis: killed"
+}
+
+redis_status() {
+    if redis_running; then
+        local ready="not answering"
+        redis_answers "$redis_port" && ready="answering"
+        echo "redis: running (pid $(redis_pid), 127.0.0.1:$redis_port $ready, $redis_dir)"
+        return 0
+    fi
+    echo "redis: not running (port $redis_port, $redis_dir)"
+    return 1
+}
+
+# ---------------------------------------------------------------- commands
+
+# The URLs start and env print: the caller's where it brings its own servers, ours otherwise.
+chosen_urls() {
+    if using_external; then
+        amqp_url=$AMQP_URL database_url=$DATABASE_URL
+    else
+        amqp_url=$private_amqp_url database_url=$private_database_url
+    fi
+    if redis_external; then redis_url=$REDIS_URL; else redis_url=$private_redis_url; fi
+}
+
+cmd_start() {
+    chosen_urls
+    if using_external; then
+        say "AMQP_URL and DATABASE_URL already set; using those servers, starting neither"
+    else
+        take_lock
+        ensure_packages
+        pg_start
+        rmq_start
+    fi
+    if redis_external; then
+        say "REDIS_URL already set; using that server"
+    else
+        take_lock
+        ensure_redis_package
+        redis_start
+    fi
+    export_lines "$amqp_url" "$database_url" "$redis_url"
 }
 
 cmd_env() {
-    if using_external; then
-        export_lines "$AMQP_URL" "$DATABASE_URL"
-    else
-        export_lines "$private_amqp_url" "$private_database_url"
-    fi
+    chosen_urls
+    export_lines "$amqp_url" "$database_url" "$redis_url"
 }
 
 cmd_stop() {
     take_lock
+    if have_redis; then redis_stop; else say "redis: not installed"; fi
     if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_stop; else say "rabbitmq: not installed"; fi
     if [ -n "$(pg_bindir)" ]; then pg_stop; else say "postgres: not installed"; fi
 }
@@ -668,10 +886,34 @@ cmd_stop_broker() {
     if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_stop; else say "rabbitmq: not installed"; fi
 }
 
+cmd_start_redis() {
+    take_lock
+    ensure_redis_package
+    redis_start
+    echo "export REDIS_URL=$private_redis_url"
+}
+
+cmd_stop_redis() {
+    take_lock
+    if have_redis; then redis_stop; else say "redis: not installed"; fi
+}
+
+# No lock: a crash test kills at a moment of its choosing, and a SIGKILL by a
+# checked pid cannot race with anything the lock guards.
+cmd_kill_redis() { redis_kill; }
+
+cmd_restart_redis() {
+    take_lock
+    if redis_running; then redis_kill; fi
+    ensure_redis_package
+    redis_start
+}
+
 cmd_status() {
     local rc=0
     if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_status || rc=1; else echo "rabbitmq: not installed"; rc=1; fi
     if [ -n "$(pg_bindir)" ]; then pg_status || rc=1; else echo "postgres: not installed"; rc=1; fi
+    if have_redis; then redis_status || rc=1; else echo "redis: not installed"; rc=1; fi
     return "$rc"
 }
 
@@ -686,9 +928,13 @@ case "${1:-start}" in
     start-broker) cmd_start_broker ;;
     restart-broker) cmd_restart_broker ;;
     stop-broker) cmd_stop_broker ;;
+    start-redis) cmd_start_redis ;;
+    restart-redis) cmd_restart_redis ;;
+    stop-redis) cmd_stop_redis ;;
+    kill-redis) cmd_kill_redis ;;
     -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2 ;;
     *)
-        say "unknown command: $1 (expected start|stop|status|env|start-db|restart-db|stop-db|start-broker|restart-broker|stop-broker)"
+        say "unknown command: $1 (expected start|stop|status|env|start-db|restart-db|stop-db|start-broker|restart-broker|stop-broker|start-redis|restart-redis|stop-redis|kill-redis)"
         exit 2
         ;;
 esac

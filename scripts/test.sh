@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit and property tests, and the integration tests
-# against a real RabbitMQ and PostgreSQL. Uses AMQP_URL/DATABASE_URL when both are set; otherwise
-# installs what is missing (a C compiler, and Debian's rabbitmq-server and postgresql packages,
+# against a real RabbitMQ, PostgreSQL and Redis (the benchmark's Redis design). Uses
+# AMQP_URL/DATABASE_URL when both are set, and REDIS_URL when set; otherwise installs what is
+# missing (a C compiler, and Debian's rabbitmq-server, postgresql and redis-server packages,
 # through sudo when not root; scripts/prerequisites.sh says what and why) and starts
 # project-private services on loopback.
 #
@@ -29,7 +30,7 @@ fi
 # The exports are captured first: a failure inside `eval "$(...)"` would not stop the script.
 exports=$(scripts/services.sh start) || fail "could not start the services (see above)"
 eval "$exports"
-export AMQP_URL DATABASE_URL
+export AMQP_URL DATABASE_URL REDIS_URL
 
 # rustfmt and clippy come with rustup's default profile; add them if this toolchain lacks them.
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then

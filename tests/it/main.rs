@@ -6,6 +6,7 @@ mod admin;
 mod bad_input;
 mod batches;
 mod bench_intake;
+mod bench_redis;
 mod chaos;
 mod cli;
 mod crashes;

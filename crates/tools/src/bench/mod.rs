@@ -7,6 +7,7 @@ pub mod ceiling;
 pub mod intake;
 mod naive;
 mod naive_sql;
+pub mod redis;
 mod report;
 
 use std::path::PathBuf;

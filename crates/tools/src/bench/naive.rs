@@ -1,9 +1,13 @@
 //! Drives the naive design: every request of the stream is issued at time zero, and
-//! `connections` tasks take them in order, one transaction each.
+//! `connections` tasks take them in order, one transaction each. `best_of` runs it at several
+//! connection counts, so the comparison is with its best, not with a guess.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
 
 use super::naive_sql::{Naive, NaiveOutcome};
 use super::{DesignFigures, NaiveFigures};
@@ -66,4 +70,64 @@ pub(super) async fn run(
         },
         latencies,
     ))
+}
+
+/// One connection count the naive design ran at, and the throughput it reached.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct NaiveTry {
+    pub connections: u32,
+    pub throughput_rps: f64,
+}
+
+/// The best of several runs of the naive design on one stream.
+#[derive(Debug, Clone)]
+#[expect(
+    dead_code,
+    reason = "read by the bench flow once it reports which connection count won"
+)]
+pub struct NaiveBest {
+    /// The figures of the run with the highest throughput.
+    pub figures: NaiveFigures,
+    /// That run's final latencies.
+    pub latencies: Vec<Duration>,
+    /// Every run's connection count and throughput, in the order run.
+    pub tried: Vec<NaiveTry>,
+}
+
+/// Runs the naive design on `stream` once at each connection count (each run on a fresh
+/// schema) and returns the run with the highest throughput, with every run's throughput.
+#[expect(
+    dead_code,
+    reason = "the bench flow calls it once it reports which connection count won"
+)]
+pub(super) async fn best_of(
+    database_url: &str,
+    courses: &[CourseId],
+    seats: u32,
+    connections: &[u32],
+    stream: &[Request],
+) -> anyhow::Result<NaiveBest> {
+    let mut best: Option<(NaiveFigures, Vec<Duration>)> = None;
+    let mut tried = Vec::with_capacity(connections.len());
+    for &count in connections {
+        let (figures, latencies) = run(database_url, courses, seats, count, stream)
+            .await
+            .with_context(|| format!("the naive design with {count} connections"))?;
+        tried.push(NaiveTry {
+            connections: count,
+            throughput_rps: figures.figures.throughput_rps,
+        });
+        let better = best
+            .as_ref()
+            .is_none_or(|(b, _)| figures.figures.throughput_rps > b.figures.throughput_rps);
+        if better {
+            best = Some((figures, latencies));
+        }
+    }
+    let (figures, latencies) = best.context("no connection count to run the naive design at")?;
+    Ok(NaiveBest {
+        figures,
+        latencies,
+        tried,
+    })
 }
