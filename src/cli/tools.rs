@@ -82,8 +82,15 @@ pub struct RushArgs {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Scenario {
-    /// The same burst through the broker alone, a naive Postgres design, and seatrush.
+    /// The seeds' burst: 10,000 requests at once over 300 courses of 30 seats.
     Burst,
+    /// The seeds' literal question: 10,000 students at one 30-seat course at once.
+    Hot,
+    /// The seeds' opening day: 40,000 students with 3 choices each (120,000 requests) at once.
+    Opening,
+    /// The burst spread over two seconds, the Redis server and seatrush's worker killed with
+    /// SIGKILL halfway: lost and changed answers per design.
+    Crash,
     /// Requests naming random unknown courses: the worker's memory must stay flat.
     Junk,
 }
@@ -95,27 +102,55 @@ pub struct BenchArgs {
     /// Where report.md, bench.json (or junk.json) and the charts go.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
-    #[arg(long, default_value_t = 300, value_parser = at_least::<usize>(1))]
-    courses: usize,
-    #[arg(long, default_value_t = 30)]
-    seats: u32,
-    /// Students in the burst; with one choice each, the seeds' 10,000 requests at once.
-    #[arg(long, default_value_t = 10_000, value_parser = at_least::<usize>(1))]
-    students: usize,
-    #[arg(long, default_value_t = 1, value_parser = at_least::<usize>(1))]
-    choices: usize,
+    /// Rounds; every design runs once per round, alternated, and the medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = at_least::<usize>(1))]
+    rounds: usize,
+    /// Courses (default: the scenario's).
+    #[arg(long, value_parser = at_least::<usize>(1))]
+    courses: Option<usize>,
+    /// Seats per course (default: the scenario's, 30).
+    #[arg(long)]
+    seats: Option<u32>,
+    /// Students (default: the scenario's).
+    #[arg(long, value_parser = at_least::<usize>(1))]
+    students: Option<usize>,
+    /// Courses each student asks for (default: the scenario's).
+    #[arg(long, value_parser = at_least::<usize>(1))]
+    choices: Option<usize>,
     /// seatrush worker processes.
     #[arg(long, default_value_t = 1, value_parser = at_least::<usize>(1))]
     workers: usize,
-    /// Connections of the naive design.
-    #[arg(long, default_value_t = 32, value_parser = at_least::<u32>(1))]
-    naive_connections: u32,
+    /// Connection counts the naive design is run with; the best is reported.
+    #[arg(long, value_delimiter = ',', default_values_t = [16u32, 32, 64],
+          value_parser = at_least::<u32>(1))]
+    naive_connections: Vec<u32>,
+    /// The Redis server of the Redis design (`scripts/services.sh start` prints a private one).
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
     /// Requests of the junk scenario.
     #[arg(long, default_value_t = 1_000_000, value_parser = at_least::<usize>(1))]
     junk_requests: usize,
+    /// The services script the crash scenario starts, kills and stops its own Redis server
+    /// with.
+    #[arg(long, default_value = "scripts/services.sh")]
+    services_script: PathBuf,
     /// Seconds to wait for the last answer of each run.
     #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
+}
+
+impl BenchArgs {
+    /// The crowd: the scenario's, with what the command line overrides.
+    fn crowd(&self, scenario: seatrush_tools::bench::Scenario) -> Crowd {
+        let base = scenario.crowd();
+        Crowd {
+            courses: self.courses.unwrap_or(base.courses),
+            seats: self.seats.unwrap_or(base.seats),
+            waitlist: 0,
+            students: self.students.unwrap_or(base.students),
+            choices: self.choices.unwrap_or(base.choices),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -226,36 +261,45 @@ pub async fn rush(common: &Common, args: RushArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn bench(common: &Common, args: BenchArgs) -> anyhow::Result<ExitCode> {
     use seatrush_tools::bench;
+    let scenario = match args.scenario {
+        Scenario::Burst | Scenario::Junk | Scenario::Crash => bench::Scenario::Burst,
+        Scenario::Hot => bench::Scenario::Hot,
+        Scenario::Opening => bench::Scenario::Opening,
+    };
     let config = bench::BenchConfig {
         services: services(common)?,
-        crowd: Crowd {
-            courses: args.courses,
-            seats: args.seats,
-            waitlist: 0,
-            students: args.students,
-            choices: args.choices,
-        },
+        scenario,
+        crowd: args.crowd(scenario),
+        rounds: args.rounds,
         workers: args.workers,
-        naive_connections: args.naive_connections,
+        naive_connections: args.naive_connections.clone(),
+        redis_url: args.redis_url.clone().unwrap_or_default(),
         exe: this_binary()?,
         out: args.out.clone(),
         timeout: Duration::from_secs(args.timeout_secs),
     };
-    match args.scenario {
-        Scenario::Burst => {
-            let (report, samples) = bench::burst(&config).await?;
-            bench::write_outputs(&args.out, &report, &samples)?;
-            print!("{}", bench::markdown(&report));
-            println!("\nwritten to {}", args.out.display());
-            Ok(exit_code(report.seatrush.passed()))
-        }
-        Scenario::Junk => {
-            let report = bench::junk(&config, args.junk_requests).await?;
-            bench::write_junk(&args.out, &report)?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(exit_code(report.answered == report.requests))
-        }
+    if args.scenario == Scenario::Junk {
+        let report = bench::junk(&config, args.junk_requests).await?;
+        bench::write_junk(&args.out, &report)?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(exit_code(report.answered == report.requests));
     }
+    if args.scenario == Scenario::Crash {
+        let report = bench::crash::run(&config, args.services_script.clone()).await?;
+        bench::write_crash(&args.out, &report)?;
+        print!("{}", bench::report::crash_markdown(&report));
+        return Ok(exit_code(report.passed()));
+    }
+    anyhow::ensure!(
+        !config.redis_url.is_empty(),
+        "the Redis design needs a Redis server: set REDIS_URL or --redis-url \
+         (`scripts/services.sh start` starts a private one and prints it)"
+    );
+    let (report, samples) = bench::run(&config).await?;
+    bench::write_outputs(&args.out, &report, &samples)?;
+    print!("{}", bench::markdown(&report));
+    println!("\nwritten to {}", args.out.display());
+    Ok(exit_code(report.passed()))
 }
 
 pub async fn chaos(common: &Common, args: ChaosArgs) -> anyhow::Result<ExitCode> {

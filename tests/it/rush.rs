@@ -69,61 +69,194 @@ async fn a_small_rush_with_two_workers_passes_its_checks() {
 
 const BENCH_FIELDS: &[&str] = &[
     "ratio_to_ceiling",
-    "ratio_to_same_messages",
+    "ratio_to_intake_ceiling",
+    "ratio_to_stream_intake_ceiling",
     "ratio_to_naive",
+    "ratio_to_redis",
+    "ratio_to_redis_everysec",
+    "worker_publishes_per_request",
     "final_p99_budget_ms",
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_bench_writes_its_report_charts_and_ratios() {
-    // Arrange
-    let env = TestEnv::new().await;
-    let out = env.log_dir().join(format!("{}-bench", env.topology.prefix));
-
-    // Act
+/// Runs `seatrush bench` with `args` into a directory of the test's own; its report, parsed.
+async fn bench(env: &TestEnv, name: &str, args: &[&str], report: &str) -> serde_json::Value {
+    let out = env
+        .log_dir()
+        .join(format!("{}-{name}", env.topology.prefix));
     let output = env
         .seatrush()
-        .args([
-            "bench",
-            "--courses",
-            "20",
-            "--seats",
-            "10",
-            "--students",
-            "800",
-        ])
-        .args(["--naive-connections", "8", "--out"])
+        .arg("bench")
+        .args(args)
+        .args(["--naive-connections", "4,8", "--out"])
         .arg(&out)
         .output()
         .await
         .expect("run seatrush bench");
-
-    // Assert
     assert!(
         output.status.success(),
-        "bench failed: {}\n{}",
+        "bench {name} failed: {}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    for file in ["report.md", "bench.json", "latency.svg", "throughput.svg"] {
-        assert!(out.join(file).is_file(), "{file} is written");
+    serde_json::from_slice(&std::fs::read(out.join(report)).expect("the report")).expect("JSON")
+}
+
+/// Every design of every round measured something and kept its invariants.
+fn assert_rounds_kept_their_invariants(report: &serde_json::Value, rounds: usize) {
+    let all = report["rounds"].as_array().expect("rounds");
+    assert_eq!(all.len(), rounds);
+    for round in all {
+        for design in [
+            "ceiling",
+            "naive",
+            "redis",
+            "redis_everysec",
+            "seatrush",
+            "seatrush_single",
+        ] {
+            assert!(
+                round[design]["throughput_rps"].as_f64().unwrap_or(0.0) > 0.0,
+                "{design} in {round:#}"
+            );
+        }
+        for intake in ["intake_ceiling", "stream_intake_ceiling"] {
+            assert_eq!(round[intake]["complete"], true, "{intake}");
+            assert_eq!(round[intake]["delivered"], round[intake]["published"]);
+        }
+        assert_eq!(round["naive"]["violations"], 0);
+        for redis in ["redis", "redis_everysec"] {
+            for check in ["violations", "lost", "duplicated", "contradicted"] {
+                assert_eq!(round[redis][check], 0, "{redis} {check}");
+            }
+        }
+        for seatrush in ["seatrush", "seatrush_single"] {
+            for check in ["lost", "duplicated", "contradicted", "violations"] {
+                assert_eq!(round[seatrush][check], 0, "{seatrush} {check}");
+            }
+        }
+        assert_eq!(round["seatrush"]["batched_answers"], true);
+        assert_eq!(round["seatrush_single"]["batched_answers"], false);
     }
-    let svg = std::fs::read_to_string(out.join("latency.svg")).expect("chart");
-    assert!(svg.starts_with("<svg") && svg.contains("seatrush") && svg.contains("broker ceiling"));
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("bench.json")).expect("bench.json"))
-            .expect("JSON");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_bench_runs_every_design_in_every_round_and_reports_medians() {
+    // Arrange
+    let env = TestEnv::new().await;
+
+    // Act
+    let args = [
+        "--rounds",
+        "2",
+        "--courses",
+        "20",
+        "--seats",
+        "10",
+        "--students",
+        "800",
+    ];
+    let report = bench(&env, "bench", &args, "bench.json").await;
+
+    // Assert: the fields, every round's invariants, batched answers costing fewer messages
+    // than single ones, and the report and charts written.
     for field in BENCH_FIELDS.iter().chain(RUSH_FIELDS) {
         assert!(report[field].is_number(), "field {field} in {report:#}");
     }
-    assert!(report["ceiling"]["throughput_rps"].as_f64().unwrap_or(0.0) > 0.0);
-    assert!(report["naive"]["throughput_rps"].as_f64().unwrap_or(0.0) > 0.0);
-    assert_eq!(report["naive"]["violations"], 0);
+    assert_rounds_kept_their_invariants(&report, 2);
     assert_eq!(report["requests"], 800);
-    assert_eq!(report["lost"], 0);
-    assert_eq!(report["violations"], 0);
+    assert_eq!(report["scenario"], "burst");
+    let publishes = |r: &serde_json::Value| r["worker_publishes_per_request"].as_f64();
+    let (batched, single) = (publishes(&report), publishes(&report["seatrush_single"]));
+    assert!(
+        matches!((batched, single), (Some(b), Some(s)) if b < s && s >= 2.0),
+        "publishes per request: batched {batched:?}, single {single:?}"
+    );
+    let out = env.log_dir().join(format!("{}-bench", env.topology.prefix));
+    for file in ["report.md", "latency.svg", "throughput.svg"] {
+        assert!(out.join(file).is_file(), "{file} is written");
+    }
+    let svg = std::fs::read_to_string(out.join("latency.svg")).expect("chart");
+    assert!(svg.starts_with("<svg") && svg.contains("seatrush") && svg.contains("Redis"));
     let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
-    assert!(md.contains("ratio_to_ceiling") && md.contains("naive Postgres"));
+    assert!(md.contains("ratio_to_intake_ceiling") && md.contains("naive Postgres"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_and_opening_scenarios_keep_every_invariant() {
+    let env = TestEnv::new().await;
+    let hot = bench(
+        &env,
+        "hot",
+        &["--scenario", "hot", "--rounds", "1", "--students", "600"],
+        "bench.json",
+    )
+    .await;
+    assert_eq!(hot["scenario"], "hot");
+    assert_eq!(hot["courses"], 1);
+    assert_eq!(
+        hot["outcomes"]["enrolled"], 30,
+        "one course of 30 seats: {hot:#}"
+    );
+    assert_rounds_kept_their_invariants(&hot, 1);
+    let opening = bench(
+        &env,
+        "opening",
+        &[
+            "--scenario",
+            "opening",
+            "--rounds",
+            "1",
+            "--students",
+            "300",
+            "--courses",
+            "40",
+        ],
+        "bench.json",
+    )
+    .await;
+    assert_eq!(opening["scenario"], "opening");
+    assert_eq!(opening["requests"], 900, "three choices each");
+    assert_rounds_kept_their_invariants(&opening, 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crash_scenario_counts_what_each_design_lost() {
+    let env = TestEnv::new().await;
+    let script = format!("{}/scripts/services.sh", env!("CARGO_MANIFEST_DIR"));
+    let args = [
+        "--scenario",
+        "crash",
+        "--students",
+        "800",
+        "--courses",
+        "20",
+        "--services-script",
+        &script,
+    ];
+    let report = bench(&env, "crash", &args, "crash.json").await;
+    let seatrush = &report["seatrush"];
+    assert_eq!(seatrush["requests"], 800);
+    for check in [
+        "lost",
+        "answers_changed",
+        "provisional_revised_outside_window",
+        "violations",
+    ] {
+        assert_eq!(seatrush[check], 0, "seatrush {check}: {report:#}");
+    }
+    assert!(seatrush["killed_at_ms"].as_f64().unwrap_or(0.0) > 0.0);
+    for redis in ["redis", "redis_everysec"] {
+        assert!(
+            report[redis]["told"].as_u64().unwrap_or(0) > 0,
+            "{redis}: {report:#}"
+        );
+        assert_eq!(
+            report[redis]["violations"], 0,
+            "{redis}: seats never exceeded"
+        );
+    }
     env.cleanup().await;
 }
 

@@ -1,14 +1,19 @@
-//! The benchmark: the same request stream through the broker alone (its ceiling), through a
-//! naive one-transaction-per-request Postgres design, and through seatrush, in one run on the
-//! same broker and database, reported as ratios. A second scenario floods a worker with requests
-//! for random unknown courses and reports its memory before and after.
+//! The benchmark: the same request stream through the broker alone (its ceiling, and its intake
+//! limit with quorum queues and with streams), through a naive one-transaction-per-request
+//! Postgres design, through the forum's Redis design (two fsync settings), and through
+//! seatrush (batched answers, and one message per answer), alternated over several rounds on the
+//! same broker and database, reported as ratios within each round and their medians. The junk
+//! scenario floods a worker with requests for random unknown courses and reports its memory.
 
 pub mod ceiling;
+pub mod crash;
 pub mod intake;
 mod naive;
 mod naive_sql;
 pub mod redis;
-mod report;
+pub mod report;
+mod round;
+mod summary;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -17,21 +22,63 @@ use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-pub use report::{markdown, write_junk, write_outputs};
+pub use report::{markdown, write_crash, write_junk, write_outputs};
+pub use round::Round;
 
 use crate::load;
-use crate::rush::{self, Crowd, RushConfig, RushReport, Services, WorkerProcess};
+use crate::rush::{self, Crowd, RushReport, Services, WorkerProcess};
 use crate::stats::Latency;
-use seatrush_core::amqp::Topology;
 use seatrush_core::domain::{Action, CourseId, Request, RequestId, StudentId};
 use seatrush_core::store::Store;
+
+/// The scenario a bench run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// The seeds' 10,000 requests at once over 300 courses of 30 seats.
+    Burst,
+    /// The seeds' literal question: 10,000 students at one 30-seat course at once.
+    Hot,
+    /// The seeds' whole opening day: 40,000 students with 3 choices each, at once.
+    Opening,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Burst => "burst",
+            Self::Hot => "hot",
+            Self::Opening => "opening",
+        }
+    }
+
+    /// The scenario's crowd, as the issue of each scenario defines it.
+    pub fn crowd(self) -> Crowd {
+        let (courses, students, choices) = match self {
+            Self::Burst => (300, 10_000, 1),
+            Self::Hot => (1, 10_000, 1),
+            Self::Opening => (300, 40_000, 3),
+        };
+        Crowd {
+            courses,
+            seats: 30,
+            waitlist: 0,
+            students,
+            choices,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     pub services: Services,
+    pub scenario: Scenario,
     pub crowd: Crowd,
+    pub rounds: usize,
     pub workers: usize,
-    pub naive_connections: u32,
+    /// The connection counts the naive design is run with; the best one is reported.
+    pub naive_connections: Vec<u32>,
+    /// The Redis server of the Redis design.
+    pub redis_url: String,
     pub exe: PathBuf,
     pub out: PathBuf,
     pub timeout: Duration,
@@ -74,38 +121,75 @@ pub struct NaiveFigures {
     pub violations: i64,
 }
 
-/// The burst scenario's report, written as `bench.json`.
+/// A bench run's report, written as `bench.json`: every round, and at the top level the
+/// medians over the rounds (ratios are computed within a round, then their median taken;
+/// losses and violations are summed over the rounds).
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub scenario: &'static str,
-    pub ceiling: DesignFigures,
-    /// The broker alone publishing what seatrush publishes per request (provisional answer,
-    /// final answer, final event): what the broker's share of seatrush's path costs.
-    pub ceiling_same_messages: DesignFigures,
-    pub naive: NaiveFigures,
+    pub rounds: Vec<Round>,
     pub ratio_to_ceiling: f64,
-    /// seatrush against the broker doing seatrush's messages: the part of the gap that is ours.
-    pub ratio_to_same_messages: f64,
+    pub ratio_to_intake_ceiling: f64,
+    pub ratio_to_stream_intake_ceiling: f64,
     pub ratio_to_naive: f64,
-    /// The broker alone's time for the whole burst plus one second: the budget for seatrush's
-    /// final p99.
+    pub ratio_to_redis: f64,
+    pub ratio_to_redis_everysec: f64,
+    /// seatrush with one message per answer, against seatrush with batched answers.
+    pub ratio_single_to_batched: f64,
+    /// The broker ceiling's time for the whole burst plus one second (median): the budget
+    /// for seatrush's final p99.
     pub final_p99_budget_ms: f64,
     pub final_p99_within_budget: bool,
+    /// The medians of every design's figures.
+    pub median: Medians,
+    /// seatrush with the crowd asking for batched answers, medians over the rounds.
     #[serde(flatten)]
     pub seatrush: RushReport,
+    /// seatrush with one message per answer, medians over the rounds.
+    pub seatrush_single: RushReport,
 }
 
-/// The raw samples behind the charts.
+impl BenchReport {
+    /// Whether every design that claims correctness kept it in every round: seatrush both ways
+    /// (nothing lost, doubled, contradicted, no violation), the naive and the Redis design (no
+    /// course over its seats, every request decided once).
+    pub fn passed(&self) -> bool {
+        self.seatrush.passed()
+            && self.seatrush_single.passed()
+            && self.rounds.iter().all(|r| {
+                r.naive.violations == 0
+                    && [&r.redis, &r.redis_everysec]
+                        .iter()
+                        .all(|x| x.violations == 0 && x.duplicated == 0)
+            })
+    }
+}
+
+/// Every design's median figures over the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Medians {
+    pub ceiling_rps: f64,
+    pub intake_ceiling_rps: f64,
+    pub stream_intake_ceiling_rps: f64,
+    pub naive_rps: f64,
+    pub redis_rps: f64,
+    pub redis_everysec_rps: f64,
+    pub seatrush_rps: f64,
+    pub seatrush_single_rps: f64,
+}
+
+/// The raw samples behind the charts, of the last round.
 pub struct Samples {
     pub ceiling: load::Report,
-    pub same_messages: load::Report,
     pub naive_latencies: Vec<Duration>,
+    pub redis_latencies: Vec<Duration>,
     pub seatrush: load::Report,
+    pub seatrush_single: load::Report,
 }
 
-/// Runs the three designs on the same stream; writes nothing (see [`write_outputs`]).
-pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples)> {
-    let tag = rush::fresh_tag("bench");
+/// Runs every design on the same stream, `rounds` times alternated; writes nothing (see
+/// [`write_outputs`]).
+pub async fn run(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples)> {
     let store = Store::connect(&config.services.database_url, 4)
         .await
         .context("connecting to PostgreSQL")?;
@@ -113,99 +197,17 @@ pub async fn burst(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples
     store
         .ensure_partitions(config.services.topology.partitions)
         .await?;
-    let crowd = config.crowd;
-    let courses = rush::course_ids(&tag, crowd.courses)?;
-    let stream = rush::crowd(&courses, crowd.students, crowd.choices, &tag, 1)?;
-    let n = stream.len();
-
-    eprintln!("[bench] 1/3 broker ceiling: {n} requests through RabbitMQ alone");
-    let ceiling_topology = Topology {
-        prefix: format!("{}-ceiling-{tag}", config.services.topology.prefix),
-        ..config.services.topology.clone()
-    };
-    let broker_alone = async |echo: ceiling::Echo, what: &str| -> anyhow::Result<load::Report> {
-        let report = ceiling::run(
-            &config.services.amqp_url,
-            ceiling_topology.clone(),
-            250,
-            echo,
-            stream.clone(),
-            config.timeout,
-        )
-        .await
-        .with_context(|| format!("measuring {what}"))?;
-        anyhow::ensure!(report.complete, "{what}: not every request was answered");
-        Ok(report)
-    };
-    let ceiling = broker_alone(ceiling::Echo::One, "the broker ceiling").await?;
-    eprintln!("[bench] 1b/3 broker alone with seatrush's messages (provisional, final, event)");
-    let same = broker_alone(
-        ceiling::Echo::SameAsSeatrush,
-        "the broker with seatrush's messages",
-    )
-    .await?;
-
-    eprintln!(
-        "[bench] 2/3 naive Postgres: {n} requests, one transaction each, {} connections",
-        config.naive_connections
-    );
-    let (naive, naive_latencies) = naive::run(
-        &config.services.database_url,
-        &courses,
-        config.crowd.seats,
-        config.naive_connections,
-        &stream,
-    )
-    .await?;
-
-    eprintln!(
-        "[bench] 3/3 seatrush: {n} requests through {} worker(s)",
-        config.workers
-    );
-    let mut rush_config = RushConfig::burst(
-        config.services.clone(),
-        config.crowd,
-        config.workers,
-        config.exe.clone(),
-        tag,
-        config.out.join("logs"),
-    );
-    rush_config.timeout = config.timeout;
-    let rush = rush::run(rush_config, false).await?;
     store.close().await;
-
-    let ceiling_figures = DesignFigures::of(
-        n,
-        ceiling.total_time,
-        ceiling.latency(seatrush_core::protocol::Stage::Final),
-    );
-    let budget = ceiling.total_time.as_secs_f64() * 1000.0 + 1000.0;
-    let same_figures = DesignFigures::of(
-        n,
-        same.total_time,
-        same.latency(seatrush_core::protocol::Stage::Final),
-    );
-    let report = BenchReport {
-        scenario: "burst",
-        ratio_to_same_messages: rush.report.throughput_rps / same_figures.throughput_rps.max(1e-9),
-        ceiling_same_messages: same_figures,
-        ratio_to_ceiling: rush.report.throughput_rps / ceiling_figures.throughput_rps.max(1e-9),
-        ratio_to_naive: rush.report.throughput_rps / naive.figures.throughput_rps.max(1e-9),
-        final_p99_budget_ms: budget,
-        final_p99_within_budget: rush.report.final_p99_ms <= budget,
-        ceiling: ceiling_figures,
-        naive,
-        seatrush: rush.report,
-    };
-    Ok((
-        report,
-        Samples {
-            ceiling,
-            same_messages: same,
-            naive_latencies,
-            seatrush: rush.load,
-        },
-    ))
+    let mut rounds = Vec::with_capacity(config.rounds);
+    let mut last = None;
+    for n in 1..=config.rounds.max(1) {
+        eprintln!("[bench] round {n} of {}", config.rounds.max(1));
+        let (round, samples) = round::run(config, n).await?;
+        rounds.push(round);
+        last = Some(samples);
+    }
+    let samples = last.context("no round ran")?;
+    Ok((summary::of(config.scenario, rounds), samples))
 }
 
 /// The junk scenario's report, written as `junk.json`.

@@ -81,10 +81,6 @@ pub struct NaiveTry {
 
 /// The best of several runs of the naive design on one stream.
 #[derive(Debug, Clone)]
-#[expect(
-    dead_code,
-    reason = "read by the bench flow once it reports which connection count won"
-)]
 pub struct NaiveBest {
     /// The figures of the run with the highest throughput.
     pub figures: NaiveFigures,
@@ -96,10 +92,6 @@ pub struct NaiveBest {
 
 /// Runs the naive design on `stream` once at each connection count (each run on a fresh
 /// schema) and returns the run with the highest throughput, with every run's throughput.
-#[expect(
-    dead_code,
-    reason = "the bench flow calls it once it reports which connection count won"
-)]
 pub(super) async fn best_of(
     database_url: &str,
     courses: &[CourseId],

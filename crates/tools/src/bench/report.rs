@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::crash::CrashReport;
 use super::{BenchReport, JunkReport, Samples};
 use crate::charts::{self, Series};
 use crate::load;
@@ -24,8 +25,8 @@ pub fn write_outputs(out: &Path, report: &BenchReport, samples: &Samples) -> any
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(report)?)?;
     let (ceiling_lat, ceiling_done) = timings(&samples.ceiling);
-    let (same_lat, same_done) = timings(&samples.same_messages);
     let (rush_lat, rush_done) = timings(&samples.seatrush);
+    let (single_lat, single_done) = timings(&samples.seatrush_single);
     let series = [
         Series {
             name: "broker ceiling",
@@ -33,25 +34,89 @@ pub fn write_outputs(out: &Path, report: &BenchReport, samples: &Samples) -> any
             completions: &ceiling_done,
         },
         Series {
-            name: "broker alone, seatrush's messages",
-            latencies: &same_lat,
-            completions: &same_done,
-        },
-        Series {
             name: "naive Postgres",
             latencies: &samples.naive_latencies,
             completions: &samples.naive_latencies,
+        },
+        Series {
+            name: "Redis (appendfsync always)",
+            latencies: &samples.redis_latencies,
+            completions: &samples.redis_latencies,
         },
         Series {
             name: "seatrush",
             latencies: &rush_lat,
             completions: &rush_done,
         },
+        Series {
+            name: "seatrush, one message per answer",
+            latencies: &single_lat,
+            completions: &single_done,
+        },
     ];
     charts::latency_chart(&series, &out.join("latency.svg"))?;
     charts::throughput_chart(&series, &out.join("throughput.svg"))?;
     std::fs::write(out.join("report.md"), markdown(report))?;
     Ok(())
+}
+
+/// Writes `crash.json` and `crash.md` into `out`.
+pub fn write_crash(out: &Path, report: &CrashReport) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("crash.json"), serde_json::to_vec_pretty(report)?)?;
+    std::fs::write(out.join("crash.md"), crash_markdown(report))?;
+    Ok(())
+}
+
+/// The crash round as a table: per design, what the students were told and what holds after.
+pub fn crash_markdown(r: &CrashReport) -> String {
+    let s = &r.seatrush;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Crash round\n");
+    let _ = writeln!(
+        md,
+        "The burst spread over two seconds; halfway, the design's stateful server is killed with \
+         SIGKILL and started again (seatrush: its worker; Redis: the Redis server, whose clients \
+         retry what got no answer).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| design | requests | told something | answers lost | answers changed | violations |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| seatrush | {} | {} | {} | {} | {} |",
+        s.requests, s.told, s.lost, s.answers_changed, s.violations
+    );
+    for (name, x) in [
+        ("Redis, appendfsync always", &r.redis),
+        ("Redis, appendfsync everysec", &r.redis_everysec),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {} |",
+            s.requests,
+            x.told,
+            x.answers_lost + x.forgotten_by_redis,
+            x.answers_changed,
+            x.run.violations
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nseatrush: killed at {:.0} ms, answering again at {:.0} ms (the new worker waits for the \
+         killed one's partition leases to expire); {} provisional answers revised, {} of them \
+         outside the crash window; {} requests asked after the kill waited at most {:.0} ms for \
+         their final answer.",
+        s.killed_at_ms,
+        s.back_at_ms,
+        s.provisional_revised,
+        s.provisional_revised_outside_window,
+        s.asked_after_kill,
+        s.longest_wait_after_kill_ms
+    );
+    md
 }
 
 /// Writes `junk.json` and `junk.md` into `out`.
@@ -65,76 +130,124 @@ pub fn write_junk(out: &Path, report: &JunkReport) -> anyhow::Result<()> {
 pub fn markdown(r: &BenchReport) -> String {
     let s = &r.seatrush;
     let mut md = String::new();
-    let _ = writeln!(md, "# seatrush benchmark\n");
+    let _ = writeln!(md, "# seatrush benchmark: {}\n", r.scenario);
     let _ = writeln!(
         md,
         "The same stream of {} requests ({} students, {} choices each, {} courses of {} seats) \
-         through three designs, one after the other, on the same RabbitMQ and PostgreSQL.\n",
-        s.requests, s.students, s.choices, s.courses, s.seats
+         through every design, one after the other, on the same RabbitMQ and PostgreSQL, in {} \
+         round(s); medians over the rounds, ratios computed within each round.\n",
+        s.requests,
+        s.students,
+        s.choices,
+        s.courses,
+        s.seats,
+        r.rounds.len()
+    );
+    design_table(&mut md, r);
+    ratios(&mut md, r);
+    seatrush_costs(&mut md, r);
+    checks(&mut md, r);
+    let _ = writeln!(
+        md,
+        "\n![latency](latency.svg)\n\n![throughput](throughput.svg)\n\n(charts: the last round)\n"
     );
     let _ = writeln!(
         md,
-        "| design | requests/s | all answered in | final p50 | final p99 | final max |"
+        "Latency is from publish to final answer (for the naive and Redis designs, from the \
+         start of the burst to the commit of the decision in PostgreSQL: every request arrives \
+         at once). Every design shares the machine with the load generator."
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-    let mut row = |name: &str, rps: f64, secs: f64, p50: f64, p99: f64, max: f64| {
-        let _ = writeln!(
-            md,
-            "| {name} | {rps:.0} | {secs:.2} s | {p50:.0} ms | {p99:.0} ms | {max:.0} ms |"
-        );
+    md
+}
+
+/// Requests per second of every design, per round and the median.
+fn design_table(md: &mut String, r: &BenchReport) {
+    let rounds: Vec<String> = (1..=r.rounds.len()).map(|n| format!("round {n}")).collect();
+    let _ = writeln!(
+        md,
+        "| design | median requests/s | {} |",
+        rounds.join(" | ")
+    );
+    let _ = writeln!(md, "|---|---:|{}", "---:|".repeat(r.rounds.len()));
+    let mut row = |name: &str, median: f64, per_round: &dyn Fn(&super::Round) -> f64| {
+        let cells: Vec<String> = r
+            .rounds
+            .iter()
+            .map(|x| format!("{:.0}", per_round(x)))
+            .collect();
+        let _ = writeln!(md, "| {name} | {median:.0} | {} |", cells.join(" | "));
     };
-    let c = &r.ceiling;
+    let m = &r.median;
     row(
-        "broker ceiling",
-        c.throughput_rps,
-        c.elapsed_s,
-        c.final_p50_ms,
-        c.final_p99_ms,
-        c.final_max_ms,
-    );
-    let m = &r.ceiling_same_messages;
-    row(
-        "broker alone, seatrush's messages",
-        m.throughput_rps,
-        m.elapsed_s,
-        m.final_p50_ms,
-        m.final_p99_ms,
-        m.final_max_ms,
-    );
-    let n = &r.naive.figures;
-    row(
-        "naive Postgres",
-        n.throughput_rps,
-        n.elapsed_s,
-        n.final_p50_ms,
-        n.final_p99_ms,
-        n.final_max_ms,
+        "intake ceiling (quorum queues: publish, deliver, ack)",
+        m.intake_ceiling_rps,
+        &|x| x.intake_ceiling.throughput_rps,
     );
     row(
-        "seatrush",
-        s.throughput_rps,
-        s.elapsed_s,
-        s.final_p50_ms,
-        s.final_p99_ms,
-        s.final_max_ms,
+        "intake ceiling (streams, offset in PostgreSQL)",
+        m.stream_intake_ceiling_rps,
+        &|x| x.stream_intake_ceiling.throughput_rps,
+    );
+    row(
+        "broker ceiling (1 request in, 1 answer out)",
+        m.ceiling_rps,
+        &|x| x.ceiling.throughput_rps,
+    );
+    row(
+        "naive Postgres (best connection count)",
+        m.naive_rps,
+        &|x| x.naive.figures.throughput_rps,
+    );
+    row(
+        "Redis + Postgres writer, appendfsync always",
+        m.redis_rps,
+        &|x| x.redis.figures.throughput_rps,
+    );
+    row(
+        "Redis + Postgres writer, appendfsync everysec",
+        m.redis_everysec_rps,
+        &|x| x.redis_everysec.figures.throughput_rps,
+    );
+    row("**seatrush** (batched answers)", m.seatrush_rps, &|x| {
+        x.seatrush.throughput_rps
+    });
+    row(
+        "seatrush, one message per answer",
+        m.seatrush_single_rps,
+        &|x| x.seatrush_single.throughput_rps,
     );
     let _ = writeln!(md);
+}
+
+fn ratios(md: &mut String, r: &BenchReport) {
+    let lines = [
+        ("ratio_to_ceiling", r.ratio_to_ceiling, "at least 1.0"),
+        (
+            "ratio_to_intake_ceiling",
+            r.ratio_to_intake_ceiling,
+            "at least 0.75",
+        ),
+        (
+            "ratio_to_stream_intake_ceiling",
+            r.ratio_to_stream_intake_ceiling,
+            "none",
+        ),
+        ("ratio_to_naive", r.ratio_to_naive, "at least 1.25"),
+        (
+            "ratio_to_redis",
+            r.ratio_to_redis,
+            "none: Redis answers from memory",
+        ),
+        ("ratio_to_redis_everysec", r.ratio_to_redis_everysec, "none"),
+        ("ratio_single_to_batched", r.ratio_single_to_batched, "none"),
+    ];
+    for (name, value, target) in lines {
+        let _ = writeln!(md, "- **{name}**: {value:.2} (target: {target})");
+    }
     let _ = writeln!(
         md,
-        "- **ratio_to_ceiling**: {:.2} (target at least 0.85)",
-        r.ratio_to_ceiling
-    );
-    let _ = writeln!(
-        md,
-        "- **ratio_to_same_messages**: {:.2} (against the broker alone publishing what seatrush \
-         publishes per request: a provisional answer, a final answer and a final event)",
-        r.ratio_to_same_messages
-    );
-    let _ = writeln!(md, "- **ratio_to_naive**: {:.2}", r.ratio_to_naive);
-    let _ = writeln!(
-        md,
-        "- **final p99**: {:.0} ms, budget {:.0} ms (the broker alone's time for the burst plus 1 s): {}",
-        s.final_p99_ms,
+        "- **final p99**: {:.0} ms, budget {:.0} ms (the broker ceiling's time for the burst plus 1 s): {}",
+        r.seatrush.final_p99_ms,
         r.final_p99_budget_ms,
         if r.final_p99_within_budget {
             "within"
@@ -142,46 +255,74 @@ pub fn markdown(r: &BenchReport) -> String {
             "over"
         }
     );
-    let _ = writeln!(
-        md,
-        "- **requests per commit**: {:.0} (target at least 50)",
-        s.requests_per_commit
-    );
-    if let Some(cpu) = s.worker_cpu_us_per_request {
+}
+
+fn seatrush_costs(md: &mut String, r: &BenchReport) {
+    for (name, s) in [
+        ("batched answers", &r.seatrush),
+        ("one message per answer", &r.seatrush_single),
+    ] {
+        let cpu = s
+            .worker_cpu_us_per_request
+            .map_or("n/a".to_owned(), |c| format!("{c:.1} µs"));
+        let publishes = s
+            .worker_publishes_per_request
+            .map_or("n/a".to_owned(), |p| format!("{p:.3}"));
+        let rss = s
+            .worker_peak_rss_mib
+            .map_or("n/a".to_owned(), |m| format!("{m:.1} MiB"));
         let _ = writeln!(
             md,
-            "- **worker CPU per request**: {cpu:.1} µs (target at most 30)"
+            "- **seatrush, {name}**: worker CPU {cpu} per request (target at most 30), {publishes} \
+             messages published per request (target at most 0.25 batched), {:.0} requests per \
+             commit (target at least 50), peak memory {rss}",
+            s.requests_per_commit
         );
     }
-    if let Some(rss) = s.worker_peak_rss_mib {
-        let _ = writeln!(md, "- **worker peak memory**: {rss:.1} MiB");
+}
+
+fn checks(md: &mut String, r: &BenchReport) {
+    for (name, s) in [
+        ("seatrush", &r.seatrush),
+        ("seatrush, one message per answer", &r.seatrush_single),
+    ] {
+        let _ = writeln!(
+            md,
+            "- **checks, {name}** (summed over the rounds): lost {}, duplicated {}, contradicted {}, violations {}",
+            s.lost, s.duplicated, s.contradicted, s.violations
+        );
     }
-    let _ = writeln!(
-        md,
-        "- **checks**: lost {}, duplicated {}, contradicted {}, violations {}",
-        s.lost, s.duplicated, s.contradicted, s.violations
-    );
-    let _ = writeln!(
-        md,
-        "- **naive design**: {} enrolled, {} full, {} duplicates refused, {} errors, {} violations, {} connections",
-        r.naive.enrolled,
-        r.naive.full,
-        r.naive.duplicates,
-        r.naive.errors,
-        r.naive.violations,
-        r.naive.connections
-    );
-    let _ = writeln!(
-        md,
-        "\n![latency](latency.svg)\n\n![throughput](throughput.svg)\n"
-    );
-    let _ = writeln!(
-        md,
-        "Latency is from publish to final answer (for the naive design, from the start of the \
-         burst to the commit of its transaction: every request arrives at once). All three share \
-         the machine with the load generator."
-    );
-    md
+    for round in &r.rounds {
+        let n = &round.naive;
+        let tried: Vec<String> = round
+            .naive_by_connections
+            .iter()
+            .map(|t| format!("{}: {:.0}/s", t.connections, t.throughput_rps))
+            .collect();
+        let _ = writeln!(
+            md,
+            "- **round {}, naive design**: {} enrolled, {} full, {} duplicates refused, {} errors, \
+             {} violations; best at {} connections ({})",
+            round.round,
+            n.enrolled,
+            n.full,
+            n.duplicates,
+            n.errors,
+            n.violations,
+            n.connections,
+            tried.join(", ")
+        );
+        for (name, x) in [
+            ("always", &round.redis),
+            ("everysec", &round.redis_everysec),
+        ] {
+            let _ = writeln!(
+                md,
+                "- **round {}, Redis ({name})**: lost {}, duplicated {}, contradicted {}, violations {}",
+                round.round, x.lost, x.duplicated, x.contradicted, x.violations
+            );
+        }
+    }
 }
 
 fn junk_markdown(r: &JunkReport) -> String {

@@ -1,0 +1,186 @@
+//! One round of the benchmark: every design, one after the other, on the same request stream
+//! (the same shape and order; each design gets ids of its own, so no design replays another's),
+//! with the ratios of this round.
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::intake::{self, IntakeFigures, IntakeQueues};
+use super::naive::NaiveTry;
+use super::redis::{self, Fsync, RedisFigures, Setup, Shape};
+use super::{BenchConfig, DesignFigures, NaiveFigures, Samples, ceiling, naive};
+use crate::rush::{self, RushConfig, RushReport};
+use seatrush_core::amqp::Topology;
+use seatrush_core::domain::Request;
+use seatrush_core::protocol::Stage;
+
+/// One round's figures, design by design, and the ratios of seatrush (batched answers) to each.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    pub round: usize,
+    pub ceiling: DesignFigures,
+    pub intake_ceiling: IntakeFigures,
+    pub stream_intake_ceiling: IntakeFigures,
+    pub naive: NaiveFigures,
+    /// The naive design's throughput at each connection count tried (the best is `naive`).
+    pub naive_by_connections: Vec<NaiveTry>,
+    pub redis: RedisFigures,
+    pub redis_everysec: RedisFigures,
+    pub seatrush: RushReport,
+    pub seatrush_single: RushReport,
+    pub ratio_to_ceiling: f64,
+    pub ratio_to_intake_ceiling: f64,
+    pub ratio_to_stream_intake_ceiling: f64,
+    pub ratio_to_naive: f64,
+    pub ratio_to_redis: f64,
+    pub ratio_to_redis_everysec: f64,
+    pub ratio_single_to_batched: f64,
+}
+
+/// `a / b`, for throughputs (0 when `b` measured nothing).
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// A topology of its own for a broker-only design, so that its queues never mix with a
+/// worker's.
+fn own_topology(config: &BenchConfig, design: &str, tag: &str) -> Topology {
+    Topology {
+        prefix: format!("{}-{design}-{tag}", config.services.topology.prefix),
+        ..config.services.topology.clone()
+    }
+}
+
+/// The round's stream under a fresh tag: the same shape and seed in every round and design.
+fn stream(config: &BenchConfig, kind: &str) -> anyhow::Result<(String, Vec<Request>)> {
+    let tag = rush::fresh_tag(kind);
+    let crowd = config.crowd;
+    let courses = rush::course_ids(&tag, crowd.courses)?;
+    let requests = rush::crowd(&courses, crowd.students, crowd.choices, &tag, 1)?;
+    Ok((tag, requests))
+}
+
+/// Runs every design once.
+pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, Samples)> {
+    let (tag, requests) = stream(config, "bench")?;
+    let n = requests.len();
+    let courses = rush::course_ids(&tag, config.crowd.courses)?;
+    let services = &config.services;
+
+    eprintln!("[bench]   broker ceiling: {n} requests in, one answer out");
+    let ceiling = ceiling::run(
+        &services.amqp_url,
+        own_topology(config, "ceiling", &tag),
+        seatrush_core::worker::WorkerConfig::DEFAULT_PREFETCH,
+        ceiling::Echo::One,
+        requests.clone(),
+        config.timeout,
+    )
+    .await
+    .context("measuring the broker ceiling")?;
+    anyhow::ensure!(
+        ceiling.complete,
+        "the broker ceiling: not every request was answered"
+    );
+    let intake = async |queues: IntakeQueues, design: &str| {
+        eprintln!("[bench]   intake ceiling ({design}): publish, deliver, ack");
+        intake::run(
+            &services.amqp_url,
+            &services.database_url,
+            own_topology(config, design, &tag),
+            seatrush_core::worker::WorkerConfig::DEFAULT_PREFETCH,
+            queues,
+            requests.clone(),
+            config.timeout,
+        )
+        .await
+        .with_context(|| format!("measuring the intake ceiling with {design}"))
+    };
+    let intake_ceiling = intake(IntakeQueues::Quorum, "quorum").await?;
+    let stream_intake_ceiling = intake(IntakeQueues::Stream, "stream").await?;
+
+    eprintln!(
+        "[bench]   naive Postgres at {:?} connections",
+        config.naive_connections
+    );
+    let naive = naive::best_of(
+        &services.database_url,
+        &courses,
+        config.crowd.seats,
+        &config.naive_connections,
+        &requests,
+    )
+    .await?;
+
+    let redis_design = async |fsync: Fsync| {
+        eprintln!("[bench]   Redis ({fsync:?}) with a Postgres writer");
+        let setup = Setup {
+            database_url: &services.database_url,
+            courses: &courses,
+            seats: config.crowd.seats,
+            fsync,
+            shape: Shape::default(),
+        };
+        redis::run(&config.redis_url, &setup, &requests)
+            .await
+            .with_context(|| format!("measuring the Redis design ({fsync:?})"))
+    };
+    let (redis, redis_latencies) = redis_design(Fsync::Always).await?;
+    let (redis_everysec, _) = redis_design(Fsync::EverySec).await?;
+
+    let seatrush_with = async |batch: bool| {
+        eprintln!(
+            "[bench]   seatrush, {} worker(s), {}",
+            config.workers,
+            if batch {
+                "batched answers"
+            } else {
+                "one message per answer"
+            }
+        );
+        let (tag, _) = stream(config, "bench")?;
+        let mut rush_config = RushConfig::burst(
+            services.clone(),
+            config.crowd,
+            config.workers,
+            config.exe.clone(),
+            tag,
+            config.out.join("logs"),
+        );
+        rush_config.batch = batch;
+        rush_config.timeout = config.timeout;
+        rush::run(rush_config, false).await
+    };
+    let batched = seatrush_with(true).await?;
+    let single = seatrush_with(false).await?;
+
+    let ceiling_figures = DesignFigures::of(n, ceiling.total_time, ceiling.latency(Stage::Final));
+    let rps = batched.report.throughput_rps;
+    let round = Round {
+        round,
+        ratio_to_ceiling: ratio(rps, ceiling_figures.throughput_rps),
+        ratio_to_intake_ceiling: ratio(rps, intake_ceiling.throughput_rps),
+        ratio_to_stream_intake_ceiling: ratio(rps, stream_intake_ceiling.throughput_rps),
+        ratio_to_naive: ratio(rps, naive.figures.figures.throughput_rps),
+        ratio_to_redis: ratio(rps, redis.figures.throughput_rps),
+        ratio_to_redis_everysec: ratio(rps, redis_everysec.figures.throughput_rps),
+        ratio_single_to_batched: ratio(single.report.throughput_rps, rps),
+        ceiling: ceiling_figures,
+        intake_ceiling,
+        stream_intake_ceiling,
+        naive: naive.figures,
+        naive_by_connections: naive.tried,
+        redis,
+        redis_everysec,
+        seatrush: batched.report,
+        seatrush_single: single.report,
+    };
+    let samples = Samples {
+        ceiling,
+        naive_latencies: naive.latencies,
+        redis_latencies,
+        seatrush: batched.load,
+        seatrush_single: single.load,
+    };
+    Ok((round, samples))
+}
