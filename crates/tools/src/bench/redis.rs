@@ -448,7 +448,7 @@ impl Session {
             self.registrar.log(),
             start,
         );
-        let writer = tokio::spawn(writer.run(clients_done.clone(), start + RUN_LIMIT));
+        let mut writer = tokio::spawn(writer.run(clients_done.clone(), start + RUN_LIMIT));
         let asking = tokio::time::timeout(RUN_LIMIT, crowd.ask_all(stream_arc, start));
         let (asked, crash) = match (fault, pace) {
             (Some(server), Pace::Over(spread)) => {
@@ -469,10 +469,14 @@ impl Session {
                 });
             }
         };
-        let drained = tokio::time::timeout(DRAIN_LIMIT, writer).await;
-        let log = drained
-            .with_context(|| format!("the writer was not done within {DRAIN_LIMIT:?}"))?
-            .context("the writer task failed")??;
+        let log = match tokio::time::timeout(DRAIN_LIMIT, &mut writer).await {
+            Ok(joined) => joined.context("the writer task failed")??,
+            Err(_) => {
+                writer.abort();
+                let _ = writer.await;
+                anyhow::bail!("the writer was not done within {DRAIN_LIMIT:?}");
+            }
+        };
         let ended = start.elapsed();
         let crash = crash.transpose()?;
         let records = self
