@@ -133,7 +133,7 @@ pub struct Shape {
 impl Default for Shape {
     /// The best of the shapes measured on the shared 2-core development machine (1, 2 and 4
     /// connections with 64, 256 and 1,024 clients, 10,000 requests, two sweeps): every shape
-    /// fell within 11,000–14,500 requests/s, Redis's own time per script being the limit, and
+    /// fell within 10,600–14,500 requests/s, Redis's own time per script being the limit, and
     /// one connection with 1,024 clients did best on average. One multiplexed connection
     /// pipelines all the clients' requests; more sockets only add system calls.
     fn default() -> Self {
