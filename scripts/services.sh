@@ -48,9 +48,10 @@
 #           says). stop-redis sends SIGTERM to the recorded pid: Redis syncs
 #           its append-only file and exits.
 #   kill-redis
-#           SIGKILL the private Redis by its recorded pid (no AOF sync: with
-#           appendfsync everysec up to about a second of writes is lost), for
-#           crash tests; fails if no private Redis runs.
+#           SIGKILL the private Redis by its recorded pid (no shutdown, no last
+#           sync: what Redis had written to its AOF stays in the kernel and is
+#           replayed; only a crash of the machine would also lose the unsynced
+#           part), for crash tests; fails if no private Redis runs.
 #   restart-redis
 #           crash-restart Redis: kill-redis (if it runs), then start-redis;
 #           the server replays its append-only file. For fault tests, on an

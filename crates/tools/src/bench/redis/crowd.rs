@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::ConnectionManager;
+use tokio::task::JoinSet;
 
 use super::RedisOutcome;
 use super::decide::Registrar;
@@ -70,18 +71,18 @@ impl Crowd {
             "no Redis connection to ask on"
         );
         let next = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::with_capacity(self.clients);
+        // A JoinSet owns the client tasks: if this future is dropped (the run timed out), they
+        // are aborted with it instead of going on alone.
+        let mut tasks = JoinSet::new();
         for k in 0..self.clients.max(1) {
             let con = self.connections[k % self.connections.len()].clone();
             let (registrar, stream, next) = (self.registrar.clone(), stream.clone(), next.clone());
             let pace = self.pace;
-            tasks.push(tokio::spawn(async move {
-                client(&registrar, con, &stream, &next, pace, start).await
-            }));
+            tasks.spawn(async move { client(&registrar, con, &stream, &next, pace, start).await });
         }
         let mut asked = vec![Asked::default(); stream.len()];
-        for task in tasks {
-            for (i, answer) in task.await.context("a client task failed")? {
+        while let Some(done) = tasks.join_next().await {
+            for (i, answer) in done.context("a client task failed")? {
                 if let Some(slot) = asked.get_mut(i) {
                     *slot = answer;
                 }

@@ -2,9 +2,10 @@
 //! batches. A decision's final answer is the moment its batch commits.
 //!
 //! Reading is not taking: an entry stays in the stream until the batch holding it has
-//! committed, and only then is deleted (XDEL). A writer that loses its connection reads the
-//! stream again from the start and skips the entries it has already stored, so no decision
-//! that Redis still holds can fall between Redis and Postgres. Redis itself may lose entries
+//! committed, and only then is trimmed away (XTRIM MINID: the writer reads the stream in
+//! order, so everything up to the last entry read is stored by then). A writer that loses its
+//! connection reads the stream again from the start and skips the entries it has already
+//! stored, so no decision that Redis still holds can fall between Redis and Postgres. Redis itself may lose entries
 //! (a crash before its AOF reached the disk); that loss is what the crash run measures.
 
 use std::collections::{HashMap, HashSet};
@@ -36,7 +37,7 @@ pub(super) struct WriterLog {
     /// Request ids Redis decided more than once (two stream entries for one id).
     pub duplicated: HashSet<String>,
     pub batches: usize,
-    /// Reads or deletions that failed (the connection was lost).
+    /// Reads or trims that failed (the connection was lost).
     pub read_errors: usize,
 }
 
@@ -157,10 +158,13 @@ impl Writer {
         }
     }
 
-    /// Stores the new decisions among `entries` in one transaction, then deletes all of
-    /// `entries` from the stream.
+    /// Stores the new decisions among `entries` (read in stream order) in one transaction,
+    /// then trims the stream up to the last of them.
     async fn commit(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
-        let ids: Vec<String> = entries.iter().map(|e| e.stream_id.clone()).collect();
+        let Some(newest) = entries.last() else {
+            return Ok(());
+        };
+        let trim_below = successor(&newest.stream_id)?;
         let batch = self.fresh(entries);
         if !batch.is_empty() {
             let stored = self.store(&batch).await?;
@@ -174,13 +178,15 @@ impl Writer {
             }
             self.log.batches += 1;
         }
-        // A deletion that fails leaves entries to be read again and skipped.
-        let deleted = redis::cmd("XDEL")
+        // Trimming one listpack node at a time is far cheaper for Redis than deleting entries
+        // one by one (XDEL). A trim that fails leaves entries to be read again and skipped.
+        let trimmed = redis::cmd("XTRIM")
             .arg(&self.log_key)
-            .arg(&ids)
+            .arg("MINID")
+            .arg(&trim_below)
             .query_async::<usize>(&mut self.con)
             .await;
-        if deleted.is_err() {
+        if trimmed.is_err() {
             self.log.read_errors += 1;
         }
         Ok(())
@@ -231,6 +237,18 @@ impl Writer {
     }
 }
 
+/// The smallest stream id after `id` (`<ms>-<seq>`): XTRIM MINID keeps only ids from it on.
+fn successor(id: &str) -> anyhow::Result<String> {
+    let (ms, seq) = id
+        .split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?)))
+        .with_context(|| format!("stream id {id} is not <ms>-<seq>"))?;
+    Ok(match seq.checked_add(1) {
+        Some(next) => format!("{ms}-{next}"),
+        None => format!("{}-0", ms.saturating_add(1)),
+    })
+}
+
 /// One stream entry as the script wrote it; anything else is a bug, so it fails the run.
 fn parse_entry(id: StreamId) -> anyhow::Result<Entry> {
     let field = |name: &str| {
@@ -247,4 +265,16 @@ fn parse_entry(id: StreamId) -> anyhow::Result<Entry> {
         outcome,
         stream_id: id.id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_successor_of_a_stream_id_is_the_next_sequence_number() {
+        assert_eq!(successor("1700000000000-0").unwrap(), "1700000000000-1");
+        assert_eq!(successor("5-18446744073709551615").unwrap(), "6-0");
+        assert!(successor("nonsense").is_err());
+    }
 }
