@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The demo: installs what is missing (a C compiler, and Debian's rabbitmq-server and postgresql
-# packages, through sudo when not root; scripts/prerequisites.sh says what and why), starts (or
-# reuses) the project-private services, builds seatrush, and runs a flash crowd against a real
+# The demo: installs what is missing (a C compiler, and Debian's rabbitmq-server, postgresql and
+# redis-server packages, through sudo when not root; scripts/prerequisites.sh says what and why),
+# starts (or reuses) the project-private services (Redis serves only the benchmark), builds seatrush, and runs a flash crowd against a real
 # worker with a short report and the audit. Extra arguments go to `seatrush demo` (--courses,
 # --seats, --students). With AMQP_URL and DATABASE_URL both set, it uses those servers instead and
 # installs no services.

@@ -211,15 +211,6 @@ pub fn usage_of(pid: u32) -> Option<Usage> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn this_process_has_a_usage() {
-        let usage = super::usage_of(std::process::id()).expect("own /proc entry");
-        assert!(usage.peak_rss >= usage.rss && usage.rss > 0);
-    }
-}
-
 /// The sum of every series of the counter `name` in a Prometheus text exposition.
 fn counter_sum(exposition: &str, name: &str) -> u64 {
     exposition
@@ -231,4 +222,26 @@ fn counter_sum(exposition: &str, name: &str) -> u64 {
             (series_name == name).then(|| value.parse::<f64>().ok())?
         })
         .sum::<f64>() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_process_has_a_usage() {
+        let usage = super::usage_of(std::process::id()).expect("own /proc entry");
+        assert!(usage.peak_rss >= usage.rss && usage.rss > 0);
+    }
+
+    #[test]
+    fn a_counter_is_summed_over_its_series_and_nothing_else() {
+        let exposition = "# TYPE seatrush_published_messages_total counter\n\
+            seatrush_published_messages_total{kind=\"reply\"} 12\n\
+            seatrush_published_messages_total{kind=\"event\"} 3\n\
+            seatrush_published_messages_totally 100\n\
+            seatrush_requests_total{action=\"enroll\"} 7\n";
+        assert_eq!(
+            super::counter_sum(exposition, "seatrush_published_messages_total"),
+            15
+        );
+    }
 }
