@@ -146,6 +146,7 @@ pub fn markdown(r: &BenchReport) -> String {
     design_table(&mut md, r);
     ratios(&mut md, r);
     seatrush_costs(&mut md, r);
+    cpu_table(&mut md, r);
     checks(&mut md, r);
     let _ = writeln!(
         md,
@@ -279,6 +280,29 @@ fn seatrush_costs(md: &mut String, r: &BenchReport) {
             s.requests_per_commit
         );
     }
+}
+
+/// Where each design's CPU goes, per request and process.
+fn cpu_table(md: &mut String, r: &BenchReport) {
+    let _ = writeln!(
+        md,
+        "\nCPU per request (µs), by process (medians; `bench` is this process: the crowd, and \
+         the naive and Redis designs' clients and writer):\n"
+    );
+    let _ = writeln!(
+        md,
+        "| design | broker | database | Redis | bench | workers | all |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for (design, c) in &r.cpu_us_per_request {
+        let all = c.broker + c.database + c.redis + c.bench + c.workers;
+        let _ = writeln!(
+            md,
+            "| {design} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {all:.0} |",
+            c.broker, c.database, c.redis, c.bench, c.workers
+        );
+    }
+    let _ = writeln!(md);
 }
 
 fn checks(md: &mut String, r: &BenchReport) {

@@ -2,9 +2,13 @@
 //! (the same shape and order; each design gets ids of its own, so no design replays another's),
 //! with the ratios of this round.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use anyhow::Context;
 use serde::Serialize;
 
+use super::cpu::{CpuShare, Servers};
 use super::intake::{self, IntakeFigures, IntakeQueues};
 use super::naive::NaiveTry;
 use super::redis::{self, Fsync, RedisFigures, Setup, Shape};
@@ -35,6 +39,8 @@ pub struct Round {
     pub ratio_to_redis: f64,
     pub ratio_to_redis_everysec: f64,
     pub ratio_single_to_batched: f64,
+    /// CPU per request of every process, by design: where each design's time goes.
+    pub cpu_us_per_request: BTreeMap<&'static str, CpuShare>,
 }
 
 /// `a / b`, for throughputs (0 when `b` measured nothing).
@@ -66,8 +72,18 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
     let n = requests.len();
     let courses = rush::course_ids(&tag, config.crowd.courses)?;
     let services = &config.services;
+    let servers = Servers::of(
+        &services.amqp_url,
+        &services.database_url,
+        &config.redis_url,
+    );
+    let mut cpu = BTreeMap::new();
+    let mut measured = |design: &'static str, before: super::cpu::Before| {
+        cpu.insert(design, before.per_request(n, None));
+    };
 
     eprintln!("[bench]   broker ceiling: {n} requests in, one answer out");
+    let before = servers.before();
     let ceiling = ceiling::run(
         &services.amqp_url,
         own_topology(config, "ceiling", &tag),
@@ -82,6 +98,7 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
         ceiling.complete,
         "the broker ceiling: not every request was answered"
     );
+    measured("ceiling", before);
     let intake = async |queues: IntakeQueues, design: &str| {
         eprintln!("[bench]   intake ceiling ({design}): publish, deliver, ack");
         intake::run(
@@ -96,13 +113,18 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
         .await
         .with_context(|| format!("measuring the intake ceiling with {design}"))
     };
+    let before = servers.before();
     let intake_ceiling = intake(IntakeQueues::Quorum, "quorum").await?;
+    measured("intake_ceiling", before);
+    let before = servers.before();
     let stream_intake_ceiling = intake(IntakeQueues::Stream, "stream").await?;
+    measured("stream_intake_ceiling", before);
 
     eprintln!(
         "[bench]   naive Postgres at {:?} connections",
         config.naive_connections
     );
+    let before = servers.before();
     let naive = naive::best_of(
         &services.database_url,
         &courses,
@@ -111,6 +133,8 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
         &requests,
     )
     .await?;
+    // Over every connection count tried: the CPU of the best run alone is not told apart.
+    measured("naive_all_connection_counts", before);
 
     let redis_design = async |fsync: Fsync| {
         eprintln!("[bench]   Redis ({fsync:?}) with a Postgres writer");
@@ -125,8 +149,12 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
             .await
             .with_context(|| format!("measuring the Redis design ({fsync:?})"))
     };
+    let before = servers.before();
     let (redis, redis_latencies) = redis_design(Fsync::Always).await?;
+    measured("redis", before);
+    let before = servers.before();
     let (redis_everysec, _) = redis_design(Fsync::EverySec).await?;
+    measured("redis_everysec", before);
 
     let seatrush_with = async |batch: bool| {
         eprintln!(
@@ -151,8 +179,22 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
         rush_config.timeout = config.timeout;
         rush::run(rush_config, false).await
     };
+    let workers_cpu = |r: &RushReport| {
+        r.worker_cpu_us_per_request
+            .map(|us| Duration::from_secs_f64(us * n as f64 / 1e6))
+    };
+    let before = servers.before();
     let batched = seatrush_with(true).await?;
+    cpu.insert(
+        "seatrush",
+        before.per_request(n, workers_cpu(&batched.report)),
+    );
+    let before = servers.before();
     let single = seatrush_with(false).await?;
+    cpu.insert(
+        "seatrush_single",
+        before.per_request(n, workers_cpu(&single.report)),
+    );
 
     let ceiling_figures = DesignFigures::of(n, ceiling.total_time, ceiling.latency(Stage::Final));
     let rps = batched.report.throughput_rps;
@@ -174,6 +216,7 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
         redis_everysec,
         seatrush: batched.report,
         seatrush_single: single.report,
+        cpu_us_per_request: cpu,
     };
     let samples = Samples {
         ceiling,

@@ -1,5 +1,8 @@
 //! The medians over a bench run's rounds.
 
+use std::collections::BTreeMap;
+
+use super::cpu::CpuShare;
 use super::{BenchReport, Medians, Round, Scenario};
 use crate::rush::RushReport;
 
@@ -57,6 +60,38 @@ fn median_rush(reports: &[&RushReport]) -> RushReport {
     out
 }
 
+/// Every design's CPU per request and process, the median of each over the rounds.
+fn cpu_medians(rounds: &[Round]) -> BTreeMap<&'static str, CpuShare> {
+    let designs: Vec<&'static str> = rounds
+        .iter()
+        .flat_map(|r| r.cpu_us_per_request.keys().copied())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    designs
+        .into_iter()
+        .map(|design| {
+            let of = |f: fn(&CpuShare) -> f64| {
+                median(
+                    rounds
+                        .iter()
+                        .filter_map(|r| r.cpu_us_per_request.get(design))
+                        .map(f)
+                        .collect(),
+                )
+            };
+            let share = CpuShare {
+                broker: of(|c| c.broker),
+                database: of(|c| c.database),
+                redis: of(|c| c.redis),
+                bench: of(|c| c.bench),
+                workers: of(|c| c.workers),
+            };
+            (design, share)
+        })
+        .collect()
+}
+
 /// The report of a run: its rounds, and their medians.
 pub fn of(scenario: Scenario, rounds: Vec<Round>) -> BenchReport {
     let batched: Vec<&RushReport> = rounds.iter().map(|r| &r.seatrush).collect();
@@ -85,6 +120,7 @@ pub fn of(scenario: Scenario, rounds: Vec<Round>) -> BenchReport {
             seatrush_rps: seatrush.throughput_rps,
             seatrush_single_rps: seatrush_single.throughput_rps,
         },
+        cpu_us_per_request: cpu_medians(&rounds),
         seatrush,
         seatrush_single,
         rounds,
