@@ -58,7 +58,7 @@ impl Servers {
             broker: cpu_of(&self.broker),
             database: cpu_of(&descendants_of(&self.database)),
             redis: cpu_of(&self.redis),
-            bench: cpu_of(&[std::process::id()]),
+            bench: own_cpu(),
             servers: self.clone(),
         }
     }
@@ -74,11 +74,9 @@ impl Before {
         };
         CpuShare {
             broker: us(cpu_of(&s.broker), self.broker),
-            // Connection processes that ended meanwhile are missed; those of a pool live for
-            // the whole run, so it is close.
             database: us(cpu_of(&descendants_of(&s.database)), self.database),
             redis: us(cpu_of(&s.redis), self.redis),
-            bench: us(cpu_of(&[std::process::id()]), self.bench),
+            bench: us(own_cpu(), self.bench),
             workers: workers.map_or(0.0, |w| w.as_secs_f64() * 1e6 / requests.max(1) as f64),
         }
     }
@@ -182,34 +180,50 @@ fn descendants_of(roots: &[u32]) -> Vec<u32> {
 
 struct Stat {
     parent: u32,
-    cpu: Duration,
+    /// Its own CPU time.
+    own: Duration,
+    /// Its children's that ended and were waited for.
+    reaped: Duration,
 }
 
-/// The parent and the user + system CPU time of a process, from `/proc/<pid>/stat`.
+/// The parent and the user + system CPU time of a process and its reaped children, from
+/// `/proc/<pid>/stat`.
 fn stat_fields(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces: split after it.
     let after = text.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    let (utime, stime) = (ticks(11)?, ticks(12)?);
+    // Its own time, and that of its children that ended and were waited for: PostgreSQL's
+    // connection processes end with their pool, and their time then moves to the postmaster.
+    // A live process is in no one's children's time, so summing over a tree counts each once.
+    let (utime, stime, cutime, cstime) = (ticks(11)?, ticks(12)?, ticks(13)?, ticks(14)?);
     let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .and_then(|t| u64::try_from(t).ok())
         .filter(|t| *t > 0)
         .unwrap_or(100);
+    let time = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / per_second);
     Some(Stat {
         parent: fields.get(1)?.parse().ok()?,
-        cpu: Duration::from_micros((utime + stime) * 1_000_000 / per_second),
+        own: time(utime + stime),
+        reaped: time(cutime + cstime),
     })
 }
 
+/// The CPU time of a tree of processes, with that of their members that ended.
 fn cpu_of(pids: &[u32]) -> Duration {
     pids.iter()
         .filter_map(|&pid| stat_fields(pid))
-        .map(|s| s.cpu)
+        .map(|s| s.own + s.reaped)
         .sum()
+}
+
+/// This process's own CPU time: not its children's (seatrush's workers are its children, and
+/// are counted apart).
+fn own_cpu() -> Duration {
+    stat_fields(std::process::id()).map_or(Duration::ZERO, |s| s.own)
 }
 
 #[cfg(test)]
