@@ -141,6 +141,8 @@ pub struct BenchReport {
     /// for seatrush's final p99.
     pub final_p99_budget_ms: f64,
     pub final_p99_within_budget: bool,
+    /// Whether every student had a final answer within that budget (the hot scenario's target).
+    pub final_max_within_budget: bool,
     /// The medians of every design's figures.
     pub median: Medians,
     /// CPU per request of every process (broker, database, Redis, the bench's own clients,

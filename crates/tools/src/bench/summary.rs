@@ -110,6 +110,7 @@ pub fn of(scenario: Scenario, rounds: Vec<Round>) -> BenchReport {
         ratio_single_to_batched: over(&rounds, |r| r.ratio_single_to_batched),
         final_p99_budget_ms: budget,
         final_p99_within_budget: seatrush.final_p99_ms <= budget,
+        final_max_within_budget: seatrush.final_max_ms <= budget,
         median: Medians {
             ceiling_rps: over(&rounds, |r| r.ceiling.throughput_rps),
             intake_ceiling_rps: over(&rounds, |r| r.intake_ceiling.throughput_rps),
