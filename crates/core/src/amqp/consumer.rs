@@ -46,8 +46,9 @@ fn header_text(value: &lapin::types::AMQPValue) -> Option<String> {
     use lapin::types::AMQPValue as V;
     Some(match value {
         V::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        V::ShortString(s) => s.to_string(),
-        V::Boolean(b) => b.to_string(),
+        V::ShortString(s) => s.as_str().to_owned(),
+        // Without the formatting machinery: every request of a batching producer carries one.
+        V::Boolean(b) => (if *b { "true" } else { "false" }).to_owned(),
         V::ShortShortInt(i) => i.to_string(),
         V::ShortShortUInt(i) => i.to_string(),
         V::ShortInt(i) => i.to_string(),
@@ -322,7 +323,8 @@ impl Deliveries {
             Err(e) => return Some(Err(AmqpError::Broker(e))),
         };
         let props = &delivery.properties;
-        let text = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.to_string());
+        let text =
+            |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
         let headers = props
             .headers()
             .as_ref()
@@ -330,7 +332,7 @@ impl Deliveries {
                 table
                     .inner()
                     .iter()
-                    .filter_map(|(k, v)| header_text(v).map(|text| (k.to_string(), text)))
+                    .filter_map(|(k, v)| header_text(v).map(|text| (k.as_str().to_owned(), text)))
                     .collect()
             })
             .unwrap_or_default();
@@ -339,7 +341,7 @@ impl Deliveries {
             reply_to: text(props.reply_to()),
             correlation_id: text(props.correlation_id()),
             user_id: text(props.user_id()),
-            routing_key: delivery.routing_key.to_string(),
+            routing_key: delivery.routing_key.as_str().to_owned(),
             redelivered: delivery.redelivered,
             headers,
             body: delivery.data,

@@ -6,7 +6,7 @@ use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 
 use super::{AmqpError, Incoming, Result, Topology};
 pub use crate::domain::ReplyTo;
-use crate::protocol::{Answer, BATCH_HEADER, COUNT_HEADER};
+use crate::protocol::{Answer, BATCH_HEADER, COUNT_HEADER, DecidedAnswer};
 
 /// What a message is, for the count of what a worker publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +51,17 @@ impl Outgoing {
     /// An answer to the client's `reply_to` queue (default exchange). Transient: a reply queue
     /// belongs to a live client.
     pub fn reply(to: &ReplyTo, body: Vec<u8>) -> Self {
+        Self::to_queue(&to.queue, to.correlation_id.as_deref(), body)
+    }
+
+    fn to_queue(queue: &str, correlation_id: Option<&str>, body: Vec<u8>) -> Self {
         let mut properties = json_properties();
-        if let Some(id) = &to.correlation_id {
-            properties = properties.with_correlation_id(id.as_str().into());
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id.into());
         }
         Self {
             exchange: String::new(),
-            routing_key: to.queue.clone(),
+            routing_key: queue.to_owned(),
             body,
             properties,
             kind: Kind::Reply,
@@ -73,7 +77,22 @@ impl Outgoing {
             return Self::reply(to, answer.to_json());
         }
         answer.correlation_id.clone_from(&to.correlation_id);
-        let mut message = Self::reply(&ReplyTo::single(to.queue.as_str(), None), answer.to_json());
+        Self::packed_answer(&to.queue, answer.to_json())
+    }
+
+    /// The answer to a decided request for `to`, as [`Outgoing::answer`] sends it.
+    pub fn decided<'a>(to: &'a ReplyTo, mut answer: DecidedAnswer<'a>) -> Self {
+        if !to.batch {
+            return Self::reply(to, answer.to_json());
+        }
+        answer.correlation_id = to.correlation_id.as_deref();
+        Self::packed_answer(&to.queue, answer.to_json())
+    }
+
+    /// An answer the outbox packs with the others for `queue` (its body carries the
+    /// correlation id, so the message has none).
+    fn packed_answer(queue: &str, body: Vec<u8>) -> Self {
+        let mut message = Self::to_queue(queue, None, body);
         message.packable = true;
         message
     }

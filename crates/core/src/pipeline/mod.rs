@@ -21,7 +21,7 @@ pub use ticket::CourseTicket;
 
 use crate::amqp::{AckHandle, Outbox, Outgoing, ReplyTo};
 use crate::domain::{Decision, Partition, Reason, Request};
-use crate::protocol::{Answer, Stage};
+use crate::protocol::{DecidedAnswer, Stage};
 use crate::store::Pending;
 
 /// A parsed request on its way to its course actor.
@@ -80,10 +80,10 @@ impl CommitQueue {
     ) -> Result<(), CommitClosed> {
         if let Some(to) = &envelope.reply_to {
             let mut answer =
-                Answer::decided(&envelope.request, &decision.verdict, Stage::Provisional);
+                DecidedAnswer::new(&envelope.request, &decision.verdict, Stage::Provisional);
             answer.replayed = decision.replay;
             // Best effort by design: a lost provisional answer is covered by the final one.
-            if let Err(e) = self.outbox.post(Outgoing::answer(to, &mut answer)).await {
+            if let Err(e) = self.outbox.post(Outgoing::decided(to, answer)).await {
                 tracing::debug!(error = %crate::telemetry::chain(&e), "provisional answer not sent");
             }
         }

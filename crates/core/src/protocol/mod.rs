@@ -7,7 +7,7 @@
 mod answer;
 mod request;
 
-pub use answer::{Answer, Promotion, Stage, answers_in};
+pub use answer::{Answer, DecidedAnswer, Promotion, Stage, answers_in};
 pub use request::{Invalid, RequestBody, parse_request, request_body};
 
 /// Largest request body accepted, in bytes. A real request is under 250 bytes; anything far

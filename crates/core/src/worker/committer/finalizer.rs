@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::super::fault::Fault;
 use crate::amqp::{Batch, Outbox, Outgoing, Posted, ReplyTo, Topology};
 use crate::pipeline::Decided;
-use crate::protocol::{Answer, FinalEvents, Stage};
+use crate::protocol::{Answer, DecidedAnswer, FinalEvents, Stage};
 use crate::store::{Committed, Store};
 
 pub(super) type CommittedBatch = Vec<(Decided, Committed)>;
@@ -134,13 +134,13 @@ impl<'a> Answers<'a> {
         {
             self.answered_batches.push(id);
         }
-        let mut answer = Answer::decided(request, &committed.verdict, Stage::Final);
+        let mut answer = DecidedAnswer::new(request, &committed.verdict, Stage::Final);
         answer.replayed = committed.replayed;
         answer.revised = committed.revised;
         let event = answer.to_json();
         match &decided.pending.reply_to {
             Some(to) if to.batch => {
-                answer.correlation_id.clone_from(&to.correlation_id);
+                answer.correlation_id = to.correlation_id.as_deref();
                 self.gather_reply(&to.queue, &answer.to_json());
             }
             Some(to) => self.confirm(Outgoing::reply(to, event.clone())).await,
