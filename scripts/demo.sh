@@ -19,7 +19,10 @@ using_external=false
 if [ -n "${AMQP_URL:-}" ] && [ -n "${DATABASE_URL:-}" ]; then using_external=true; fi
 
 if $using_external; then
-    scripts/prerequisites.sh compiler || fail "could not install the prerequisites (see above)"
+    # The private Redis still runs unless REDIS_URL names one.
+    redis=redis
+    if [ -n "${REDIS_URL:-}" ]; then redis=; fi
+    scripts/prerequisites.sh compiler $redis || fail "could not install the prerequisites (see above)"
 else
     scripts/prerequisites.sh compiler services || fail "could not install the prerequisites (see above)"
 fi

@@ -245,6 +245,7 @@ pub async fn rush(common: &Common, args: RushArgs) -> anyhow::Result<ExitCode> {
         crowd: args.crowd.crowd(),
         pace,
         batch: !args.single_answers,
+        servers: None,
         workers,
         tag: args
             .tag

@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod charts;
+pub mod cpu;
 pub mod demo;
 pub mod load;
 pub mod rush;

@@ -6,7 +6,6 @@
 //! scenario floods a worker with requests for random unknown courses and reports its memory.
 
 pub mod ceiling;
-mod cpu;
 pub mod crash;
 pub mod intake;
 mod naive;
@@ -147,7 +146,7 @@ pub struct BenchReport {
     pub median: Medians,
     /// CPU per request of every process (broker, database, Redis, the bench's own clients,
     /// seatrush's workers), by design, medians over the rounds: where each design's time goes.
-    pub cpu_us_per_request: std::collections::BTreeMap<&'static str, cpu::CpuShare>,
+    pub cpu_us_per_request: std::collections::BTreeMap<&'static str, crate::cpu::CpuShare>,
     /// seatrush with the crowd asking for batched answers, medians over the rounds.
     #[serde(flatten)]
     pub seatrush: RushReport,

@@ -3,16 +3,15 @@
 //! with the ratios of this round.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
 
-use super::cpu::{CpuShare, Servers};
 use super::intake::{self, IntakeFigures, IntakeQueues};
 use super::naive::NaiveTry;
 use super::redis::{self, Fsync, RedisFigures, Setup, Shape};
 use super::{BenchConfig, DesignFigures, NaiveFigures, Samples, ceiling, naive};
+use crate::cpu::{Before, CpuShare, Servers};
 use crate::rush::{self, RushConfig, RushReport};
 use seatrush_core::amqp::Topology;
 use seatrush_core::domain::Request;
@@ -78,7 +77,7 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
         &config.redis_url,
     );
     let mut cpu = BTreeMap::new();
-    let mut measured = |design: &'static str, before: super::cpu::Before| {
+    let mut measured = |design: &'static str, before: Before| {
         cpu.insert(design, before.per_request(n, None));
     };
 
@@ -176,24 +175,21 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
             config.out.join("logs"),
         );
         rush_config.batch = batch;
+        rush_config.servers = Some(servers.clone());
         rush_config.timeout = config.timeout;
         rush::run(rush_config, false).await
     };
-    let workers_cpu = |r: &RushReport| {
-        r.worker_cpu_us_per_request
-            .map(|us| Duration::from_secs_f64(us * n as f64 / 1e6))
-    };
-    let before = servers.before();
+    // The rush samples the servers around its crowd only: creating the courses, starting the
+    // worker and auditing after are not the design's cost per request.
     let batched = seatrush_with(true).await?;
     cpu.insert(
         "seatrush",
-        before.per_request(n, workers_cpu(&batched.report)),
+        batched.report.cpu_us_per_request.unwrap_or_default(),
     );
-    let before = servers.before();
     let single = seatrush_with(false).await?;
     cpu.insert(
         "seatrush_single",
-        before.per_request(n, workers_cpu(&single.report)),
+        single.report.cpu_us_per_request.unwrap_or_default(),
     );
 
     let ceiling_figures = DesignFigures::of(n, ceiling.total_time, ceiling.latency(Stage::Final));

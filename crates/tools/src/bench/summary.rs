@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use super::cpu::CpuShare;
 use super::{BenchReport, Medians, Round, Scenario};
+use crate::cpu::CpuShare;
 use crate::rush::RushReport;
 
 /// The median of some figures (0 for none).

@@ -56,6 +56,8 @@ pub struct RushConfig {
     /// Whether the crowd asks for its answers in batches (`x-seatrush-batch`), as a web back
     /// end would; on by default.
     pub batch: bool,
+    /// Server processes whose CPU to sample around the crowd (the benchmark's).
+    pub servers: Option<crate::cpu::Servers>,
     pub workers: Workers,
     /// Names the courses and students; a fresh one per run unless given.
     pub tag: String,
@@ -81,6 +83,7 @@ impl RushConfig {
             crowd,
             pace: Pace::Burst,
             batch: true,
+            servers: None,
             workers: Workers::Spawn {
                 count: workers,
                 exe,
@@ -126,6 +129,10 @@ pub struct RushReport {
     pub worker_publishes_per_request: Option<f64>,
     /// Whether the crowd asked for batched answers.
     pub batched_answers: bool,
+    /// CPU per request of the broker, the database, Redis, this process and the workers over
+    /// the crowd, when the rush was asked to watch the servers (the benchmark does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_request: Option<crate::cpu::CpuShare>,
     /// The largest peak resident memory among the workers this rush started.
     pub worker_peak_rss_mib: Option<f64>,
     pub lost: usize,
@@ -178,12 +185,18 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         .collect();
     let batches_before = store.decision_batches().await?;
     let published_before = published(&started).await;
+    let servers_before = config.servers.as_ref().map(crate::cpu::Servers::before);
 
     let fired = fire_showing_progress(&config, requests, show_progress)
         .await?
         .fully_published()?;
 
+    let servers = servers_before.map(|before| {
+        let after = before.sample();
+        (before, after)
+    });
     let measured = Measured {
+        servers,
         transactions: store.decision_batches().await? - batches_before,
         published: published(&started)
             .await
@@ -288,6 +301,8 @@ async fn published(workers: &[WorkerProcess]) -> Option<u64> {
 
 /// What was measured around the crowd: commits, the workers' costs, the seats held after.
 struct Measured {
+    /// The servers' CPU before and after the crowd.
+    servers: Option<(crate::cpu::Before, crate::cpu::Before)>,
     transactions: i64,
     /// Messages the workers published during the crowd.
     published: Option<u64>,
@@ -346,6 +361,10 @@ fn report_of(
         requests_per_commit: n as f64 / transactions.max(1) as f64,
         worker_cpu_us_per_request: cpu.map(|c| c.as_secs_f64() * 1e6 / n.max(1) as f64),
         worker_publishes_per_request: measured.published.map(|p| p as f64 / n.max(1) as f64),
+        cpu_us_per_request: measured
+            .servers
+            .as_ref()
+            .map(|(before, after)| before.share_until(after, n, cpu)),
         batched_answers: config.batch,
         worker_peak_rss_mib: peak.map(|b| b as f64 / (1024.0 * 1024.0)),
         lost: fired.lost(),

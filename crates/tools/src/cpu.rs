@@ -1,6 +1,6 @@
 //! Where a design's CPU goes: the CPU time of each server process (the broker, the database,
-//! Redis), of the bench process itself (the crowd and, for the naive and Redis designs, their
-//! clients) and of seatrush's workers, read from `/proc` around one design's run.
+//! Redis), of this process itself (the crowd and, for the bench's naive and Redis designs, their
+//! clients) and of seatrush's workers, read from `/proc` around one run.
 //!
 //! A server is found by the loopback port its URL names: the process that listens on it, and
 //! every process below it (PostgreSQL serves each connection from a child process).
@@ -65,19 +65,32 @@ impl Servers {
 }
 
 impl Before {
+    /// Another sample of the same processes.
+    pub fn sample(&self) -> Before {
+        self.servers.before()
+    }
+
     /// The CPU each process spent since `self`, per request, with `workers` the workers'
     /// own CPU over the same run.
     pub fn per_request(&self, requests: usize, workers: Option<Duration>) -> CpuShare {
-        let s = &self.servers;
-        let us = |now: Duration, then: Duration| {
-            now.saturating_sub(then).as_secs_f64() * 1e6 / requests.max(1) as f64
-        };
+        self.share_until(&self.sample(), requests, workers)
+    }
+
+    /// The CPU each process spent from `self` to `after`, per request.
+    pub fn share_until(
+        &self,
+        after: &Before,
+        requests: usize,
+        workers: Option<Duration>,
+    ) -> CpuShare {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / requests.max(1) as f64;
+        let spent = |now: Duration, then: Duration| us(now.saturating_sub(then));
         CpuShare {
-            broker: us(cpu_of(&s.broker), self.broker),
-            database: us(cpu_of(&descendants_of(&s.database)), self.database),
-            redis: us(cpu_of(&s.redis), self.redis),
-            bench: us(own_cpu(), self.bench),
-            workers: workers.map_or(0.0, |w| w.as_secs_f64() * 1e6 / requests.max(1) as f64),
+            broker: spent(after.broker, self.broker),
+            database: spent(after.database, self.database),
+            redis: spent(after.redis, self.redis),
+            bench: spent(after.bench, self.bench),
+            workers: workers.map_or(0.0, us),
         }
     }
 }
