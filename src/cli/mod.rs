@@ -57,7 +57,7 @@ enum Command {
     /// Fire a flash crowd at real workers, measure it, and check every answer and the audit.
     #[cfg(feature = "tools")]
     Rush(tools::RushArgs),
-    /// Compare seatrush with the broker's ceiling and a naive Postgres design, in one run.
+    /// Compare seatrush with the broker's limits, a naive Postgres design and a Redis design, in one run.
     #[cfg(feature = "tools")]
     Bench(tools::BenchArgs),
     /// A rush with faults on a schedule (links cut, stalled and refused, a worker killed, and
