@@ -276,10 +276,15 @@ impl Batch {
 
     /// Appends one answer, given as its JSON object.
     pub fn push(&mut self, answer: &[u8]) {
+        self.push_with(|body| body.extend_from_slice(answer));
+    }
+
+    /// Appends one answer that `write` serializes straight into the batch's buffer.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         if self.count > 0 {
             self.body.push(b',');
         }
-        self.body.extend_from_slice(answer);
+        write(&mut self.body);
         self.count += 1;
     }
 

@@ -137,23 +137,26 @@ impl<'a> Answers<'a> {
         let mut answer = DecidedAnswer::new(request, &committed.verdict, Stage::Final);
         answer.replayed = committed.replayed;
         answer.revised = committed.revised;
-        let event = answer.to_json();
+        // Batched answers and events are written straight into their batch's buffer: the
+        // default path serializes each final answer twice (reply and event) and copies neither.
         match &decided.pending.reply_to {
             Some(to) if to.batch => {
-                answer.correlation_id = to.correlation_id.as_deref();
-                self.gather_reply(&to.queue, &answer.to_json());
+                let mut batched = answer;
+                batched.correlation_id = to.correlation_id.as_deref();
+                self.reply_batch(&to.queue)
+                    .push_with(|body| batched.write_to(body));
             }
-            Some(to) => self.confirm(Outgoing::reply(to, event.clone())).await,
+            Some(to) => self.confirm(Outgoing::reply(to, answer.to_json())).await,
             None => {}
         }
         match self.final_events {
-            FinalEvents::Batched => self.events.push(&event),
+            FinalEvents::Batched => self.events.push_with(|body| answer.write_to(body)),
             FinalEvents::PerRequest => {
                 let event = Outgoing::event(
                     self.topology,
                     request.course_id.as_str(),
                     request.student_id.as_str(),
-                    event,
+                    answer.to_json(),
                 );
                 self.confirm(event).await;
             }
@@ -181,15 +184,16 @@ impl<'a> Answers<'a> {
         }
     }
 
-    fn gather_reply(&mut self, queue: &str, answer: &[u8]) {
-        match self.replies.iter_mut().find(|(q, _)| q == queue) {
-            Some((_, batch)) => batch.push(answer),
+    /// The batch of final answers for a reply queue that takes batches, started on first use.
+    fn reply_batch(&mut self, queue: &str) -> &mut Batch {
+        let at = match self.replies.iter().position(|(q, _)| q == queue) {
+            Some(at) => at,
             None => {
-                let mut batch = Batch::new();
-                batch.push(answer);
-                self.replies.push((queue.to_owned(), batch));
+                self.replies.push((queue.to_owned(), Batch::new()));
+                self.replies.len() - 1
             }
-        }
+        };
+        &mut self.replies[at].1
     }
 
     /// Posts what was gathered: one message per reply queue that takes batches, and the
