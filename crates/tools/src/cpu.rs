@@ -191,17 +191,17 @@ fn descendants_of(roots: &[u32]) -> Vec<u32> {
     tree
 }
 
-struct Stat {
+pub(crate) struct Stat {
     parent: u32,
-    /// Its own CPU time.
-    own: Duration,
+    /// Its own CPU time (user + system).
+    pub own: Duration,
     /// Its children's that ended and were waited for.
     reaped: Duration,
 }
 
 /// The parent and the user + system CPU time of a process and its reaped children, from
 /// `/proc/<pid>/stat`.
-fn stat_fields(pid: u32) -> Option<Stat> {
+pub(crate) fn stat_fields(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces: split after it.
     let after = text.rsplit_once(')')?.1;

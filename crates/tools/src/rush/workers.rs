@@ -181,19 +181,9 @@ impl WorkerProcess {
     }
 }
 
-/// Reads `/proc/<pid>/stat` (utime, stime) and `/proc/<pid>/status` (VmHWM, VmRSS).
+/// Reads `/proc/<pid>/stat` (the CPU time) and `/proc/<pid>/status` (VmHWM, VmRSS).
 pub fn usage_of(pid: u32) -> Option<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .and_then(|t| u64::try_from(t).ok())
-        .filter(|t| *t > 0)
-        .unwrap_or(100);
+    let cpu = crate::cpu::stat_fields(pid)?.own;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib = |key: &str| -> Option<u64> {
         status
@@ -205,7 +195,7 @@ pub fn usage_of(pid: u32) -> Option<Usage> {
             .ok()
     };
     Some(Usage {
-        cpu: Duration::from_micros(ticks * 1_000_000 / per_second),
+        cpu,
         peak_rss: kib("VmHWM:")? * 1024,
         rss: kib("VmRSS:")? * 1024,
     })
