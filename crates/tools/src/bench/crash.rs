@@ -71,15 +71,9 @@ impl CrashReport {
 pub async fn run(config: &BenchConfig, services_script: PathBuf) -> anyhow::Result<CrashReport> {
     eprintln!("[bench] crash: seatrush, its worker killed mid-burst");
     let seatrush = seatrush(config).await?;
-    let tag = rush::fresh_tag("crash");
-    let courses = rush::course_ids(&tag, config.crowd.courses)?;
-    let requests = rush::crowd(
-        &courses,
-        config.crowd.students,
-        config.crowd.choices,
-        &tag,
-        1,
-    )?;
+    let super::round::Stream {
+        courses, requests, ..
+    } = super::round::stream(config, "crash")?;
     let state_dir = config.out.join("redis-crash");
     std::fs::create_dir_all(&state_dir)?;
     let redis = async |fsync: Fsync| {

@@ -14,7 +14,7 @@ use super::{BenchConfig, DesignFigures, NaiveFigures, Samples, ceiling, naive};
 use crate::cpu::{Before, CpuShare, Servers};
 use crate::rush::{self, RushConfig, RushReport};
 use seatrush_core::amqp::Topology;
-use seatrush_core::domain::Request;
+use seatrush_core::domain::{CourseId, Request};
 use seatrush_core::protocol::Stage;
 
 /// One round's figures, design by design, and the ratios of seatrush (batched answers) to each.
@@ -57,19 +57,32 @@ fn own_topology(config: &BenchConfig, design: &str, tag: &str) -> Topology {
 }
 
 /// The round's stream under a fresh tag: the same shape and seed in every round and design.
-fn stream(config: &BenchConfig, kind: &str) -> anyhow::Result<(String, Vec<Request>)> {
+pub(super) struct Stream {
+    pub tag: String,
+    pub courses: Vec<CourseId>,
+    pub requests: Vec<Request>,
+}
+
+pub(super) fn stream(config: &BenchConfig, kind: &str) -> anyhow::Result<Stream> {
     let tag = rush::fresh_tag(kind);
     let crowd = config.crowd;
     let courses = rush::course_ids(&tag, crowd.courses)?;
     let requests = rush::crowd(&courses, crowd.students, crowd.choices, &tag, 1)?;
-    Ok((tag, requests))
+    Ok(Stream {
+        tag,
+        courses,
+        requests,
+    })
 }
 
 /// Runs every design once.
 pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, Samples)> {
-    let (tag, requests) = stream(config, "bench")?;
+    let Stream {
+        tag,
+        courses,
+        requests,
+    } = stream(config, "bench")?;
     let n = requests.len();
-    let courses = rush::course_ids(&tag, config.crowd.courses)?;
     let services = &config.services;
     let servers = Servers::of(
         &services.amqp_url,
@@ -165,7 +178,8 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
                 "one message per answer"
             }
         );
-        let (tag, _) = stream(config, "bench")?;
+        // The rush plans the same stream under this tag itself.
+        let tag = rush::fresh_tag("bench");
         let mut rush_config = RushConfig::burst(
             services.clone(),
             config.crowd,
