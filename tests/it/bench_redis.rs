@@ -156,9 +156,12 @@ async fn a_redis_crash_with_fsync_always_leaves_retried_requests_decided_once() 
 
     // Assert
     let context = format!("{f:#?}");
-    assert!(f.retried > 0, "the kill landed in the burst: {context}");
-    assert_eq!(f.retried_not_decided_once, 0, "{context}");
-    assert_eq!(f.told + f.run.errors, requests, "{context}");
+    assert!(
+        f.aftermath.retried > 0,
+        "the kill landed in the burst: {context}"
+    );
+    assert_eq!(f.aftermath.retried_not_decided_once, 0, "{context}");
+    assert_eq!(f.aftermath.told + f.run.errors, requests, "{context}");
     assert_eq!(f.run.violations, 0, "{context}");
     env.cleanup().await;
 }
@@ -173,9 +176,10 @@ async fn a_redis_crash_with_fsync_everysec_completes_and_counts_its_losses() {
 
     // Assert: what a crash loses with everysec is measured, not asserted.
     let context = format!("{f:#?}");
-    assert_eq!(f.told + f.run.errors, requests, "{context}");
+    assert_eq!(f.aftermath.told + f.run.errors, requests, "{context}");
     assert!(
-        f.answers_lost <= f.told && f.answers_changed <= f.told,
+        f.aftermath.answers_lost <= f.aftermath.told
+            && f.aftermath.answers_changed <= f.aftermath.told,
         "{context}"
     );
     assert!(

@@ -47,10 +47,11 @@ use ledger::{Ledger, Records};
 use seatrush_core::domain::{CourseId, Request};
 use seatrush_core::telemetry::redact;
 use server::Running;
-use tally::{Aftermath, Tally};
+use tally::Tally;
 use writer::{Writer, WriterLog};
 
 pub use server::OwnServer;
+pub use tally::Aftermath;
 
 /// How long a whole run may take before it fails.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
@@ -196,18 +197,9 @@ pub struct CrashFigures {
     /// When the server was killed, and when it answered again, since the burst's start.
     pub killed_at_ms: f64,
     pub back_at_ms: f64,
-    /// Requests asked more than once (their first attempt got no answer).
-    pub retried: usize,
-    /// Retried requests that did not end with exactly one decision.
-    pub retried_not_decided_once: usize,
-    /// Requests whose client was told an answer.
-    pub told: usize,
-    /// Told something, and Postgres has no record of the request.
-    pub answers_lost: usize,
-    /// Told something, and Redis after its restart does not know the request.
-    pub forgotten_by_redis: usize,
-    /// Told a seat and the records hold none, or told full and the records hold a seat.
-    pub answers_changed: usize,
+    /// What the students were told against what holds after the restart.
+    #[serde(flatten)]
+    pub aftermath: Aftermath,
     /// The writer's reads and deletions that failed while the server was down.
     pub writer_errors: usize,
 }
@@ -267,7 +259,7 @@ async fn crash_on(
     let measured = measured?;
     let remembered = remembered?;
     closed?;
-    let a: Aftermath = tally::aftermath(
+    let aftermath = tally::aftermath(
         stream,
         &measured.asked,
         &measured.log,
@@ -278,12 +270,7 @@ async fn crash_on(
     Ok(CrashFigures {
         killed_at_ms: killed.as_secs_f64() * 1000.0,
         back_at_ms: back.as_secs_f64() * 1000.0,
-        retried: a.retried,
-        retried_not_decided_once: a.retried_not_decided_once,
-        told: a.told,
-        answers_lost: a.answers_lost,
-        forgotten_by_redis: a.forgotten_by_redis,
-        answers_changed: a.answers_changed,
+        aftermath,
         writer_errors: measured.log.read_errors,
         run: measured.figures(setup, stream.len()),
     })

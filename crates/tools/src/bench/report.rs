@@ -97,9 +97,9 @@ pub fn crash_markdown(r: &CrashReport) -> String {
             md,
             "| {name} | {} | {} | {} | {} | {} |",
             s.requests,
-            x.told,
-            x.answers_lost + x.forgotten_by_redis,
-            x.answers_changed,
+            x.aftermath.told,
+            x.aftermath.answers_lost + x.aftermath.forgotten_by_redis,
+            x.aftermath.answers_changed,
             x.run.violations
         );
     }

@@ -86,8 +86,8 @@ pub(super) fn tally(
 }
 
 /// What a crash did to the students' answers.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Aftermath {
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Aftermath {
     /// Requests asked more than once before an answer came (or the client gave up).
     pub retried: usize,
     /// Retried requests that do not end with exactly one decision: no record, or decided twice.
