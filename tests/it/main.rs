@@ -3,6 +3,7 @@
 //! own exchange and queue names, so tests run in parallel without seeing each other.
 
 mod admin;
+mod apply_sets;
 mod bad_input;
 mod batches;
 mod bench_intake;
