@@ -299,3 +299,59 @@ async fn the_previous_release_still_commits_through_the_eleven_array_form() {
     db.close().await.expect("close");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_every_id_the_protocol_refuses() {
+    // Arrange: a course to enroll and wait in; every write below is rolled back.
+    let env = TestEnv::new().await;
+    let course = env.add_courses("ids", 1, 1).await.remove(0);
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("connect");
+    let longest = "a".repeat(64);
+    let too_long = "a".repeat(65);
+    let writes = [
+        "INSERT INTO courses (course_id, capacity) VALUES ($1, 1)",
+        "INSERT INTO enrollments (course_id, student_id, request_id) VALUES ($2, $1, 'r')",
+        "INSERT INTO waitlist (course_id, student_id, position, request_id) VALUES ($2, $1, 9, 'r')",
+        "INSERT INTO outcomes (request_id, course_id, student_id, action, outcome, seats_left, \
+                               batch_id) \
+         SELECT $1, $2, 's', 'enroll', 'rejected', 0, \
+                (SELECT batch_id FROM decision_batches LIMIT 1)",
+    ];
+    sqlx::query("INSERT INTO decision_batches (worker_id, requests) VALUES ('ids', 1)")
+        .execute(&mut db)
+        .await
+        .expect("a batch to refer to");
+
+    for write in writes {
+        for (id, accepted) in [
+            ("A-z_09", true),
+            (longest.as_str(), true),
+            ("", false),
+            (too_long.as_str(), false),
+            ("a b", false),
+            ("a!", false),
+            ("é", false),
+            ("a\n", false),
+        ] {
+            // Act
+            let mut tx = db.begin().await.expect("begin");
+            let result = sqlx::query(write)
+                .bind(id)
+                .bind(course.as_str())
+                .execute(&mut *tx)
+                .await;
+            tx.rollback().await.expect("rollback");
+
+            // Assert
+            assert_eq!(
+                result.is_ok(),
+                accepted,
+                "{write} with id {id:?}: {result:?}"
+            );
+        }
+    }
+    db.close().await.expect("close");
+    env.cleanup().await;
+}
