@@ -19,13 +19,26 @@ RETURNS TABLE (r_ord integer, r_applied boolean, r_student text, r_request text,
                r_reply text, r_correlation text, r_seats_left integer)
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_courses text[];
     v_mixed text[];
+    v_locked text[];
+    v_free integer[];
 BEGIN
+    -- Every statement below reaches courses through their primary key, by the arrays of ids
+    -- this batch names: a join would let the planner scan every course of the term, at each
+    -- commit, once the table outgrows what it guesses a batch touches.
+    SELECT array_agg(DISTINCT t.course_id) INTO v_courses FROM UNNEST(p_effects) t;
+
     -- Every course of the batch is locked up front, in id order, as the loop locks them one by
-    -- one: concurrent writers still lock in the same order.
-    PERFORM 1 FROM courses c
-      WHERE c.course_id IN (SELECT DISTINCT t.course_id FROM UNNEST(p_effects) t)
-      ORDER BY c.course_id FOR UPDATE;
+    -- one: concurrent writers still lock in the same order. What is free in each is kept: a
+    -- seat is free only while nobody waits.
+    SELECT coalesce(array_agg(l.course_id), '{}'), coalesce(array_agg(l.free), '{}')
+      INTO v_locked, v_free
+      FROM (SELECT b.course_id FROM UNNEST(v_courses) AS b(course_id) ORDER BY 1) b
+      CROSS JOIN LATERAL (
+            SELECT c.course_id,
+                   CASE WHEN c.waitlisted = 0 THEN c.capacity - c.enrolled ELSE 0 END AS free
+              FROM courses c WHERE c.course_id = b.course_id FOR UPDATE) l;
 
     SELECT coalesce(array_agg(g.course_id), '{}') INTO v_mixed
       FROM (SELECT t.course_id FROM UNNEST(p_effects) t
@@ -52,8 +65,9 @@ BEGIN
     taken AS (
         INSERT INTO enrollments (course_id, student_id, request_id)
         SELECT r.course_id, r.student_id, r.request_id
-          FROM ranked r JOIN courses c ON c.course_id = r.course_id
-         WHERE c.waitlisted = 0 AND r.rank <= c.capacity - c.enrolled
+          FROM ranked r
+          JOIN UNNEST(v_locked, v_free) AS c(course_id, free) ON c.course_id = r.course_id
+         WHERE r.rank <= c.free
          ORDER BY r.course_id, r.ord
         ON CONFLICT DO NOTHING
         RETURNING enrollments.course_id, enrollments.request_id
@@ -61,7 +75,7 @@ BEGIN
     counted AS (
         UPDATE courses c SET enrolled = c.enrolled + n.seats
           FROM (SELECT k.course_id, count(*)::integer AS seats FROM taken k GROUP BY k.course_id) n
-         WHERE c.course_id = n.course_id
+         WHERE c.course_id = ANY (v_locked) AND c.course_id = n.course_id
         RETURNING c.course_id
     )
     SELECT e.ord, k.request_id IS NOT NULL, NULL::text, NULL::text, NULL::text, NULL::text,
