@@ -65,7 +65,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "SEATRUSH_MAX_QUEUE_LENGTH",
           default_value_t = Topology::DEFAULT_MAX_QUEUE_LENGTH, value_parser = at_least::<u32>(1))]
     max_queue_length: u32,
-    /// Database connections of this worker (at least 2).
+    /// Database connections of this worker for loading courses, ownership and health (at
+    /// least 2); the group commit has 2 more of its own.
     #[arg(long, env = "SEATRUSH_DB_CONNECTIONS",
           default_value_t = WorkerConfig::DEFAULT_DB_CONNECTIONS,
           value_parser = at_least(WorkerConfig::MIN_DB_CONNECTIONS))]

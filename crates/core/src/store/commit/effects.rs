@@ -147,6 +147,17 @@ pub(super) async fn apply(tx: &mut sqlx::PgConnection, entries: &mut [Entry<'_>]
     Ok(())
 }
 
+/// Sends `apply_effects` an empty batch: the connection learns the composite type's layout and
+/// prepares the call, which costs several round trips the first time.
+pub(super) async fn warm(conn: &mut sqlx::PgConnection) -> Result<()> {
+    let rows: Vec<EffectRow> = Vec::new();
+    sqlx::query("SELECT * FROM apply_effects($1)")
+        .bind(&rows)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// The entry a result row names.
 fn entry_at<'e, 'a>(entries: &'e mut [Entry<'a>], ord: i32) -> Result<&'e mut Entry<'a>> {
     usize::try_from(ord)

@@ -92,7 +92,7 @@ impl Store {
     /// Fails with [`StoreError::Fenced`] if this worker no longer owns one of the partitions at
     /// the epoch the items carry; nothing is written then.
     pub async fn commit(&self, worker_id: &str, items: &[&Pending]) -> Result<Vec<Committed>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.commits.begin().await?;
         fence::check(&mut tx, worker_id, items).await?;
         let mut entries = entries(&mut tx, items).await?;
         effects::apply(&mut tx, &mut entries).await?;
@@ -107,11 +107,24 @@ impl Store {
             .collect()
     }
 
+    /// Opens the group commit's connections and prepares its call of `apply_effects` on each,
+    /// so the first commit of a rush, which holds every decision of its batch back, does not
+    /// pay for them.
+    pub async fn warm_commits(&self) -> Result<()> {
+        let mut held = Vec::new();
+        for _ in 0..super::COMMIT_CONNECTIONS {
+            let mut conn = self.commits.acquire().await?;
+            effects::warm(&mut conn).await?;
+            held.push(conn);
+        }
+        Ok(())
+    }
+
     /// Records that the final answers of these batches were confirmed by the broker.
     pub async fn mark_answered(&self, batch_ids: &[i64]) -> Result<()> {
         sqlx::query("UPDATE decision_batches SET answered = true WHERE batch_id = ANY($1)")
             .bind(batch_ids)
-            .execute(&self.pool)
+            .execute(&self.commits)
             .await?;
         Ok(())
     }

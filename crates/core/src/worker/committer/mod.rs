@@ -57,6 +57,14 @@ impl Committer {
             self.fault.clone(),
             self.halt.clone(),
         ));
+        // Best effort: a database that is not there yet fails the first commit instead, which
+        // retries.
+        tokio::select! {
+            warmed = self.store.warm_commits() => if let Err(e) = warmed {
+                tracing::debug!(error = %crate::telemetry::chain(&e), "commit connections not warmed");
+            },
+            _ = stop.cancelled() => {}
+        }
         loop {
             let first = tokio::select! {
                 _ = stop.cancelled() => break,
