@@ -4,13 +4,19 @@ use clap::Parser;
 
 mod cli;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = seatrush_core::failpoint::setup();
     let cli = cli::Cli::parse();
+    let runtime = match cli::runtime(&cli) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     seatrush_core::telemetry::init(cli.common.log_format, "info,sqlx=warn,lapin=warn");
-    match cli::run(cli).await {
+    match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

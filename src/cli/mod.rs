@@ -70,6 +70,18 @@ enum Command {
     Demo(tools::DemoArgs),
 }
 
+/// The async runtime the command runs on: the worker's may be given a number of threads.
+pub fn runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Command::Worker(args) = &cli.command
+        && let Some(threads) = args.runtime_threads
+    {
+        builder.worker_threads(threads);
+    }
+    builder.build()
+}
+
 /// Runs the parsed command; the exit code says whether what it checked passed.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let common = &cli.common;

@@ -19,6 +19,10 @@ pub struct WorkerArgs {
     /// This worker's id (default: random).
     #[arg(long, env = "SEATRUSH_WORKER_ID")]
     worker_id: Option<String>,
+    /// Threads of the worker's async runtime (default: one per core). The broker client
+    /// reads and writes on a thread of its own besides these.
+    #[arg(long, env = "SEATRUSH_RUNTIME_THREADS", value_parser = at_least::<usize>(1))]
+    pub runtime_threads: Option<usize>,
     /// Unacked deliveries per partition.
     #[arg(long, env = "SEATRUSH_PREFETCH", default_value_t = WorkerConfig::DEFAULT_PREFETCH,
           value_parser = at_least::<u16>(1))]
