@@ -170,8 +170,9 @@ async fn migrations_are_safe_when_several_processes_run_them_at_once() {
 #[tokio::test]
 async fn values_a_worker_cannot_run_with_are_refused_with_their_limit() {
     // Arrange: each bad value, and what the refusal must say.
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["worker", "--prefetch", "0"], "must be at least 1"),
+        (&["worker", "--runtime-threads", "0"], "must be at least 1"),
         (&["worker", "--lease-ms", "10"], "must be at least 300"),
         (&["worker", "--db-connections", "1"], "must be at least 2"),
         (&["worker", "--partitions", "0"], "must be at least 1"),
