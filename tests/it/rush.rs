@@ -171,6 +171,41 @@ async fn a_small_bench_runs_every_design_in_every_round_and_reports_medians() {
         matches!((batched, single), (Some(b), Some(s)) if b < s && s >= 2.0),
         "publishes per request: batched {batched:?}, single {single:?}"
     );
+    // Every stage was measured, and the parts add up to the worker's CPU (the rest is what is
+    // left of it, never below zero).
+    let stages = &report["worker_cpu_by_stage_us_per_request"];
+    let parts = [
+        "parse",
+        "route",
+        "decide",
+        "serialize",
+        "publish",
+        "commit",
+        "ack",
+        "broker_client_thread",
+        "rest",
+    ];
+    let values: Vec<f64> = parts
+        .iter()
+        .map(|part| stages[part].as_f64().unwrap_or(-1.0))
+        .collect();
+    assert!(values.iter().all(|v| *v >= 0.0), "stages: {stages:#}");
+    for measured in ["parse", "decide", "serialize", "publish", "commit", "ack"] {
+        assert!(
+            stages[measured].as_f64() > Some(0.0),
+            "{measured} measured: {stages:#}"
+        );
+    }
+    let run = &report["rounds"][0]["seatrush"];
+    let (cpu, run_stages) = (
+        run["worker_cpu_us_per_request"].as_f64().unwrap_or(0.0),
+        &run["worker_cpu_by_stage_us_per_request"],
+    );
+    let sum: f64 = parts.iter().filter_map(|p| run_stages[p].as_f64()).sum();
+    assert!(
+        sum >= cpu * 0.99 - 0.01,
+        "a round's parts ({sum}) make up its worker CPU ({cpu}): {run_stages:#}"
+    );
     let out = env.log_dir().join(format!("{}-bench", env.topology.prefix));
     for file in ["report.md", "latency.svg", "throughput.svg"] {
         assert!(out.join(file).is_file(), "{file} is written");
@@ -179,6 +214,7 @@ async fn a_small_bench_runs_every_design_in_every_round_and_reports_medians() {
     assert!(svg.starts_with("<svg") && svg.contains("seatrush") && svg.contains("Redis"));
     let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
     assert!(md.contains("ratio_to_intake_ceiling") && md.contains("naive Postgres"));
+    assert!(md.contains("by stage") && md.contains("broker client thread"));
     env.cleanup().await;
 }
 

@@ -202,7 +202,29 @@ pub(crate) struct Stat {
 /// The parent and the user + system CPU time of a process and its reaped children, from
 /// `/proc/<pid>/stat`.
 pub(crate) fn stat_fields(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_at(&format!("/proc/{pid}/stat"))
+}
+
+/// The CPU time of the threads of process `pid` whose name is `name` (from
+/// `/proc/<pid>/task/<tid>/comm` and `stat`); `None` if the process is gone.
+pub(crate) fn threads_cpu(pid: u32, name: &str) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == name)
+            })
+            .filter_map(|task| stat_at(&task.path().join("stat").to_string_lossy()))
+            .map(|stat| stat.own)
+            .sum(),
+    )
+}
+
+/// The fields of a `stat` file of `/proc` (a process's, or one of its threads').
+fn stat_at(path: &str) -> Option<Stat> {
+    let text = std::fs::read_to_string(path).ok()?;
     // The command name is in parentheses and may contain spaces: split after it.
     let after = text.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();

@@ -12,6 +12,7 @@
 //! answer earlier, never later, so the order guarantee holds; and it only packs what is already
 //! queued, so no answer waits for a batch to fill.
 
+use crate::telemetry::metrics::{self, Stage};
 use std::collections::HashMap;
 
 use futures::StreamExt;
@@ -148,11 +149,15 @@ async fn run(publisher: Publisher, mut inbox: mpsc::Receiver<Letter>) {
         if received == 0 {
             break;
         }
-        let (messages, confirms): (Vec<Outgoing>, Vec<_>) = pack(burst.drain(..))
-            .into_iter()
-            .map(|l| (l.message, l.confirm))
-            .unzip();
-        let sent = join_all(messages.into_iter().map(|m| publisher.send(m))).await;
+        let sent = metrics::busy_while(Stage::Publish, async {
+            let (messages, confirms): (Vec<Outgoing>, Vec<_>) = pack(burst.drain(..))
+                .into_iter()
+                .map(|l| (l.message, l.confirm))
+                .unzip();
+            let sent = join_all(messages.into_iter().map(|m| publisher.send(m))).await;
+            (sent, confirms)
+        });
+        let (sent, confirms) = sent.await;
         for (result, confirm) in sent.into_iter().zip(confirms) {
             match (confirm, result) {
                 (Some(tx), result) => {

@@ -1,6 +1,7 @@
 //! Answers as clients receive them: the provisional and the final answer of a request, and
 //! the event of a promotion.
 
+use crate::telemetry::metrics;
 use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 
@@ -268,7 +269,9 @@ impl Wire<'_> {
 
     fn write_to(&self, out: &mut Vec<u8>) {
         // Serializing a struct of strings, integers and booleans into memory cannot fail.
-        let _ = serde_json::to_writer(out, self);
+        let _ = metrics::busy_in(metrics::Stage::Serialize, || {
+            serde_json::to_writer(out, self)
+        });
     }
 }
 

@@ -4,8 +4,11 @@
 //! runbook in `docs/operations.md` have one place to match. Counters whose labels are known in
 //! advance are registered at zero, so a scrape shows them before the first event.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -44,10 +47,17 @@ pub const DEAD_LETTERS: &str = "seatrush_dead_letters_total";
 pub const RECONNECTS: &str = "seatrush_reconnects_total";
 /// 1 while the `component` (broker, database) is reachable, else 0.
 pub const READY: &str = "seatrush_ready";
+/// Time the worker's own threads spent in each `stage` of the request path (the labels of
+/// [`Stage`]), in nanoseconds: what the benchmark divides by the requests to say where a
+/// worker's CPU per request goes. Measured around code that does not wait (or, for a stage
+/// that awaits, around each poll of its future), so waiting for the broker or the database is
+/// not counted; the broker client's own thread and the runtime's scheduling are not in any
+/// stage.
+pub const STAGE_BUSY: &str = "seatrush_stage_busy_nanoseconds_total";
 
 /// Every metric name, for checks (the dashboard, the runbook) against this list. Histograms
 /// export `_bucket`, `_sum` and `_count` series of their name.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 16] = [
     REQUESTS,
     PROMOTIONS,
     DECISION,
@@ -62,6 +72,8 @@ pub const ALL: [&str; 14] = [
     DEAD_LETTERS,
     RECONNECTS,
     READY,
+    PUBLISHED,
+    STAGE_BUSY,
 ];
 
 /// Why a message was dead-lettered by this worker.
@@ -103,6 +115,50 @@ impl Target {
     }
 }
 
+/// A stage of the request path whose busy time the worker measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// A delivery's body and properties parsed into a request.
+    Parse,
+    /// A request handed to its course actor's mailbox (finding or starting the actor).
+    Route,
+    /// A course actor deciding from memory.
+    Decide,
+    /// Answers written as JSON (provisional and final, alone or into a batch).
+    Serialize,
+    /// The outbox packing a burst and handing its messages to the broker client.
+    Publish,
+    /// The group commit's work on the worker's side: building the statements' arrays,
+    /// talking to the database, reading the results.
+    Commit,
+    /// Settling the deliveries of a committed and answered batch with the broker.
+    Ack,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 7] = [
+        Self::Parse,
+        Self::Route,
+        Self::Decide,
+        Self::Serialize,
+        Self::Publish,
+        Self::Commit,
+        Self::Ack,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Parse => "parse",
+            Self::Route => "route",
+            Self::Decide => "decide",
+            Self::Serialize => "serialize",
+            Self::Publish => "publish",
+            Self::Commit => "commit",
+            Self::Ack => "ack",
+        }
+    }
+}
+
 // Deciding is a few microseconds; anything near a millisecond is worth seeing.
 const DECISION_BUCKETS: [f64; 11] = [
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 1e-1,
@@ -139,6 +195,8 @@ struct PerRequest {
     decision: Histogram,
     /// In the order of `PUBLISHED_KINDS`.
     published: Vec<Counter>,
+    /// In the order of `Stage::ALL`.
+    stages: Vec<Counter>,
 }
 
 /// Registered right after the recorder is installed; a process that never installs one (a
@@ -163,6 +221,10 @@ fn per_request() -> &'static PerRequest {
         published: PUBLISHED_KINDS
             .iter()
             .map(|kind| counter!(PUBLISHED, "kind" => *kind))
+            .collect(),
+        stages: Stage::ALL
+            .iter()
+            .map(|stage| counter!(STAGE_BUSY, "stage" => stage.label()))
             .collect(),
     })
 }
@@ -199,7 +261,7 @@ pub fn install() -> Option<PrometheusHandle> {
             }
             counter!(REDELIVERIES).absolute(0);
             per_request().promotions.absolute(0);
-            for counter in &per_request().published {
+            for counter in per_request().published.iter().chain(&per_request().stages) {
                 counter.absolute(0);
             }
             Some(handle)
@@ -249,6 +311,51 @@ pub fn promoted(students: usize) {
 
 pub fn decided_in(elapsed: Duration) {
     per_request().decision.record(elapsed.as_secs_f64());
+    busy(Stage::Decide, elapsed);
+}
+
+/// Time spent in `stage`.
+pub fn busy(stage: Stage, elapsed: Duration) {
+    let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+    // `Stage::ALL` lists every variant in declaration order, so the index is always there.
+    if let Some(counter) = per_request().stages.get(stage as usize) {
+        counter.increment(nanos);
+    }
+}
+
+/// Runs `work` and counts its time in `stage`.
+pub fn busy_in<T>(stage: Stage, work: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let done = work();
+    busy(stage, started.elapsed());
+    done
+}
+
+/// `future`, with the time spent in each of its polls counted in `stage`: the work it does,
+/// not the time it waits.
+pub fn busy_while<F: Future>(stage: Stage, future: F) -> Busy<F> {
+    Busy { stage, future }
+}
+
+pin_project_lite::pin_project! {
+    /// A future whose polls are counted in a stage; see [`busy_while`].
+    pub struct Busy<F> {
+        stage: Stage,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for Busy<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let started = Instant::now();
+        let polled = this.future.poll(cx);
+        busy(*this.stage, started.elapsed());
+        polled
+    }
 }
 
 pub fn committed_batch(size: usize, elapsed: Duration) {

@@ -15,7 +15,7 @@ use crate::domain::{Action, Reason};
 use crate::pipeline::{CommitQueue, Envelope, InFlight, InFlightGuard};
 use crate::protocol::{Answer, Invalid, parse_request};
 use crate::store::Lease;
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, Stage};
 
 #[derive(Clone)]
 pub(super) struct Intake {
@@ -103,11 +103,14 @@ impl Intake {
         if incoming.redelivered {
             metrics::redelivered();
         }
-        match parse_request(
-            incoming.message_id.as_deref(),
-            incoming.user_id.as_deref(),
-            &incoming.body,
-        ) {
+        let parsed = metrics::busy_in(Stage::Parse, || {
+            parse_request(
+                incoming.message_id.as_deref(),
+                incoming.user_id.as_deref(),
+                &incoming.body,
+            )
+        });
+        match parsed {
             Ok(request) => {
                 let batch = takes_batches(&incoming);
                 let reply_to = incoming.reply_to.map(|queue| ReplyTo {
@@ -130,7 +133,7 @@ impl Intake {
                     tracing::warn!(user = %envelope.request.student_id, course_id = %envelope.request.course_id, "course change refused: not an admin user");
                     self.commit.reject(envelope, Reason::Forbidden).await
                 } else {
-                    self.registry.route(envelope).await
+                    metrics::busy_while(Stage::Route, self.registry.route(envelope)).await
                 };
             }
             Err(invalid) => self.reject(incoming, invalid, guard).await,

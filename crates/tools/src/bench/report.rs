@@ -147,6 +147,7 @@ pub fn markdown(r: &BenchReport) -> String {
     ratios(&mut md, r);
     seatrush_costs(&mut md, r);
     cpu_table(&mut md, r);
+    stage_table(&mut md, r);
     checks(&mut md, r);
     let _ = writeln!(
         md,
@@ -309,6 +310,49 @@ fn cpu_table(md: &mut String, r: &BenchReport) {
         );
     }
     let _ = writeln!(md);
+}
+
+/// Where seatrush's worker CPU per request goes, by stage of the request path.
+fn stage_table(md: &mut String, r: &BenchReport) {
+    let designs = [
+        ("batched answers", &r.seatrush),
+        ("one message per answer", &r.seatrush_single),
+    ];
+    let shares: Vec<_> = designs
+        .iter()
+        .filter_map(|(name, s)| {
+            Some((
+                *name,
+                s.worker_cpu_by_stage_us_per_request?,
+                s.worker_cpu_us_per_request?,
+            ))
+        })
+        .collect();
+    let Some((_, first, _)) = shares.first() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "Worker CPU per request (µs), by stage (medians). Each stage is measured by the worker \
+         around its own code (`seatrush_stage_busy_nanoseconds_total`), the broker client's \
+         thread from `/proc`; the rest is the async runtime's scheduling and the hand-offs \
+         between tasks:\n"
+    );
+    let header: Vec<&str> = shares.iter().map(|(name, _, _)| *name).collect();
+    let _ = writeln!(md, "| stage | {} |", header.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(shares.len()));
+    for (i, (part, _)) in first.parts().iter().enumerate() {
+        let cells: Vec<String> = shares
+            .iter()
+            .map(|(_, share, _)| format!("{:.1}", share.parts()[i].1))
+            .collect();
+        let _ = writeln!(md, "| {part} | {} |", cells.join(" | "));
+    }
+    let totals: Vec<String> = shares
+        .iter()
+        .map(|(_, _, cpu)| format!("{cpu:.1}"))
+        .collect();
+    let _ = writeln!(md, "| **worker CPU** | {} |\n", totals.join(" | "));
 }
 
 fn checks(md: &mut String, r: &BenchReport) {

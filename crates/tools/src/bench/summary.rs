@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{BenchReport, Medians, Round, Scenario};
 use crate::cpu::CpuShare;
-use crate::rush::RushReport;
+use crate::rush::{RushReport, StageShare};
 
 /// The median of some figures (0 for none).
 fn median(mut values: Vec<f64>) -> f64 {
@@ -52,12 +52,36 @@ fn median_rush(reports: &[&RushReport]) -> RushReport {
     out.worker_cpu_us_per_request = of_some(&|r| r.worker_cpu_us_per_request);
     out.worker_publishes_per_request = of_some(&|r| r.worker_publishes_per_request);
     out.worker_peak_rss_mib = of_some(&|r| r.worker_peak_rss_mib);
+    out.worker_cpu_by_stage_us_per_request = stage_medians(reports);
     out.lost = reports.iter().map(|r| r.lost).sum();
     out.duplicated = reports.iter().map(|r| r.duplicated).sum();
     out.contradicted = reports.iter().map(|r| r.contradicted).sum();
     out.violations = reports.iter().map(|r| r.violations).sum();
     out.audit = reports.iter().flat_map(|r| r.audit.clone()).collect();
     out
+}
+
+/// The median of each part of the workers' CPU per request over the runs that measured it.
+fn stage_medians(reports: &[&RushReport]) -> Option<StageShare> {
+    let shares: Vec<StageShare> = reports
+        .iter()
+        .filter_map(|r| r.worker_cpu_by_stage_us_per_request)
+        .collect();
+    if shares.is_empty() {
+        return None;
+    }
+    let of = |f: fn(&StageShare) -> f64| median(shares.iter().map(f).collect());
+    Some(StageShare {
+        parse: of(|s| s.parse),
+        route: of(|s| s.route),
+        decide: of(|s| s.decide),
+        serialize: of(|s| s.serialize),
+        publish: of(|s| s.publish),
+        commit: of(|s| s.commit),
+        ack: of(|s| s.ack),
+        broker_client_thread: of(|s| s.broker_client_thread),
+        rest: of(|s| s.rest),
+    })
 }
 
 /// Every design's CPU per request and process, the median of each over the rounds.

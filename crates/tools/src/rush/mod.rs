@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use plan::{course_ids, crowd, with_duplicates};
-pub use workers::{Services, Usage, WorkerProcess, usage_of};
+pub use workers::{Profile, Services, Usage, WorkerProcess, usage_of};
 
 use crate::load::{self, Pace, Progress};
 use seatrush_core::domain::{CourseId, CourseSettings, Request};
@@ -127,6 +127,10 @@ pub struct RushReport {
     pub worker_cpu_us_per_request: Option<f64>,
     /// Messages the workers published (answers, batches of answers, events) per request.
     pub worker_publishes_per_request: Option<f64>,
+    /// Where the workers' CPU per request went: each stage of the request path, the broker
+    /// client's own thread, and the rest (the runtime's scheduling and hand-offs between
+    /// tasks), for workers this rush started.
+    pub worker_cpu_by_stage_us_per_request: Option<StageShare>,
     /// Whether the crowd asked for batched answers.
     pub batched_answers: bool,
     /// CPU per request of the broker, the database, Redis, this process and the workers over
@@ -184,7 +188,7 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         .map(|w| w.usage().map(|u| u.cpu).unwrap_or_default())
         .collect();
     let batches_before = store.decision_batches().await?;
-    let published_before = published(&started).await;
+    let profile_before = profile(&started).await;
     let servers_before = config.servers.as_ref().map(crate::cpu::Servers::before);
 
     let fired = fire_showing_progress(&config, requests, show_progress)
@@ -198,10 +202,10 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
     let measured = Measured {
         servers,
         transactions: store.decision_batches().await? - batches_before,
-        published: published(&started)
+        profile: profile(&started)
             .await
-            .zip(published_before)
-            .map(|(after, before)| after.saturating_sub(before)),
+            .zip(profile_before)
+            .map(|(after, before)| after.since(&before)),
         usages: started.iter().map(WorkerProcess::usage).collect(),
         cpu_before,
         held: store.seats_held(&courses).await?,
@@ -287,14 +291,66 @@ async fn fire_showing_progress(
     fired
 }
 
-/// Messages the workers published so far, all together; `None` if one could not say.
-async fn published(workers: &[WorkerProcess]) -> Option<u64> {
+/// A worker's CPU per request by where it went, in microseconds. The stages are measured
+/// around their own code by the worker (`seatrush_stage_busy_nanoseconds_total`), the broker
+/// client's thread from `/proc`; `rest` is the worker's CPU less both: the async runtime's
+/// scheduling, the hand-offs between tasks, and what no stage covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StageShare {
+    pub parse: f64,
+    pub route: f64,
+    pub decide: f64,
+    pub serialize: f64,
+    pub publish: f64,
+    pub commit: f64,
+    pub ack: f64,
+    pub broker_client_thread: f64,
+    pub rest: f64,
+}
+
+impl StageShare {
+    fn of(profile: &Profile, cpu: Duration, requests: usize) -> Self {
+        let per_request = |d: Duration| d.as_secs_f64() * 1e6 / requests.max(1) as f64;
+        let [parse, route, decide, serialize, publish, commit, ack] =
+            profile.stages.map(per_request);
+        let measured = profile.stages.iter().sum::<Duration>() + profile.broker_client;
+        Self {
+            parse,
+            route,
+            decide,
+            serialize,
+            publish,
+            commit,
+            ack,
+            broker_client_thread: per_request(profile.broker_client),
+            rest: per_request(cpu.saturating_sub(measured)),
+        }
+    }
+
+    /// Each part with its name, in the order of the request path.
+    pub fn parts(&self) -> [(&'static str, f64); 9] {
+        [
+            ("parse", self.parse),
+            ("route", self.route),
+            ("decide", self.decide),
+            ("serialize", self.serialize),
+            ("publish", self.publish),
+            ("commit", self.commit),
+            ("ack", self.ack),
+            ("broker client thread", self.broker_client_thread),
+            ("rest (runtime, hand-offs)", self.rest),
+        ]
+    }
+}
+
+/// The workers' profiles so far, all together; `None` if one could not say.
+async fn profile(workers: &[WorkerProcess]) -> Option<Profile> {
     if workers.is_empty() {
         return None;
     }
-    let mut total = 0;
+    let mut total = Profile::default();
     for worker in workers {
-        total += worker.published().await?;
+        total = total.plus(&worker.profile().await?);
     }
     Some(total)
 }
@@ -304,8 +360,8 @@ struct Measured {
     /// The servers' CPU before and after the crowd.
     servers: Option<(crate::cpu::Before, crate::cpu::Before)>,
     transactions: i64,
-    /// Messages the workers published during the crowd.
-    published: Option<u64>,
+    /// What the workers published, and where their CPU went, during the crowd.
+    profile: Option<Profile>,
     usages: Vec<Option<Usage>>,
     cpu_before: Vec<Duration>,
     held: Vec<(String, String)>,
@@ -360,7 +416,13 @@ fn report_of(
         transactions,
         requests_per_commit: n as f64 / transactions.max(1) as f64,
         worker_cpu_us_per_request: cpu.map(|c| c.as_secs_f64() * 1e6 / n.max(1) as f64),
-        worker_publishes_per_request: measured.published.map(|p| p as f64 / n.max(1) as f64),
+        worker_publishes_per_request: measured
+            .profile
+            .map(|p| p.published as f64 / n.max(1) as f64),
+        worker_cpu_by_stage_us_per_request: measured
+            .profile
+            .zip(cpu)
+            .map(|(profile, cpu)| StageShare::of(&profile, cpu, n)),
         cpu_us_per_request: measured
             .servers
             .as_ref()

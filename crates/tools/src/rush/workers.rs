@@ -10,6 +10,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use seatrush_core::amqp::Topology;
+use seatrush_core::telemetry::metrics::{self, Stage};
 
 /// Where the services are, as passed to worker processes.
 #[derive(Debug, Clone)]
@@ -73,15 +74,28 @@ impl WorkerProcess {
         Ok(worker)
     }
 
-    /// How many messages the worker has published so far, from its `/metrics`; `None` if it
-    /// serves none or could not be asked.
-    pub async fn published(&self) -> Option<u64> {
+    /// What the worker has published and where its CPU went so far, from its `/metrics` and
+    /// `/proc`; `None` if it serves no metrics, could not be asked, or is gone.
+    pub async fn profile(&self) -> Option<Profile> {
         let addr = self.http_addr?.to_string();
         let (status, body) =
             seatrush_core::worker::health::probe(&addr, "/metrics", Duration::from_secs(5))
                 .await
                 .ok()?;
-        (status == 200).then(|| counter_sum(&body, seatrush_core::telemetry::metrics::PUBLISHED))
+        if status != 200 {
+            return None;
+        }
+        let busy = metrics::STAGE_BUSY;
+        Some(Profile {
+            published: counter_sum(&body, metrics::PUBLISHED),
+            stages: Stage::ALL.map(|stage| {
+                Duration::from_nanos(counter_sum(
+                    &body,
+                    &format!("{busy}{{stage=\"{}\"}}", stage.label()),
+                ))
+            }),
+            broker_client: crate::cpu::threads_cpu(self.pid()?, BROKER_CLIENT_THREAD)?,
+        })
     }
 
     /// Like `start`, with extra environment variables (for example `FAILPOINTS` in tests).
@@ -201,15 +215,63 @@ pub fn usage_of(pid: u32) -> Option<Usage> {
     })
 }
 
-/// The sum of every series of the counter `name` in a Prometheus text exposition.
+/// The name the broker client gives the thread it reads and writes the connection on.
+const BROKER_CLIENT_THREAD: &str = "lapin-io-loop";
+
+/// What a worker has published and where its CPU went, so far; two of them, taken before and
+/// after a crowd, give the crowd's share.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Profile {
+    /// Messages published (a batch of answers counts once).
+    pub published: u64,
+    /// Time busy in each stage, in the order of `Stage::ALL`.
+    pub stages: [Duration; Stage::ALL.len()],
+    /// CPU time of the broker client's own thread.
+    pub broker_client: Duration,
+}
+
+impl Profile {
+    /// What happened between `before` and this one.
+    pub fn since(&self, before: &Profile) -> Profile {
+        let mut stages = self.stages;
+        for (stage, earlier) in stages.iter_mut().zip(before.stages) {
+            *stage = stage.saturating_sub(earlier);
+        }
+        Profile {
+            published: self.published.saturating_sub(before.published),
+            stages,
+            broker_client: self.broker_client.saturating_sub(before.broker_client),
+        }
+    }
+
+    /// Two workers' together.
+    pub fn plus(&self, other: &Profile) -> Profile {
+        let mut stages = self.stages;
+        for (stage, theirs) in stages.iter_mut().zip(other.stages) {
+            *stage += theirs;
+        }
+        Profile {
+            published: self.published + other.published,
+            stages,
+            broker_client: self.broker_client + other.broker_client,
+        }
+    }
+}
+
+/// The sum of every series of the counter `name` in a Prometheus text exposition; `name` may
+/// carry its labels (`name{label="value"}`) to sum only that series.
 fn counter_sum(exposition: &str, name: &str) -> u64 {
     exposition
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
-            let series_name = series.split('{').next()?;
-            (series_name == name).then(|| value.parse::<f64>().ok())?
+            let matches = if name.contains('{') {
+                series == name
+            } else {
+                series.split('{').next()? == name
+            };
+            matches.then(|| value.parse::<f64>().ok())?
         })
         .sum::<f64>() as u64
 }
@@ -232,6 +294,61 @@ mod tests {
         assert_eq!(
             super::counter_sum(exposition, "seatrush_published_messages_total"),
             15
+        );
+        assert_eq!(
+            super::counter_sum(
+                exposition,
+                "seatrush_published_messages_total{kind=\"event\"}"
+            ),
+            3
+        );
+    }
+
+    #[test]
+    fn this_process_has_threads_of_its_name_and_none_of_another() {
+        // The test harness runs each test on a thread named after the test.
+        let me = std::thread::current().name().map(str::to_owned);
+        let pid = std::process::id();
+        assert_eq!(
+            crate::cpu::threads_cpu(pid, "no-thread-is-called-this"),
+            Some(std::time::Duration::ZERO)
+        );
+        if let Some(name) = me {
+            // /proc shows a thread's name cut to 15 bytes.
+            let shown: String = name.chars().take(15).collect();
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < std::time::Duration::from_millis(50) {
+                std::hint::black_box(0u64);
+            }
+            assert!(
+                crate::cpu::threads_cpu(pid, &shown)
+                    .is_some_and(|cpu| cpu > std::time::Duration::ZERO)
+            );
+        }
+    }
+
+    #[test]
+    fn a_profile_subtracts_and_adds_stage_by_stage() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let before = super::Profile {
+            published: 2,
+            stages: [ms(1); 7],
+            broker_client: ms(3),
+        };
+        let after = super::Profile {
+            published: 5,
+            stages: [ms(4); 7],
+            broker_client: ms(10),
+        };
+        let crowd = after.since(&before);
+        assert_eq!(crowd.published, 3);
+        assert_eq!(crowd.stages, [ms(3); 7]);
+        assert_eq!(crowd.broker_client, ms(7));
+        let two = crowd.plus(&crowd);
+        assert_eq!(
+            (two.published, two.stages[6], two.broker_client),
+            (6, ms(6), ms(14))
         );
     }
 }

@@ -83,7 +83,9 @@ async fn finalize_batch(
         tracing::warn!(error = %crate::telemetry::chain(&e), "could not record final answers as sent");
     }
     crate::failpoint::crash_point(crate::failpoint::BEFORE_ACK);
-    match acked(batch).await {
+    match crate::telemetry::metrics::busy_while(crate::telemetry::metrics::Stage::Ack, acked(batch))
+        .await
+    {
         Ok(()) => true,
         Err(e) => {
             fault.raise(e);

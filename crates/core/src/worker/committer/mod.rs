@@ -219,7 +219,10 @@ impl Committer {
             // cut short unacked is safe whether or not it reached the database: its requests
             // are redelivered and either decided anew or replayed from their stored outcome.
             let attempt = tokio::select! {
-                attempt = self.store.commit(&self.worker_id, &pending) => attempt,
+                attempt = metrics::busy_while(
+                    metrics::Stage::Commit,
+                    self.store.commit(&self.worker_id, &pending),
+                ) => attempt,
                 _ = stop.cancelled() => return None,
             };
             match attempt {
