@@ -69,7 +69,12 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     // The defaults, in one place: `new` uses them and the command line shows them.
-    pub const DEFAULT_PREFETCH: u16 = 250;
+    /// A delivery stays unacked from its arrival until its batch is committed and answered,
+    /// so a partition moves at most a prefetch's worth per commit cycle. A hot course has one
+    /// partition: with 250 the worker took a 10,000-student rush on one course at 12,800-13,500
+    /// requests/s while the broker offered 21,000-23,000; with 1,000, at 15,900-16,600
+    /// (alternating rushes). On the burst over 300 courses the two measured the same.
+    pub const DEFAULT_PREFETCH: u16 = 1000;
     pub const DEFAULT_MAILBOX: usize = 512;
     pub const DEFAULT_MAX_ACTORS: usize = 5000;
     pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
