@@ -77,23 +77,26 @@ enum Form {
     Set,
 }
 
+/// A call of `$function` on a batch of effects given as parallel arrays.
+macro_rules! batch_call {
+    ($function:literal) => {
+        concat!(
+            "SELECT r_ord, r_applied, r_student FROM ",
+            $function,
+            "(ARRAY( \
+               SELECT ROW(t.ord, t.course_id, t.student_id, t.request_id, \
+                          t.kind::effect_kind, NULL, NULL, NULL, NULL, NULL, NULL)::effect \
+                 FROM UNNEST($1::int[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                   AS t(ord, course_id, student_id, request_id, kind)))"
+        )
+    };
+}
+
 impl Form {
     fn sql(self) -> &'static str {
         match self {
-            Self::Loop => {
-                "SELECT r_ord, r_applied, r_student FROM apply_effects_in_order(ARRAY( \
-                   SELECT ROW(t.ord, t.course_id, t.student_id, t.request_id, \
-                              t.kind::effect_kind, NULL, NULL, NULL, NULL, NULL, NULL)::effect \
-                     FROM UNNEST($1::int[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-                       AS t(ord, course_id, student_id, request_id, kind)))"
-            }
-            Self::Set => {
-                "SELECT r_ord, r_applied, r_student FROM apply_effects(ARRAY( \
-                   SELECT ROW(t.ord, t.course_id, t.student_id, t.request_id, \
-                              t.kind::effect_kind, NULL, NULL, NULL, NULL, NULL, NULL)::effect \
-                     FROM UNNEST($1::int[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-                       AS t(ord, course_id, student_id, request_id, kind)))"
-            }
+            Self::Loop => batch_call!("apply_effects_in_order"),
+            Self::Set => batch_call!("apply_effects"),
         }
     }
 }

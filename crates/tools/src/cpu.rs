@@ -6,6 +6,7 @@
 //! every process below it (PostgreSQL serves each connection from a child process).
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -202,7 +203,7 @@ pub(crate) struct Stat {
 /// The parent and the user + system CPU time of a process and its reaped children, from
 /// `/proc/<pid>/stat`.
 pub(crate) fn stat_fields(pid: u32) -> Option<Stat> {
-    stat_at(&format!("/proc/{pid}/stat"))
+    stat_at(Path::new(&format!("/proc/{pid}/stat")))
 }
 
 /// The CPU time of the threads of process `pid` whose name is `name` (from
@@ -216,14 +217,14 @@ pub(crate) fn threads_cpu(pid: u32, name: &str) -> Option<Duration> {
                 std::fs::read_to_string(task.path().join("comm"))
                     .is_ok_and(|comm| comm.trim_end() == name)
             })
-            .filter_map(|task| stat_at(&task.path().join("stat").to_string_lossy()))
+            .filter_map(|task| stat_at(&task.path().join("stat")))
             .map(|stat| stat.own)
             .sum(),
     )
 }
 
 /// The fields of a `stat` file of `/proc` (a process's, or one of its threads').
-fn stat_at(path: &str) -> Option<Stat> {
+fn stat_at(path: &Path) -> Option<Stat> {
     let text = std::fs::read_to_string(path).ok()?;
     // The command name is in parentheses and may contain spaces: split after it.
     let after = text.rsplit_once(')')?.1;

@@ -12,7 +12,6 @@
 //! answer earlier, never later, so the order guarantee holds; and it only packs what is already
 //! queued, so no answer waits for a batch to fill.
 
-use crate::telemetry::metrics::{self, Stage};
 use std::collections::HashMap;
 
 use futures::StreamExt;
@@ -27,6 +26,7 @@ use super::{
 };
 use crate::domain::Request;
 use crate::protocol::request_body;
+use crate::telemetry::metrics::{self, Stage};
 
 /// Most messages handed to the I/O thread in one go.
 const BURST: usize = 512;

@@ -1,12 +1,12 @@
 //! Answers as clients receive them: the provisional and the final answer of a request, and
 //! the event of a promotion.
 
-use crate::telemetry::metrics;
 use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 
 use super::Invalid;
 use crate::domain::{Action, Outcome, Reason, Request, Verdict};
+use crate::telemetry::metrics;
 
 /// The two moments a client hears about a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

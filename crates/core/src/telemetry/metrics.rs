@@ -120,7 +120,8 @@ impl Target {
 pub enum Stage {
     /// A delivery's body and properties parsed into a request.
     Parse,
-    /// A request handed to its course actor's mailbox (finding or starting the actor).
+    /// A request handed to its course actor's mailbox (finding or starting the actor, and for
+    /// a course not seen yet, asking the catalog whether it exists).
     Route,
     /// A course actor deciding from memory.
     Decide,

@@ -323,7 +323,7 @@ fn stage_table(md: &mut String, r: &BenchReport) {
         .filter_map(|(name, s)| {
             Some((
                 *name,
-                s.worker_cpu_by_stage_us_per_request?,
+                s.worker_cpu_by_stage_us_per_request.as_ref()?,
                 s.worker_cpu_us_per_request?,
             ))
         })

@@ -63,24 +63,20 @@ fn median_rush(reports: &[&RushReport]) -> RushReport {
 
 /// The median of each part of the workers' CPU per request over the runs that measured it.
 fn stage_medians(reports: &[&RushReport]) -> Option<StageShare> {
-    let shares: Vec<StageShare> = reports
+    let shares: Vec<&StageShare> = reports
         .iter()
-        .filter_map(|r| r.worker_cpu_by_stage_us_per_request)
+        .filter_map(|r| r.worker_cpu_by_stage_us_per_request.as_ref())
         .collect();
-    if shares.is_empty() {
-        return None;
-    }
-    let of = |f: fn(&StageShare) -> f64| median(shares.iter().map(f).collect());
+    let first = shares.first()?;
+    let of = |f: &dyn Fn(&StageShare) -> f64| median(shares.iter().map(|s| f(s)).collect());
     Some(StageShare {
-        parse: of(|s| s.parse),
-        route: of(|s| s.route),
-        decide: of(|s| s.decide),
-        serialize: of(|s| s.serialize),
-        publish: of(|s| s.publish),
-        commit: of(|s| s.commit),
-        ack: of(|s| s.ack),
-        broker_client_thread: of(|s| s.broker_client_thread),
-        rest: of(|s| s.rest),
+        stages: first
+            .stages
+            .keys()
+            .map(|&stage| (stage, of(&|s| s.stages.get(stage).copied().unwrap_or(0.0))))
+            .collect(),
+        broker_client_thread: of(&|s| s.broker_client_thread),
+        rest: of(&|s| s.rest),
     })
 }
 

@@ -22,6 +22,7 @@ use crate::load::{self, Pace, Progress};
 use seatrush_core::domain::{CourseId, CourseSettings, Request};
 use seatrush_core::protocol::Stage;
 use seatrush_core::store::Store;
+use seatrush_core::telemetry::metrics;
 
 /// Who runs the workers.
 #[derive(Debug, Clone)]
@@ -295,15 +296,11 @@ async fn fire_showing_progress(
 /// around their own code by the worker (`seatrush_stage_busy_nanoseconds_total`), the broker
 /// client's thread from `/proc`; `rest` is the worker's CPU less both: the async runtime's
 /// scheduling, the hand-offs between tasks, and what no stage covers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StageShare {
-    pub parse: f64,
-    pub route: f64,
-    pub decide: f64,
-    pub serialize: f64,
-    pub publish: f64,
-    pub commit: f64,
-    pub ack: f64,
+    /// By stage, under the labels of `Stage` (`parse`, `route`, ... `ack`).
+    #[serde(flatten)]
+    pub stages: BTreeMap<&'static str, f64>,
     pub broker_client_thread: f64,
     pub rest: f64,
 }
@@ -311,35 +308,29 @@ pub struct StageShare {
 impl StageShare {
     fn of(profile: &Profile, cpu: Duration, requests: usize) -> Self {
         let per_request = |d: Duration| d.as_secs_f64() * 1e6 / requests.max(1) as f64;
-        let [parse, route, decide, serialize, publish, commit, ack] =
-            profile.stages.map(per_request);
         let measured = profile.stages.iter().sum::<Duration>() + profile.broker_client;
         Self {
-            parse,
-            route,
-            decide,
-            serialize,
-            publish,
-            commit,
-            ack,
+            stages: metrics::Stage::ALL
+                .iter()
+                .zip(profile.stages)
+                .map(|(stage, busy)| (stage.label(), per_request(busy)))
+                .collect(),
             broker_client_thread: per_request(profile.broker_client),
             rest: per_request(cpu.saturating_sub(measured)),
         }
     }
 
     /// Each part with its name, in the order of the request path.
-    pub fn parts(&self) -> [(&'static str, f64); 9] {
-        [
-            ("parse", self.parse),
-            ("route", self.route),
-            ("decide", self.decide),
-            ("serialize", self.serialize),
-            ("publish", self.publish),
-            ("commit", self.commit),
-            ("ack", self.ack),
-            ("broker client thread", self.broker_client_thread),
-            ("rest (runtime, hand-offs)", self.rest),
-        ]
+    pub fn parts(&self) -> Vec<(&'static str, f64)> {
+        let stage = |label: &'static str| (label, self.stages.get(label).copied().unwrap_or(0.0));
+        metrics::Stage::ALL
+            .iter()
+            .map(|s| stage(s.label()))
+            .chain([
+                ("broker client thread", self.broker_client_thread),
+                ("rest (runtime, hand-offs)", self.rest),
+            ])
+            .collect()
     }
 }
 

@@ -233,27 +233,29 @@ pub struct Profile {
 impl Profile {
     /// What happened between `before` and this one.
     pub fn since(&self, before: &Profile) -> Profile {
-        let mut stages = self.stages;
-        for (stage, earlier) in stages.iter_mut().zip(before.stages) {
-            *stage = stage.saturating_sub(earlier);
-        }
-        Profile {
-            published: self.published.saturating_sub(before.published),
-            stages,
-            broker_client: self.broker_client.saturating_sub(before.broker_client),
-        }
+        self.zip_with(before, Duration::saturating_sub, u64::saturating_sub)
     }
 
     /// Two workers' together.
     pub fn plus(&self, other: &Profile) -> Profile {
+        self.zip_with(other, |a, b| a + b, |a, b| a + b)
+    }
+
+    /// Each figure of this one and `other` combined, times by `time` and counts by `count`.
+    fn zip_with(
+        &self,
+        other: &Profile,
+        time: fn(Duration, Duration) -> Duration,
+        count: fn(u64, u64) -> u64,
+    ) -> Profile {
         let mut stages = self.stages;
         for (stage, theirs) in stages.iter_mut().zip(other.stages) {
-            *stage += theirs;
+            *stage = time(*stage, theirs);
         }
         Profile {
-            published: self.published + other.published,
+            published: count(self.published, other.published),
             stages,
-            broker_client: self.broker_client + other.broker_client,
+            broker_client: time(self.broker_client, other.broker_client),
         }
     }
 }
