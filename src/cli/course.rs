@@ -11,7 +11,7 @@ use super::common::Common;
 use super::request::describe;
 use seatrush_core::admin;
 use seatrush_core::client::Client;
-use seatrush_core::domain::{CourseId, CoursePatch, CourseSettings};
+use seatrush_core::domain::{CourseId, CoursePatch, CourseSettings, Opening};
 use seatrush_core::store::{CourseDetail, CourseRow};
 
 #[derive(Subcommand)]
@@ -34,7 +34,8 @@ pub enum CourseCommand {
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
     },
-    /// Show one course: settings, enrolled students, the waitlist in order.
+    /// Show one course: settings, enrolled students, the waitlist in order, and for a draw its
+    /// commitment, its entrants (with their rank once drawn) and, after the draw, its seed.
     Show {
         id: String,
         #[arg(long)]
@@ -45,8 +46,9 @@ pub enum CourseCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Create a term's courses from a CSV file (course_id,seats,waitlist,opens_at,closes_at);
-    /// existing courses get the file's settings through their actors.
+    /// Create a term's courses from a CSV file (course_id,seats,waitlist,opens_at,closes_at,
+    /// and optionally opening,entries_open_at); existing courses get the file's settings
+    /// through their actors.
     Import {
         file: std::path::PathBuf,
         #[arg(long)]
@@ -71,15 +73,28 @@ pub struct SettingsArgs {
     /// Requests from this instant on are rejected as closed (RFC 3339, or `none`).
     #[arg(long)]
     closes_at: Option<admin::InstantArg>,
+    /// `first-come` (requests before the opening are refused) or `draw` (they enter a draw,
+    /// performed at --opens-at, whose commitment is public from now on).
+    #[arg(long, value_parser = admin::parse_opening)]
+    opening: Option<Opening>,
+    /// Under `draw`: entries are taken from this instant (RFC 3339, or `none`: any time before
+    /// the opening).
+    #[arg(long)]
+    entries_open_at: Option<admin::InstantArg>,
 }
 
 impl SettingsArgs {
+    /// The change asked for; the seed of a course that becomes a draw is chosen by the worker
+    /// that applies it.
     fn patch(&self) -> CoursePatch {
         CoursePatch {
             seats: self.seats,
             waitlist: self.waitlist,
             opens_at: self.opens_at.map(|a| a.0),
             closes_at: self.closes_at.map(|a| a.0),
+            opening: self.opening,
+            entries_open_at: self.entries_open_at.map(|a| a.0),
+            draw_seed: None,
         }
     }
 }
@@ -136,11 +151,13 @@ async fn add(common: &Common, id: String, settings: SettingsArgs) -> anyhow::Res
     let Some(seats) = settings.seats else {
         anyhow::bail!("--seats is required to create a course");
     };
-    let settings = CourseSettings {
-        capacity: seats,
-        ..CourseSettings::default()
-    }
-    .patched(&settings.patch());
+    let settings = admin::with_seed(
+        CourseSettings {
+            capacity: seats,
+            ..CourseSettings::default()
+        }
+        .patched(&settings.patch()),
+    );
     admin::check_settings(&course, &settings)?;
     common.store().await?.add_course(&course, &settings).await?;
     println!("course {course} added: {}", describe_settings(&settings));
@@ -156,8 +173,11 @@ async fn set(
 ) -> anyhow::Result<ExitCode> {
     let course = CourseId::parse(id)?;
     let patch = settings.patch();
-    if patch == CoursePatch::default() {
-        anyhow::bail!("nothing to change: give --seats, --waitlist, --opens-at or --closes-at");
+    if patch.is_empty() {
+        anyhow::bail!(
+            "nothing to change: give --seats, --waitlist, --opens-at, --closes-at, --opening or \
+             --entries-open-at"
+        );
     }
     let client = Client::connect(&common.amqp_url()?, common.topology()).await?;
     let answers = admin::configure(&client, &course, patch, timeout).await;
@@ -215,6 +235,13 @@ fn describe_settings(s: &CourseSettings) -> String {
     if let Some(at) = s.closes_at {
         line.push_str(&format!(", closes {}", at.to_rfc3339()));
     }
+    if let Some(commitment) = s.draw_commitment() {
+        line.push_str(", opening by draw");
+        if let Some(at) = s.entries_open_at {
+            line.push_str(&format!(" (entries from {})", at.to_rfc3339()));
+        }
+        line.push_str(&format!(", commitment {commitment}"));
+    }
     line
 }
 
@@ -231,12 +258,42 @@ fn describe_detail(detail: &CourseDetail) -> String {
         at(c.opens_at),
         at(c.closes_at)
     ));
+    if let Some(draw) = &c.draw {
+        text.push_str(&format!(
+            "  opening {}, entries from {}, {} entrants\n  draw commitment {}\n",
+            c.opening,
+            at(c.entries_open_at),
+            draw.entrants,
+            draw.commitment
+        ));
+        match (&draw.seed, draw.drawn_at) {
+            (Some(seed), Some(when)) => text.push_str(&format!(
+                "  drawn {} with seed {seed}{}\n",
+                when.to_rfc3339(),
+                if draw.announced {
+                    ""
+                } else {
+                    " (results not yet all sent)"
+                }
+            )),
+            _ => text.push_str("  not drawn yet (the seed is revealed after the draw)\n"),
+        }
+    }
     text.push_str(&format!(
         "  enrolled: {}\n",
         detail.enrolled_students.join(" ")
     ));
     for (i, student) in detail.waitlist.iter().enumerate() {
         text.push_str(&format!("  waitlist {:>4}. {student}\n", i + 1));
+    }
+    for entrant in &detail.entrants {
+        match (entrant.draw_position, &entrant.outcome) {
+            (Some(rank), Some(outcome)) => text.push_str(&format!(
+                "  draw {rank:>8}. {} {outcome}\n",
+                entrant.student_id
+            )),
+            _ => text.push_str(&format!("  entered      {}\n", entrant.student_id)),
+        }
     }
     text
 }

@@ -10,6 +10,7 @@ use clap::Args;
 
 use super::common::Common;
 use super::parse::{at_least, positive_rate};
+use seatrush_core::domain::Opening;
 use seatrush_tools::load::Pace;
 use seatrush_tools::rush::{Crowd, RushConfig, Services, Workers};
 
@@ -78,6 +79,17 @@ pub struct RushArgs {
     /// Seconds to wait for the last final answer.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// Instead of a throughput rush, the fairness of an opening: one course of --seats seats
+    /// opening `first-come` or by `draw`, --students students arriving over the minutes
+    /// before it, half of them slow; reports requests per student and seats won by each half.
+    #[arg(long, value_parser = seatrush_core::admin::parse_opening)]
+    opening: Option<Opening>,
+    /// With --opening: students arrive uniformly over this many seconds before the opening.
+    #[arg(long, default_value_t = 60, requires = "opening")]
+    arrive_over_secs: u64,
+    /// With --opening: the added delay of every request of a slow student, in milliseconds.
+    #[arg(long, default_value_t = 250, requires = "opening")]
+    slow_delay_ms: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -227,6 +239,9 @@ fn write_json(path: Option<&PathBuf>, report: &impl serde::Serialize) -> anyhow:
 }
 
 pub async fn rush(common: &Common, args: RushArgs) -> anyhow::Result<ExitCode> {
+    if let Some(opening) = args.opening {
+        return fairness(common, args, opening).await;
+    }
     let workers = if args.external {
         Workers::External
     } else {
@@ -258,6 +273,31 @@ pub async fn rush(common: &Common, args: RushArgs) -> anyhow::Result<ExitCode> {
     print!("{}", seatrush_tools::rush::describe(&done.report));
     write_json(args.json.as_ref(), &done.report)?;
     Ok(exit_code(done.report.passed()))
+}
+
+/// `seatrush rush --opening ...`: who wins the seats of one course under a policy.
+async fn fairness(common: &Common, args: RushArgs, opening: Opening) -> anyhow::Result<ExitCode> {
+    use seatrush_tools::rush::fairness;
+    let config = fairness::FairnessConfig {
+        services: services(common)?,
+        opening,
+        students: args.crowd.crowd().students,
+        seats: args.crowd.crowd().seats,
+        arrive_over: Duration::from_secs(args.arrive_over_secs),
+        slow_delay: Duration::from_millis(args.slow_delay_ms),
+        exe: this_binary()?,
+        tag: args
+            .tag
+            .unwrap_or_else(|| seatrush_tools::rush::fresh_tag("fair")),
+        seed: args.seed,
+        log_dir: std::env::temp_dir().join("seatrush-rush"),
+        timeout: Duration::from_secs(args.timeout_secs),
+    };
+    fairness::check(&config)?;
+    let report = fairness::run(config).await?;
+    print!("{}", fairness::describe(&report));
+    write_json(args.json.as_ref(), &report)?;
+    Ok(exit_code(report.passed()))
 }
 
 pub async fn bench(common: &Common, args: BenchArgs) -> anyhow::Result<ExitCode> {

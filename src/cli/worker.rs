@@ -88,6 +88,12 @@ pub struct WorkerArgs {
     /// more per request).
     #[arg(long, env = "SEATRUSH_FINAL_EVENTS", default_value_t = FinalEvents::Batched)]
     final_events: FinalEvents,
+    /// Entries a draw course takes at most before answering `entries_full` (what one course
+    /// actor holds for its draw).
+    #[arg(long, env = "SEATRUSH_DRAW_ENTRIES",
+          default_value_t = seatrush_core::course::DEFAULT_ENTRIES_LIMIT,
+          value_parser = at_least::<usize>(1))]
+    draw_entries: usize,
 }
 
 impl WorkerArgs {
@@ -113,6 +119,7 @@ impl WorkerArgs {
         config.db_connections = self.db_connections;
         config.http_addr = self.http_addr;
         config.final_events = self.final_events;
+        config.draw_entries = self.draw_entries;
         if !self.admin_users.is_empty() {
             config.admin_users = self.admin_users;
         }

@@ -85,7 +85,8 @@ macro_rules! batch_call {
             $function,
             "(ARRAY( \
                SELECT ROW(t.ord, t.course_id, t.student_id, t.request_id, \
-                          t.kind::effect_kind, NULL, NULL, NULL, NULL, NULL, NULL)::effect \
+                          t.kind::effect_kind, NULL, NULL, NULL, NULL, NULL, NULL, \
+                          NULL, NULL, NULL, NULL)::course_effect \
                  FROM UNNEST($1::int[], $2::text[], $3::text[], $4::text[], $5::text[]) \
                    AS t(ord, course_id, student_id, request_id, kind)))"
         )
@@ -95,8 +96,8 @@ macro_rules! batch_call {
 impl Form {
     fn sql(self) -> &'static str {
         match self {
-            Self::Loop => batch_call!("apply_effects_in_order"),
-            Self::Set => batch_call!("apply_effects"),
+            Self::Loop => batch_call!("apply_course_effects_in_order"),
+            Self::Set => batch_call!("apply_course_effects"),
         }
     }
 }

@@ -85,6 +85,7 @@ fn arb_patch() -> impl Strategy<Value = CoursePatch> {
             waitlist,
             opens_at,
             closes_at,
+            ..CoursePatch::default()
         }
     })
 }

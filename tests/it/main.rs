@@ -14,6 +14,7 @@ mod crashes;
 mod crowd;
 mod deadletters;
 mod docker;
+mod draw;
 mod equivalence;
 mod harness;
 mod helpers;

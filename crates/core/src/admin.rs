@@ -13,7 +13,9 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 
 use crate::client::{Answers, Client};
-use crate::domain::{Action, CourseId, CoursePatch, CourseSettings, Request, RequestId, StudentId};
+use crate::domain::{
+    Action, CourseId, CoursePatch, CourseSettings, DrawSeed, Opening, Request, RequestId, StudentId,
+};
 use crate::protocol::MAX_SEATS;
 use crate::store::Store;
 
@@ -48,9 +50,32 @@ pub fn check_settings(course: &CourseId, settings: &CourseSettings) -> anyhow::R
         bail!("course {course}: seats and waitlist are limited to {MAX_SEATS}");
     }
     if !settings.window_is_valid() {
-        bail!("course {course}: it must open before it closes");
+        bail!(
+            "course {course}: entries must open before it opens, and it must open before it closes"
+        );
+    }
+    if settings.opening == Opening::Draw && settings.opens_at.is_none() {
+        bail!("course {course}: a draw needs an opening instant (--opens-at) to draw at");
     }
     Ok(())
+}
+
+/// Parses an opening policy given on the command line or in a CSV file (empty: first-come).
+pub fn parse_opening(raw: &str) -> anyhow::Result<Opening> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(Opening::FirstCome);
+    }
+    Opening::parse(raw).with_context(|| format!("opening {raw:?} is not first-come or draw"))
+}
+
+/// New settings of a course created here: a draw gets its seed now, and its commitment is
+/// public from this moment.
+pub fn with_seed(mut settings: CourseSettings) -> CourseSettings {
+    if settings.opening == Opening::Draw && settings.draw_seed.is_none() {
+        settings.draw_seed = Some(DrawSeed::generate());
+    }
+    settings
 }
 
 /// Sends a change to a course through its actor and waits for the final answer.
@@ -81,10 +106,15 @@ struct CourseLine {
     opens_at: Option<String>,
     #[serde(default)]
     closes_at: Option<String>,
+    /// `first-come` (or empty) or `draw`.
+    #[serde(default)]
+    opening: Option<String>,
+    #[serde(default)]
+    entries_open_at: Option<String>,
 }
 
-/// Reads a course file: a CSV with the header `course_id,seats,waitlist,opens_at,closes_at`
-/// (the last three may be left empty). Every line is checked before anything is written, and
+/// Reads a course file: a CSV with the header `course_id,seats,waitlist,opens_at,closes_at`,
+/// optionally followed by `opening,entries_open_at` (all but the first two may be left empty). Every line is checked before anything is written, and
 /// every error names its line.
 pub fn read_course_file(path: &Path) -> anyhow::Result<Vec<(CourseId, CourseSettings)>> {
     let mut reader = csv::ReaderBuilder::new()
@@ -97,12 +127,16 @@ pub fn read_course_file(path: &Path) -> anyhow::Result<Vec<(CourseId, CourseSett
         let at = || format!("{} line {}", path.display(), index + 2);
         let line = line.with_context(at)?;
         let course = CourseId::parse(line.course_id).with_context(at)?;
-        let settings = CourseSettings {
+        let instant = |raw: &Option<String>| parse_instant(raw.as_deref().unwrap_or(""));
+        let settings = with_seed(CourseSettings {
             capacity: line.seats,
             waitlist: line.waitlist.unwrap_or(0),
-            opens_at: parse_instant(line.opens_at.as_deref().unwrap_or("")).with_context(at)?,
-            closes_at: parse_instant(line.closes_at.as_deref().unwrap_or("")).with_context(at)?,
-        };
+            opens_at: instant(&line.opens_at).with_context(at)?,
+            closes_at: instant(&line.closes_at).with_context(at)?,
+            opening: parse_opening(line.opening.as_deref().unwrap_or("")).with_context(at)?,
+            entries_open_at: instant(&line.entries_open_at).with_context(at)?,
+            draw_seed: None,
+        });
         check_settings(&course, &settings).with_context(at)?;
         if courses.iter().any(|(c, _)| *c == course) {
             bail!("{}: course {course} appears twice", at());
@@ -136,11 +170,15 @@ pub async fn import(
         if created.iter().any(|c| c == course.as_str()) {
             continue;
         }
+        // The worker chooses the seed of a course that becomes a draw, so none is sent.
         let patch = CoursePatch {
             seats: Some(settings.capacity),
             waitlist: Some(settings.waitlist),
             opens_at: Some(settings.opens_at),
             closes_at: Some(settings.closes_at),
+            opening: Some(settings.opening),
+            entries_open_at: Some(settings.entries_open_at),
+            draw_seed: None,
         };
         let answer = configure(client, &course, patch, timeout)
             .await

@@ -18,7 +18,14 @@ pub const AFTER_PUBLISH: &str = "crash-after-publish";
 /// After a batch is recorded as answered, before its deliveries are acked.
 pub const BEFORE_ACK: &str = "crash-before-ack";
 
-/// Every crash point, for tests and docs.
+/// After a course actor performed its draw in memory, before the draw is handed to the group
+/// commit. Only draw courses pass it, so the chaos run's rushes (first-come) leave it out.
+pub const BEFORE_DRAW: &str = "crash-before-draw";
+/// After a batch holding a course's draw is committed, before the draw's results are
+/// published.
+pub const AFTER_DRAW_COMMIT: &str = "crash-after-draw-commit";
+
+/// Every crash point a first-come rush passes, for tests and docs.
 pub const ALL: [&str; 4] = [AFTER_DECIDE, AFTER_COMMIT, AFTER_PUBLISH, BEFORE_ACK];
 
 /// Aborts the process if the fail point `name` is configured as `return(abort)`.

@@ -23,4 +23,6 @@ pub struct ActorContext {
     /// Where decisions go: the provisional answer, then the group commit.
     pub commit: CommitQueue,
     pub restarts: RestartPolicy,
+    /// Entries a draw course takes at most.
+    pub draw_entries: usize,
 }

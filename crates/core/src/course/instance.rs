@@ -39,7 +39,7 @@ pub(super) struct Instance {
 impl Instance {
     pub(super) async fn run(self) -> Stop {
         self.ticket.all_committed().await;
-        let mut state = load(&self.ctx.store, &self.course).await;
+        let mut state = load(&self.ctx.store, &self.course, self.ctx.draw_entries).await;
         // The ownership epoch of the partition this state was loaded under: the first request's.
         let mut loaded_under: Option<i64> = None;
         loop {
@@ -60,6 +60,12 @@ impl Instance {
                 continue;
             };
             crate::failpoint::crash_point(crate::failpoint::AFTER_DECIDE);
+            // A draw this request found due goes to the commit first: it came first.
+            if let Some((request, draw)) = state.as_mut().and_then(CourseState::take_draw)
+                && self.submit_draw(&envelope, request, draw).await.is_err()
+            {
+                return Stop::MailboxClosed;
+            }
             // At debug level, what happens to one request carries its id (a disabled span costs
             // next to nothing on this hot path).
             let span = tracing::debug_span!("request", request_id = %envelope.request.request_id);
@@ -89,6 +95,33 @@ impl Instance {
             Some(envelope) => Some(envelope),
             None => self.mailbox.lock().await.recv().await,
         }
+    }
+
+    /// Hands the course's draw to the commit, on the partition and epoch of the request that
+    /// found it due. Nothing is acked for it; it counts as in flight with that request, and on
+    /// this actor's ticket, until committed. If it is not committed (the worker dies, the
+    /// partition moves), the next owner draws again from the same seed and entrants.
+    async fn submit_draw(
+        &self,
+        cause: &Envelope,
+        request: crate::domain::Request,
+        draw: Decision,
+    ) -> Result<(), crate::pipeline::CommitClosed> {
+        crate::failpoint::crash_point(crate::failpoint::BEFORE_DRAW);
+        let envelope = Envelope {
+            request,
+            reply_to: None,
+            ack: crate::amqp::AckHandle::detached(),
+            partition: cause.partition,
+            epoch: cause.epoch,
+            redelivered: false,
+            guard: cause.guard.sibling(),
+        };
+        self.ticket.route();
+        self.ctx
+            .commit
+            .submit(envelope, draw, Some(self.ticket.clone()))
+            .await
     }
 
     fn hold(&self, envelope: Envelope) {
@@ -129,7 +162,7 @@ impl Instance {
 /// Loads the course, retrying while the database is unreachable; `None` if it does not exist.
 /// It retries for as long as it takes: an instance has nothing else to do before its course is
 /// loaded. Its supervisor aborts it when the session halts (see `CourseActor::supervise`).
-async fn load(store: &Store, course: &CourseId) -> Option<CourseState> {
+async fn load(store: &Store, course: &CourseId, entries_limit: usize) -> Option<CourseState> {
     let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
     let mut failures = 0u32;
     loop {
@@ -138,7 +171,9 @@ async fn load(store: &Store, course: &CourseId) -> Option<CourseState> {
                 if failures > 0 {
                     tracing::info!(course_id = %course, failures, "course loaded after the database came back");
                 }
-                return snapshot.map(|s| CourseState::from_snapshot(course.clone(), s));
+                return snapshot.map(|s| {
+                    CourseState::from_snapshot(course.clone(), s).with_entries_limit(entries_limit)
+                });
             }
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(1));

@@ -11,5 +11,5 @@ mod registry;
 pub use actor::CourseHandle;
 pub use catalog::Catalog;
 pub use context::{ActorContext, RestartPolicy};
-pub use decision::CourseState;
+pub use decision::{CourseState, DEFAULT_ENTRIES_LIMIT};
 pub use registry::{Close, Registry, RegistryConfig};

@@ -22,6 +22,29 @@ pub enum Effect {
         settings: CourseSettings,
         promoted: Vec<StudentId>,
     },
+    /// The student enters the course's draw.
+    Enter,
+    /// The student withdraws their entry before the draw.
+    Withdraw,
+    /// The course's draw: every entrant decided in rank order (boxed: it is large and rare).
+    Draw(Box<DrawEffect>),
+}
+
+/// A course's draw as its actor performed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrawEffect {
+    /// The entrants, rank 1 first, each with what the draw gave them.
+    pub entrants: Vec<DrawnEntrant>,
+}
+
+/// One entrant's part in a draw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrawnEntrant {
+    pub student_id: StudentId,
+    /// The entry request, whose id now answers with the draw's outcome.
+    pub request_id: RequestId,
+    /// Enrolled, waitlisted or rejected full, with `draw.position`.
+    pub verdict: Verdict,
 }
 
 impl Effect {
@@ -70,6 +93,14 @@ pub struct CourseSnapshot {
     pub enrolled: Vec<StudentId>,
     /// The waitlist, head first.
     pub waitlist: Vec<StudentId>,
-    /// Every request id already decided for this course, with its stored verdict.
+    /// Every request id already decided for this course, with its stored verdict (for an
+    /// entrant of a drawn course, the draw's outcome).
     pub decided: Vec<(RequestId, Verdict)>,
+    /// The students entered in the course's draw and their entry requests (before the draw).
+    pub entrants: Vec<(StudentId, RequestId)>,
+    /// The course's draw has been performed.
+    pub drawn: bool,
+    /// The draw's results were confirmed by the broker; a drawn course without this announces
+    /// them again.
+    pub draw_announced: bool,
 }

@@ -5,12 +5,14 @@
 //! length, safe in a routing key, a log line or a SQL parameter.
 
 mod decision;
+mod draw;
 
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-pub use decision::{CourseSnapshot, Decision, Effect};
+pub use decision::{CourseSnapshot, Decision, DrawEffect, DrawnEntrant, Effect};
+pub use draw::{DrawSeed, Opening, draw_actor, draw_request_id, hex, wake_request_id};
 
 /// Longest id accepted, in bytes (all accepted characters are ASCII).
 pub const MAX_ID_LEN: usize = 64;
@@ -103,6 +105,9 @@ pub enum Action {
     /// Change the course's seats, waitlist capacity or window. Decided by the course actor like
     /// any request, so a change never races a decision.
     Configure(Box<CoursePatch>),
+    /// Wake a draw course at its opening, so it draws even if no student asks then. Published
+    /// by the workers' draw clock under their own broker user; from anyone else, forbidden.
+    Draw,
 }
 
 impl Action {
@@ -111,6 +116,7 @@ impl Action {
             Action::Enroll => "enroll",
             Action::Drop => "drop",
             Action::Configure(_) => "configure",
+            Action::Draw => "draw",
         }
     }
 }
@@ -126,24 +132,59 @@ pub struct CourseSettings {
     pub opens_at: Option<DateTime<Utc>>,
     /// Requests from this instant on are rejected with reason `closed`.
     pub closes_at: Option<DateTime<Utc>>,
+    /// First-come, or a draw at `opens_at` among the students who entered before.
+    pub opening: Opening,
+    /// Under `draw`: entries are taken from this instant (from any time before the opening
+    /// when `None`).
+    pub entries_open_at: Option<DateTime<Utc>>,
+    /// The seed of the course's draw, chosen once when the course first became a draw and
+    /// kept from then on, so its published commitment never changes.
+    pub draw_seed: Option<DrawSeed>,
 }
 
 impl CourseSettings {
-    /// The settings with a change applied.
+    /// The settings with a change applied. A course that becomes a draw takes the patch's
+    /// fresh seed unless it has one already.
     pub fn patched(&self, patch: &CoursePatch) -> Self {
+        let opening = patch.opening.unwrap_or(self.opening);
+        let draw_seed = match (self.draw_seed, opening) {
+            (Some(seed), _) => Some(seed),
+            (None, Opening::Draw) => patch.draw_seed,
+            (None, Opening::FirstCome) => None,
+        };
         Self {
             capacity: patch.seats.unwrap_or(self.capacity),
             waitlist: patch.waitlist.unwrap_or(self.waitlist),
             opens_at: patch.opens_at.unwrap_or(self.opens_at),
             closes_at: patch.closes_at.unwrap_or(self.closes_at),
+            opening,
+            entries_open_at: patch.entries_open_at.unwrap_or(self.entries_open_at),
+            draw_seed,
         }
     }
 
-    /// Whether the window is well formed (it opens before it closes).
+    /// Whether the window is well formed: entries open before the course opens, and it opens
+    /// before it closes.
     pub fn window_is_valid(&self) -> bool {
-        match (self.opens_at, self.closes_at) {
-            (Some(open), Some(close)) => open < close,
+        let in_order = |a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>| match (a, b) {
+            (Some(a), Some(b)) => a < b,
             _ => true,
+        };
+        in_order(self.opens_at, self.closes_at)
+            && in_order(self.entries_open_at, self.opens_at)
+            && in_order(self.entries_open_at, self.closes_at)
+    }
+
+    /// Whether a draw has what it needs: an opening instant to draw at, and a seed.
+    pub fn draw_is_complete(&self) -> bool {
+        self.opening == Opening::FirstCome || (self.opens_at.is_some() && self.draw_seed.is_some())
+    }
+
+    /// The public commitment of the course's draw, if it is one.
+    pub fn draw_commitment(&self) -> Option<String> {
+        match self.opening {
+            Opening::Draw => self.draw_seed.map(|seed| seed.commitment()),
+            Opening::FirstCome => None,
         }
     }
 }
@@ -156,6 +197,23 @@ pub struct CoursePatch {
     pub waitlist: Option<u32>,
     pub opens_at: Option<Option<DateTime<Utc>>>,
     pub closes_at: Option<Option<DateTime<Utc>>>,
+    pub opening: Option<Opening>,
+    pub entries_open_at: Option<Option<DateTime<Utc>>>,
+    /// A fresh seed, taken only by a course that becomes a draw without one. Chosen where the
+    /// change is made (never by a client), so the course's decision stays a pure function.
+    pub draw_seed: Option<DrawSeed>,
+}
+
+impl CoursePatch {
+    /// Whether the change names at least one setting.
+    pub fn is_empty(&self) -> bool {
+        self.seats.is_none()
+            && self.waitlist.is_none()
+            && self.opens_at.is_none()
+            && self.closes_at.is_none()
+            && self.opening.is_none()
+            && self.entries_open_at.is_none()
+    }
 }
 
 /// What happened to a request.
@@ -171,6 +229,11 @@ pub enum Outcome {
     Configured,
     /// Not the outcome of a request but an event: a waitlisted student took a freed seat.
     Promoted,
+    /// An entry into a course's draw, taken before the opening; the draw's outcome follows.
+    Queued,
+    /// A course's draw was performed (the record of the draw itself, and of a wake-up that
+    /// found it done).
+    Drawn,
 }
 
 impl Outcome {
@@ -182,6 +245,8 @@ impl Outcome {
             Outcome::Dropped => "dropped",
             Outcome::Configured => "configured",
             Outcome::Promoted => "promoted",
+            Outcome::Queued => "queued",
+            Outcome::Drawn => "drawn",
         }
     }
 
@@ -193,6 +258,8 @@ impl Outcome {
             "dropped" => Some(Outcome::Dropped),
             "configured" => Some(Outcome::Configured),
             "promoted" => Some(Outcome::Promoted),
+            "queued" => Some(Outcome::Queued),
+            "drawn" => Some(Outcome::Drawn),
             _ => None,
         }
     }
@@ -225,8 +292,20 @@ pub enum Reason {
     SeatsBelowEnrolled,
     /// A course change that would leave fewer waitlist places than students waiting.
     WaitlistBelowWaiting,
-    /// A course change whose window closes before it opens.
+    /// A course change whose window closes before it opens, or whose entries open after it.
     WindowOutOfOrder,
+    /// An entry for a student already in the course's draw: the outcome is `queued`.
+    AlreadyQueued,
+    /// The course's draw holds as many entries as it takes.
+    EntriesFull,
+    /// A draw wake-up for a course already drawn; or a change of the opening of a drawn course.
+    AlreadyDrawn,
+    /// A draw wake-up for a course that is not a draw.
+    NotADraw,
+    /// A course change to `draw` without an opening instant to draw at.
+    DrawWithoutOpening,
+    /// A course change from `draw` back to `first-come` while students are entered.
+    DrawHasEntrants,
 }
 
 impl Reason {
@@ -244,6 +323,12 @@ impl Reason {
             Reason::SeatsBelowEnrolled => "seats_below_enrolled",
             Reason::WaitlistBelowWaiting => "waitlist_below_waiting",
             Reason::WindowOutOfOrder => "window_out_of_order",
+            Reason::AlreadyQueued => "already_queued",
+            Reason::EntriesFull => "entries_full",
+            Reason::AlreadyDrawn => "already_drawn",
+            Reason::NotADraw => "not_a_draw",
+            Reason::DrawWithoutOpening => "draw_without_opening",
+            Reason::DrawHasEntrants => "draw_has_entrants",
         }
     }
 
@@ -261,13 +346,19 @@ impl Reason {
             "seats_below_enrolled" => Some(Reason::SeatsBelowEnrolled),
             "waitlist_below_waiting" => Some(Reason::WaitlistBelowWaiting),
             "window_out_of_order" => Some(Reason::WindowOutOfOrder),
+            "already_queued" => Some(Reason::AlreadyQueued),
+            "entries_full" => Some(Reason::EntriesFull),
+            "already_drawn" => Some(Reason::AlreadyDrawn),
+            "not_a_draw" => Some(Reason::NotADraw),
+            "draw_without_opening" => Some(Reason::DrawWithoutOpening),
+            "draw_has_entrants" => Some(Reason::DrawHasEntrants),
             _ => None,
         }
     }
 }
 
 /// Every reason, for documentation and schema checks.
-pub const REASONS: [Reason; 12] = [
+pub const REASONS: [Reason; 18] = [
     Reason::Full,
     Reason::UnknownCourse,
     Reason::Invalid,
@@ -280,6 +371,12 @@ pub const REASONS: [Reason; 12] = [
     Reason::SeatsBelowEnrolled,
     Reason::WaitlistBelowWaiting,
     Reason::WindowOutOfOrder,
+    Reason::AlreadyQueued,
+    Reason::EntriesFull,
+    Reason::AlreadyDrawn,
+    Reason::NotADraw,
+    Reason::DrawWithoutOpening,
+    Reason::DrawHasEntrants,
 ];
 
 /// A request that passed every check at the edge.
@@ -301,8 +398,22 @@ pub struct Verdict {
     pub seats_left: u32,
     /// For `waitlisted`: the student's place, 1-based, at the moment of the answer.
     pub waitlist_position: Option<u32>,
-    /// For `not_open`: when the course opens; for `closed`: when it closed.
+    /// For `not_open`: when the course opens; for `closed`: when it closed; for `queued`:
+    /// when the draw is (the opening).
     pub window_at: Option<DateTime<Utc>>,
+    /// What a draw course adds (boxed: most verdicts have none).
+    pub draw: Option<Box<DrawNote>>,
+}
+
+/// The facts of a course's draw that an answer carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrawNote {
+    /// The draw's public commitment (on `queued`).
+    pub commitment: Option<String>,
+    /// The entrant's rank in the draw, 1 first (on the draw's outcome for an entrant).
+    pub position: Option<u32>,
+    /// When entries open (on a `not_open` before then).
+    pub entries_open_at: Option<DateTime<Utc>>,
 }
 
 impl Verdict {
@@ -313,7 +424,13 @@ impl Verdict {
             seats_left,
             waitlist_position: None,
             window_at: None,
+            draw: None,
         }
+    }
+
+    /// The entrant's rank in the draw, if this is a draw's outcome.
+    pub fn draw_position(&self) -> Option<u32> {
+        self.draw.as_ref().and_then(|d| d.position)
     }
 }
 

@@ -89,6 +89,17 @@ pub struct InFlightGuard {
     inner: Arc<InFlightInner>,
 }
 
+impl InFlightGuard {
+    /// One more message in flight on the same counter: work a message brought about that must
+    /// settle before its partition counts as drained (a course's draw, decided on a request).
+    pub fn sibling(&self) -> InFlightGuard {
+        self.inner.enter();
+        InFlightGuard {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.inner.leave();

@@ -42,6 +42,19 @@ pub struct Answer {
     /// For `promoted`: the request (a drop or a course change) that freed the seat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_by: Option<String>,
+    /// For `queued`: when the course's draw is (its opening, RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draw_at: Option<String>,
+    /// For `queued`, and `not_open` from a draw course: the draw's commitment (lowercase hex
+    /// SHA-256 of its seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draw_commitment: Option<String>,
+    /// For `not_open` from a draw course: when it starts taking entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_open_at: Option<String>,
+    /// On the draw's outcome for an entrant: their rank in the draw, 1 first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draw_position: Option<u32>,
     /// True when this request id had been decided before and the stored outcome is repeated.
     #[serde(default)]
     pub replayed: bool,
@@ -81,6 +94,14 @@ impl Answer {
             opens_at: instant(Reason::NotOpen),
             closes_at: instant(Reason::Closed),
             promoted_by: None,
+            draw_at: draw_at(verdict),
+            draw_commitment: verdict.draw.as_ref().and_then(|d| d.commitment.clone()),
+            entries_open_at: verdict
+                .draw
+                .as_ref()
+                .and_then(|d| d.entries_open_at)
+                .map(rfc3339),
+            draw_position: verdict.draw_position(),
             replayed: false,
             revised: false,
             detail: None,
@@ -104,6 +125,10 @@ impl Answer {
             opens_at: None,
             closes_at: None,
             promoted_by: Some(promotion.promoted_by.clone()),
+            draw_at: None,
+            draw_commitment: None,
+            entries_open_at: None,
+            draw_position: None,
             replayed: false,
             revised: false,
             detail: None,
@@ -132,6 +157,10 @@ impl Answer {
             opens_at: None,
             closes_at: None,
             promoted_by: None,
+            draw_at: None,
+            draw_commitment: None,
+            entries_open_at: None,
+            draw_position: None,
             replayed: false,
             revised: false,
             detail: Some(invalid.why.clone()),
@@ -153,6 +182,10 @@ impl Answer {
             opens_at: self.opens_at.as_deref(),
             closes_at: self.closes_at.as_deref(),
             promoted_by: self.promoted_by.as_deref(),
+            draw_at: self.draw_at.as_deref(),
+            draw_commitment: self.draw_commitment.as_deref(),
+            entries_open_at: self.entries_open_at.as_deref(),
+            draw_position: self.draw_position,
             replayed: self.replayed,
             revised: self.revised,
             detail: self.detail.as_deref(),
@@ -206,6 +239,9 @@ impl<'a> DecidedAnswer<'a> {
                 .map(|at| at.to_rfc3339_opts(SecondsFormat::Millis, true))
         };
         let (opens_at, closes_at) = (instant(Reason::NotOpen), instant(Reason::Closed));
+        let draw = verdict.draw.as_deref();
+        let draw_at = draw_at(verdict);
+        let entries_open_at = draw.and_then(|d| d.entries_open_at).map(rfc3339);
         Wire {
             request_id: self.request.request_id.as_str(),
             course_id: self.request.course_id.as_str(),
@@ -219,6 +255,10 @@ impl<'a> DecidedAnswer<'a> {
             opens_at: opens_at.as_deref(),
             closes_at: closes_at.as_deref(),
             promoted_by: None,
+            draw_at: draw_at.as_deref(),
+            draw_commitment: draw.and_then(|d| d.commitment.as_deref()),
+            entries_open_at: entries_open_at.as_deref(),
+            draw_position: draw.and_then(|d| d.position),
             replayed: self.replayed,
             revised: self.revised,
             detail: None,
@@ -249,6 +289,14 @@ struct Wire<'a> {
     closes_at: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     promoted_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    draw_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    draw_commitment: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entries_open_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    draw_position: Option<u32>,
     replayed: bool,
     revised: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -275,6 +323,19 @@ impl Wire<'_> {
     }
 }
 
+/// An instant as answers carry it: RFC 3339, UTC, milliseconds.
+fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// For `queued`: the draw's instant.
+fn draw_at(verdict: &Verdict) -> Option<String> {
+    verdict
+        .window_at
+        .filter(|_| verdict.outcome == Outcome::Queued)
+        .map(rfc3339)
+}
+
 /// The answers in a message body: one answer object, or a batch (a JSON array of them).
 pub fn answers_in(body: &[u8]) -> serde_json::Result<Vec<Answer>> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -296,6 +357,27 @@ pub struct Promotion {
     /// The drop or course change that freed the seat.
     pub promoted_by: String,
     pub seats_left: u32,
+}
+
+/// An entrant's outcome in a course's draw, as the group commit reports it: the second,
+/// binding answer to their entry request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrawResult {
+    /// The entry request, as the student sent it.
+    pub entry: Request,
+    /// Where that request's client listened.
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<String>,
+    /// Enrolled, waitlisted (with its place) or rejected full, with `draw.position`.
+    pub verdict: Verdict,
+}
+
+impl Answer {
+    /// The event telling an entrant what the draw gave them: it answers their entry request a
+    /// second time, final and binding.
+    pub fn drawn(result: &DrawResult) -> Self {
+        Self::decided(&result.entry, &result.verdict, Stage::Final)
+    }
 }
 
 #[cfg(test)]

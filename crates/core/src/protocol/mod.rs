@@ -7,7 +7,7 @@
 mod answer;
 mod request;
 
-pub use answer::{Answer, DecidedAnswer, Promotion, Stage, answers_in};
+pub use answer::{Answer, DecidedAnswer, DrawResult, Promotion, Stage, answers_in};
 pub use request::{Invalid, RequestBody, parse_request, request_body};
 
 /// Largest request body accepted, in bytes. A real request is under 250 bytes; anything far
@@ -18,8 +18,10 @@ pub const MAX_BODY_BYTES: usize = 4096;
 pub const REASON_HEADER: &str = "x-seatrush-reason";
 
 /// The protocol version this worker speaks, as `docs/protocol.md` documents it: 2 added batched
-/// answers and batched final events.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// answers and batched final events; 3 added draw courses (entries answered `queued`, the
+/// draw's outcome as a second final answer, `configure` with `opening` and `entries_open_at`,
+/// and the `draw` wake-up).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Request header with which a producer asks for its answers packed into batches.
 pub const BATCH_HEADER: &str = "x-seatrush-batch";

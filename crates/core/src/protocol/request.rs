@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{MAX_BODY_BYTES, MAX_SEATS};
-use crate::domain::{Action, CourseId, CoursePatch, IdError, Request, RequestId, StudentId};
+use crate::domain::{
+    Action, CourseId, CoursePatch, DrawSeed, IdError, Opening, Request, RequestId, StudentId,
+};
 
 /// A request body as published: `enroll` and `drop` name a student; `configure` names at least
 /// one setting to change.
@@ -32,6 +34,16 @@ pub struct RequestBody {
         skip_serializing_if = "Option::is_none"
     )]
     pub closes_at: Option<Option<DateTime<Utc>>>,
+    /// `first-come` or `draw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opening: Option<String>,
+    /// Absent: unchanged; `null`: entries any time before the opening; a timestamp: from then.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub entries_open_at: Option<Option<DateTime<Utc>>>,
 }
 
 /// Tells a field given as `null` (`Some(None)`) from an absent one (`None`, the default).
@@ -49,15 +61,28 @@ impl RequestBody {
             || self.waitlist.is_some()
             || self.opens_at.is_some()
             || self.closes_at.is_some()
+            || self.opening.is_some()
+            || self.entries_open_at.is_some()
     }
 
-    fn patch(&self) -> CoursePatch {
-        CoursePatch {
+    /// The change asked for. A change to `draw` carries a fresh seed, chosen here, at the
+    /// edge, and used only by a course that has none yet.
+    fn patch(&self) -> Result<CoursePatch, String> {
+        let opening = match self.opening.as_deref() {
+            None => None,
+            Some(raw) => Some(Opening::parse(raw).ok_or_else(|| {
+                format!("opening {raw:?} is not one of \"first-come\", \"draw\"")
+            })?),
+        };
+        Ok(CoursePatch {
             seats: self.seats,
             waitlist: self.waitlist,
             opens_at: self.opens_at,
             closes_at: self.closes_at,
-        }
+            opening,
+            entries_open_at: self.entries_open_at,
+            draw_seed: (opening == Some(Opening::Draw)).then(DrawSeed::generate),
+        })
     }
 }
 
@@ -126,8 +151,8 @@ fn action_of(parsed: &RequestBody, user_id: Option<&str>) -> Result<(Action, Stu
         "enroll" | "drop" => {
             if parsed.has_settings() {
                 return Err(format!(
-                    "seats, waitlist, opens_at and closes_at are only for action \"configure\", \
-                     not {:?}",
+                    "seats, waitlist, opens_at, closes_at, opening and entries_open_at are only \
+                     for action \"configure\", not {:?}",
                     parsed.action
                 ));
             }
@@ -145,7 +170,7 @@ fn action_of(parsed: &RequestBody, user_id: Option<&str>) -> Result<(Action, Stu
             if !parsed.has_settings() {
                 return Err(
                     "a configure request changes at least one of seats, waitlist, \
-                            opens_at, closes_at"
+                            opens_at, closes_at, opening, entries_open_at"
                         .to_owned(),
                 );
             }
@@ -163,10 +188,21 @@ fn action_of(parsed: &RequestBody, user_id: Option<&str>) -> Result<(Action, Stu
                 "a configure request must carry the user_id property (the broker checks it \
                  against the publishing connection's user)",
             )?;
-            Ok((Action::Configure(Box::new(parsed.patch())), who))
+            Ok((Action::Configure(Box::new(parsed.patch()?)), who))
+        }
+        "draw" => {
+            if parsed.has_settings() || parsed.student_id.is_some() {
+                return Err("a draw wake-up names only its course".to_owned());
+            }
+            let who = student(
+                user_id,
+                "a draw wake-up must carry the user_id property (the broker checks it against \
+                 the publishing connection's user)",
+            )?;
+            Ok((Action::Draw, who))
         }
         other => Err(format!(
-            "action {other:?} is not one of \"enroll\", \"drop\", \"configure\""
+            "action {other:?} is not one of \"enroll\", \"drop\", \"configure\", \"draw\""
         )),
     }
 }
@@ -184,8 +220,11 @@ pub fn request_body(request: &Request) -> Vec<u8> {
             body.waitlist = patch.waitlist;
             body.opens_at = patch.opens_at;
             body.closes_at = patch.closes_at;
+            body.opening = patch.opening.map(|o| o.as_str().to_owned());
+            body.entries_open_at = patch.entries_open_at;
         }
         Action::Enroll | Action::Drop => body.student_id = Some(request.student_id.to_string()),
+        Action::Draw => {}
     }
     serde_json::to_vec(&body).unwrap_or_default()
 }

@@ -35,7 +35,7 @@ const CHECKS: &[(&str, &str)] = &[
         // A seat comes from an enroll that took it, or from a waitlisted enroll later promoted.
         "SELECT format('student %s holds a seat in %s from request %s, which has no matching \
                         enrolled outcome or promotion', e.student_id, e.course_id, e.request_id) \
-         FROM enrollments e LEFT JOIN outcomes o ON o.request_id = e.request_id \
+         FROM enrollments e LEFT JOIN answers o ON o.request_id = e.request_id \
          LEFT JOIN promotions p ON p.request_id = e.request_id \
          WHERE o.request_id IS NULL OR o.course_id <> e.course_id OR o.student_id <> e.student_id \
             OR NOT (o.outcome = 'enrolled' OR (o.outcome = 'waitlisted' AND p.request_id IS NOT NULL))",
@@ -54,9 +54,10 @@ const CHECKS: &[(&str, &str)] = &[
                 SELECT course_id, student_id, \
                        count(*) FILTER (WHERE outcome = 'enrolled') AS takes, \
                        count(*) FILTER (WHERE outcome = 'dropped') AS drops \
-                FROM outcomes \
+                FROM answers \
                 WHERE (outcome = 'enrolled' AND reason IS NULL) \
-                   OR (outcome = 'dropped' AND waitlist_position IS NULL) \
+                   OR (outcome = 'dropped' AND waitlist_position IS NULL \
+                       AND draw_commitment IS NULL) \
                 GROUP BY course_id, student_id \
                 UNION ALL \
                 SELECT course_id, student_id, count(*), 0 FROM promotions \
@@ -78,7 +79,7 @@ const CHECKS: &[(&str, &str)] = &[
                 SELECT course_id, student_id, \
                        count(*) FILTER (WHERE outcome = 'waitlisted') AS joins, \
                        count(*) FILTER (WHERE outcome = 'dropped') AS leaves \
-                FROM outcomes \
+                FROM answers \
                 WHERE (outcome = 'waitlisted' AND reason IS NULL) \
                    OR (outcome = 'dropped' AND waitlist_position IS NOT NULL) \
                 GROUP BY course_id, student_id \
@@ -93,7 +94,7 @@ const CHECKS: &[(&str, &str)] = &[
         "waitlist_without_outcome",
         "SELECT format('student %s waits in %s from request %s, which has no matching \
                         waitlisted outcome', w.student_id, w.course_id, w.request_id) \
-         FROM waitlist w LEFT JOIN outcomes o ON o.request_id = w.request_id \
+         FROM waitlist w LEFT JOIN answers o ON o.request_id = w.request_id \
          WHERE o.request_id IS NULL OR o.outcome <> 'waitlisted' \
             OR o.course_id <> w.course_id OR o.student_id <> w.student_id",
     ),
@@ -133,7 +134,56 @@ const CHECKS: &[(&str, &str)] = &[
     (
         "rejection_without_reason",
         "SELECT format('request %s was rejected without a reason', request_id) \
-         FROM outcomes WHERE outcome = 'rejected' AND reason IS NULL",
+         FROM answers WHERE outcome = 'rejected' AND reason IS NULL",
+    ),
+    (
+        "draw_commitment_mismatch",
+        "SELECT format('course %s shows commitment %s for a seed whose SHA-256 is %s', \
+                       course_id, draw_commitment, encode(sha256(draw_seed), 'hex')) \
+         FROM courses WHERE draw_commitment IS DISTINCT FROM encode(sha256(draw_seed), 'hex')",
+    ),
+    (
+        "entrant_without_draw_outcome",
+        // Every entrant of a drawn course has its one outcome from the draw (one row per
+        // student by key); no entry of an undrawn course has one.
+        "SELECT format('student %s in %s: course drawn %s, entry ranked %s', \
+                       d.student_id, d.course_id, c.drawn_at IS NOT NULL, d.draw_position) \
+         FROM draw_entries d JOIN courses c ON c.course_id = d.course_id \
+         WHERE (c.drawn_at IS NULL) <> (d.draw_position IS NULL)",
+    ),
+    (
+        "draw_ranks_not_contiguous",
+        "SELECT format('course %s draw ranks run %s..%s over %s entrants', \
+                       course_id, min(draw_position), max(draw_position), count(*)) \
+         FROM draw_entries WHERE draw_position IS NOT NULL GROUP BY course_id \
+         HAVING min(draw_position) <> 1 OR max(draw_position) <> count(*)",
+    ),
+    (
+        "draw_out_of_rank",
+        // Seats went to the best ranks, then waitlist places, then refusals: nobody got more
+        // than an entrant ranked before them. (What entrants did after the draw, a drop, a
+        // promotion, does not change the draw's record.)
+        "SELECT format('course %s: last seat at rank %s, first waitlist place at %s, first \
+                        refusal at %s, last waitlist place at %s', course_id, e, fw, fr, lw) \
+         FROM (SELECT course_id, \
+                      max(draw_position) FILTER (WHERE outcome = 'enrolled') AS e, \
+                      min(draw_position) FILTER (WHERE outcome = 'waitlisted') AS fw, \
+                      max(draw_position) FILTER (WHERE outcome = 'waitlisted') AS lw, \
+                      min(draw_position) FILTER (WHERE outcome = 'rejected') AS fr \
+                 FROM draw_entries WHERE draw_position IS NOT NULL GROUP BY course_id) r \
+         WHERE e > fw OR e > fr OR lw > fr",
+    ),
+    (
+        "late_request_before_draw",
+        // A request that is not an entry took a seat, a place or a refusal for want of room in
+        // a drawn course in a batch before the draw's.
+        "SELECT format('request %s for %s was decided (%s) in batch %s, before the draw in %s', \
+                       o.request_id, o.course_id, o.outcome, o.batch_id, d.batch_id) \
+         FROM courses c JOIN outcomes d ON d.request_id = c.draw_request_id \
+         JOIN outcomes o ON o.course_id = c.course_id AND o.batch_id < d.batch_id \
+         WHERE o.action = 'enroll' AND o.decided_at >= c.opens_at \
+           AND (o.outcome IN ('enrolled', 'waitlisted') OR o.reason = 'full') \
+           AND NOT EXISTS (SELECT 1 FROM draw_entries x WHERE x.request_id = o.request_id)",
     ),
     (
         "batch_log_mismatch",

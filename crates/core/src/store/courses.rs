@@ -5,7 +5,10 @@ use sqlx::Row;
 
 use super::{Result, Store, StoreError};
 use crate::domain::CourseSnapshot;
-use crate::domain::{CourseId, CourseSettings, Outcome, Reason, RequestId, StudentId, Verdict};
+use crate::domain::{
+    CourseId, CourseSettings, DrawNote, DrawSeed, Opening, Outcome, Reason, RequestId, StudentId,
+    Verdict,
+};
 
 /// A course as listed to operators.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -18,6 +21,38 @@ pub struct CourseRow {
     pub waitlisted: u32,
     pub opens_at: Option<DateTime<Utc>>,
     pub closes_at: Option<DateTime<Utc>>,
+    /// `first-come` or `draw`.
+    pub opening: String,
+    /// Under `draw`: when entries open (any time before the opening when null).
+    pub entries_open_at: Option<DateTime<Utc>>,
+    /// The course's draw, if it is (or was) one.
+    pub draw: Option<DrawView>,
+}
+
+/// A course's draw as operators and students may see it: the commitment from the moment it is
+/// configured, the seed only once the draw is done.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DrawView {
+    /// Lowercase hex SHA-256 of the seed.
+    pub commitment: String,
+    /// The seed in lowercase hex; null until the draw.
+    pub seed: Option<String>,
+    /// When the draw was performed; null until then.
+    pub drawn_at: Option<DateTime<Utc>>,
+    /// The draw's results were confirmed sent to the entrants.
+    pub announced: bool,
+    /// Students entered (before the draw) or drawn (after).
+    pub entrants: u32,
+}
+
+/// One entrant of a course's draw, for `seatrush course show`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Entrant {
+    pub student_id: String,
+    /// The entrant's rank, 1 first; null until the draw.
+    pub draw_position: Option<u32>,
+    /// What the draw gave them (`enrolled`, `waitlisted`, `rejected`); null until the draw.
+    pub outcome: Option<String>,
 }
 
 /// One course in full, for `seatrush course show`.
@@ -29,14 +64,31 @@ pub struct CourseDetail {
     pub enrolled_students: Vec<String>,
     /// Students waiting, head first (position 1 first).
     pub waitlist: Vec<String>,
+    /// The draw's entrants: by rank once drawn, by student id before.
+    pub entrants: Vec<Entrant>,
 }
 
-const COURSE_COLUMNS: &str =
-    "course_id, capacity, enrolled, waitlist_capacity, waitlisted, opens_at, closes_at";
+const COURSE_COLUMNS: &str = "course_id, capacity, enrolled, waitlist_capacity, waitlisted, \
+     opens_at, closes_at, opening, entries_open_at, draw_seed, draw_commitment, drawn_at, \
+     draw_announced, \
+     (SELECT count(*) FROM draw_entries d WHERE d.course_id = courses.course_id) AS entrants";
 
 fn course_row(row: &sqlx::postgres::PgRow) -> Result<CourseRow> {
     let capacity = to_u32(row.try_get::<i32, _>("capacity")?);
     let enrolled = to_u32(row.try_get::<i32, _>("enrolled")?);
+    let drawn_at: Option<DateTime<Utc>> = row.try_get("drawn_at")?;
+    let seed = seed_from_row(row)?;
+    let draw = match row.try_get::<Option<String>, _>("draw_commitment")? {
+        Some(commitment) => Some(DrawView {
+            commitment,
+            // Revealed only once the draw is done: before, it would let anyone predict it.
+            seed: seed.filter(|_| drawn_at.is_some()).map(|s| s.hex()),
+            drawn_at,
+            announced: row.try_get("draw_announced")?,
+            entrants: u32::try_from(row.try_get::<i64, _>("entrants")?).unwrap_or(u32::MAX),
+        }),
+        None => None,
+    };
     Ok(CourseRow {
         course_id: row.try_get("course_id")?,
         capacity,
@@ -46,7 +98,19 @@ fn course_row(row: &sqlx::postgres::PgRow) -> Result<CourseRow> {
         waitlisted: to_u32(row.try_get("waitlisted")?),
         opens_at: row.try_get("opens_at")?,
         closes_at: row.try_get("closes_at")?,
+        opening: row.try_get("opening")?,
+        entries_open_at: row.try_get("entries_open_at")?,
+        draw,
     })
+}
+
+fn seed_from_row(row: &sqlx::postgres::PgRow) -> Result<Option<DrawSeed>> {
+    match row.try_get::<Option<Vec<u8>>, _>("draw_seed")? {
+        None => Ok(None),
+        Some(bytes) => DrawSeed::from_slice(&bytes).map(Some).ok_or_else(|| {
+            StoreError::Inconsistent(format!("a draw seed of {} bytes", bytes.len()))
+        }),
+    }
 }
 
 /// The course's row, read in `tx`.
@@ -67,6 +131,9 @@ fn settings_from_row(row: &sqlx::postgres::PgRow) -> Result<CourseSettings> {
         waitlist: to_u32(row.try_get("waitlist_capacity")?),
         opens_at: row.try_get("opens_at")?,
         closes_at: row.try_get("closes_at")?,
+        opening: Opening::parse(row.try_get::<&str, _>("opening")?).unwrap_or_default(),
+        entries_open_at: row.try_get("entries_open_at")?,
+        draw_seed: seed_from_row(row)?,
     })
 }
 
@@ -96,10 +163,20 @@ impl Store {
             .collect();
         let opens: Vec<Option<DateTime<Utc>>> = courses.iter().map(|(_, s)| s.opens_at).collect();
         let closes: Vec<Option<DateTime<Utc>>> = courses.iter().map(|(_, s)| s.closes_at).collect();
+        let openings: Vec<&str> = courses.iter().map(|(_, s)| s.opening.as_str()).collect();
+        let entries: Vec<Option<DateTime<Utc>>> =
+            courses.iter().map(|(_, s)| s.entries_open_at).collect();
+        let seeds: Vec<Option<Vec<u8>>> = courses
+            .iter()
+            .map(|(_, s)| s.draw_seed.map(|seed| seed.as_bytes().to_vec()))
+            .collect();
         Ok(sqlx::query_scalar(
-            "INSERT INTO courses (course_id, capacity, waitlist_capacity, opens_at, closes_at) \
-             SELECT * FROM UNNEST($1::text[], $2::int[], $3::int[], $4::timestamptz[], \
-                                  $5::timestamptz[]) \
+            "INSERT INTO courses (course_id, capacity, waitlist_capacity, opens_at, closes_at, \
+                                  opening, entries_open_at, draw_seed, draw_commitment) \
+             SELECT c.*, encode(sha256(c.seed), 'hex') \
+               FROM UNNEST($1::text[], $2::int[], $3::int[], $4::timestamptz[], \
+                           $5::timestamptz[], $6::text[], $7::timestamptz[], $8::bytea[]) \
+                    AS c(course_id, capacity, waitlist, opens_at, closes_at, opening, entries, seed) \
              ON CONFLICT DO NOTHING RETURNING course_id",
         )
         .bind(&ids)
@@ -107,6 +184,9 @@ impl Store {
         .bind(&waitlists)
         .bind(&opens)
         .bind(&closes)
+        .bind(&openings)
+        .bind(&entries)
+        .bind(&seeds)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -139,12 +219,54 @@ impl Store {
         .bind(course.as_str())
         .fetch_all(&mut *tx)
         .await?;
+        let entrants = sqlx::query(
+            "SELECT student_id, draw_position, outcome FROM draw_entries WHERE course_id = $1 \
+             ORDER BY draw_position, student_id",
+        )
+        .bind(course.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
+        let entrants = entrants
+            .iter()
+            .map(|row| {
+                Ok(Entrant {
+                    student_id: row.try_get("student_id")?,
+                    draw_position: row.try_get::<Option<i32>, _>("draw_position")?.map(to_u32),
+                    outcome: row.try_get("outcome")?,
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(Some(CourseDetail {
             course: course_row(&row)?,
             enrolled_students,
             waitlist,
+            entrants,
         }))
+    }
+
+    /// Draw courses opening within `ahead` (or already open) whose results are not yet
+    /// confirmed sent, soonest first, at most `limit`.
+    pub async fn draws_due(
+        &self,
+        ahead: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<(CourseId, DateTime<Utc>)>> {
+        let ahead = chrono::Duration::from_std(ahead).unwrap_or(chrono::Duration::zero());
+        let horizon = Utc::now() + ahead;
+        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT course_id, opens_at FROM courses \
+             WHERE opening = 'draw' AND NOT draw_announced AND opens_at <= $1 \
+             ORDER BY opens_at LIMIT $2",
+        )
+        .bind(horizon)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, at)| CourseId::parse(id).ok().map(|id| (id, at)))
+            .collect())
     }
 
     /// Every existing course id. The catalog is as large as the real course list, whatever
@@ -179,9 +301,16 @@ impl Store {
         .bind(course.as_str())
         .fetch_all(&mut *tx)
         .await?;
-        let decided = sqlx::query(
-            "SELECT request_id, outcome, reason, seats_left, waitlist_position, window_at \
-             FROM outcomes WHERE course_id = $1",
+        let decided = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT request_id, {VERDICT_COLUMNS} FROM answers WHERE course_id = $1"
+        )))
+        .bind(course.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        // Entries not yet drawn (a drawn course's entries answer through `answers`).
+        let entrants = sqlx::query(
+            "SELECT student_id, request_id FROM draw_entries \
+             WHERE course_id = $1 AND outcome IS NULL",
         )
         .bind(course.as_str())
         .fetch_all(&mut *tx)
@@ -201,20 +330,45 @@ impl Store {
                 Ok((id, verdict_from_row(row)?))
             })
             .collect::<Result<_>>()?;
+        let entrants = entrants
+            .iter()
+            .map(|row| {
+                let student = StudentId::parse(row.try_get::<String, _>("student_id")?)
+                    .map_err(|e| corrupt(course, &e))?;
+                let request = RequestId::parse(row.try_get::<String, _>("request_id")?)
+                    .map_err(|e| corrupt(course, &e))?;
+                Ok((student, request))
+            })
+            .collect::<Result<_>>()?;
         Ok(Some(CourseSnapshot {
             settings,
             enrolled: parse_students(students)?,
             waitlist: parse_students(waiting)?,
             decided,
+            entrants,
+            drawn: row
+                .try_get::<Option<DateTime<Utc>>, _>("drawn_at")?
+                .is_some(),
+            draw_announced: row.try_get("draw_announced")?,
         }))
     }
 }
 
+/// The columns of the `answers` view a verdict is read from.
+pub(super) const VERDICT_COLUMNS: &str = "outcome, reason, seats_left, waitlist_position, \
+     window_at, draw_commitment, entries_open_at, draw_position";
+
+/// A stored verdict, from a row of [`VERDICT_COLUMNS`].
 pub(super) fn verdict_from_row(row: &sqlx::postgres::PgRow) -> Result<Verdict> {
     let outcome: String = row.try_get("outcome")?;
     let reason: Option<String> = row.try_get("reason")?;
     let seats_left: i32 = row.try_get("seats_left")?;
     let position: Option<i32> = row.try_get("waitlist_position")?;
+    let draw = DrawNote {
+        commitment: row.try_get("draw_commitment")?,
+        position: row.try_get::<Option<i32>, _>("draw_position")?.map(to_u32),
+        entries_open_at: row.try_get("entries_open_at")?,
+    };
     Ok(Verdict {
         outcome: Outcome::parse(&outcome)
             .ok_or_else(|| StoreError::Inconsistent(format!("unknown outcome {outcome:?}")))?,
@@ -222,6 +376,7 @@ pub(super) fn verdict_from_row(row: &sqlx::postgres::PgRow) -> Result<Verdict> {
         seats_left: to_u32(seats_left),
         waitlist_position: position.map(to_u32),
         window_at: row.try_get("window_at")?,
+        draw: (draw != DrawNote::default()).then(|| Box::new(draw)),
     })
 }
 

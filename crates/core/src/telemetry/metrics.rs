@@ -177,14 +177,16 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// The `action` labels, as `Action::as_str` spells them, in the order `request_committed`
 /// indexes them.
-const ACTIONS: [&str; 3] = ["enroll", "drop", "configure"];
-const OUTCOMES: [Outcome; 6] = [
+const ACTIONS: [&str; 4] = ["enroll", "drop", "configure", "draw"];
+const OUTCOMES: [Outcome; 8] = [
     Outcome::Enrolled,
     Outcome::Waitlisted,
     Outcome::Rejected,
     Outcome::Dropped,
     Outcome::Configured,
     Outcome::Promoted,
+    Outcome::Queued,
+    Outcome::Drawn,
 ];
 
 /// The handles of the metrics recorded once per request, registered once: looking a metric up
@@ -282,6 +284,7 @@ pub fn request_committed(action: &Action, outcome: Outcome) {
         Action::Enroll => 0,
         Action::Drop => 1,
         Action::Configure(_) => 2,
+        Action::Draw => 3,
     };
     // Exhaustive, so a new outcome cannot be counted under another's label.
     let o = match outcome {
@@ -291,6 +294,8 @@ pub fn request_committed(action: &Action, outcome: Outcome) {
         Outcome::Dropped => 3,
         Outcome::Configured => 4,
         Outcome::Promoted => 5,
+        Outcome::Queued => 6,
+        Outcome::Drawn => 7,
     };
     per_request().requests[a][o].increment(1);
 }
@@ -401,6 +406,7 @@ mod tests {
         assert_eq!(Action::Enroll.as_str(), ACTIONS[0]);
         assert_eq!(Action::Drop.as_str(), ACTIONS[1]);
         assert_eq!(Action::Configure(Box::default()).as_str(), ACTIONS[2]);
+        assert_eq!(Action::Draw.as_str(), ACTIONS[3]);
         let order: Vec<&str> = OUTCOMES.iter().map(|o| o.as_str()).collect();
         assert_eq!(
             order,
@@ -410,7 +416,9 @@ mod tests {
                 "rejected",
                 "dropped",
                 "configured",
-                "promoted"
+                "promoted",
+                "queued",
+                "drawn"
             ]
         );
     }

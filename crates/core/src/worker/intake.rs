@@ -130,7 +130,7 @@ impl Intake {
                 // An error means the committer is gone (shutting down): the delivery returns
                 // to its queue with the channel.
                 let _ = if self.may_not_change(&envelope) {
-                    tracing::warn!(user = %envelope.request.student_id, course_id = %envelope.request.course_id, "course change refused: not an admin user");
+                    tracing::warn!(user = %envelope.request.student_id, course_id = %envelope.request.course_id, action = envelope.request.action.as_str(), "course change refused: not an admin user");
                     self.commit.reject(envelope, Reason::Forbidden).await
                 } else {
                     metrics::busy_while(Stage::Route, self.registry.route(envelope)).await
@@ -140,9 +140,9 @@ impl Intake {
         }
     }
 
-    /// A course change from a broker user not listed as an admin.
+    /// A course change, or a draw wake-up, from a broker user not listed as an admin.
     fn may_not_change(&self, envelope: &Envelope) -> bool {
-        matches!(envelope.request.action, Action::Configure(_))
+        matches!(envelope.request.action, Action::Configure(_) | Action::Draw)
             && !self
                 .admin_users
                 .iter()

@@ -5,6 +5,7 @@
 //! (or until the broker connection fails, after which a new session starts with backoff).
 
 mod committer;
+mod draw_clock;
 mod fault;
 pub mod health;
 mod intake;
@@ -65,6 +66,9 @@ pub struct WorkerConfig {
     pub http_addr: Option<std::net::SocketAddr>,
     /// How final answers are published on the events exchange.
     pub final_events: crate::protocol::FinalEvents,
+    /// Entries a draw course takes at most before answering `entries_full`: the bound on what
+    /// one course actor holds for its draw.
+    pub draw_entries: usize,
 }
 
 impl WorkerConfig {
@@ -117,6 +121,7 @@ impl WorkerConfig {
             admin_users,
             http_addr: None,
             final_events: crate::protocol::FinalEvents::default(),
+            draw_entries: crate::course::DEFAULT_ENTRIES_LIMIT,
         }
     }
 }

@@ -183,6 +183,7 @@ impl Session {
                 topology: config.topology.clone(),
                 commit: commit.clone(),
                 restarts: config.restarts,
+                draw_entries: config.draw_entries,
             }),
             RegistryConfig {
                 mailbox: config.mailbox,
@@ -196,6 +197,22 @@ impl Session {
             let stop = stop_pipeline.clone();
             async move { registry.sweep_idle(stop).await }
         });
+        // Without a broker user to sign wake-ups with, draws still happen, at the first
+        // request at or after each opening.
+        match crate::amqp::url_user(&config.amqp_url) {
+            Some(user) => {
+                let clock = super::draw_clock::DrawClock {
+                    store: store.clone(),
+                    outbox: self.outbox.clone(),
+                    topology: config.topology.clone(),
+                    user,
+                };
+                tasks.spawn(clock.run(stop_pipeline.clone()));
+            }
+            None => tracing::warn!(
+                "the AMQP URL names no user: draw courses are not woken at their opening"
+            ),
+        }
         tasks.spawn(sample_load(
             registry.clone(),
             in_flight.clone(),

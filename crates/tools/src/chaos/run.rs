@@ -215,14 +215,7 @@ struct Scenario {
 
 /// Creates the run's courses (and the probe's) and plans its crowd, every tenth request twice.
 async fn prepare(config: &ChaosConfig) -> anyhow::Result<Scenario> {
-    let services = &config.services;
-    let store = Store::connect(&services.database_url, 4)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
-    store
-        .ensure_partitions(services.topology.partitions)
-        .await?;
+    let store = rush::prepared_store(&config.services).await?;
     let tag = rush::fresh_tag("chaos");
     let shape = config.crowd;
     let courses = rush::create_courses(&store, &tag, &shape).await?;

@@ -1,6 +1,7 @@
 //! The rush: the seeds' flash crowd fired at real workers exactly as producers would, with every
 //! answer timed and the invariants checked at the end.
 
+pub mod fairness;
 mod plan;
 mod progress;
 mod workers;
@@ -164,14 +165,7 @@ pub struct Rush {
 
 /// Runs a rush; errors only when it could not run (the report says whether its checks passed).
 pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush> {
-    let services = &config.services;
-    let store = Store::connect(&services.database_url, 4)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
-    store
-        .ensure_partitions(services.topology.partitions)
-        .await?;
+    let store = prepared_store(&config.services).await?;
 
     let shape = config.crowd;
     let courses = create_courses(&store, &config.tag, &shape).await?;
@@ -232,6 +226,18 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
 /// Starts the rush's own worker processes, if it has any, and waits until they hold every
 /// partition in a balanced way (several workers start by handing partitions over to each
 /// other: the rush begins once that has settled, so it measures the steady state).
+/// A connection to the services' database, migrated, with its partitions recorded.
+pub async fn prepared_store(services: &Services) -> anyhow::Result<Store> {
+    let store = Store::connect(&services.database_url, 4)
+        .await
+        .context("connecting to PostgreSQL")?;
+    store.migrate().await?;
+    store
+        .ensure_partitions(services.topology.partitions)
+        .await?;
+    Ok(store)
+}
+
 async fn start_workers(config: &RushConfig, store: &Store) -> anyhow::Result<Vec<WorkerProcess>> {
     let services = &config.services;
     let mut started = Vec::new();

@@ -11,9 +11,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Action, CourseId, CoursePatch, CourseSettings, CourseSnapshot, Decision, Effect, Outcome,
-    Reason, Request, RequestId, StudentId, Verdict,
+    Action, CourseId, CoursePatch, CourseSettings, CourseSnapshot, Decision, DrawEffect, DrawNote,
+    DrawnEntrant, Effect, Opening, Outcome, Reason, Request, RequestId, StudentId, Verdict,
+    draw_actor, draw_request_id,
 };
+
+/// Entries a draw course takes by default before it answers `entries_full`: the bound on what
+/// its actor holds for the draw (about 150 bytes each), whatever ids clients invent.
+pub const DEFAULT_ENTRIES_LIMIT: usize = 20_000;
 
 /// The in-memory state of one course: what is needed to answer at once.
 #[derive(Debug, Clone)]
@@ -28,19 +33,79 @@ pub struct CourseState {
     /// twice. Only ids of requests for this existing course land here; the map is dropped with
     /// the actor when the course goes idle.
     decided: HashMap<RequestId, Verdict>,
+    /// Under `draw`, before the draw: the students entered and their entry requests.
+    entrants: HashMap<StudentId, RequestId>,
+    /// The course's draw has been performed.
+    drawn: bool,
+    /// Entries taken at most (see [`DEFAULT_ENTRIES_LIMIT`]).
+    entries_limit: usize,
+    /// The draw this state performed in memory and the caller has not taken yet
+    /// ([`CourseState::take_draw`]).
+    pending_draw: Option<(Request, Decision)>,
 }
 
 impl CourseState {
     /// Rebuilds a course from what Postgres holds.
+    ///
+    /// A drawn course whose results were never confirmed sent holds its draw again, as a
+    /// replay, for the caller to take: committing it announces the results once more.
     pub fn from_snapshot(course_id: CourseId, snapshot: CourseSnapshot) -> Self {
-        Self {
+        let unannounced = snapshot.drawn && !snapshot.draw_announced;
+        let mut state = Self {
             course_id,
             settings: snapshot.settings,
             enrolled: snapshot.enrolled.into_iter().collect(),
             waiting: snapshot.waitlist.iter().cloned().collect(),
             waitlist: snapshot.waitlist.into(),
             decided: snapshot.decided.into_iter().collect(),
+            entrants: snapshot.entrants.into_iter().collect(),
+            drawn: snapshot.drawn,
+            entries_limit: DEFAULT_ENTRIES_LIMIT,
+            pending_draw: None,
+        };
+        if unannounced {
+            let request = state.draw_request();
+            if let Some(verdict) = state.decided.get(&request.request_id).cloned() {
+                let replay = Decision {
+                    verdict,
+                    effect: Effect::None,
+                    replay: true,
+                };
+                state.pending_draw = Some((request, replay));
+            }
         }
+        state
+    }
+
+    /// The request a course's draw is recorded under.
+    fn draw_request(&self) -> Request {
+        Request {
+            request_id: draw_request_id(&self.course_id),
+            action: Action::Draw,
+            course_id: self.course_id.clone(),
+            student_id: draw_actor(),
+        }
+    }
+
+    /// The same state, taking at most `limit` entries into its draw.
+    pub fn with_entries_limit(mut self, limit: usize) -> Self {
+        self.entries_limit = limit;
+        self
+    }
+
+    /// Students entered in the draw, not yet drawn.
+    pub fn entrant_count(&self) -> usize {
+        self.entrants.len()
+    }
+
+    pub fn is_drawn(&self) -> bool {
+        self.drawn
+    }
+
+    /// The draw the last [`CourseState::decide`] performed, with the request it is recorded
+    /// under. The caller must commit it before that decision: the draw came first.
+    pub fn take_draw(&mut self) -> Option<(Request, Decision)> {
+        self.pending_draw.take()
     }
 
     pub fn course_id(&self) -> &CourseId {
@@ -88,6 +153,9 @@ impl CourseState {
     ///
     /// The caller must have routed the request to this course: a request for another course is
     /// a programming error and is answered as unknown rather than touching this course's seats.
+    ///
+    /// At or after the opening of a draw course not yet drawn, the draw is performed first
+    /// (whatever the request), and left for the caller in [`CourseState::take_draw`].
     pub fn decide(&mut self, request: &Request, now: DateTime<Utc>) -> Decision {
         if let Some(stored) = self.decided.get(&request.request_id) {
             return Decision {
@@ -99,10 +167,16 @@ impl CourseState {
         if request.course_id != self.course_id {
             return Decision::unknown_course();
         }
+        self.draw_if_due(now);
         let (verdict, effect) = match &request.action {
             Action::Configure(patch) => self.configure(patch),
+            Action::Draw => (self.wake_verdict(), Effect::None),
             action => match self.window_refusal(now) {
                 Some(verdict) => (verdict, Effect::None),
+                None if self.taking_entries(now) => match action {
+                    Action::Enroll => self.enter(&request.student_id, &request.request_id),
+                    _ => self.withdraw(&request.student_id),
+                },
                 None if *action == Action::Enroll => self.enroll(&request.student_id),
                 None => self.drop_student(&request.student_id),
             },
@@ -120,16 +194,131 @@ impl CourseState {
         Verdict::new(outcome, reason, self.seats_left())
     }
 
-    /// The rejection of a request outside the course's window, if it is.
+    /// The rejection of a request outside the course's window, if it is. A draw course
+    /// taking entries is inside it.
     fn window_refusal(&self, now: DateTime<Utc>) -> Option<Verdict> {
         let (reason, at) = match (self.settings.opens_at, self.settings.closes_at) {
+            _ if self.taking_entries(now) => return None,
             (Some(open), _) if now < open => (Reason::NotOpen, open),
             (_, Some(close)) if now >= close => (Reason::Closed, close),
             _ => return None,
         };
         let mut verdict = self.verdict(Outcome::Rejected, Some(reason));
         verdict.window_at = Some(at);
+        if reason == Reason::NotOpen && self.settings.opening == Opening::Draw {
+            verdict.draw = Some(Box::new(DrawNote {
+                commitment: self.settings.draw_commitment(),
+                entries_open_at: self.settings.entries_open_at,
+                position: None,
+            }));
+        }
         Some(verdict)
+    }
+
+    /// A draw course not yet drawn, before its opening and from its entries' opening: an
+    /// enroll is an entry.
+    fn taking_entries(&self, now: DateTime<Utc>) -> bool {
+        self.settings.opening == Opening::Draw
+            && !self.drawn
+            && self.settings.opens_at.is_some_and(|open| now < open)
+            && self.settings.entries_open_at.is_none_or(|from| now >= from)
+    }
+
+    /// Performs the draw if the course is a draw whose opening has come and it has not drawn:
+    /// each entrant, rank 1 first, is decided as if they had enrolled in that order, and the
+    /// entry request's id answers with that outcome from now on.
+    fn draw_if_due(&mut self, now: DateTime<Utc>) {
+        let due = self.settings.opening == Opening::Draw
+            && !self.drawn
+            && self.settings.opens_at.is_some_and(|open| now >= open);
+        let Some(seed) = self.settings.draw_seed.filter(|_| due) else {
+            return;
+        };
+        let order = seed.order(self.entrants.keys());
+        let mut entrants = Vec::with_capacity(order.len());
+        for (rank, student_id) in order.into_iter().enumerate() {
+            let Some(request_id) = self.entrants.remove(&student_id) else {
+                continue;
+            };
+            let (mut verdict, _) = self.enroll(&student_id);
+            verdict.draw = Some(Box::new(DrawNote {
+                position: Some(count(rank + 1)),
+                ..DrawNote::default()
+            }));
+            self.decided.insert(request_id.clone(), verdict.clone());
+            entrants.push(DrawnEntrant {
+                student_id,
+                request_id,
+                verdict,
+            });
+        }
+        self.entrants.clear();
+        self.drawn = true;
+        let request = self.draw_request();
+        let verdict = self.verdict(Outcome::Drawn, None);
+        self.decided
+            .insert(request.request_id.clone(), verdict.clone());
+        let decision = Decision {
+            verdict,
+            effect: Effect::Draw(Box::new(DrawEffect { entrants })),
+            replay: false,
+        };
+        self.pending_draw = Some((request, decision));
+    }
+
+    /// The answer to a draw wake-up (the draw itself, if due, was performed just before).
+    fn wake_verdict(&self) -> Verdict {
+        match self.settings.opening {
+            Opening::FirstCome => self.verdict(Outcome::Rejected, Some(Reason::NotADraw)),
+            Opening::Draw if self.drawn => self.verdict(Outcome::Drawn, Some(Reason::AlreadyDrawn)),
+            Opening::Draw => {
+                let mut verdict = self.verdict(Outcome::Rejected, Some(Reason::NotOpen));
+                verdict.window_at = self.settings.opens_at;
+                verdict
+            }
+        }
+    }
+
+    /// An entry into the draw: `queued`, once per student, within the bound.
+    fn enter(&mut self, student: &StudentId, request: &RequestId) -> (Verdict, Effect) {
+        if self.enrolled.contains(student) || self.waiting.contains(student) {
+            return self.enroll(student);
+        }
+        let reason = if self.entrants.contains_key(student) {
+            Some(Reason::AlreadyQueued)
+        } else if self.entrants.len() >= self.entries_limit {
+            return (
+                self.verdict(Outcome::Rejected, Some(Reason::EntriesFull)),
+                Effect::None,
+            );
+        } else {
+            None
+        };
+        let mut verdict = self.verdict(Outcome::Queued, reason);
+        verdict.window_at = self.settings.opens_at;
+        verdict.draw = Some(Box::new(DrawNote {
+            commitment: self.settings.draw_commitment(),
+            ..DrawNote::default()
+        }));
+        if reason.is_some() {
+            return (verdict, Effect::None);
+        }
+        self.entrants.insert(student.clone(), request.clone());
+        (verdict, Effect::Enter)
+    }
+
+    /// A drop before the draw: withdraws the student's entry, else drops as usual.
+    fn withdraw(&mut self, student: &StudentId) -> (Verdict, Effect) {
+        if self.entrants.remove(student).is_some() {
+            // The draw's commitment tells a withdrawal from a seat given back.
+            let mut verdict = self.verdict(Outcome::Dropped, None);
+            verdict.draw = Some(Box::new(DrawNote {
+                commitment: self.settings.draw_commitment(),
+                ..DrawNote::default()
+            }));
+            return (verdict, Effect::Withdraw);
+        }
+        self.drop_student(student)
     }
 
     fn waitlisted(&self, student: &StudentId, reason: Option<Reason>) -> Verdict {
@@ -193,6 +382,12 @@ impl CourseState {
             Some(Reason::WaitlistBelowWaiting)
         } else if !settings.window_is_valid() {
             Some(Reason::WindowOutOfOrder)
+        } else if settings.opening != self.settings.opening && self.drawn {
+            Some(Reason::AlreadyDrawn)
+        } else if settings.opening == Opening::FirstCome && !self.entrants.is_empty() {
+            Some(Reason::DrawHasEntrants)
+        } else if !settings.draw_is_complete() {
+            Some(Reason::DrawWithoutOpening)
         } else {
             None
         };
@@ -227,5 +422,7 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+#[cfg(test)]
+mod draw_tests;
 #[cfg(test)]
 mod tests;

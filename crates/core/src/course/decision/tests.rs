@@ -203,6 +203,7 @@ fn a_snapshot_restores_seats_waitlist_and_stored_verdicts() {
             enrolled: vec![student("s1")],
             waitlist: vec![student("s2"), student("s3")],
             decided: vec![(RequestId::parse("old").unwrap(), stored.clone())],
+            ..CourseSnapshot::default()
         },
     );
     assert_eq!(state.seats_left(), 0);
@@ -273,7 +274,12 @@ proptest! {
                 Effect::Waitlist => waiting += 1,
                 Effect::Drop { .. } => seats_taken -= 1,
                 Effect::Leave => waiting -= 1,
-                Effect::Configure { .. } | Effect::None => {}
+                // First-come courses only: no entry, withdrawal or draw.
+                Effect::Configure { .. }
+                | Effect::None
+                | Effect::Enter
+                | Effect::Withdraw
+                | Effect::Draw(_) => {}
             }
             seats_taken += promoted;
             waiting -= promoted;

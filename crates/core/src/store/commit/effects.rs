@@ -1,7 +1,9 @@
-//! The effects of a batch as `apply_effects` takes them, and what it answers.
+//! The effects of a batch as `apply_course_effects` takes them, and what it answers.
 //!
-//! The function takes one array of the SQL composite type `effect` (migration
-//! `20261121000005_typed_effects.sql`); [`EffectRow`] derives the same type, so each field has
+//! The function takes one array of the SQL composite type `course_effect` (migration
+//! `20261205000003_draw.sql`; `effect` of `20261121000005_typed_effects.sql` with the draw's
+//! fields, and still taken by `apply_effects` for the previous release's workers during a
+//! rolling upgrade); [`EffectRow`] derives the same type, so each field has
 //! one name and one Rust type, and the match below is exhaustive over [`Effect`]: a new effect
 //! kind does not compile until it is given a row. Postgres checks the rest when it receives the
 //! array: the number of fields and the type of each, in order.
@@ -32,12 +34,15 @@ enum EffectKind {
     Drop,
     Leave,
     Configure,
+    Enter,
+    Withdraw,
+    Draw,
 }
 
-/// One effect as `apply_effects` takes it: the SQL composite type `effect`, field for field
+/// One effect as `apply_course_effects` takes it: the SQL composite type `course_effect`, field for field
 /// in the same order.
 #[derive(Debug, sqlx::Type)]
-#[sqlx(type_name = "effect")]
+#[sqlx(type_name = "course_effect")]
 struct EffectRow {
     /// The item's index in the batch: its decision order, and how result rows name it.
     ord: i32,
@@ -53,6 +58,12 @@ struct EffectRow {
     waitlist: Option<i32>,
     opens_at: Option<DateTime<Utc>>,
     closes_at: Option<DateTime<Utc>>,
+    /// The opening policy, the entries' instant and a fresh seed of a `configure`.
+    opening: Option<String>,
+    entries_open_at: Option<DateTime<Utc>>,
+    draw_seed: Option<Vec<u8>>,
+    /// The entrants of a `draw`, rank 1 first.
+    draw_order: Option<Vec<String>>,
 }
 
 impl EffectRow {
@@ -66,6 +77,18 @@ impl EffectRow {
             Effect::Drop { .. } => (EffectKind::Drop, None),
             Effect::Leave => (EffectKind::Leave, None),
             Effect::Configure { settings, .. } => (EffectKind::Configure, Some(settings)),
+            Effect::Enter => (EffectKind::Enter, None),
+            Effect::Withdraw => (EffectKind::Withdraw, None),
+            Effect::Draw(_) => (EffectKind::Draw, None),
+        };
+        let draw_order = match &p.effect {
+            Effect::Draw(draw) => Some(
+                draw.entrants
+                    .iter()
+                    .map(|e| e.student_id.to_string())
+                    .collect(),
+            ),
+            _ => None,
         };
         let reply_to = p.reply_to.as_ref();
         Some(Self {
@@ -80,11 +103,17 @@ impl EffectRow {
             waitlist: settings.map(|s| to_i32(s.waitlist)),
             opens_at: settings.and_then(|s| s.opens_at),
             closes_at: settings.and_then(|s| s.closes_at),
+            opening: settings.map(|s| s.opening.as_str().to_owned()),
+            entries_open_at: settings.and_then(|s| s.entries_open_at),
+            draw_seed: settings
+                .and_then(|s| s.draw_seed)
+                .map(|seed| seed.as_bytes().to_vec()),
+            draw_order,
         })
     }
 }
 
-/// One row `apply_effects` returns: whether the effect `r_ord` applied, and one student it
+/// One row `apply_course_effects` returns: whether the effect `r_ord` applied, and one student it
 /// promoted (an effect that promoted nobody has one row with no student).
 #[derive(Debug, sqlx::FromRow)]
 struct AppliedRow {
@@ -116,7 +145,7 @@ pub(super) async fn apply(tx: &mut sqlx::PgConnection, entries: &mut [Entry<'_>]
             fresh.missed = true;
         }
     }
-    let applied: Vec<AppliedRow> = sqlx::query_as("SELECT * FROM apply_effects($1)")
+    let applied: Vec<AppliedRow> = sqlx::query_as("SELECT * FROM apply_course_effects($1)")
         .bind(&rows)
         .fetch_all(&mut *tx)
         .await?;
@@ -125,7 +154,7 @@ pub(super) async fn apply(tx: &mut sqlx::PgConnection, entries: &mut [Entry<'_>]
         let promotion = row.promotion(entry)?;
         let Some(fresh) = entry.fresh.as_mut() else {
             return Err(StoreError::Inconsistent(format!(
-                "apply_effects answered for request {}, which had no effect to apply",
+                "apply_course_effects answered for request {}, which had no effect to apply",
                 entry.pending.request.request_id
             )));
         };
@@ -147,11 +176,11 @@ pub(super) async fn apply(tx: &mut sqlx::PgConnection, entries: &mut [Entry<'_>]
     Ok(())
 }
 
-/// Sends `apply_effects` an empty batch: the connection learns the composite type's layout and
+/// Sends `apply_course_effects` an empty batch: the connection learns the composite type's layout and
 /// prepares the call, which costs several round trips the first time.
 pub(super) async fn warm(conn: &mut sqlx::PgConnection) -> Result<()> {
     let rows: Vec<EffectRow> = Vec::new();
-    sqlx::query("SELECT * FROM apply_effects($1)")
+    sqlx::query("SELECT * FROM apply_course_effects($1)")
         .bind(&rows)
         .execute(conn)
         .await?;
@@ -163,7 +192,7 @@ fn entry_at<'e, 'a>(entries: &'e mut [Entry<'a>], ord: i32) -> Result<&'e mut En
     usize::try_from(ord)
         .ok()
         .and_then(|index| entries.get_mut(index))
-        .ok_or_else(|| StoreError::Inconsistent(format!("apply_effects returned ord {ord}")))
+        .ok_or_else(|| StoreError::Inconsistent(format!("apply_course_effects returned ord {ord}")))
 }
 
 impl AppliedRow {
@@ -175,7 +204,7 @@ impl AppliedRow {
         let (Some(request_id), Some(seats_left)) = (self.r_request.clone(), self.r_seats_left)
         else {
             return Err(StoreError::Inconsistent(format!(
-                "apply_effects promoted {student_id} without naming the request or the seats left"
+                "apply_course_effects promoted {student_id} without naming the request or the seats left"
             )));
         };
         let cause = &entry.pending.request;

@@ -2,7 +2,7 @@
 //!
 //! The course actors decide in memory; this is where their decisions become durable. The
 //! effects that change a course (seats, waitlist places, settings) go to one call of the
-//! `apply_effects` function, which applies them in decision order per course, each guarded by
+//! `apply_course_effects` function, which applies them in decision order per course, each guarded by
 //! what the database holds, and promotes the head of a waitlist into every freed seat; the
 //! outcomes go in one `UNNEST` insert. A batch of 500 decisions costs a handful of round trips.
 //! The database stays the final arbiter: an effect that no longer fits what is committed (a seat
@@ -10,11 +10,12 @@
 //! applied, and the final verdict says what really happened.
 //!
 //! [`Store::commit`] runs the steps in order, each in its own file: `fence` (is this worker
-//! still the owner), `effects` (the typed rows `apply_effects` takes and what it answers),
+//! still the owner), `effects` (the typed rows `apply_course_effects` takes and what it answers),
 //! `results` (revised verdicts, waitlist positions and what earlier batches stored), and
 //! `outcomes` (the insert of this batch's outcomes). Every item of the batch is followed
 //! through them as one [`Entry`].
 
+mod draws;
 mod effects;
 mod fence;
 mod outcomes;
@@ -25,7 +26,7 @@ use std::collections::HashSet;
 use super::{Result, Store, StoreError};
 use crate::domain::Effect;
 use crate::domain::{Partition, ReplyTo, Request, Verdict};
-use crate::protocol::Promotion;
+use crate::protocol::{DrawResult, Promotion};
 use results::Earlier;
 
 /// One decision waiting to be committed.
@@ -63,6 +64,9 @@ pub struct Committed {
     /// Waitlisted students this request moved into a seat, to be told. For a replay, only
     /// while its batch's answers are not confirmed (a redelivery after a crash tells them).
     pub promotions: Vec<Promotion>,
+    /// For a course's draw: what each entrant got, rank 1 first, to be told. For a replayed
+    /// draw, only while its results are not confirmed sent.
+    pub draws: Vec<DrawResult>,
 }
 
 /// One item of the batch, followed through the steps of the commit.
@@ -84,6 +88,8 @@ struct Fresh {
     unexpected: bool,
     /// Whom the database moved from the waitlist into the seats this request freed.
     promotions: Vec<Promotion>,
+    /// What the draw this request carries gave each entrant.
+    draws: Vec<DrawResult>,
 }
 
 impl Store {
@@ -96,6 +102,7 @@ impl Store {
         fence::check(&mut tx, worker_id, items).await?;
         let mut entries = entries(&mut tx, items).await?;
         effects::apply(&mut tx, &mut entries).await?;
+        draws::read_back(&mut tx, &mut entries).await?;
         results::revise(&mut tx, &mut entries).await?;
         results::place_on_waitlist(&mut tx, &mut entries).await?;
         let batch_id = outcomes::insert(&mut tx, worker_id, &entries).await?;
@@ -107,7 +114,7 @@ impl Store {
             .collect()
     }
 
-    /// Opens the group commit's connections and prepares its call of `apply_effects` on each,
+    /// Opens the group commit's connections and prepares its call of `apply_course_effects` on each,
     /// so the first commit of a rush, which holds every decision of its batch back, does not
     /// pay for them.
     pub async fn warm_commits(&self) -> Result<()> {
@@ -140,6 +147,17 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Records that the results of these courses' draws were confirmed by the broker, so no
+    /// worker announces them again. A hint like [`Store::mark_answered`]: if it is lost, the
+    /// entrants hear their (unchanged) outcome twice.
+    pub async fn mark_draws_announced(&self, courses: &[&str]) -> Result<()> {
+        sqlx::query("UPDATE courses SET draw_announced = true WHERE course_id = ANY($1)")
+            .bind(courses)
+            .execute(&self.commits)
+            .await?;
+        Ok(())
+    }
 }
 
 /// The batch's items as entries, each request id fresh at most once: ids decided before this
@@ -165,6 +183,7 @@ async fn entries<'a>(tx: &mut sqlx::PgConnection, items: &[&'a Pending]) -> Resu
                     missed: false,
                     unexpected: false,
                     promotions: Vec::new(),
+                    draws: Vec::new(),
                 }),
             }
         })
@@ -197,6 +216,7 @@ impl Entry<'_> {
                 answered: stored.answered,
                 batch_id: None,
                 promotions: earlier.promotions.remove(id).unwrap_or_default(),
+                draws: earlier.draws.remove(id).unwrap_or_default(),
             });
         };
         let revised = !same_answer(&fresh.verdict, provisional);
@@ -208,6 +228,7 @@ impl Entry<'_> {
             answered: false,
             batch_id,
             promotions: fresh.promotions,
+            draws: fresh.draws,
         })
     }
 }

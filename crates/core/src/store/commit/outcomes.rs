@@ -29,9 +29,10 @@ pub(super) async fn insert(
     sqlx::query(
         "INSERT INTO outcomes \
            (request_id, course_id, student_id, action, outcome, reason, seats_left, \
-            waitlist_position, window_at, batch_id) \
-         SELECT r.*, $10 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                                    $6::text[], $7::int[], $8::int[], $9::timestamptz[]) AS r",
+            waitlist_position, window_at, draw_commitment, entries_open_at, batch_id) \
+         SELECT r.*, $12 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                    $6::text[], $7::int[], $8::int[], $9::timestamptz[], \
+                                    $10::text[], $11::timestamptz[]) AS r",
     )
     .bind(&rows.request_ids)
     .bind(&rows.course_ids)
@@ -42,6 +43,8 @@ pub(super) async fn insert(
     .bind(&rows.seats)
     .bind(&rows.positions)
     .bind(&rows.windows)
+    .bind(&rows.commitments)
+    .bind(&rows.entries_open)
     .bind(batch_id)
     .execute(&mut *tx)
     .await?;
@@ -60,10 +63,12 @@ struct Columns<'a> {
     seats: Vec<i32>,
     positions: Vec<Option<i32>>,
     windows: Vec<Option<DateTime<Utc>>>,
+    commitments: Vec<Option<&'a str>>,
+    entries_open: Vec<Option<DateTime<Utc>>>,
 }
 
 impl<'a> Columns<'a> {
-    fn of(entries: &[Entry<'a>]) -> Self {
+    fn of(entries: &'a [Entry<'a>]) -> Self {
         let mut columns = Self::default();
         for entry in entries {
             let Some(fresh) = &entry.fresh else {
@@ -83,6 +88,13 @@ impl<'a> Columns<'a> {
                 .positions
                 .push(verdict.waitlist_position.map(to_i32));
             columns.windows.push(verdict.window_at);
+            let draw = verdict.draw.as_deref();
+            columns
+                .commitments
+                .push(draw.and_then(|d| d.commitment.as_deref()));
+            columns
+                .entries_open
+                .push(draw.and_then(|d| d.entries_open_at));
         }
         columns
     }

@@ -10,8 +10,8 @@ use super::{Entry, Pending};
 use crate::domain::Effect;
 use crate::domain::{Outcome, Reason, Verdict};
 use crate::protocol::Promotion;
-use crate::store::courses::{to_u32, verdict_from_row};
-use crate::store::{Result, StoreError};
+use crate::store::Result;
+use crate::store::courses::{VERDICT_COLUMNS, to_u32, verdict_from_row};
 
 /// The request ids among `ids` that already have a stored outcome.
 pub(super) async fn stored_ids(
@@ -93,6 +93,12 @@ impl Held {
                 (Outcome::Waitlisted, Reason::AlreadyWaitlisted)
             }
             (Effect::Enroll | Effect::Waitlist, false, None) => (Outcome::Rejected, Reason::Full),
+            (Effect::Enter, true, _) => (Outcome::Enrolled, Reason::AlreadyEnrolled),
+            (Effect::Enter, false, Some(_)) => (Outcome::Waitlisted, Reason::AlreadyWaitlisted),
+            // The only entry the database refuses on its own is one into a course drawn
+            // meanwhile (by another owner): the draw went ahead without it.
+            (Effect::Enter, false, None) => (Outcome::Rejected, Reason::AlreadyDrawn),
+            (Effect::Draw(_), _, _) => (Outcome::Drawn, Reason::AlreadyDrawn),
             (Effect::Configure { settings, .. }, _, _) => {
                 let reason = if !settings.window_is_valid() {
                     Reason::WindowOutOfOrder
@@ -101,11 +107,12 @@ impl Held {
                 } else if settings.waitlist < self.waitlisted {
                     Reason::WaitlistBelowWaiting
                 } else {
-                    // Refused for a reason this code does not know: say so rather than guess.
-                    return Err(StoreError::Inconsistent(format!(
-                        "the database refused course change {}",
-                        entry.request_id()
-                    )));
+                    // The opening rules are the remaining ones: a draw's entrants keep it a
+                    // draw, and a drawn course keeps its opening.
+                    match settings.opening {
+                        crate::domain::Opening::FirstCome => Reason::DrawHasEntrants,
+                        crate::domain::Opening::Draw => Reason::AlreadyDrawn,
+                    }
                 };
                 (Outcome::Rejected, reason)
             }
@@ -168,6 +175,9 @@ pub(super) struct Earlier {
     pub stored: HashMap<String, Stored>,
     /// The promotions of those whose final answers were never confirmed, to announce again.
     pub promotions: HashMap<String, Vec<Promotion>>,
+    /// The results of replayed draws whose results were never confirmed sent, by the draw's
+    /// request id, to announce again.
+    pub draws: HashMap<String, Vec<crate::protocol::DrawResult>>,
 }
 
 /// Reads the stored outcome of every entry that is not fresh, and the promotions to announce
@@ -185,7 +195,42 @@ pub(super) async fn earlier(tx: &mut sqlx::PgConnection, entries: &[Entry<'_>]) 
         .map(|(id, _)| id.as_str())
         .collect();
     let promotions = fetch_promotions(tx, &unannounced).await?;
-    Ok(Earlier { stored, promotions })
+    let draws = replayed_draws(tx, entries).await?;
+    Ok(Earlier {
+        stored,
+        promotions,
+        draws,
+    })
+}
+
+/// The results of the draws among the replayed entries whose courses never had them
+/// confirmed sent, by the draw's request id.
+async fn replayed_draws(
+    tx: &mut sqlx::PgConnection,
+    entries: &[Entry<'_>],
+) -> Result<HashMap<String, Vec<crate::protocol::DrawResult>>> {
+    let draws: Vec<&Pending> = entries
+        .iter()
+        .filter(|entry| entry.fresh.is_none())
+        .map(|entry| entry.pending)
+        .filter(|p| {
+            p.request.action == crate::domain::Action::Draw
+                && p.request.request_id == crate::domain::draw_request_id(&p.request.course_id)
+        })
+        .collect();
+    let courses: Vec<&str> = draws.iter().map(|p| p.request.course_id.as_str()).collect();
+    let pending = super::draws::unannounced(tx, &courses).await?;
+    let pending: Vec<&str> = pending.iter().map(String::as_str).collect();
+    let mut results = super::draws::results(tx, &pending).await?;
+    Ok(draws
+        .into_iter()
+        .filter_map(|p| {
+            let course = p.request.course_id.as_str();
+            results
+                .remove(course)
+                .map(|r| (p.request.request_id.to_string(), r))
+        })
+        .collect())
 }
 
 async fn fetch_stored(
@@ -195,12 +240,12 @@ async fn fetch_stored(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = sqlx::query(
-        "SELECT o.request_id, o.outcome, o.reason, o.seats_left, o.waitlist_position, \
-                o.window_at, b.answered \
-         FROM outcomes o JOIN decision_batches b ON b.batch_id = o.batch_id \
-         WHERE o.request_id = ANY($1)",
-    )
+    // `decision_batches` shares no column name with a verdict but `batch_id`, joined on.
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT request_id, {VERDICT_COLUMNS}, answered \
+         FROM answers JOIN decision_batches USING (batch_id) \
+         WHERE request_id = ANY($1)"
+    )))
     .bind(ids)
     .fetch_all(&mut *tx)
     .await?;

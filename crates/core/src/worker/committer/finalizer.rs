@@ -67,6 +67,7 @@ async fn finalize_batch(
     let Answers {
         confirms,
         answered_batches,
+        drawn_courses,
         ..
     } = answers;
     if let Err(e) = confirmed(confirms).await {
@@ -81,6 +82,14 @@ async fn finalize_batch(
         && let Err(e) = store.mark_answered(&answered_batches).await
     {
         tracing::warn!(error = %crate::telemetry::chain(&e), "could not record final answers as sent");
+    }
+    // The same kind of hint for draws: a draw not recorded as announced is announced again by
+    // the next worker that loads its course (same outcomes).
+    let drawn: Vec<&str> = drawn_courses.iter().map(String::as_str).collect();
+    if !drawn.is_empty()
+        && let Err(e) = store.mark_draws_announced(&drawn).await
+    {
+        tracing::warn!(error = %crate::telemetry::chain(&e), "could not record draw results as sent");
     }
     crate::failpoint::crash_point(crate::failpoint::BEFORE_ACK);
     match crate::telemetry::metrics::busy_while(crate::telemetry::metrics::Stage::Ack, acked(batch))
@@ -104,6 +113,8 @@ struct Answers<'a> {
     confirms: Vec<Result<Posted, crate::amqp::AmqpError>>,
     /// The decision batches whose answers these are, to record as answered.
     answered_batches: Vec<i64>,
+    /// The courses whose draw results these are, to record as announced.
+    drawn_courses: Vec<String>,
     /// Final answers for reply queues that take batches, by queue, in the order first seen.
     replies: Vec<(String, Batch)>,
     /// The commit's final answers, for the one batched event.
@@ -118,6 +129,7 @@ impl<'a> Answers<'a> {
             final_events,
             confirms: Vec::new(),
             answered_batches: Vec::new(),
+            drawn_courses: Vec::new(),
             replies: Vec::new(),
             events: Batch::new(),
         }
@@ -164,6 +176,34 @@ impl<'a> Answers<'a> {
             }
         }
         self.post_promotions(&committed.promotions).await;
+        if !committed.draws.is_empty() {
+            self.post_draw(committed.draws.as_slice()).await;
+            self.drawn_courses.push(request.course_id.to_string());
+        }
+    }
+
+    /// Each entrant of a draw hears what it gave them at the address of their entry request,
+    /// and on the events exchange (in the commit's batched event, or one event each).
+    async fn post_draw(&mut self, results: &[crate::protocol::DrawResult]) {
+        for result in results {
+            let answer = DecidedAnswer::new(&result.entry, &result.verdict, Stage::Final);
+            if let Some(queue) = &result.reply_to {
+                let to = ReplyTo::single(queue.as_str(), result.correlation_id.clone());
+                self.confirm(Outgoing::reply(&to, answer.to_json())).await;
+            }
+            match self.final_events {
+                FinalEvents::Batched => self.events.push_with(|body| answer.write_to(body)),
+                FinalEvents::PerRequest => {
+                    let event = Outgoing::event(
+                        self.topology,
+                        result.entry.course_id.as_str(),
+                        result.entry.student_id.as_str(),
+                        answer.to_json(),
+                    );
+                    self.confirm(event).await;
+                }
+            }
+        }
     }
 
     /// Each student a request moved off the waitlist hears it on the events exchange, and at

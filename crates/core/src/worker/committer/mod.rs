@@ -111,6 +111,9 @@ impl Committer {
             match self.commit(&chunk, stop).await {
                 Some(Ok(results)) => {
                     crate::failpoint::crash_point(crate::failpoint::AFTER_COMMIT);
+                    if results.iter().any(|c| !c.draws.is_empty()) {
+                        crate::failpoint::crash_point(crate::failpoint::AFTER_DRAW_COMMIT);
+                    }
                     for (d, c) in chunk.iter().zip(&results) {
                         if let Some(ticket) = &d.ticket {
                             ticket.settled(!c.diverged);
