@@ -118,6 +118,18 @@ pub fn describe(a: &Answer) -> String {
     if let Some(at) = a.opens_at.as_ref().or(a.closes_at.as_ref()) {
         line.push_str(&format!(" ({at})"));
     }
+    if let Some(at) = &a.entries_open_at {
+        line.push_str(&format!(", entries open {at}"));
+    }
+    if let Some(at) = &a.draw_at {
+        line.push_str(&format!(", drawn at {at}"));
+    }
+    if let Some(rank) = a.draw_position {
+        line.push_str(&format!(", rank {rank} in the draw"));
+    }
+    if let Some(commitment) = &a.draw_commitment {
+        line.push_str(&format!(", draw commitment {commitment}"));
+    }
     line.push_str(&format!(
         ", {} seats left, request {}",
         a.seats_left, a.request_id

@@ -540,3 +540,25 @@ async fn the_fairness_run_reports_both_policies() {
     assert_eq!(draw.requests_per_student, 1.0, "{draw:?}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draw_nobody_entered_is_drawn_and_settled_at_its_opening() {
+    let mut env = TestEnv::new().await;
+    let (course, _, _) = draw_course(&env, "Z", 3, chrono::Duration::seconds(3)).await;
+    env.start_worker(env.worker_config()).await;
+
+    // Nobody asks; the clock wakes it, and it is drawn and marked announced, so no clock
+    // wakes it again.
+    let draw = crate::helpers::eventually("the empty draw settled", WAIT, || async {
+        let detail = env.store.course_detail(&course).await.ok()??;
+        detail
+            .course
+            .draw
+            .filter(|d| d.announced && d.drawn_at.is_some())
+    })
+    .await;
+    assert_eq!(draw.entrants, 0);
+    assert!(draw.seed.is_some(), "the seed is revealed after the draw");
+    assert_audit_clean(&env).await;
+    env.cleanup().await;
+}

@@ -72,6 +72,10 @@ pub struct FairnessReport {
     /// Students without a final answer when the run ended.
     pub unanswered: usize,
     pub audit_violations: usize,
+    /// When the students' final answers (under `draw`, the draw's outcomes) arrived, in
+    /// milliseconds after the opening: the first and the last.
+    pub first_final_after_opening_ms: Option<i64>,
+    pub last_final_after_opening_ms: Option<i64>,
 }
 
 impl FairnessReport {
@@ -87,6 +91,8 @@ struct Outcome {
     requests: usize,
     won: bool,
     answered: bool,
+    /// When the final answer arrived.
+    at: Option<DateTime<Utc>>,
 }
 
 /// Runs the experiment against one worker process it starts and stops.
@@ -121,7 +127,13 @@ pub async fn run(config: FairnessConfig) -> anyhow::Result<FairnessReport> {
     let audit = store.audit().await?;
     store.close().await;
     stopped.context("the worker did not stop cleanly")?;
-    Ok(report_of(&config, &course, &outcomes?, audit.len()))
+    Ok(report_of(
+        &config,
+        &course,
+        opens_at,
+        &outcomes?,
+        audit.len(),
+    ))
 }
 
 /// Runs every student to their final answer; by student index.
@@ -235,6 +247,7 @@ impl Student {
                 (result, _) => {
                     outcome.answered = true;
                     outcome.won = result == "enrolled";
+                    outcome.at = Some(Utc::now());
                     return Ok(outcome);
                 }
             }
@@ -279,6 +292,7 @@ impl Student {
 fn report_of(
     config: &FairnessConfig,
     course: &CourseId,
+    opens_at: DateTime<Utc>,
     outcomes: &[Outcome],
     violations: usize,
 ) -> FairnessReport {
@@ -294,6 +308,7 @@ fn report_of(
     let total_won = (fast_won + slow_won).max(1) as f64;
     let requests: usize = outcomes.iter().map(|o| o.requests).sum();
     let seats = f64::from(config.seats.max(1));
+    let after_opening = |at: Option<DateTime<Utc>>| at.map(|t| (t - opens_at).num_milliseconds());
     FairnessReport {
         opening: config.opening.as_str().to_owned(),
         course_id: course.to_string(),
@@ -313,6 +328,8 @@ fn report_of(
         fair_margin: 1.96 * (0.25 / seats).sqrt(),
         unanswered: outcomes.iter().filter(|o| !o.answered).count(),
         audit_violations: violations,
+        first_final_after_opening_ms: after_opening(outcomes.iter().filter_map(|o| o.at).min()),
+        last_final_after_opening_ms: after_opening(outcomes.iter().filter_map(|o| o.at).max()),
     }
 }
 
@@ -341,6 +358,14 @@ pub fn describe(r: &FairnessReport) -> String {
         100.0 * r.slow_share,
         100.0 * r.fair_margin
     ));
+    if let (Some(first), Some(last)) = (
+        r.first_final_after_opening_ms,
+        r.last_final_after_opening_ms,
+    ) {
+        text.push_str(&format!(
+            "  final answers arrived {first} ms to {last} ms after the opening\n"
+        ));
+    }
     text.push_str(&format!(
         "  unanswered {}, audit violations {}\n",
         r.unanswered, r.audit_violations
