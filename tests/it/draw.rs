@@ -562,3 +562,82 @@ async fn a_draw_nobody_entered_is_drawn_and_settled_at_its_opening() {
     assert_audit_clean(&env).await;
     env.cleanup().await;
 }
+
+/// Sleeps until `at` (at once if it passed).
+async fn sleep_until(at: DateTime<Utc>) {
+    tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await;
+}
+
+/// Waits until `course` is drawn and its results confirmed sent, then checks its order.
+async fn assert_settled_in_order(
+    env: &TestEnv,
+    course: &CourseId,
+    commitment: &str,
+    students: &[String],
+    seats: usize,
+) {
+    crate::helpers::eventually("the draw settled", WAIT, || async {
+        let detail = env.store.course_detail(course).await.ok()??;
+        detail
+            .course
+            .draw
+            .filter(|d| d.announced && d.drawn_at.is_some())
+    })
+    .await;
+    assert_drawn_in_order(env, course, commitment, students, seats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draw_survives_a_database_restart_and_a_broker_restart_at_its_opening() {
+    // Arrange: a database and a broker of this test's own, two draw courses with entrants,
+    // opening a few seconds apart.
+    use crate::servers::{Kind, OwnServer};
+    let database = OwnServer::start(Kind::Database);
+    let broker = OwnServer::start(Kind::Broker);
+    let mut env = TestEnv::on(broker.url.clone(), database.url.clone()).await;
+    let (first, first_commitment, first_opens) =
+        draw_course(&env, "A", 4, chrono::Duration::seconds(10)).await;
+    let (second, second_commitment, second_opens) =
+        draw_course(&env, "B", 4, chrono::Duration::seconds(30)).await;
+    env.start_worker(env.worker_config()).await;
+    let mut client = Listener::new(&env, None).await;
+    let first_students = enter(&mut client, &first, 20).await;
+    let entries: Vec<_> = first_students
+        .iter()
+        .enumerate()
+        .map(|(i, s)| enroll(&format!("{second}-e{i:03}"), &second, s))
+        .collect();
+    client.send(&entries).await;
+    client.until(WAIT, |c| c.final_count() >= 40).await;
+    assert!(
+        Utc::now() < first_opens,
+        "the entries took until the first opening"
+    );
+
+    // Act 1: PostgreSQL crashes and restarts across the first opening.
+    sleep_until(first_opens - chrono::Duration::milliseconds(500)).await;
+    let down = database.restart().await;
+    eprintln!("database restarted across the opening in {down:?}");
+
+    // Assert 1: drawn once, in the seed's order, and its results reached the entrants.
+    assert_settled_in_order(&env, &first, &first_commitment, &first_students, 4).await;
+    until_drawn(&mut client, 20).await;
+
+    // Act 2: the broker restarts across the second opening (the client's reply queue goes
+    // with it: the results are checked in the database, and their confirmed announcement).
+    assert!(
+        Utc::now() < second_opens,
+        "the first draw took until the second opening"
+    );
+    sleep_until(second_opens - chrono::Duration::milliseconds(500)).await;
+    let down = broker.restart().await;
+    eprintln!("broker restarted across the opening in {down:?}");
+
+    // Assert 2
+    assert_settled_in_order(&env, &second, &second_commitment, &first_students, 4).await;
+    assert_audit_clean(&env).await;
+    client.close().await;
+    env.cleanup().await;
+    drop(broker);
+    drop(database);
+}
