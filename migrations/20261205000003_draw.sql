@@ -149,6 +149,8 @@ DECLARE
     v_promoted integer;
     v_outcome text;
     v_position integer;
+    v_order text[];
+    v_pending boolean;
     n integer;
     i integer;
 BEGIN
@@ -173,8 +175,11 @@ BEGIN
         r_ord := op.ord;
         r_applied := false;
         v_promoted := 0;
+        -- A draw course not yet drawn gives no seat or place but through its draw (only a
+        -- worker of the previous release, which knows no draw, would ask for one).
+        v_pending := coalesce(v_opening = 'draw' AND v_drawn IS NULL, false);
         IF op.kind = 'enroll' THEN
-            IF v_enrolled < v_capacity AND v_waitlisted = 0 THEN
+            IF v_enrolled < v_capacity AND v_waitlisted = 0 AND NOT v_pending THEN
                 INSERT INTO enrollments (course_id, student_id, request_id)
                 VALUES (cur, op.student_id, op.request_id) ON CONFLICT DO NOTHING;
                 GET DIAGNOSTICS n = ROW_COUNT;
@@ -182,7 +187,7 @@ BEGIN
                 v_enrolled := v_enrolled + n;
             END IF;
         ELSIF op.kind = 'waitlist' THEN
-            IF v_enrolled >= v_capacity AND v_waitlisted < v_wcap AND NOT EXISTS (
+            IF v_enrolled >= v_capacity AND v_waitlisted < v_wcap AND NOT v_pending AND NOT EXISTS (
                 SELECT 1 FROM enrollments e WHERE e.course_id = cur AND e.student_id = op.student_id)
             THEN
                 INSERT INTO waitlist (course_id, student_id, position, request_id, reply_to, correlation_id)
@@ -210,6 +215,7 @@ BEGIN
                AND (op.entries_open_at IS NULL OR op.opens_at IS NULL
                     OR op.entries_open_at < op.opens_at)
                AND (op.opening = v_opening OR v_drawn IS NULL)
+               AND (op.opening <> 'draw' OR op.opens_at IS NOT NULL)
                AND (op.opening = 'draw' OR NOT EXISTS (
                     SELECT 1 FROM draw_entries d WHERE d.course_id = cur AND d.outcome IS NULL))
             THEN
@@ -255,15 +261,18 @@ BEGIN
                                 WHERE NOT EXISTS (SELECT 1 FROM draw_entries d
                                                    WHERE d.course_id = cur AND d.student_id = s))
             THEN
-                FOR i IN 1 .. coalesce(cardinality(op.draw_order), 0) LOOP
+                -- A local copy: indexing the record's array walks it from the start each time.
+                v_order := op.draw_order;
+                FOR i IN 1 .. coalesce(cardinality(v_order), 0) LOOP
                     SELECT d.request_id, d.reply_to, d.correlation_id INTO entrant
                       FROM draw_entries d
-                     WHERE d.course_id = cur AND d.student_id = op.draw_order[i];
+                     WHERE d.course_id = cur AND d.student_id = v_order[i];
                     v_position := NULL;
                     IF v_enrolled < v_capacity AND v_waitlisted = 0 THEN
                         INSERT INTO enrollments (course_id, student_id, request_id)
-                        VALUES (cur, op.draw_order[i], entrant.request_id);
-                        v_enrolled := v_enrolled + 1;
+                        VALUES (cur, v_order[i], entrant.request_id) ON CONFLICT DO NOTHING;
+                        GET DIAGNOSTICS n = ROW_COUNT;
+                        v_enrolled := v_enrolled + n;
                         v_outcome := 'enrolled';
                     ELSIF v_waitlisted < v_wcap THEN
                         v_next := v_next + 1;
@@ -271,7 +280,7 @@ BEGIN
                         v_position := v_waitlisted;
                         INSERT INTO waitlist (course_id, student_id, position, request_id,
                                               reply_to, correlation_id)
-                        VALUES (cur, op.draw_order[i], v_next, entrant.request_id,
+                        VALUES (cur, v_order[i], v_next, entrant.request_id,
                                 entrant.reply_to, entrant.correlation_id);
                     ELSE
                         v_outcome := 'rejected';
@@ -282,7 +291,7 @@ BEGIN
                     UPDATE draw_entries d
                        SET draw_position = i, outcome = v_outcome,
                            seats_left = v_capacity - v_enrolled, waitlist_position = v_position
-                     WHERE d.course_id = cur AND d.student_id = op.draw_order[i];
+                     WHERE d.course_id = cur AND d.student_id = v_order[i];
                 END LOOP;
                 UPDATE courses c SET drawn_at = now(), draw_request_id = op.request_id
                  WHERE c.course_id = cur;
@@ -334,8 +343,8 @@ END;
 $$;
 
 -- The set form of 20261205000001_enrolls_as_a_set.sql over `course_effect`, unchanged but for
--- its argument's type and the loop it hands mixed courses to (a course with an entry, a
--- withdrawal or a draw is mixed).
+-- its argument's type, the loop it hands mixed courses to (a course with an entry, a withdrawal
+-- or a draw is mixed), and no free seat in a draw course not yet drawn.
 CREATE FUNCTION apply_course_effects(p_effects course_effect[])
 RETURNS TABLE (r_ord integer, r_applied boolean, r_student text, r_request text,
                r_reply text, r_correlation text, r_seats_left integer)
@@ -352,8 +361,10 @@ BEGIN
       INTO v_locked, v_free
       FROM (SELECT b.course_id FROM UNNEST(v_courses) AS b(course_id) ORDER BY 1) b
       CROSS JOIN LATERAL (
+            -- A draw course not yet drawn has no seat to give first-come.
             SELECT c.course_id,
-                   CASE WHEN c.waitlisted = 0 THEN c.capacity - c.enrolled ELSE 0 END AS free
+                   CASE WHEN c.waitlisted = 0 AND NOT (c.opening = 'draw' AND c.drawn_at IS NULL)
+                        THEN c.capacity - c.enrolled ELSE 0 END AS free
               FROM courses c WHERE c.course_id = b.course_id FOR UPDATE) l;
 
     SELECT coalesce(array_agg(g.course_id), '{}') INTO v_mixed

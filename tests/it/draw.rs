@@ -272,6 +272,8 @@ async fn entries_get_their_documented_answers() {
         enroll("d1", &course, "dave"),
         enroll("f1", &course, "frank"),
         enroll("n1", &not_yet, "alice"),
+        // A client cannot take the id a course's draw is recorded under.
+        enroll(&format!("draw-{course}"), &course, "mallory"),
     ];
     client.send(&requests).await;
     client
@@ -297,6 +299,10 @@ async fn entries_get_their_documented_answers() {
     assert_eq!(said("f1"), ("rejected".into(), Some("entries_full".into())));
     assert_eq!(said("n1"), ("rejected".into(), Some("not_open".into())));
     assert!(finals["n1"].entries_open_at.is_some(), "{:?}", finals["n1"]);
+    assert_eq!(
+        said(&format!("draw-{course}")),
+        ("rejected".into(), Some("invalid".into()))
+    );
     let detail = env
         .store
         .course_detail(&course)

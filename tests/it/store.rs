@@ -355,3 +355,66 @@ async fn the_database_refuses_every_id_the_protocol_refuses() {
     db.close().await.expect("close");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_knows_no_draw_gives_no_seat_before_it() {
+    // Arrange: a draw course past its opening, not yet drawn, as a worker of the previous
+    // release (which knows no draw) finds it during a rolling upgrade.
+    let env = TestEnv::new().await;
+    let course = env
+        .add_courses_with(
+            "nd",
+            1,
+            seatrush_core::domain::CourseSettings {
+                capacity: 5,
+                waitlist: 5,
+                opens_at: Some(chrono::Utc::now() - chrono::Duration::minutes(1)),
+                opening: seatrush_core::domain::Opening::Draw,
+                draw_seed: Some(seatrush_core::domain::DrawSeed::generate()),
+                ..Default::default()
+            },
+        )
+        .await
+        .remove(0);
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("connect");
+
+    // Act: its enroll, alone (the set form) and beside a waitlist join (the loop).
+    let call = "SELECT r_ord, r_applied FROM apply_effects(ARRAY( \
+                  SELECT ROW(t.ord, $1, t.student, t.request, t.kind::effect_kind, NULL, NULL, \
+                             NULL, NULL, NULL, NULL)::effect \
+                    FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[]) \
+                      AS t(ord, student, request, kind)))";
+    let alone: Vec<(i32, bool)> = sqlx::query_as(call)
+        .bind(course.as_str())
+        .bind([0])
+        .bind(["s1"])
+        .bind(["o1"])
+        .bind(["enroll"])
+        .fetch_all(&mut db)
+        .await
+        .expect("the set form");
+    let mixed: Vec<(i32, bool)> = sqlx::query_as(call)
+        .bind(course.as_str())
+        .bind([0, 1])
+        .bind(["s2", "s3"])
+        .bind(["o2", "o3"])
+        .bind(["enroll", "waitlist"])
+        .fetch_all(&mut db)
+        .await
+        .expect("the loop");
+
+    // Assert: nothing applied; the seats wait for the draw.
+    assert_eq!(alone, [(0, false)]);
+    assert!(mixed.iter().all(|(_, applied)| !applied), "{mixed:?}");
+    let detail = env
+        .store
+        .course_detail(&course)
+        .await
+        .expect("read")
+        .expect("course");
+    assert_eq!((detail.course.enrolled, detail.course.waitlisted), (0, 0));
+    db.close().await.expect("close");
+    env.cleanup().await;
+}

@@ -118,6 +118,11 @@ mod tests {
         assert!(bad_id.why.contains("course_id"));
         assert_eq!(Answer::invalid(&bad_id).course_id, "CS 101");
 
+        // A draw's record id cannot be taken by a client, for any course.
+        let reserved = parse_request(Some("draw-CS101"), None, ok_body).unwrap_err();
+        assert!(reserved.why.contains("reserved"), "{}", reserved.why);
+        assert!(reserved.answerable);
+
         let bad_action = parse_request(
             Some("r1"),
             None,

@@ -128,6 +128,12 @@ pub fn parse_request(
     let parsed: RequestBody = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("body is not a valid request: {e}"), None))?;
     let checked = request_id.and_then(|request_id| {
+        if is_reserved(&request_id) {
+            return Err(format!(
+                "request ids starting with {RESERVED_PREFIX:?} are reserved for the record of a \
+                 course's draw"
+            ));
+        }
         let course_id = CourseId::parse(parsed.course_id.as_str()).map_err(|e| e.to_string())?;
         let (action, student_id) = action_of(&parsed, user_id)?;
         Ok(Request {
@@ -138,6 +144,14 @@ pub fn parse_request(
         })
     });
     checked.map_err(|why| invalid(why, Some(parsed)))
+}
+
+/// The prefix of the ids under which courses' draws are recorded: no client request may take
+/// one, or it could occupy a draw's record before the draw.
+pub const RESERVED_PREFIX: &str = "draw-";
+
+fn is_reserved(id: &RequestId) -> bool {
+    id.as_str().starts_with(RESERVED_PREFIX)
 }
 
 /// The action a body asks for and who asks: the student named in the body for `enroll` and

@@ -159,11 +159,15 @@ fn the_first_request_after_the_opening_draws_first() {
     );
     assert!(replay.replay);
     assert_eq!(replay.verdict, first.verdict);
-    // It draws once.
+    // It draws once: a later wake-up holds the stored draw again only as a replay, which
+    // announces it again if need be.
     let wake = state.decide(&request("w1", Action::Draw, "worker"), after());
     assert_eq!(wake.verdict.outcome, Outcome::Drawn);
     assert_eq!(wake.verdict.reason, Some(Reason::AlreadyDrawn));
-    assert!(state.take_draw().is_none());
+    let (again, replay) = state.take_draw().expect("held again");
+    assert_eq!(again.request_id, draw_request.request_id);
+    assert!(replay.replay);
+    assert_eq!(replay.effect, Effect::None);
 }
 
 #[test]

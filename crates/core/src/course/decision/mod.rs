@@ -64,17 +64,27 @@ impl CourseState {
             pending_draw: None,
         };
         if unannounced {
-            let request = state.draw_request();
-            if let Some(verdict) = state.decided.get(&request.request_id).cloned() {
-                let replay = Decision {
-                    verdict,
-                    effect: Effect::None,
-                    replay: true,
-                };
-                state.pending_draw = Some((request, replay));
-            }
+            state.hold_draw_again();
         }
         state
+    }
+
+    /// Holds the course's stored draw as a replay for the caller to commit: its results are
+    /// announced again unless they are recorded as sent, and the course is then recorded as
+    /// announced. Nothing if the course has no stored draw, or a draw is already held.
+    fn hold_draw_again(&mut self) {
+        let request = self.draw_request();
+        if self.pending_draw.is_some() {
+            return;
+        }
+        if let Some(verdict) = self.decided.get(&request.request_id).cloned() {
+            let replay = Decision {
+                verdict,
+                effect: Effect::None,
+                replay: true,
+            };
+            self.pending_draw = Some((request, replay));
+        }
     }
 
     /// The request a course's draw is recorded under.
@@ -170,7 +180,14 @@ impl CourseState {
         self.draw_if_due(now);
         let (verdict, effect) = match &request.action {
             Action::Configure(patch) => self.configure(patch),
-            Action::Draw => (self.wake_verdict(), Effect::None),
+            Action::Draw => {
+                // A wake-up for a drawn course means the clock saw it unannounced: announce
+                // again (or just record it announced), so the clock stops waking it.
+                if self.drawn {
+                    self.hold_draw_again();
+                }
+                (self.wake_verdict(), Effect::None)
+            }
             action => match self.window_refusal(now) {
                 Some(verdict) => (verdict, Effect::None),
                 None if self.taking_entries(now) => match action {
@@ -240,7 +257,7 @@ impl CourseState {
             let Some(request_id) = self.entrants.remove(&student_id) else {
                 continue;
             };
-            let (mut verdict, _) = self.enroll(&student_id);
+            let mut verdict = self.draw_one(&student_id);
             verdict.draw = Some(Box::new(DrawNote {
                 position: Some(count(rank + 1)),
                 ..DrawNote::default()
@@ -264,6 +281,29 @@ impl CourseState {
             replay: false,
         };
         self.pending_draw = Some((request, decision));
+    }
+
+    /// Decides one entrant of the draw as an enroll: a seat, else a place at the end of the
+    /// waitlist (its position is the waitlist's length: no scan, so a draw of thousands of
+    /// entrants into a long waitlist stays linear), else full.
+    fn draw_one(&mut self, student: &StudentId) -> Verdict {
+        if self.enrolled.contains(student) || self.waiting.contains(student) {
+            // Never the case (an entry is refused to whoever holds a seat or a place); decided
+            // as any enroll would be rather than assumed away.
+            return self.enroll(student).0;
+        }
+        if self.seats_left() > 0 && self.waitlist.is_empty() {
+            self.enrolled.insert(student.clone());
+            return self.verdict(Outcome::Enrolled, None);
+        }
+        if self.waitlisted_count() < self.settings.waitlist {
+            self.waitlist.push_back(student.clone());
+            self.waiting.insert(student.clone());
+            let mut verdict = self.verdict(Outcome::Waitlisted, None);
+            verdict.waitlist_position = Some(self.waitlisted_count());
+            return verdict;
+        }
+        self.verdict(Outcome::Rejected, Some(Reason::Full))
     }
 
     /// The answer to a draw wake-up (the draw itself, if due, was performed just before).

@@ -76,7 +76,7 @@ fn result_of(row: &sqlx::postgres::PgRow, course: &str) -> Result<DrawResult> {
     })
 }
 
-/// Gives every fresh draw that applied its results, and marks it unexpected unless the
+/// Gives every fresh draw that applied its results, discards every one the database refused, and marks it unexpected unless the
 /// database drew the same entrants, in the same order, with the same outcomes as the actor.
 pub(super) async fn read_back(
     tx: &mut sqlx::PgConnection,

@@ -67,6 +67,9 @@ pub struct Committed {
     /// For a course's draw: what each entrant got, rank 1 first, to be told. For a replayed
     /// draw, only while its results are not confirmed sent.
     pub draws: Vec<DrawResult>,
+    /// This is a course's draw record and the course is drawn (fresh and applied, or stored
+    /// before): once its results are confirmed sent, the course counts as announced.
+    pub settles_draw: bool,
 }
 
 /// One item of the batch, followed through the steps of the commit.
@@ -90,6 +93,10 @@ struct Fresh {
     promotions: Vec<Promotion>,
     /// What the draw this request carries gave each entrant.
     draws: Vec<DrawResult>,
+    /// A draw the database refused (the actor's entrants were not the committed ones): nothing
+    /// is written for it, not even its outcome, so the draw record stays free for the draw the
+    /// reloaded actor performs.
+    discard: bool,
 }
 
 impl Store {
@@ -184,6 +191,7 @@ async fn entries<'a>(tx: &mut sqlx::PgConnection, items: &[&'a Pending]) -> Resu
                     unexpected: false,
                     promotions: Vec::new(),
                     draws: Vec::new(),
+                    discard: false,
                 }),
             }
         })
@@ -217,8 +225,23 @@ impl Entry<'_> {
                 batch_id: None,
                 promotions: earlier.promotions.remove(id).unwrap_or_default(),
                 draws: earlier.draws.remove(id).unwrap_or_default(),
+                // A stored draw record is only ever written with its draw.
+                settles_draw: is_draw_record(&self.pending.request),
             });
         };
+        if fresh.discard {
+            return Ok(Committed {
+                verdict: provisional.clone(),
+                replayed: false,
+                revised: false,
+                diverged: true,
+                answered: false,
+                batch_id: None,
+                promotions: Vec::new(),
+                draws: Vec::new(),
+                settles_draw: false,
+            });
+        }
         let revised = !same_answer(&fresh.verdict, provisional);
         Ok(Committed {
             verdict: fresh.verdict,
@@ -229,8 +252,15 @@ impl Entry<'_> {
             batch_id,
             promotions: fresh.promotions,
             draws: fresh.draws,
+            settles_draw: is_draw_record(&self.pending.request),
         })
     }
+}
+
+/// Whether the request is a course's draw record (not a wake-up).
+fn is_draw_record(request: &crate::domain::Request) -> bool {
+    request.action == crate::domain::Action::Draw
+        && request.request_id == crate::domain::draw_request_id(&request.course_id)
 }
 
 /// Two verdicts tell the student the same thing (seat counts and positions move on between

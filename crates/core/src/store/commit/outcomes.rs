@@ -71,7 +71,7 @@ impl<'a> Columns<'a> {
     fn of(entries: &'a [Entry<'a>]) -> Self {
         let mut columns = Self::default();
         for entry in entries {
-            let Some(fresh) = &entry.fresh else {
+            let Some(fresh) = entry.fresh.as_ref().filter(|fresh| !fresh.discard) else {
                 continue;
             };
             let pending: &'a Pending = entry.pending;

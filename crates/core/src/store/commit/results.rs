@@ -33,7 +33,10 @@ pub(super) async fn stored_ids(
 /// state after this batch's writes.
 pub(super) async fn revise(tx: &mut sqlx::PgConnection, entries: &mut [Entry<'_>]) -> Result<()> {
     let missed: Vec<usize> = indexes(entries, |entry| {
-        entry.fresh.as_ref().is_some_and(|fresh| fresh.missed)
+        entry
+            .fresh
+            .as_ref()
+            .is_some_and(|fresh| fresh.missed && !fresh.discard)
     });
     if missed.is_empty() {
         return Ok(());
@@ -98,7 +101,6 @@ impl Held {
             // The only entry the database refuses on its own is one into a course drawn
             // meanwhile (by another owner): the draw went ahead without it.
             (Effect::Enter, false, None) => (Outcome::Rejected, Reason::AlreadyDrawn),
-            (Effect::Draw(_), _, _) => (Outcome::Drawn, Reason::AlreadyDrawn),
             (Effect::Configure { settings, .. }, _, _) => {
                 let reason = if !settings.window_is_valid() {
                     Reason::WindowOutOfOrder
@@ -106,6 +108,8 @@ impl Held {
                     Reason::SeatsBelowEnrolled
                 } else if settings.waitlist < self.waitlisted {
                     Reason::WaitlistBelowWaiting
+                } else if !settings.draw_is_complete() {
+                    Reason::DrawWithoutOpening
                 } else {
                     // The opening rules are the remaining ones: a draw's entrants keep it a
                     // draw, and a drawn course keeps its opening.

@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::fault::Fault;
 use crate::amqp::{Batch, Outbox, Outgoing, Posted, ReplyTo, Topology};
-use crate::domain::{Action, draw_request_id};
 use crate::pipeline::Decided;
 use crate::protocol::{Answer, DecidedAnswer, FinalEvents, Stage};
 use crate::store::{Committed, Store};
@@ -178,10 +177,9 @@ impl<'a> Answers<'a> {
         }
         self.post_promotions(&committed.promotions).await;
         // A course's draw record (fresh, or replayed to announce it again), even one with no
-        // entrant: once confirmed, the course is announced and no clock wakes it again.
-        if request.action == Action::Draw
-            && request.request_id == draw_request_id(&request.course_id)
-        {
+        // entrant: once confirmed, the course is announced and no clock wakes it again. A draw
+        // the database refused settles nothing: the reloaded actor draws again.
+        if committed.settles_draw {
             self.post_draw(committed.draws.as_slice()).await;
             self.drawn_courses.push(request.course_id.to_string());
         }
