@@ -11,7 +11,7 @@ use super::common::Common;
 use super::request::describe;
 use seatrush_core::admin;
 use seatrush_core::client::Client;
-use seatrush_core::domain::{CourseId, CoursePatch, CourseSettings, Opening};
+use seatrush_core::domain::{CourseId, CoursePatch, CourseSettings, Meetings, Opening};
 use seatrush_core::store::{CourseDetail, CourseRow};
 
 #[derive(Subcommand)]
@@ -81,6 +81,16 @@ pub struct SettingsArgs {
     /// the opening).
     #[arg(long)]
     entries_open_at: Option<admin::InstantArg>,
+    /// What the course counts toward a student's credit cap.
+    #[arg(long)]
+    credits: Option<u32>,
+    /// Weekly meetings, for example "MO 09:00-10:30;WE 09:00-10:30" ("" for none).
+    #[arg(long, value_parser = parse_meetings)]
+    meetings: Option<Meetings>,
+}
+
+fn parse_meetings(raw: &str) -> Result<Meetings, String> {
+    Meetings::parse(raw).map_err(|e| e.to_string())
 }
 
 impl SettingsArgs {
@@ -95,6 +105,8 @@ impl SettingsArgs {
             opening: self.opening,
             entries_open_at: self.entries_open_at.map(|a| a.0),
             draw_seed: None,
+            credits: self.credits,
+            meetings: self.meetings.clone(),
         }
     }
 }
@@ -175,8 +187,8 @@ async fn set(
     let patch = settings.patch();
     if patch.is_empty() {
         anyhow::bail!(
-            "nothing to change: give --seats, --waitlist, --opens-at, --closes-at, --opening or \
-             --entries-open-at"
+            "nothing to change: give --seats, --waitlist, --opens-at, --closes-at, --opening, \
+             --entries-open-at, --credits or --meetings"
         );
     }
     let client = Client::connect(&common.amqp_url()?, common.topology()).await?;
@@ -229,6 +241,12 @@ async fn import(
 
 fn describe_settings(s: &CourseSettings) -> String {
     let mut line = format!("{} seats, waitlist {}", s.capacity, s.waitlist);
+    if s.credits > 0 {
+        line.push_str(&format!(", {} credits", s.credits));
+    }
+    if !s.meetings.is_empty() {
+        line.push_str(&format!(", meets {}", s.meetings));
+    }
     if let Some(at) = s.opens_at {
         line.push_str(&format!(", opens {}", at.to_rfc3339()));
     }
@@ -257,6 +275,15 @@ fn describe_detail(detail: &CourseDetail) -> String {
         "  opens {}, closes {}\n",
         at(c.opens_at),
         at(c.closes_at)
+    ));
+    text.push_str(&format!(
+        "  {} credits, meets {}\n",
+        c.credits,
+        if c.meetings.is_empty() {
+            "-"
+        } else {
+            &c.meetings
+        }
     ));
     if let Some(draw) = &c.draw {
         text.push_str(&format!(

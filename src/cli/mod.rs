@@ -7,6 +7,7 @@ mod course;
 mod ops;
 mod parse;
 mod request;
+mod students;
 #[cfg(feature = "tools")]
 mod tools;
 mod worker;
@@ -39,6 +40,9 @@ enum Command {
     /// Manage courses.
     #[command(subcommand)]
     Course(course::CourseCommand),
+    /// The term's student registry.
+    #[command(subcommand)]
+    Students(students::StudentsCommand),
     /// Enroll a student and print the provisional and final answers.
     Enroll(request::RequestArgs),
     /// Drop a student's seat and print the provisional and final answers.
@@ -89,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => ops::migrate(common).await,
         Command::Worker(args) => worker::run(common, args).await,
         Command::Course(command) => course::run(common, command).await,
+        Command::Students(command) => students::run(common, command).await,
         Command::Enroll(args) => request::request(common, Action::Enroll, args).await,
         Command::Drop(args) => request::request(common, Action::Drop, args).await,
         Command::Watch(args) => request::watch(common, args).await,

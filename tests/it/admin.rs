@@ -177,3 +177,95 @@ async fn a_change_from_a_user_who_is_not_an_admin_is_forbidden() {
 
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_student_registry_and_course_credits_and_meetings_are_kept_and_shown() {
+    // Arrange: two courses with credits and meetings, a registrar's student file.
+    let mut env = TestEnv::new().await;
+    for (id, credits, meetings) in [
+        ("R1", "4", "MO 09:00-10:30;WE 09:00-10:30"),
+        ("R2", "3", ""),
+    ] {
+        let added = seatrush(
+            &env,
+            &[
+                "course",
+                "add",
+                id,
+                "--seats",
+                "5",
+                "--credits",
+                credits,
+                "--meetings",
+                meetings,
+            ],
+        )
+        .await;
+        assert!(added.status.success(), "{added:?}");
+    }
+    let bad_meetings = seatrush(
+        &env,
+        &[
+            "course",
+            "add",
+            "R3",
+            "--seats",
+            "5",
+            "--meetings",
+            "XX 9-10",
+        ],
+    )
+    .await;
+    assert!(!bad_meetings.status.success(), "{bad_meetings:?}");
+    let file = env.log_dir().join("students.csv");
+    std::fs::write(
+        &file,
+        "student_id,max_credits,registration_opens_at,holds\n\
+         s1,12,2026-09-01T09:00:00Z,unpaid_fees;advising\n\
+         s2,9,,\n",
+    )
+    .expect("write the file");
+    let path = file.to_str().expect("utf-8 path");
+
+    // Act: import (twice: it replaces), enroll s1 in R1, change R1's credits through its actor.
+    let imported = seatrush(&env, &["students", "import", path, "--json"]).await;
+    let again = seatrush(&env, &["students", "import", path, "--json"]).await;
+    env.start_worker(env.worker_config()).await;
+    let course = CourseId::parse("R1").expect("id");
+    let mut client = Listener::new(&env, None).await;
+    client.send(&[enroll("e1", &course, "s1")]).await;
+    client.until(WAIT, |c| c.final_count() == 1).await;
+    let changed = seatrush(&env, &["course", "set", "R1", "--credits", "5", "--json"]).await;
+    let shown = seatrush(&env, &["students", "show", "s1", "--json"]).await;
+    let unknown = seatrush(&env, &["students", "show", "nobody"]).await;
+
+    // Assert
+    let json = |o: &Output| -> serde_json::Value {
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"))
+    };
+    assert_eq!(
+        json(&imported),
+        serde_json::json!({"imported": 2, "new": 2})
+    );
+    assert_eq!(json(&again), serde_json::json!({"imported": 2, "new": 0}));
+    assert_eq!(answer(&changed)["outcome"], "configured");
+    let s1 = json(&shown);
+    assert_eq!(s1["max_credits"], 12);
+    assert_eq!(s1["holds"], serde_json::json!(["unpaid_fees", "advising"]));
+    assert_eq!(s1["registration_opens_at"], "2026-09-01T09:00:00Z");
+    assert_eq!(s1["credits_held"], 5, "{s1}");
+    assert_eq!(
+        s1["courses_held"][0]["meetings"],
+        "MO 09:00-10:30;WE 09:00-10:30"
+    );
+    assert!(!unknown.status.success());
+    let r2 = env
+        .store
+        .course_detail(&CourseId::parse("R2").expect("id"))
+        .await
+        .expect("read")
+        .expect("course");
+    assert_eq!((r2.course.credits, r2.course.meetings.as_str()), (3, ""));
+    client.close().await;
+    env.cleanup().await;
+}

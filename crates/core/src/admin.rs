@@ -14,9 +14,10 @@ use chrono::{DateTime, Utc};
 
 use crate::client::{Answers, Client};
 use crate::domain::{
-    Action, CourseId, CoursePatch, CourseSettings, DrawSeed, Opening, Request, RequestId, StudentId,
+    Action, CourseId, CoursePatch, CourseSettings, DrawSeed, MAX_HOLDS, Meetings, Opening, Request,
+    RequestId, StudentId, StudentRecord,
 };
-use crate::protocol::MAX_SEATS;
+use crate::protocol::{MAX_CREDITS, MAX_SEATS};
 use crate::store::Store;
 
 /// Parses an instant given on the command line or in a CSV file: RFC 3339
@@ -48,6 +49,9 @@ impl std::str::FromStr for InstantArg {
 pub fn check_settings(course: &CourseId, settings: &CourseSettings) -> anyhow::Result<()> {
     if settings.capacity > MAX_SEATS || settings.waitlist > MAX_SEATS {
         bail!("course {course}: seats and waitlist are limited to {MAX_SEATS}");
+    }
+    if settings.credits > MAX_CREDITS {
+        bail!("course {course}: credits are limited to {MAX_CREDITS}");
     }
     if !settings.window_is_valid() {
         bail!(
@@ -111,10 +115,16 @@ struct CourseLine {
     opening: Option<String>,
     #[serde(default)]
     entries_open_at: Option<String>,
+    #[serde(default)]
+    credits: Option<u32>,
+    /// `MO 09:00-10:30;WE 09:00-10:30`.
+    #[serde(default)]
+    meetings: Option<String>,
 }
 
 /// Reads a course file: a CSV with the header `course_id,seats,waitlist,opens_at,closes_at`,
-/// optionally followed by `opening,entries_open_at` (all but the first two may be left empty). Every line is checked before anything is written, and
+/// and optionally any of `opening,entries_open_at,credits,meetings` (all but the first two may
+/// be left empty). Every line is checked before anything is written, and
 /// every error names its line.
 pub fn read_course_file(path: &Path) -> anyhow::Result<Vec<(CourseId, CourseSettings)>> {
     let mut reader = csv::ReaderBuilder::new()
@@ -136,6 +146,8 @@ pub fn read_course_file(path: &Path) -> anyhow::Result<Vec<(CourseId, CourseSett
             opening: parse_opening(line.opening.as_deref().unwrap_or("")).with_context(at)?,
             entries_open_at: instant(&line.entries_open_at).with_context(at)?,
             draw_seed: None,
+            credits: line.credits.unwrap_or(0),
+            meetings: Meetings::parse(line.meetings.as_deref().unwrap_or("")).with_context(at)?,
         });
         check_settings(&course, &settings).with_context(at)?;
         if courses.iter().any(|(c, _)| *c == course) {
@@ -144,6 +156,72 @@ pub fn read_course_file(path: &Path) -> anyhow::Result<Vec<(CourseId, CourseSett
         courses.push((course, settings));
     }
     Ok(courses)
+}
+
+/// One row of a student file.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct StudentLine {
+    student_id: String,
+    max_credits: u32,
+    #[serde(default)]
+    registration_opens_at: Option<String>,
+    /// `;`-separated hold names, empty for none.
+    #[serde(default)]
+    holds: Option<String>,
+}
+
+/// Reads a student file: a CSV with the header `student_id,max_credits,registration_opens_at,
+/// holds` (the last two may be left empty; holds are `;`-separated names of the id alphabet).
+/// Every line is checked before anything is written, and every error names its line.
+pub fn read_student_file(path: &Path) -> anyhow::Result<Vec<(StudentId, StudentRecord)>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut students: Vec<(StudentId, StudentRecord)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (index, line) in reader.deserialize::<StudentLine>().enumerate() {
+        let at = || format!("{} line {}", path.display(), index + 2);
+        let line = line.with_context(at)?;
+        let student = StudentId::parse(line.student_id).with_context(at)?;
+        let holds: Vec<String> = line
+            .holds
+            .as_deref()
+            .unwrap_or("")
+            .split(';')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                let named = h.len() <= 64
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if named {
+                    Ok(h.to_owned())
+                } else {
+                    Err(anyhow::anyhow!(
+                        "hold {h:?}: up to 64 of A-Z, a-z, 0-9, '_' and '-'"
+                    ))
+                }
+            })
+            .collect::<anyhow::Result<_>>()
+            .with_context(at)?;
+        if holds.len() > MAX_HOLDS {
+            bail!("{}: {} holds, the limit is {MAX_HOLDS}", at(), holds.len());
+        }
+        if !seen.insert(student.clone()) {
+            bail!("{}: student {student} appears twice", at());
+        }
+        let record = StudentRecord {
+            max_credits: line.max_credits,
+            registration_opens_at: parse_instant(
+                line.registration_opens_at.as_deref().unwrap_or(""),
+            )
+            .with_context(at)?,
+            holds,
+        };
+        students.push((student, record));
+    }
+    Ok(students)
 }
 
 /// What an import did.
@@ -179,6 +257,8 @@ pub async fn import(
             opening: Some(settings.opening),
             entries_open_at: Some(settings.entries_open_at),
             draw_seed: None,
+            credits: Some(settings.credits),
+            meetings: Some(settings.meetings.clone()),
         };
         let answer = configure(client, &course, patch, timeout)
             .await

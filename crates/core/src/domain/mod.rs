@@ -6,6 +6,8 @@
 
 mod decision;
 mod draw;
+mod meetings;
+mod registration;
 
 use std::fmt;
 
@@ -13,6 +15,8 @@ use chrono::{DateTime, Utc};
 
 pub use decision::{CourseSnapshot, Decision, DrawEffect, DrawnEntrant, Effect};
 pub use draw::{DrawSeed, Opening, draw_actor, draw_request_id, hex, wake_request_id};
+pub use meetings::{Day, MAX_SLOTS, Meetings, MeetingsError, Slot};
+pub use registration::{CourseLoad, MAX_HOLDS, Refusal, StudentRecord, may_ask, may_take_seat};
 
 /// Longest id accepted, in bytes (all accepted characters are ASCII).
 pub const MAX_ID_LEN: usize = 64;
@@ -140,6 +144,10 @@ pub struct CourseSettings {
     /// The seed of the course's draw, chosen once when the course first became a draw and
     /// kept from then on, so its published commitment never changes.
     pub draw_seed: Option<DrawSeed>,
+    /// What the course counts toward a student's credit cap.
+    pub credits: u32,
+    /// When it meets each week (none: never at a fixed time).
+    pub meetings: Meetings,
 }
 
 impl CourseSettings {
@@ -160,6 +168,11 @@ impl CourseSettings {
             opening,
             entries_open_at: patch.entries_open_at.unwrap_or(self.entries_open_at),
             draw_seed,
+            credits: patch.credits.unwrap_or(self.credits),
+            meetings: patch
+                .meetings
+                .clone()
+                .unwrap_or_else(|| self.meetings.clone()),
         }
     }
 
@@ -202,6 +215,8 @@ pub struct CoursePatch {
     /// A fresh seed, taken only by a course that becomes a draw without one. Chosen where the
     /// change is made (never by a client), so the course's decision stays a pure function.
     pub draw_seed: Option<DrawSeed>,
+    pub credits: Option<u32>,
+    pub meetings: Option<Meetings>,
 }
 
 impl CoursePatch {
@@ -213,6 +228,8 @@ impl CoursePatch {
             && self.closes_at.is_none()
             && self.opening.is_none()
             && self.entries_open_at.is_none()
+            && self.credits.is_none()
+            && self.meetings.is_none()
     }
 }
 

@@ -73,6 +73,9 @@ impl std::str::FromStr for FinalEvents {
 /// Most seats, and most waitlist places, a course may have.
 pub const MAX_SEATS: u32 = 100_000;
 
+/// Most credits a course may count for (the database checks the same).
+pub const MAX_CREDITS: u32 = 100;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,9 +4,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{MAX_BODY_BYTES, MAX_SEATS};
+use super::{MAX_BODY_BYTES, MAX_CREDITS, MAX_SEATS};
 use crate::domain::{
-    Action, CourseId, CoursePatch, DrawSeed, IdError, Opening, Request, RequestId, StudentId,
+    Action, CourseId, CoursePatch, DrawSeed, IdError, Meetings, Opening, Request, RequestId,
+    StudentId,
 };
 
 /// A request body as published: `enroll` and `drop` name a student; `configure` names at least
@@ -44,6 +45,12 @@ pub struct RequestBody {
         skip_serializing_if = "Option::is_none"
     )]
     pub entries_open_at: Option<Option<DateTime<Utc>>>,
+    /// What the course counts toward a student's credit cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<u32>,
+    /// Weekly meetings, `MO 09:00-10:30;WE 09:00-10:30` (empty: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meetings: Option<String>,
 }
 
 /// Tells a field given as `null` (`Some(None)`) from an absent one (`None`, the default).
@@ -63,6 +70,8 @@ impl RequestBody {
             || self.closes_at.is_some()
             || self.opening.is_some()
             || self.entries_open_at.is_some()
+            || self.credits.is_some()
+            || self.meetings.is_some()
     }
 
     /// The change asked for. A change to `draw` carries a fresh seed, chosen here, at the
@@ -82,6 +91,13 @@ impl RequestBody {
             opening,
             entries_open_at: self.entries_open_at,
             draw_seed: (opening == Some(Opening::Draw)).then(DrawSeed::generate),
+            credits: self.credits,
+            meetings: self
+                .meetings
+                .as_deref()
+                .map(Meetings::parse)
+                .transpose()
+                .map_err(|e| e.to_string())?,
         })
     }
 }
@@ -165,8 +181,8 @@ fn action_of(parsed: &RequestBody, user_id: Option<&str>) -> Result<(Action, Stu
         "enroll" | "drop" => {
             if parsed.has_settings() {
                 return Err(format!(
-                    "seats, waitlist, opens_at, closes_at, opening and entries_open_at are only \
-                     for action \"configure\", not {:?}",
+                    "seats, waitlist, opens_at, closes_at, opening, entries_open_at, credits and \
+                     meetings are only for action \"configure\", not {:?}",
                     parsed.action
                 ));
             }
@@ -184,7 +200,7 @@ fn action_of(parsed: &RequestBody, user_id: Option<&str>) -> Result<(Action, Stu
             if !parsed.has_settings() {
                 return Err(
                     "a configure request changes at least one of seats, waitlist, \
-                            opens_at, closes_at, opening, entries_open_at"
+                            opens_at, closes_at, opening, entries_open_at, credits, meetings"
                         .to_owned(),
                 );
             }
@@ -194,6 +210,11 @@ fn action_of(parsed: &RequestBody, user_id: Option<&str>) -> Result<(Action, Stu
                 .find(|n| *n > MAX_SEATS)
             {
                 return Err(format!("{n} is more than the limit of {MAX_SEATS}"));
+            }
+            if let Some(credits) = parsed.credits.filter(|c| *c > MAX_CREDITS) {
+                return Err(format!(
+                    "credits {credits} is more than the limit of {MAX_CREDITS}"
+                ));
             }
             // The broker refuses a user_id that is not the publishing connection's user, so
             // this names who asked; the worker decides whether they may.
@@ -236,6 +257,8 @@ pub fn request_body(request: &Request) -> Vec<u8> {
             body.closes_at = patch.closes_at;
             body.opening = patch.opening.map(|o| o.as_str().to_owned());
             body.entries_open_at = patch.entries_open_at;
+            body.credits = patch.credits;
+            body.meetings = patch.meetings.as_ref().map(ToString::to_string);
         }
         Action::Enroll | Action::Drop => body.student_id = Some(request.student_id.to_string()),
         Action::Draw => {}

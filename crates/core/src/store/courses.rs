@@ -6,8 +6,8 @@ use sqlx::Row;
 use super::{Result, Store, StoreError};
 use crate::domain::CourseSnapshot;
 use crate::domain::{
-    CourseId, CourseSettings, DrawNote, DrawSeed, Opening, Outcome, Reason, RequestId, StudentId,
-    Verdict,
+    CourseId, CourseSettings, DrawNote, DrawSeed, Meetings, Opening, Outcome, Reason, RequestId,
+    StudentId, Verdict,
 };
 
 /// A course as listed to operators.
@@ -27,6 +27,10 @@ pub struct CourseRow {
     pub entries_open_at: Option<DateTime<Utc>>,
     /// The course's draw, if it is (or was) one.
     pub draw: Option<DrawView>,
+    /// What the course counts toward a student's credit cap.
+    pub credits: u32,
+    /// Weekly meetings, `MO 09:00-10:30;WE 09:00-10:30` (empty: none).
+    pub meetings: String,
 }
 
 /// A course's draw as operators and students may see it: the commitment from the moment it is
@@ -70,7 +74,7 @@ pub struct CourseDetail {
 
 const COURSE_COLUMNS: &str = "course_id, capacity, enrolled, waitlist_capacity, waitlisted, \
      opens_at, closes_at, opening, entries_open_at, draw_seed, draw_commitment, drawn_at, \
-     draw_announced, \
+     draw_announced, credits, meetings, \
      (SELECT count(*) FROM draw_entries d WHERE d.course_id = courses.course_id) AS entrants";
 
 fn course_row(row: &sqlx::postgres::PgRow) -> Result<CourseRow> {
@@ -101,7 +105,14 @@ fn course_row(row: &sqlx::postgres::PgRow) -> Result<CourseRow> {
         opening: row.try_get("opening")?,
         entries_open_at: row.try_get("entries_open_at")?,
         draw,
+        credits: to_u32(row.try_get("credits")?),
+        meetings: row.try_get("meetings")?,
     })
+}
+
+fn meetings_from_row(row: &sqlx::postgres::PgRow) -> Result<Meetings> {
+    let text: &str = row.try_get("meetings")?;
+    Meetings::parse(text).map_err(|e| StoreError::Inconsistent(e.to_string()))
 }
 
 fn seed_from_row(row: &sqlx::postgres::PgRow) -> Result<Option<DrawSeed>> {
@@ -134,6 +145,8 @@ fn settings_from_row(row: &sqlx::postgres::PgRow) -> Result<CourseSettings> {
         opening: Opening::parse(row.try_get::<&str, _>("opening")?).unwrap_or_default(),
         entries_open_at: row.try_get("entries_open_at")?,
         draw_seed: seed_from_row(row)?,
+        credits: to_u32(row.try_get("credits")?),
+        meetings: meetings_from_row(row)?,
     })
 }
 
@@ -166,17 +179,28 @@ impl Store {
         let openings: Vec<&str> = courses.iter().map(|(_, s)| s.opening.as_str()).collect();
         let entries: Vec<Option<DateTime<Utc>>> =
             courses.iter().map(|(_, s)| s.entries_open_at).collect();
+        let credits: Vec<i32> = courses
+            .iter()
+            .map(|(_, s)| i32::try_from(s.credits).unwrap_or(i32::MAX))
+            .collect();
+        let meetings: Vec<String> = courses
+            .iter()
+            .map(|(_, s)| s.meetings.to_string())
+            .collect();
         let seeds: Vec<Option<Vec<u8>>> = courses
             .iter()
             .map(|(_, s)| s.draw_seed.map(|seed| seed.as_bytes().to_vec()))
             .collect();
         Ok(sqlx::query_scalar(
             "INSERT INTO courses (course_id, capacity, waitlist_capacity, opens_at, closes_at, \
-                                  opening, entries_open_at, draw_seed, draw_commitment) \
+                                  opening, entries_open_at, draw_seed, credits, meetings, \
+                                  draw_commitment) \
              SELECT c.*, encode(sha256(c.seed), 'hex') \
                FROM UNNEST($1::text[], $2::int[], $3::int[], $4::timestamptz[], \
-                           $5::timestamptz[], $6::text[], $7::timestamptz[], $8::bytea[]) \
-                    AS c(course_id, capacity, waitlist, opens_at, closes_at, opening, entries, seed) \
+                           $5::timestamptz[], $6::text[], $7::timestamptz[], $8::bytea[], \
+                           $9::int[], $10::text[]) \
+                    AS c(course_id, capacity, waitlist, opens_at, closes_at, opening, entries, \
+                         seed, credits, meetings) \
              ON CONFLICT DO NOTHING RETURNING course_id",
         )
         .bind(&ids)
@@ -187,6 +211,8 @@ impl Store {
         .bind(&openings)
         .bind(&entries)
         .bind(&seeds)
+        .bind(&credits)
+        .bind(&meetings)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -8,6 +8,7 @@ mod audit;
 mod commit;
 mod courses;
 mod ownership;
+mod students;
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ pub use audit::Violation;
 pub use commit::{Committed, Pending};
 pub use courses::{CourseDetail, CourseRow};
 pub use ownership::{Lease, Membership, PartitionRow, WorkerRow};
+pub use students::{HeldCourse, StudentDetail, WaitingFor};
 
 /// Embedded migrations; sqlx takes an advisory lock while applying them, so several workers
 /// starting at once are safe.

@@ -176,6 +176,44 @@ pub(super) async fn apply(tx: &mut sqlx::PgConnection, entries: &mut [Entry<'_>]
     Ok(())
 }
 
+/// Writes the credits and meetings of every course change the database applied: facts the
+/// seat rules never read, so they need no guard and are set after the effects, in the same
+/// transaction, in one statement.
+pub(super) async fn set_course_facts(
+    tx: &mut sqlx::PgConnection,
+    entries: &[Entry<'_>],
+) -> Result<()> {
+    let (mut courses, mut credits, mut meetings) = (Vec::new(), Vec::new(), Vec::new());
+    for entry in entries {
+        let Effect::Configure { settings, .. } = &entry.pending.effect else {
+            continue;
+        };
+        if entry.fresh.as_ref().is_some_and(|fresh| !fresh.missed) {
+            courses.push(entry.pending.request.course_id.as_str());
+            credits.push(to_i32(settings.credits));
+            meetings.push(settings.meetings.to_string());
+        }
+    }
+    if courses.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE courses c SET credits = f.credits, meetings = f.meetings \
+           FROM UNNEST($1::text[], $2::int[], $3::text[]) WITH ORDINALITY \
+                AS f(course_id, credits, meetings, n) \
+          WHERE c.course_id = f.course_id \
+            AND (c.credits, c.meetings) IS DISTINCT FROM (f.credits, f.meetings) \
+            AND f.n = (SELECT max(g.n) FROM UNNEST($1::text[]) WITH ORDINALITY AS g(course_id, n) \
+                        WHERE g.course_id = f.course_id)",
+    )
+    .bind(&courses)
+    .bind(&credits)
+    .bind(&meetings)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Sends `apply_course_effects` an empty batch: the connection learns the composite type's layout and
 /// prepares the call, which costs several round trips the first time.
 pub(super) async fn warm(conn: &mut sqlx::PgConnection) -> Result<()> {

@@ -109,6 +109,7 @@ impl Store {
         fence::check(&mut tx, worker_id, items).await?;
         let mut entries = entries(&mut tx, items).await?;
         effects::apply(&mut tx, &mut entries).await?;
+        effects::set_course_facts(&mut tx, &entries).await?;
         draws::read_back(&mut tx, &mut entries).await?;
         results::revise(&mut tx, &mut entries).await?;
         results::place_on_waitlist(&mut tx, &mut entries).await?;

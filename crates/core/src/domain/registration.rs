@@ -1,0 +1,221 @@
+//! A registrar's rules across courses, as pure functions: holds, time tickets, the credit cap
+//! and clashing meetings. Given what a student holds and what they ask for, [`may_take_seat`] says
+//! whether the rules allow it and, if not, which rule and the facts the student needs.
+//!
+//! Waitlist places do not count against the cap, and clash with nothing: a student may wait for
+//! alternatives. A seat counts; taking one (an enroll, or a promotion from a waitlist) is checked
+//! against the seats held, less the one a swap gives up.
+
+use chrono::{DateTime, Utc};
+
+use super::{CourseId, Meetings};
+
+/// Most holds one student's record keeps.
+pub const MAX_HOLDS: usize = 16;
+
+/// A student of the term, as the registry holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StudentRecord {
+    /// Credits of seats held at most.
+    pub max_credits: u32,
+    /// The time ticket: nothing before it (`None`: with everyone).
+    pub registration_opens_at: Option<DateTime<Utc>>,
+    /// Holds on the account (unpaid fees, missing advising...): nothing while any remains.
+    pub holds: Vec<String>,
+}
+
+/// What a course counts for under the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CourseLoad<'a> {
+    pub course: &'a CourseId,
+    pub credits: u32,
+    pub meetings: &'a Meetings,
+}
+
+/// Why the rules refuse, with what the student needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Holds on the account, by name.
+    Hold { holds: Vec<String> },
+    /// The student's registration opens later.
+    NotYourTurn { at: DateTime<Utc> },
+    /// The seat would take the student past their cap.
+    CreditLimit { held: u32, asked: u32, allowed: u32 },
+    /// The course meets at the same time as one whose seat the student holds.
+    TimeConflict { with: CourseId },
+}
+
+/// Whether `student`, holding the seats `seats`, may take a seat in `asked` at `now`; a swap
+/// names the course it gives up in `giving_up`, which then counts neither for credits nor for
+/// clashes. The rules are checked in this order: holds, the time ticket, the cap, clashes.
+pub fn may_take_seat(
+    student: &StudentRecord,
+    seats: &[CourseLoad<'_>],
+    asked: &CourseLoad<'_>,
+    giving_up: Option<&CourseId>,
+    now: DateTime<Utc>,
+) -> Result<(), Refusal> {
+    may_ask(student, now)?;
+    let kept = || {
+        seats
+            .iter()
+            .filter(move |s| Some(s.course) != giving_up && s.course != asked.course)
+    };
+    let held: u32 = kept().map(|s| s.credits).fold(0, u32::saturating_add);
+    if held.saturating_add(asked.credits) > student.max_credits {
+        return Err(Refusal::CreditLimit {
+            held,
+            asked: asked.credits,
+            allowed: student.max_credits,
+        });
+    }
+    if let Some(clash) = kept().find(|s| s.meetings.clashes_with(asked.meetings)) {
+        return Err(Refusal::TimeConflict {
+            with: clash.course.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The rules that apply to any request of the student, seat or waitlist place: holds and the
+/// time ticket.
+pub fn may_ask(student: &StudentRecord, now: DateTime<Utc>) -> Result<(), Refusal> {
+    if !student.holds.is_empty() {
+        return Err(Refusal::Hold {
+            holds: student.holds.clone(),
+        });
+    }
+    match student.registration_opens_at {
+        Some(at) if now < at => Err(Refusal::NotYourTurn { at }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn course(i: usize) -> CourseId {
+        CourseId::parse(format!("C{i}")).expect("valid id")
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-09-01T09:00:00Z")
+            .expect("instant")
+            .with_timezone(&Utc)
+    }
+
+    fn student(max_credits: u32) -> StudentRecord {
+        StudentRecord {
+            max_credits,
+            ..StudentRecord::default()
+        }
+    }
+
+    #[test]
+    fn each_rule_says_why() {
+        let none = Meetings::default();
+        let monday = Meetings::parse("MO 09:00-10:30").expect("valid");
+        let (c0, c1) = (course(0), course(1));
+        let asked = CourseLoad {
+            course: &c1,
+            credits: 4,
+            meetings: &monday,
+        };
+        let held = [CourseLoad {
+            course: &c0,
+            credits: 6,
+            meetings: &monday,
+        }];
+
+        let mut held_up = student(30);
+        held_up.holds = vec!["unpaid_fees".into()];
+        assert_eq!(
+            may_take_seat(&held_up, &[], &asked, None, now()),
+            Err(Refusal::Hold {
+                holds: vec!["unpaid_fees".into()]
+            })
+        );
+        let mut later = student(30);
+        later.registration_opens_at = Some(now() + chrono::Duration::minutes(1));
+        assert!(matches!(
+            may_take_seat(&later, &[], &asked, None, now()),
+            Err(Refusal::NotYourTurn { .. })
+        ));
+        assert_eq!(
+            may_take_seat(&student(8), &held, &asked, None, now()),
+            Err(Refusal::CreditLimit {
+                held: 6,
+                asked: 4,
+                allowed: 8
+            })
+        );
+        assert_eq!(
+            may_take_seat(&student(30), &held, &asked, None, now()),
+            Err(Refusal::TimeConflict { with: c0.clone() })
+        );
+        // A swap out of the clashing, credit-heavy course is judged without it.
+        assert_eq!(
+            may_take_seat(&student(8), &held, &asked, Some(&c0), now()),
+            Ok(())
+        );
+        let online = CourseLoad {
+            course: &c1,
+            credits: 2,
+            meetings: &none,
+        };
+        assert_eq!(
+            may_take_seat(&student(8), &held, &online, None, now()),
+            Ok(())
+        );
+    }
+
+    fn arb_course() -> impl Strategy<Value = (u32, Meetings)> {
+        (0u32..7, 0usize..5, 0u16..20).prop_map(|(credits, day, hour)| {
+            let text = format!(
+                "{} {:02}:00-{:02}:30",
+                ["MO", "TU", "WE", "TH", "FR"][day],
+                8 + hour % 10,
+                8 + hour % 10
+            );
+            (credits, Meetings::parse(&text).expect("valid"))
+        })
+    }
+
+    proptest! {
+        /// Seats granted one by one under the rules never exceed the cap nor clash, whatever
+        /// the order of asking; and what the rules refuse breaks a rule.
+        #[test]
+        fn granted_seats_keep_the_cap_and_never_clash(
+            cap in 0u32..20,
+            courses in prop::collection::vec(arb_course(), 1..12),
+        ) {
+            let ids: Vec<CourseId> = (0..courses.len()).map(course).collect();
+            let me = student(cap);
+            let mut seats: Vec<usize> = Vec::new();
+            for (i, (credits, meetings)) in courses.iter().enumerate() {
+                let held: Vec<CourseLoad<'_>> = seats.iter().map(|&j| CourseLoad {
+                    course: &ids[j], credits: courses[j].0, meetings: &courses[j].1,
+                }).collect();
+                let asked = CourseLoad { course: &ids[i], credits: *credits, meetings };
+                match may_take_seat(&me, &held, &asked, None, now()) {
+                    Ok(()) => seats.push(i),
+                    Err(Refusal::CreditLimit { held: h, asked: a, allowed }) => prop_assert!(h + a > allowed),
+                    Err(Refusal::TimeConflict { with }) => {
+                        let j = ids.iter().position(|c| *c == with).expect("a held course");
+                        prop_assert!(courses[j].1.clashes_with(meetings));
+                    }
+                    Err(other) => prop_assert!(false, "no hold or ticket here: {other:?}"),
+                }
+            }
+            let total: u32 = seats.iter().map(|&j| courses[j].0).sum();
+            prop_assert!(total <= cap);
+            for (x, &a) in seats.iter().enumerate() {
+                for &b in &seats[x + 1..] {
+                    prop_assert!(!courses[a].1.clashes_with(&courses[b].1));
+                }
+            }
+        }
+    }
+}

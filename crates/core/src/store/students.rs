@@ -1,0 +1,140 @@
+//! The term's student registry: imported from the registrar's file, and each student's
+//! standing (what they hold and wait for) for `seatrush students show`.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::courses::to_u32;
+use super::{Result, Store};
+use crate::domain::{StudentId, StudentRecord};
+
+/// One student in full.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StudentDetail {
+    pub student_id: String,
+    pub max_credits: u32,
+    /// The time ticket: their registration opens then (null: with everyone).
+    pub registration_opens_at: Option<DateTime<Utc>>,
+    pub holds: Vec<String>,
+    /// Credits of the seats they hold.
+    pub credits_held: u32,
+    /// Courses whose seat they hold.
+    pub courses_held: Vec<HeldCourse>,
+    /// Courses they wait for, with their place.
+    pub waiting_for: Vec<WaitingFor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HeldCourse {
+    pub course_id: String,
+    pub credits: u32,
+    pub meetings: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WaitingFor {
+    pub course_id: String,
+    pub position: u32,
+}
+
+impl Store {
+    /// Creates or replaces the registry's records of these students in one statement; returns
+    /// how many were new.
+    pub async fn import_students(&self, students: &[(StudentId, StudentRecord)]) -> Result<u64> {
+        let ids: Vec<&str> = students.iter().map(|(id, _)| id.as_str()).collect();
+        let caps: Vec<i32> = students
+            .iter()
+            .map(|(_, s)| i32::try_from(s.max_credits).unwrap_or(i32::MAX))
+            .collect();
+        let tickets: Vec<Option<DateTime<Utc>>> = students
+            .iter()
+            .map(|(_, s)| s.registration_opens_at)
+            .collect();
+        // One text per student (arrays of arrays must be rectangular in Postgres): the holds
+        // joined by `;`, split again in SQL.
+        let holds: Vec<String> = students.iter().map(|(_, s)| s.holds.join(";")).collect();
+        let new: Vec<bool> = sqlx::query_scalar(
+            "INSERT INTO students (student_id, max_credits, registration_opens_at, holds) \
+             SELECT s.id, s.cap, s.ticket, \
+                    coalesce(array_remove(string_to_array(s.holds, ';'), ''), '{}') \
+               FROM UNNEST($1::text[], $2::int[], $3::timestamptz[], $4::text[]) \
+                    AS s(id, cap, ticket, holds) \
+             ON CONFLICT (student_id) DO UPDATE \
+                SET max_credits = EXCLUDED.max_credits, \
+                    registration_opens_at = EXCLUDED.registration_opens_at, \
+                    holds = EXCLUDED.holds, imported_at = now() \
+             RETURNING xmax = 0",
+        )
+        .bind(&ids)
+        .bind(&caps)
+        .bind(&tickets)
+        .bind(&holds)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(new.into_iter().filter(|n| *n).count() as u64)
+    }
+
+    /// How many students the registry holds (none: the registration rules are off).
+    pub async fn registry_size(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM students")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// One student's record and standing, read in one snapshot; `None` if not in the registry.
+    pub async fn student_detail(&self, student: &StudentId) -> Result<Option<StudentDetail>> {
+        let mut tx = self.snapshot().await?;
+        let Some(row) = sqlx::query(
+            "SELECT max_credits, registration_opens_at, holds FROM students WHERE student_id = $1",
+        )
+        .bind(student.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let held = sqlx::query(
+            "SELECT c.course_id, c.credits, c.meetings FROM enrollments e \
+               JOIN courses c ON c.course_id = e.course_id \
+              WHERE e.student_id = $1 ORDER BY c.course_id",
+        )
+        .bind(student.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let waiting = sqlx::query(
+            "SELECT course_id, position FROM waitlist WHERE student_id = $1 ORDER BY course_id",
+        )
+        .bind(student.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let courses_held = held
+            .iter()
+            .map(|r| {
+                Ok(HeldCourse {
+                    course_id: r.try_get("course_id")?,
+                    credits: to_u32(r.try_get("credits")?),
+                    meetings: r.try_get("meetings")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let waiting_for = waiting
+            .iter()
+            .map(|r| {
+                Ok(WaitingFor {
+                    course_id: r.try_get("course_id")?,
+                    position: to_u32(r.try_get("position")?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(StudentDetail {
+            student_id: student.to_string(),
+            max_credits: to_u32(row.try_get("max_credits")?),
+            registration_opens_at: row.try_get("registration_opens_at")?,
+            holds: row.try_get("holds")?,
+            credits_held: courses_held.iter().map(|c| c.credits).sum(),
+            courses_held,
+            waiting_for,
+        }))
+    }
+}
