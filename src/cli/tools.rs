@@ -293,7 +293,6 @@ async fn fairness(common: &Common, args: RushArgs, opening: Opening) -> anyhow::
         log_dir: std::env::temp_dir().join("seatrush-rush"),
         timeout: Duration::from_secs(args.timeout_secs),
     };
-    fairness::check(&config)?;
     let report = fairness::run(config).await?;
     print!("{}", fairness::describe(&report));
     write_json(args.json.as_ref(), &report)?;

@@ -555,14 +555,7 @@ async fn a_draw_nobody_entered_is_drawn_and_settled_at_its_opening() {
 
     // Nobody asks; the clock wakes it, and it is drawn and marked announced, so no clock
     // wakes it again.
-    let draw = crate::helpers::eventually("the empty draw settled", WAIT, || async {
-        let detail = env.store.course_detail(&course).await.ok()??;
-        detail
-            .course
-            .draw
-            .filter(|d| d.announced && d.drawn_at.is_some())
-    })
-    .await;
+    let draw = settled(&env, &course).await;
     assert_eq!(draw.entrants, 0);
     assert!(draw.seed.is_some(), "the seed is revealed after the draw");
     assert_audit_clean(&env).await;
@@ -574,6 +567,18 @@ async fn sleep_until(at: DateTime<Utc>) {
     tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await;
 }
 
+/// Waits until `course` is drawn and its results confirmed sent; returns its draw.
+async fn settled(env: &TestEnv, course: &CourseId) -> seatrush_core::store::DrawView {
+    crate::helpers::eventually("the draw settled", WAIT, || async {
+        let detail = env.store.course_detail(course).await.ok()??;
+        detail
+            .course
+            .draw
+            .filter(|d| d.announced && d.drawn_at.is_some())
+    })
+    .await
+}
+
 /// Waits until `course` is drawn and its results confirmed sent, then checks its order.
 async fn assert_settled_in_order(
     env: &TestEnv,
@@ -582,14 +587,7 @@ async fn assert_settled_in_order(
     students: &[String],
     seats: usize,
 ) {
-    crate::helpers::eventually("the draw settled", WAIT, || async {
-        let detail = env.store.course_detail(course).await.ok()??;
-        detail
-            .course
-            .draw
-            .filter(|d| d.announced && d.drawn_at.is_some())
-    })
-    .await;
+    settled(env, course).await;
     assert_drawn_in_order(env, course, commitment, students, seats).await;
 }
 

@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 
 use crate::client::{Answers, Client};
 use crate::domain::{
-    Action, CourseId, CoursePatch, CourseSettings, DrawSeed, MAX_HOLDS, Meetings, Opening, Request,
-    RequestId, StudentId, StudentRecord,
+    Action, CourseId, CoursePatch, CourseSettings, DrawSeed, HoldId, MAX_HOLDS, Meetings, Opening,
+    Request, RequestId, StudentId, StudentRecord,
 };
 use crate::protocol::{MAX_CREDITS, MAX_SEATS};
 use crate::store::Store;
@@ -127,35 +127,56 @@ struct CourseLine {
 /// be left empty). Every line is checked before anything is written, and
 /// every error names its line.
 pub fn read_course_file(path: &Path) -> anyhow::Result<Vec<(CourseId, CourseSettings)>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut courses: Vec<(CourseId, CourseSettings)> = Vec::new();
-    for (index, line) in reader.deserialize::<CourseLine>().enumerate() {
-        // Line 1 is the header.
-        let at = || format!("{} line {}", path.display(), index + 2);
-        let line = line.with_context(at)?;
-        let course = CourseId::parse(line.course_id).with_context(at)?;
+    read_keyed(path, "course", |line: CourseLine| {
+        let course = CourseId::parse(line.course_id)?;
         let instant = |raw: &Option<String>| parse_instant(raw.as_deref().unwrap_or(""));
         let settings = with_seed(CourseSettings {
             capacity: line.seats,
             waitlist: line.waitlist.unwrap_or(0),
-            opens_at: instant(&line.opens_at).with_context(at)?,
-            closes_at: instant(&line.closes_at).with_context(at)?,
-            opening: parse_opening(line.opening.as_deref().unwrap_or("")).with_context(at)?,
-            entries_open_at: instant(&line.entries_open_at).with_context(at)?,
+            opens_at: instant(&line.opens_at)?,
+            closes_at: instant(&line.closes_at)?,
+            opening: parse_opening(line.opening.as_deref().unwrap_or(""))?,
+            entries_open_at: instant(&line.entries_open_at)?,
             draw_seed: None,
             credits: line.credits.unwrap_or(0),
-            meetings: Meetings::parse(line.meetings.as_deref().unwrap_or("")).with_context(at)?,
+            meetings: Meetings::parse(line.meetings.as_deref().unwrap_or(""))?,
         });
-        check_settings(&course, &settings).with_context(at)?;
-        if courses.iter().any(|(c, _)| *c == course) {
-            bail!("{}: course {course} appears twice", at());
+        check_settings(&course, &settings)?;
+        Ok((course, settings))
+    })
+}
+
+/// Reads a registrar's CSV file into keyed rows, each line turned into one by `parse`. Every
+/// line is checked before anything is written, every error names its line, and a key given
+/// twice is refused.
+fn read_keyed<L, K, V>(
+    path: &Path,
+    what: &str,
+    mut parse: impl FnMut(L) -> anyhow::Result<(K, V)>,
+) -> anyhow::Result<Vec<(K, V)>>
+where
+    L: serde::de::DeserializeOwned,
+    K: Eq + std::hash::Hash + Clone + std::fmt::Display,
+{
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut rows = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (index, line) in reader.deserialize::<L>().enumerate() {
+        // Line 1 is the header.
+        let at = || format!("{} line {}", path.display(), index + 2);
+        let (key, value) = line
+            .map_err(anyhow::Error::from)
+            .and_then(&mut parse)
+            .with_context(at)?;
+        if !seen.insert(key.clone()) {
+            bail!("{}: {what} {key} appears twice", at());
         }
-        courses.push((course, settings));
+        rows.push((key, value));
     }
-    Ok(courses)
+    Ok(rows)
 }
 
 /// One row of a student file.
@@ -174,16 +195,8 @@ struct StudentLine {
 /// holds` (the last two may be left empty; holds are `;`-separated names of the id alphabet).
 /// Every line is checked before anything is written, and every error names its line.
 pub fn read_student_file(path: &Path) -> anyhow::Result<Vec<(StudentId, StudentRecord)>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut students: Vec<(StudentId, StudentRecord)> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (index, line) in reader.deserialize::<StudentLine>().enumerate() {
-        let at = || format!("{} line {}", path.display(), index + 2);
-        let line = line.with_context(at)?;
-        let student = StudentId::parse(line.student_id).with_context(at)?;
+    read_keyed(path, "student", |line: StudentLine| {
+        let student = StudentId::parse(line.student_id)?;
         let holds: Vec<String> = line
             .holds
             .as_deref()
@@ -191,37 +204,20 @@ pub fn read_student_file(path: &Path) -> anyhow::Result<Vec<(StudentId, StudentR
             .split(';')
             .map(str::trim)
             .filter(|h| !h.is_empty())
-            .map(|h| {
-                let named = h.len() <= 64
-                    && h.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-                if named {
-                    Ok(h.to_owned())
-                } else {
-                    Err(anyhow::anyhow!(
-                        "hold {h:?}: up to 64 of A-Z, a-z, 0-9, '_' and '-'"
-                    ))
-                }
-            })
-            .collect::<anyhow::Result<_>>()
-            .with_context(at)?;
+            .map(|h| HoldId::parse(h).map(|h| h.to_string()))
+            .collect::<Result<_, _>>()?;
         if holds.len() > MAX_HOLDS {
-            bail!("{}: {} holds, the limit is {MAX_HOLDS}", at(), holds.len());
-        }
-        if !seen.insert(student.clone()) {
-            bail!("{}: student {student} appears twice", at());
+            bail!("{} holds, the limit is {MAX_HOLDS}", holds.len());
         }
         let record = StudentRecord {
             max_credits: line.max_credits,
             registration_opens_at: parse_instant(
                 line.registration_opens_at.as_deref().unwrap_or(""),
-            )
-            .with_context(at)?,
+            )?,
             holds,
         };
-        students.push((student, record));
-    }
-    Ok(students)
+        Ok((student, record))
+    })
 }
 
 /// What an import did.
@@ -307,6 +303,29 @@ mod tests {
         std::fs::write(&bad, "course_id,seats\nCS101,30\nCS 102,10\n").unwrap();
         let err = format!("{:#}", read_course_file(&bad).unwrap_err());
         assert!(err.contains("line 3"), "{err}");
+
+        let students = dir.join("students.csv");
+        std::fs::write(
+            &students,
+            "student_id,max_credits,registration_opens_at,holds\n\
+             s1,12,,unpaid_fees; advising\n\
+             s2,9,2026-09-01T09:00:00Z,\n",
+        )
+        .unwrap();
+        let read = read_student_file(&students).unwrap();
+        assert_eq!(read[0].1.holds, ["unpaid_fees", "advising"]);
+        assert!(read[1].1.holds.is_empty() && read[1].1.registration_opens_at.is_some());
+        for (body, why) in [
+            ("student_id,max_credits,holds\ns1,3,\ns2,3,a.b\n", "line 3"),
+            (
+                "student_id,max_credits\ns1,3\ns1,4\n",
+                "student s1 appears twice",
+            ),
+        ] {
+            std::fs::write(&students, body).unwrap();
+            let err = format!("{:#}", read_student_file(&students).unwrap_err());
+            assert!(err.contains(why), "{err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

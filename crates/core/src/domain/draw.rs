@@ -110,7 +110,7 @@ impl fmt::Debug for DrawSeed {
 }
 
 /// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     use fmt::Write;
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {

@@ -14,7 +14,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 
 pub use decision::{CourseSnapshot, Decision, DrawEffect, DrawnEntrant, Effect};
-pub use draw::{DrawSeed, Opening, draw_actor, draw_request_id, hex, wake_request_id};
+pub use draw::{DrawSeed, Opening, draw_actor, draw_request_id, wake_request_id};
 pub use meetings::{Day, MAX_SLOTS, Meetings, MeetingsError, Slot};
 pub use registration::{CourseLoad, MAX_HOLDS, Refusal, StudentRecord, may_ask, may_take_seat};
 
@@ -93,6 +93,11 @@ id_type!(
     /// A student.
     StudentId,
     "student_id"
+);
+id_type!(
+    /// A hold on a student's account, as the registrar names it (`unpaid_fees`).
+    HoldId,
+    "hold"
 );
 id_type!(
     /// A request, chosen by the producer and carried as the AMQP `message_id`. It is the
@@ -404,6 +409,13 @@ pub struct Request {
     pub course_id: CourseId,
     /// The student; for a course change, the operator's broker user (checked by the broker).
     pub student_id: StudentId,
+}
+
+impl Request {
+    /// Whether this is the record of a course's draw (not a wake-up, whose ids are fresh).
+    pub fn is_draw_record(&self) -> bool {
+        self.action == Action::Draw && self.request_id == draw_request_id(&self.course_id)
+    }
 }
 
 /// The answer to a request, as decided by its course (or, for a replay, as stored).

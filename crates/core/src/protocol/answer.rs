@@ -79,7 +79,7 @@ impl Answer {
             verdict
                 .window_at
                 .filter(|_| verdict.reason == Some(reason))
-                .map(|at| at.to_rfc3339_opts(SecondsFormat::Millis, true))
+                .map(rfc3339)
         };
         Self {
             request_id: request.request_id.to_string(),
@@ -222,6 +222,11 @@ impl<'a> DecidedAnswer<'a> {
         }
     }
 
+    /// The request this answers.
+    pub fn request(&self) -> &'a Request {
+        self.request
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(Wire::TYPICAL_BYTES);
         self.write_to(&mut body);
@@ -236,7 +241,7 @@ impl<'a> DecidedAnswer<'a> {
             verdict
                 .window_at
                 .filter(|_| verdict.reason == Some(reason))
-                .map(|at| at.to_rfc3339_opts(SecondsFormat::Millis, true))
+                .map(rfc3339)
         };
         let (opens_at, closes_at) = (instant(Reason::NotOpen), instant(Reason::Closed));
         let draw = verdict.draw.as_deref();
@@ -372,20 +377,12 @@ pub struct DrawResult {
     pub verdict: Verdict,
 }
 
-impl Answer {
-    /// The event telling an entrant what the draw gave them: it answers their entry request a
-    /// second time, final and binding.
-    pub fn drawn(result: &DrawResult) -> Self {
-        Self::decided(&result.entry, &result.verdict, Stage::Final)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::domain::{CourseId, RequestId, StudentId};
+    use crate::domain::{CourseId, DrawNote, RequestId, StudentId};
 
     fn request() -> Request {
         Request {
@@ -428,6 +425,32 @@ mod tests {
                 window_at: Some(opens),
                 ..Verdict::new(Outcome::Rejected, Some(Reason::NotOpen), 30)
             },
+            // A draw course's answers: an entry, the draw's outcome, too early for entries.
+            Verdict {
+                window_at: Some(opens),
+                draw: Some(Box::new(DrawNote {
+                    commitment: Some("ab".repeat(32)),
+                    ..DrawNote::default()
+                })),
+                ..Verdict::new(Outcome::Queued, None, 30)
+            },
+            Verdict {
+                waitlist_position: Some(3),
+                draw: Some(Box::new(DrawNote {
+                    position: Some(33),
+                    ..DrawNote::default()
+                })),
+                ..Verdict::new(Outcome::Waitlisted, None, 0)
+            },
+            Verdict {
+                window_at: Some(opens),
+                draw: Some(Box::new(DrawNote {
+                    commitment: Some("cd".repeat(32)),
+                    entries_open_at: Some(opens - chrono::Duration::days(7)),
+                    position: None,
+                })),
+                ..Verdict::new(Outcome::Rejected, Some(Reason::NotOpen), 30)
+            },
         ];
         for verdict in &verdicts {
             for stage in [Stage::Provisional, Stage::Final] {
@@ -444,5 +467,18 @@ mod tests {
                 );
             }
         }
+        // The draw's fields are there, each on the answer that carries it.
+        let answer = |v: &Verdict| Answer::decided(&request, v, Stage::Final);
+        let queued = answer(&verdicts[2]);
+        assert_eq!(queued.draw_at.as_deref(), Some("2030-05-01T08:00:00.000Z"));
+        assert_eq!(queued.draw_commitment, Some("ab".repeat(32)));
+        assert_eq!(answer(&verdicts[3]).draw_position, Some(33));
+        let early = answer(&verdicts[4]);
+        assert_eq!(
+            early.entries_open_at.as_deref(),
+            Some("2030-04-24T08:00:00.000Z")
+        );
+        assert_eq!(early.opens_at.as_deref(), Some("2030-05-01T08:00:00.000Z"));
+        assert_eq!(early.draw_at, None);
     }
 }

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 pub use audit::Violation;
 pub use commit::{Committed, Pending};
-pub use courses::{CourseDetail, CourseRow};
+pub use courses::{CourseDetail, CourseRow, DrawView, Entrant};
 pub use ownership::{Lease, Membership, PartitionRow, WorkerRow};
 pub use students::{HeldCourse, StudentDetail, WaitingFor};
 

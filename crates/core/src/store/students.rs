@@ -74,13 +74,6 @@ impl Store {
         Ok(new.into_iter().filter(|n| *n).count() as u64)
     }
 
-    /// How many students the registry holds (none: the registration rules are off).
-    pub async fn registry_size(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM students")
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
     /// One student's record and standing, read in one snapshot; `None` if not in the registry.
     pub async fn student_detail(&self, student: &StudentId) -> Result<Option<StudentDetail>> {
         let mut tx = self.snapshot().await?;

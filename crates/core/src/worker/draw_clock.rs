@@ -71,7 +71,9 @@ impl DrawClock {
         due: &[(CourseId, chrono::DateTime<Utc>)],
         woken: &mut HashMap<CourseId, tokio::time::Instant>,
     ) -> Duration {
-        woken.retain(|course, _| due.iter().any(|(c, _)| c == course));
+        // Only the courses still due are remembered: the map stays within one read's bound.
+        let still_due: std::collections::HashSet<&CourseId> = due.iter().map(|(c, _)| c).collect();
+        woken.retain(|course, _| still_due.contains(course));
         let now = Utc::now();
         let mut next = POLL;
         for (course, opens_at) in due {

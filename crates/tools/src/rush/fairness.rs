@@ -97,6 +97,7 @@ struct Outcome {
 
 /// Runs the experiment against one worker process it starts and stops.
 pub async fn run(config: FairnessConfig) -> anyhow::Result<FairnessReport> {
+    check(&config)?;
     let services = &config.services;
     let store = super::prepared_store(services).await?;
     let course = CourseId::parse(format!("{}-fair", config.tag))?;
@@ -374,7 +375,7 @@ pub fn describe(r: &FairnessReport) -> String {
 }
 
 /// Refuses settings that cannot give a meaningful comparison.
-pub fn check(config: &FairnessConfig) -> anyhow::Result<()> {
+fn check(config: &FairnessConfig) -> anyhow::Result<()> {
     if config.students < 2 {
         bail!("a fairness run needs at least two students (one fast, one slow)");
     }

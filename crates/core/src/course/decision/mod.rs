@@ -17,7 +17,8 @@ use crate::domain::{
 };
 
 /// Entries a draw course takes by default before it answers `entries_full`: the bound on what
-/// its actor holds for the draw (about 150 bytes each), whatever ids clients invent.
+/// its actor holds for the draw (each entrant's id and entry request, beside the entry's
+/// answer every decided request keeps), whatever ids clients invent.
 pub const DEFAULT_ENTRIES_LIMIT: usize = 20_000;
 
 /// The in-memory state of one course: what is needed to answer at once.
@@ -73,10 +74,10 @@ impl CourseState {
     /// announced again unless they are recorded as sent, and the course is then recorded as
     /// announced. Nothing if the course has no stored draw, or a draw is already held.
     fn hold_draw_again(&mut self) {
-        let request = self.draw_request();
         if self.pending_draw.is_some() {
             return;
         }
+        let request = self.draw_request();
         if let Some(verdict) = self.decided.get(&request.request_id).cloned() {
             let replay = Decision {
                 verdict,
@@ -251,10 +252,11 @@ impl CourseState {
         let Some(seed) = self.settings.draw_seed.filter(|_| due) else {
             return;
         };
-        let order = seed.order(self.entrants.keys());
+        let mut entered = std::mem::take(&mut self.entrants);
+        let order = seed.order(entered.keys());
         let mut entrants = Vec::with_capacity(order.len());
         for (rank, student_id) in order.into_iter().enumerate() {
-            let Some(request_id) = self.entrants.remove(&student_id) else {
+            let Some(request_id) = entered.remove(&student_id) else {
                 continue;
             };
             let mut verdict = self.draw_one(&student_id);
@@ -269,7 +271,6 @@ impl CourseState {
                 verdict,
             });
         }
-        self.entrants.clear();
         self.drawn = true;
         let request = self.draw_request();
         let verdict = self.verdict(Outcome::Drawn, None);

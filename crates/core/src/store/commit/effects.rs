@@ -183,28 +183,29 @@ pub(super) async fn set_course_facts(
     tx: &mut sqlx::PgConnection,
     entries: &[Entry<'_>],
 ) -> Result<()> {
-    let (mut courses, mut credits, mut meetings) = (Vec::new(), Vec::new(), Vec::new());
+    // The last applied change of each course wins, as it would in decision order.
+    let mut facts: std::collections::HashMap<&str, (i32, String)> = Default::default();
     for entry in entries {
-        let Effect::Configure { settings, .. } = &entry.pending.effect else {
-            continue;
-        };
-        if entry.fresh.as_ref().is_some_and(|fresh| !fresh.missed) {
-            courses.push(entry.pending.request.course_id.as_str());
-            credits.push(to_i32(settings.credits));
-            meetings.push(settings.meetings.to_string());
+        if let Effect::Configure { settings, .. } = &entry.pending.effect
+            && entry.fresh.as_ref().is_some_and(|fresh| !fresh.missed)
+        {
+            let course = entry.pending.request.course_id.as_str();
+            facts.insert(
+                course,
+                (to_i32(settings.credits), settings.meetings.to_string()),
+            );
         }
     }
-    if courses.is_empty() {
+    if facts.is_empty() {
         return Ok(());
     }
+    let (courses, (credits, meetings)): (Vec<&str>, (Vec<i32>, Vec<String>)) =
+        facts.into_iter().unzip();
     sqlx::query(
         "UPDATE courses c SET credits = f.credits, meetings = f.meetings \
-           FROM UNNEST($1::text[], $2::int[], $3::text[]) WITH ORDINALITY \
-                AS f(course_id, credits, meetings, n) \
+           FROM UNNEST($1::text[], $2::int[], $3::text[]) AS f(course_id, credits, meetings) \
           WHERE c.course_id = f.course_id \
-            AND (c.credits, c.meetings) IS DISTINCT FROM (f.credits, f.meetings) \
-            AND f.n = (SELECT max(g.n) FROM UNNEST($1::text[]) WITH ORDINALITY AS g(course_id, n) \
-                        WHERE g.course_id = f.course_id)",
+            AND (c.credits, c.meetings) IS DISTINCT FROM (f.credits, f.meetings)",
     )
     .bind(&courses)
     .bind(&credits)

@@ -227,7 +227,7 @@ impl Entry<'_> {
                 promotions: earlier.promotions.remove(id).unwrap_or_default(),
                 draws: earlier.draws.remove(id).unwrap_or_default(),
                 // A stored draw record is only ever written with its draw.
-                settles_draw: is_draw_record(&self.pending.request),
+                settles_draw: self.pending.request.is_draw_record(),
             });
         };
         if fresh.discard {
@@ -253,15 +253,9 @@ impl Entry<'_> {
             batch_id,
             promotions: fresh.promotions,
             draws: fresh.draws,
-            settles_draw: is_draw_record(&self.pending.request),
+            settles_draw: self.pending.request.is_draw_record(),
         })
     }
-}
-
-/// Whether the request is a course's draw record (not a wake-up).
-fn is_draw_record(request: &crate::domain::Request) -> bool {
-    request.action == crate::domain::Action::Draw
-        && request.request_id == crate::domain::draw_request_id(&request.course_id)
 }
 
 /// Two verdicts tell the student the same thing (seat counts and positions move on between

@@ -217,10 +217,7 @@ async fn replayed_draws(
         .iter()
         .filter(|entry| entry.fresh.is_none())
         .map(|entry| entry.pending)
-        .filter(|p| {
-            p.request.action == crate::domain::Action::Draw
-                && p.request.request_id == crate::domain::draw_request_id(&p.request.course_id)
-        })
+        .filter(|p| p.request.is_draw_record())
         .collect();
     let courses: Vec<&str> = draws.iter().map(|p| p.request.course_id.as_str()).collect();
     let pending = super::draws::unannounced(tx, &courses).await?;

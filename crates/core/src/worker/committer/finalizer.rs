@@ -163,18 +163,7 @@ impl<'a> Answers<'a> {
             Some(to) => self.confirm(Outgoing::reply(to, answer.to_json())).await,
             None => {}
         }
-        match self.final_events {
-            FinalEvents::Batched => self.events.push_with(|body| answer.write_to(body)),
-            FinalEvents::PerRequest => {
-                let event = Outgoing::event(
-                    self.topology,
-                    request.course_id.as_str(),
-                    request.student_id.as_str(),
-                    answer.to_json(),
-                );
-                self.confirm(event).await;
-            }
-        }
+        self.post_event(&answer).await;
         self.post_promotions(&committed.promotions).await;
         // A course's draw record (fresh, or replayed to announce it again), even one with no
         // entrant: once confirmed, the course is announced and no clock wakes it again. A draw
@@ -194,17 +183,24 @@ impl<'a> Answers<'a> {
                 let to = ReplyTo::single(queue.as_str(), result.correlation_id.clone());
                 self.confirm(Outgoing::reply(&to, answer.to_json())).await;
             }
-            match self.final_events {
-                FinalEvents::Batched => self.events.push_with(|body| answer.write_to(body)),
-                FinalEvents::PerRequest => {
-                    let event = Outgoing::event(
-                        self.topology,
-                        result.entry.course_id.as_str(),
-                        result.entry.student_id.as_str(),
-                        answer.to_json(),
-                    );
-                    self.confirm(event).await;
-                }
+            self.post_event(&answer).await;
+        }
+    }
+
+    /// A final answer on the events exchange: into the commit's batched event, or as one event
+    /// routed by its course and student.
+    async fn post_event(&mut self, answer: &DecidedAnswer<'_>) {
+        match self.final_events {
+            FinalEvents::Batched => self.events.push_with(|body| answer.write_to(body)),
+            FinalEvents::PerRequest => {
+                let request = answer.request();
+                let event = Outgoing::event(
+                    self.topology,
+                    request.course_id.as_str(),
+                    request.student_id.as_str(),
+                    answer.to_json(),
+                );
+                self.confirm(event).await;
             }
         }
     }
