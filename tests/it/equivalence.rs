@@ -156,6 +156,7 @@ impl World<'_> {
             verdict,
             effect,
             replay,
+            ..
         } = self.states[step.course].decide(&request, now());
         let reply_to = step.listens.then(|| ReplyTo {
             queue: format!("{}-replies", self.tag),
@@ -175,6 +176,8 @@ impl World<'_> {
             partition: self.lease.partition,
             epoch: self.lease.epoch,
             reply_to,
+            ruled: false,
+            skipped: Vec::new(),
         }
     }
 

@@ -653,7 +653,7 @@ impl Listener {
     pub fn finals(&self) -> HashMap<String, Answer> {
         self.received
             .iter()
-            .filter(|a| a.stage == Stage::Final && !a.is_promotion())
+            .filter(|a| a.stage == Stage::Final && !a.is_waitlist_event())
             .map(|a| (a.request_id.clone(), a.clone()))
             .collect()
     }
@@ -662,7 +662,7 @@ impl Listener {
     pub fn final_count(&self) -> usize {
         self.received
             .iter()
-            .filter(|a| a.stage == Stage::Final && !a.is_promotion())
+            .filter(|a| a.stage == Stage::Final && !a.is_waitlist_event())
             .count()
     }
 

@@ -20,6 +20,7 @@ mod harness;
 mod helpers;
 mod operability;
 mod restarts;
+mod rules;
 mod rush;
 mod scaling;
 mod schema;

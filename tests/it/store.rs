@@ -31,6 +31,8 @@ async fn a_replay_knows_whether_its_final_answer_was_already_sent() {
         partition: lease.partition,
         epoch: lease.epoch,
         reply_to: None,
+        ruled: false,
+        skipped: Vec::new(),
     };
 
     // Act
@@ -109,6 +111,8 @@ async fn the_database_decides_promotions_and_refuses_what_memory_got_wrong() {
             partition: lease.partition,
             epoch: lease.epoch,
             reply_to: None,
+            ruled: false,
+            skipped: Vec::new(),
         };
     let waitlisted = |position| {
         let mut v = Verdict::new(Outcome::Waitlisted, None, 0);

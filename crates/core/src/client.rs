@@ -74,7 +74,9 @@ impl Client {
             let mut provisional = None;
             while let Some(next) = replies.next().await {
                 for answer in parse_answers(&next?.body)? {
-                    if answer.is_promotion() || answer.request_id != request.request_id.as_str() {
+                    if answer.is_waitlist_event()
+                        || answer.request_id != request.request_id.as_str()
+                    {
                         continue;
                     }
                     match answer.stage {

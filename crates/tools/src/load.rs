@@ -399,7 +399,7 @@ async fn collect(mut replies: Deliveries, crowd: Collecting) -> Vec<Received> {
 impl Collecting {
     /// Counts one received answer for the progress display and the crowd's end.
     fn note(&self, has_final: &mut [bool], finals: &mut usize, index: usize, answer: &Answer) {
-        if answer.is_promotion() {
+        if answer.is_waitlist_event() {
             // Not an answer to this request's publish: it comes on top of the final one.
         } else if answer.stage == Stage::Final {
             if let Some(seen) = self.groups.get(index).and_then(|g| has_final.get_mut(*g))
@@ -421,7 +421,7 @@ fn completion(got: &[Received], groups: &[usize], ids: usize, start: Instant) ->
     let mut first_final: Vec<Option<Instant>> = vec![None; ids];
     for (index, answer, at) in got {
         if answer.stage == Stage::Final
-            && !answer.is_promotion()
+            && !answer.is_waitlist_event()
             && let Some(slot @ None) = groups.get(*index).and_then(|g| first_final.get_mut(*g))
         {
             *slot = Some(*at);
@@ -460,8 +460,10 @@ fn answered_of(
             continue;
         };
         let latency = at.duration_since(sent_at[index]);
-        if answer.is_promotion() {
-            slot.promotions.push(answer);
+        if answer.is_waitlist_event() {
+            if answer.is_promotion() {
+                slot.promotions.push(answer);
+            }
             continue;
         }
         match answer.stage {
@@ -604,6 +606,12 @@ mod tests {
             draw_commitment: None,
             entries_open_at: None,
             draw_position: None,
+            holds: None,
+            registration_opens_at: None,
+            credits_held: None,
+            credits_asked: None,
+            credits_allowed: None,
+            conflicts_with: None,
             replayed: false,
             revised: false,
             detail: None,

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::context::ActorContext;
-use super::decision::CourseState;
-use crate::domain::{CourseId, Decision};
+use super::decision::{CourseState, Rules};
+use crate::domain::{CourseId, Decision, Eligibility, Refusal, StudentId};
 use crate::pipeline::{CourseTicket, Envelope};
 use crate::store::Store;
 
@@ -56,7 +56,10 @@ impl Instance {
                 return Stop::Reload { diverged };
             }
             loaded_under = loaded_under.max(Some(envelope.epoch));
-            let Some((envelope, decision)) = self.decide(envelope, state.as_mut()) else {
+            let eligibility = self.eligibility(&envelope, state.as_ref()).await;
+            let Some((envelope, decision)) =
+                self.decide(envelope, state.as_mut(), eligibility.as_deref())
+            else {
                 continue;
             };
             crate::failpoint::crash_point(crate::failpoint::AFTER_DECIDE);
@@ -116,12 +119,54 @@ impl Instance {
             epoch: cause.epoch,
             redelivered: false,
             guard: cause.guard.sibling(),
+            ruling: crate::domain::Ruling::Off,
         };
         self.ticket.route();
         self.ctx
             .commit
             .submit(envelope, draw, Some(self.ticket.clone()))
             .await
+    }
+
+    /// Under the registration rules, when the request may free seats: the students waiting,
+    /// judged in line order and a seat claimed for each allowed, until the seats are claimed.
+    /// Waits while the database does not answer (the supervisor aborts this instance when the
+    /// session halts).
+    async fn eligibility(
+        &self,
+        envelope: &Envelope,
+        state: Option<&CourseState>,
+    ) -> Option<Vec<(StudentId, Result<(), Refusal>)>> {
+        if !envelope.ruling.is_on() {
+            return None;
+        }
+        let (waiting, seats) = state?.promotion_candidates(&envelope.request)?;
+        let request = &envelope.request;
+        let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
+        let mut failures = 0u32;
+        loop {
+            let judged = self
+                .ctx
+                .store
+                .claim_for_promotion(
+                    &self.course,
+                    &request.request_id,
+                    &waiting,
+                    seats,
+                    chrono::Utc::now(),
+                )
+                .await;
+            match judged {
+                Ok(judged) => return Some(judged),
+                Err(e) => {
+                    if failures == 0 {
+                        tracing::warn!(course_id = %self.course, error = %crate::telemetry::chain(&e), "judging the waitlist under the registration rules failed; retrying");
+                    }
+                    failures += 1;
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+                }
+            }
+        }
     }
 
     fn hold(&self, envelope: Envelope) {
@@ -134,6 +179,7 @@ impl Instance {
         &self,
         envelope: Envelope,
         state: Option<&mut CourseState>,
+        eligibility: Option<&Eligibility>,
     ) -> Option<(Envelope, Decision)> {
         let decision = {
             let mut slot = self.in_hand.lock().unwrap_or_else(PoisonError::into_inner);
@@ -143,7 +189,12 @@ impl Instance {
                 // The worker's clock decides windows: keep worker hosts NTP-synchronized.
                 Some(state) => {
                     let started = Instant::now();
-                    let decision = state.decide(&envelope.request, chrono::Utc::now());
+                    let rules = Rules {
+                        ruling: &envelope.ruling,
+                        promotion: eligibility,
+                    };
+                    let decision =
+                        state.decide_under(&envelope.request, chrono::Utc::now(), &rules);
                     crate::telemetry::metrics::decided_in(started.elapsed());
                     decision
                 }

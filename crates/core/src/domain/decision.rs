@@ -2,7 +2,7 @@
 //! store hands a course actor when it (re)starts. The pure decision logic (`course`) produces
 //! these and the store consumes them; neither knows the other.
 
-use super::{CourseSettings, Outcome, Reason, RequestId, StudentId, Verdict};
+use super::{CourseSettings, Outcome, Reason, Refusal, RequestId, StudentId, Verdict};
 
 /// The change a decision makes to the course, which the group commit must write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,12 +68,37 @@ pub struct Decision {
     /// True when the request id had been decided before: the verdict is the stored one and
     /// nothing changes (invariant I4).
     pub replay: bool,
+    /// Waiting students the registration rules passed over for the seats this decision freed
+    /// (they keep their places), to be told why.
+    pub skipped: Vec<Skipped>,
 }
+
+/// A waiting student a promotion passed over, and the rule that forbade the seat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub student_id: StudentId,
+    pub refusal: Refusal,
+}
+
+/// What the registration rules said of the students waiting for the seats a decision may free,
+/// in line order (judged before the decision, against the ledger of seats every worker shares):
+/// `Ok` for one who may take a seat, `Err` for one they forbid.
+pub type Eligibility = [(StudentId, Result<(), Refusal>)];
 
 impl Decision {
     /// The decision for a request naming a course that does not exist: rejected, no effect.
     pub fn unknown_course() -> Self {
         Self::rejected(Reason::UnknownCourse)
+    }
+
+    /// A refusal by the registration rules, decided before any course is consulted.
+    pub fn refused(refusal: Refusal) -> Self {
+        Self {
+            verdict: Verdict::refused(refusal, 0),
+            effect: Effect::None,
+            replay: false,
+            skipped: Vec::new(),
+        }
     }
 
     /// A rejection decided before any course is consulted (unknown course, forbidden change).
@@ -82,6 +107,7 @@ impl Decision {
             verdict: Verdict::new(Outcome::Rejected, Some(reason), 0),
             effect: Effect::None,
             replay: false,
+            skipped: Vec::new(),
         }
     }
 }

@@ -124,6 +124,15 @@ impl Meetings {
     pub fn clashes_with(&self, other: &Meetings) -> bool {
         self.0.iter().any(|a| other.0.iter().any(|b| a.overlaps(b)))
     }
+
+    /// The slots as half-open ranges of minutes of the week, Monday 00:00 being 0: two courses
+    /// clash exactly when some of their ranges overlap.
+    pub fn minutes_of_week(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.0.iter().map(|slot| {
+            let day = u32::from(slot.day as u8) * 24 * 60;
+            (day + u32::from(slot.start), day + u32::from(slot.end))
+        })
+    }
 }
 
 /// `HH:MM` as minutes since midnight; `24:00` is allowed as an end of day.
@@ -223,6 +232,16 @@ mod tests {
             prop_assert_eq!(Meetings::parse(&a.to_string()).expect("canonical"), a.clone());
             // A course that meets clashes with itself.
             prop_assert_eq!(a.clashes_with(&a), !a.is_empty());
+        }
+
+        /// The minutes of the week Postgres's clash constraint compares overlap exactly when
+        /// the courses clash.
+        #[test]
+        fn minutes_of_the_week_overlap_exactly_when_courses_clash(a in arb_meetings(), b in arb_meetings()) {
+            let overlap = a.minutes_of_week().any(|(s1, e1)| {
+                b.minutes_of_week().any(|(s2, e2)| s1 < e2 && s2 < e1)
+            });
+            prop_assert_eq!(overlap, a.clashes_with(&b));
         }
     }
 }

@@ -13,10 +13,15 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-pub use decision::{CourseSnapshot, Decision, DrawEffect, DrawnEntrant, Effect};
+pub use decision::{
+    CourseSnapshot, Decision, DrawEffect, DrawnEntrant, Effect, Eligibility, Skipped,
+};
 pub use draw::{DrawSeed, Opening, draw_actor, draw_request_id, wake_request_id};
 pub use meetings::{Day, MAX_SLOTS, Meetings, MeetingsError, Slot};
-pub use registration::{CourseLoad, MAX_HOLDS, Refusal, StudentRecord, may_ask, may_take_seat};
+pub use registration::{
+    Claim, CourseLoad, Ledger, MAX_HOLDS, Refusal, RuleFacts, Ruling, SeatHeld, StudentRecord,
+    may_ask, may_take_seat,
+};
 
 /// Longest id accepted, in bytes (all accepted characters are ASCII).
 pub const MAX_ID_LEN: usize = 64;
@@ -251,6 +256,9 @@ pub enum Outcome {
     Configured,
     /// Not the outcome of a request but an event: a waitlisted student took a freed seat.
     Promoted,
+    /// Not the outcome of a request but an event: the registration rules passed a waitlisted
+    /// student over for a freed seat (the reason says which rule); they keep their place.
+    PromotionSkipped,
     /// An entry into a course's draw, taken before the opening; the draw's outcome follows.
     Queued,
     /// A course's draw was performed (the record of the draw itself, and of a wake-up that
@@ -267,6 +275,7 @@ impl Outcome {
             Outcome::Dropped => "dropped",
             Outcome::Configured => "configured",
             Outcome::Promoted => "promoted",
+            Outcome::PromotionSkipped => "promotion_skipped",
             Outcome::Queued => "queued",
             Outcome::Drawn => "drawn",
         }
@@ -280,6 +289,7 @@ impl Outcome {
             "dropped" => Some(Outcome::Dropped),
             "configured" => Some(Outcome::Configured),
             "promoted" => Some(Outcome::Promoted),
+            "promotion_skipped" => Some(Outcome::PromotionSkipped),
             "queued" => Some(Outcome::Queued),
             "drawn" => Some(Outcome::Drawn),
             _ => None,
@@ -328,6 +338,16 @@ pub enum Reason {
     DrawWithoutOpening,
     /// A course change from `draw` back to `first-come` while students are entered.
     DrawHasEntrants,
+    /// With a student registry loaded: the student is not in it.
+    UnknownStudent,
+    /// Holds on the student's account (the answer names them).
+    Hold,
+    /// The student's time ticket has not come (the answer carries it).
+    NotYourTurn,
+    /// The seat would take the student past their credit cap (credits held, asked, allowed).
+    CreditLimit,
+    /// The course meets at the same time as a seat the student holds (the answer names it).
+    TimeConflict,
 }
 
 impl Reason {
@@ -351,6 +371,11 @@ impl Reason {
             Reason::NotADraw => "not_a_draw",
             Reason::DrawWithoutOpening => "draw_without_opening",
             Reason::DrawHasEntrants => "draw_has_entrants",
+            Reason::UnknownStudent => "unknown_student",
+            Reason::Hold => "hold",
+            Reason::NotYourTurn => "not_your_turn",
+            Reason::CreditLimit => "credit_limit",
+            Reason::TimeConflict => "time_conflict",
         }
     }
 
@@ -374,13 +399,18 @@ impl Reason {
             "not_a_draw" => Some(Reason::NotADraw),
             "draw_without_opening" => Some(Reason::DrawWithoutOpening),
             "draw_has_entrants" => Some(Reason::DrawHasEntrants),
+            "unknown_student" => Some(Reason::UnknownStudent),
+            "hold" => Some(Reason::Hold),
+            "not_your_turn" => Some(Reason::NotYourTurn),
+            "credit_limit" => Some(Reason::CreditLimit),
+            "time_conflict" => Some(Reason::TimeConflict),
             _ => None,
         }
     }
 }
 
 /// Every reason, for documentation and schema checks.
-pub const REASONS: [Reason; 18] = [
+pub const REASONS: [Reason; 23] = [
     Reason::Full,
     Reason::UnknownCourse,
     Reason::Invalid,
@@ -399,6 +429,11 @@ pub const REASONS: [Reason; 18] = [
     Reason::NotADraw,
     Reason::DrawWithoutOpening,
     Reason::DrawHasEntrants,
+    Reason::UnknownStudent,
+    Reason::Hold,
+    Reason::NotYourTurn,
+    Reason::CreditLimit,
+    Reason::TimeConflict,
 ];
 
 /// A request that passed every check at the edge.
@@ -432,6 +467,8 @@ pub struct Verdict {
     pub window_at: Option<DateTime<Utc>>,
     /// What a draw course adds (boxed: most verdicts have none).
     pub draw: Option<Box<DrawNote>>,
+    /// For a refusal by the registration rules: the facts the student needs.
+    pub rule: Option<Box<Refusal>>,
 }
 
 /// The facts of a course's draw that an answer carries.
@@ -454,7 +491,15 @@ impl Verdict {
             waitlist_position: None,
             window_at: None,
             draw: None,
+            rule: None,
         }
+    }
+
+    /// A refusal by the registration rules, with its facts.
+    pub fn refused(refusal: Refusal, seats_left: u32) -> Self {
+        let mut verdict = Self::new(Outcome::Rejected, Some(refusal.reason()), seats_left);
+        verdict.rule = Some(Box::new(refusal));
+        verdict
     }
 
     /// The entrant's rank in the draw, if this is a draw's outcome.

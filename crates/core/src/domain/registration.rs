@@ -6,9 +6,11 @@
 //! alternatives. A seat counts; taking one (an enroll, or a promotion from a waitlist) is checked
 //! against the seats held, less the one a swap gives up.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
-use super::{CourseId, Meetings};
+use super::{CourseId, Meetings, Reason, StudentId};
 
 /// Most holds one student's record keeps.
 pub const MAX_HOLDS: usize = 16;
@@ -35,6 +37,8 @@ pub struct CourseLoad<'a> {
 /// Why the rules refuse, with what the student needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
+    /// A registry is loaded and the student is not in it.
+    UnknownStudent,
     /// Holds on the account, by name.
     Hold { holds: Vec<String> },
     /// The student's registration opens later.
@@ -43,6 +47,218 @@ pub enum Refusal {
     CreditLimit { held: u32, asked: u32, allowed: u32 },
     /// The course meets at the same time as one whose seat the student holds.
     TimeConflict { with: CourseId },
+}
+
+/// What the registration rules said of a request before its course decides it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Ruling {
+    /// No registry is loaded: the rules are off, and the course decides as it always did.
+    #[default]
+    Off,
+    /// Nothing for the rules to judge (a drop, a course change): the course decides.
+    Allowed,
+    /// An enroll: `Ok` when a seat is claimed for the student (in `student_seats`, so every
+    /// worker counts it), `Err` when a rule refuses them a seat but not a waitlist place.
+    Seat(Result<(), Refusal>),
+    /// Refused before any course: no state is created for it.
+    Refused(Refusal),
+}
+
+impl Ruling {
+    /// Whether the rules are on for this request (a registry is loaded).
+    pub fn is_on(&self) -> bool {
+        *self != Ruling::Off
+    }
+
+    /// Whether a seat may be given, and if not, which rule refuses it.
+    pub fn seat(&self) -> Result<(), &Refusal> {
+        match self {
+            Ruling::Seat(Err(refusal)) | Ruling::Refused(refusal) => Err(refusal),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A seat a student holds or has been promised (a claim), as the ledger counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatHeld {
+    pub course: CourseId,
+    pub credits: u32,
+    pub meetings: Meetings,
+}
+
+/// The students a batch of requests concerns, with their seats, as read under their rows'
+/// locks: judging in order against it, and counting each seat granted before judging the next,
+/// is what keeps a student's simultaneous requests from overrunning the rules together.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    students: HashMap<StudentId, (StudentRecord, Vec<SeatHeld>)>,
+}
+
+/// What the ledger made of an enroll's seat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// A new claim, to be written.
+    New,
+    /// The student already holds or is promised this course's seat.
+    Existing,
+}
+
+impl Ledger {
+    pub fn insert(&mut self, student: StudentId, record: StudentRecord) {
+        self.students.insert(student, (record, Vec::new()));
+    }
+
+    /// Counts a seat the student holds or is promised.
+    pub fn hold(&mut self, student: &StudentId, seat: SeatHeld) {
+        if let Some((_, seats)) = self.students.get_mut(student) {
+            seats.push(seat);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.students.is_empty()
+    }
+
+    /// Judges a student's request for a seat in `course` (credits and meetings), at `now`:
+    /// the refusal of a rule, or the seat claimed (and counted from now on). `None` when the
+    /// student is not in the registry.
+    pub fn claim_seat(
+        &mut self,
+        student: &StudentId,
+        course: &CourseId,
+        credits: u32,
+        meetings: &Meetings,
+        now: DateTime<Utc>,
+    ) -> Option<Result<Claim, Refusal>> {
+        let (record, seats) = self.students.get_mut(student)?;
+        may_ask(record, now).err().map(Err).or_else(|| {
+            if seats.iter().any(|s| s.course == *course) {
+                return Some(Ok(Claim::Existing));
+            }
+            let loads: Vec<CourseLoad<'_>> = seats
+                .iter()
+                .map(|s| CourseLoad {
+                    course: &s.course,
+                    credits: s.credits,
+                    meetings: &s.meetings,
+                })
+                .collect();
+            let asked = CourseLoad {
+                course,
+                credits,
+                meetings,
+            };
+            if let Err(refusal) = may_take_seat(record, &loads, &asked, None, now) {
+                return Some(Err(refusal));
+            }
+            seats.push(SeatHeld {
+                course: course.clone(),
+                credits,
+                meetings: meetings.clone(),
+            });
+            Some(Ok(Claim::New))
+        })
+    }
+
+    /// Judges a request that takes no seat: a student outside the registry is refused, and
+    /// so is one whose holds or time ticket forbid asking, when the request is an enroll.
+    pub fn may_ask(&self, student: &StudentId, now: DateTime<Utc>) -> Result<(), Refusal> {
+        match self.students.get(student) {
+            None => Err(Refusal::UnknownStudent),
+            Some((record, _)) => may_ask(record, now),
+        }
+    }
+}
+
+/// A refusal's facts, flat, as stored with its outcome and sent in its answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleFacts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holds: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_opens_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_held: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_asked: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_allowed: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts_with: Option<String>,
+}
+
+impl Refusal {
+    /// The refusal's facts, flat.
+    pub fn facts(&self) -> RuleFacts {
+        match self {
+            Refusal::UnknownStudent => RuleFacts::default(),
+            Refusal::Hold { holds } => RuleFacts {
+                holds: Some(holds.clone()),
+                ..RuleFacts::default()
+            },
+            Refusal::NotYourTurn { at } => RuleFacts {
+                registration_opens_at: Some(*at),
+                ..RuleFacts::default()
+            },
+            Refusal::CreditLimit {
+                held,
+                asked,
+                allowed,
+            } => RuleFacts {
+                credits_held: Some(*held),
+                credits_asked: Some(*asked),
+                credits_allowed: Some(*allowed),
+                ..RuleFacts::default()
+            },
+            Refusal::TimeConflict { with } => RuleFacts {
+                conflicts_with: Some(with.to_string()),
+                ..RuleFacts::default()
+            },
+        }
+    }
+
+    /// The refusal a stored reason and its facts stand for; `None` for a reason of no rule, or
+    /// facts that do not fit it.
+    pub fn from_facts(reason: Reason, facts: RuleFacts) -> Option<Self> {
+        Some(match reason {
+            Reason::UnknownStudent => Refusal::UnknownStudent,
+            Reason::Hold => Refusal::Hold {
+                holds: facts.holds?,
+            },
+            Reason::NotYourTurn => Refusal::NotYourTurn {
+                at: facts.registration_opens_at?,
+            },
+            Reason::CreditLimit => Refusal::CreditLimit {
+                held: facts.credits_held?,
+                asked: facts.credits_asked?,
+                allowed: facts.credits_allowed?,
+            },
+            Reason::TimeConflict => Refusal::TimeConflict {
+                with: CourseId::parse(facts.conflicts_with?).ok()?,
+            },
+            _ => return None,
+        })
+    }
+
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::UnknownStudent => Reason::UnknownStudent,
+            Refusal::Hold { .. } => Reason::Hold,
+            Refusal::NotYourTurn { .. } => Reason::NotYourTurn,
+            Refusal::CreditLimit { .. } => Reason::CreditLimit,
+            Refusal::TimeConflict { .. } => Reason::TimeConflict,
+        }
+    }
+
+    /// Whether this refusal concerns the seat only: the student may still take a waitlist
+    /// place (which counts for no credits and clashes with nothing).
+    pub fn seat_only(&self) -> bool {
+        matches!(
+            self,
+            Refusal::CreditLimit { .. } | Refusal::TimeConflict { .. }
+        )
+    }
 }
 
 /// Whether `student`, holding the seats `seats`, may take a seat in `asked` at `now`; a swap

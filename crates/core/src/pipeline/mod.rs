@@ -20,7 +20,7 @@ pub use in_flight::{InFlight, InFlightGuard};
 pub use ticket::CourseTicket;
 
 use crate::amqp::{AckHandle, Outbox, Outgoing, ReplyTo};
-use crate::domain::{Decision, Partition, Reason, Request};
+use crate::domain::{Decision, Partition, Reason, Refusal, Request, Ruling};
 use crate::protocol::{DecidedAnswer, Stage};
 use crate::store::Pending;
 
@@ -36,6 +36,8 @@ pub struct Envelope {
     /// The broker delivered this message before (to this or another worker).
     pub redelivered: bool,
     pub guard: InFlightGuard,
+    /// What the registration rules said of it at the intake.
+    pub ruling: Ruling,
 }
 
 /// A decided request on its way to the group commit (its reply address travels in `pending`,
@@ -99,6 +101,8 @@ impl CommitQueue {
                 partition: envelope.partition,
                 epoch: envelope.epoch,
                 reply_to: envelope.reply_to,
+                ruled: envelope.ruling.is_on(),
+                skipped: decision.skipped,
             },
             ack: envelope.ack,
             ticket,
@@ -112,6 +116,12 @@ impl CommitQueue {
     /// redelivery replays it), without spawning anything.
     pub async fn reject(&self, envelope: Envelope, reason: Reason) -> Result<(), CommitClosed> {
         self.submit(envelope, Decision::rejected(reason), None)
+            .await
+    }
+
+    /// A request the registration rules refused before any course actor saw it.
+    pub async fn refuse(&self, envelope: Envelope, refusal: Refusal) -> Result<(), CommitClosed> {
+        self.submit(envelope, Decision::refused(refusal), None)
             .await
     }
 }

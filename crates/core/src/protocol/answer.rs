@@ -5,7 +5,7 @@ use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 
 use super::Invalid;
-use crate::domain::{Action, Outcome, Reason, Request, Verdict};
+use crate::domain::{Action, Outcome, Reason, Refusal, Request, Verdict};
 use crate::telemetry::metrics;
 
 /// The two moments a client hears about a request.
@@ -55,6 +55,23 @@ pub struct Answer {
     /// On the draw's outcome for an entrant: their rank in the draw, 1 first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draw_position: Option<u32>,
+    /// For reason `hold`: the holds on the student's account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holds: Option<Vec<String>>,
+    /// For reason `not_your_turn`: when the student's registration opens (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_opens_at: Option<String>,
+    /// For reason `credit_limit`: the credits of the seats the student holds (and has been
+    /// promised), those of the seat asked for, and the cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_held: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_asked: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_allowed: Option<u32>,
+    /// For reason `time_conflict`: the course whose seat meets at the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts_with: Option<String>,
     /// True when this request id had been decided before and the stored outcome is repeated.
     #[serde(default)]
     pub replayed: bool,
@@ -102,11 +119,32 @@ impl Answer {
                 .and_then(|d| d.entries_open_at)
                 .map(rfc3339),
             draw_position: verdict.draw_position(),
+            holds: None,
+            registration_opens_at: None,
+            credits_held: None,
+            credits_asked: None,
+            credits_allowed: None,
+            conflicts_with: None,
             replayed: false,
             revised: false,
             detail: None,
             correlation_id: None,
         }
+        .with_rule(verdict.rule.as_deref())
+    }
+
+    /// The facts of a rule's refusal, in their fields.
+    fn with_rule(mut self, refusal: Option<&Refusal>) -> Self {
+        if let Some(refusal) = refusal {
+            let facts = refusal.facts();
+            self.holds = facts.holds;
+            self.registration_opens_at = facts.registration_opens_at.map(rfc3339);
+            self.credits_held = facts.credits_held;
+            self.credits_asked = facts.credits_asked;
+            self.credits_allowed = facts.credits_allowed;
+            self.conflicts_with = facts.conflicts_with;
+        }
+        self
     }
 
     /// The event for a waitlisted student who took a freed seat: it answers their original
@@ -129,11 +167,32 @@ impl Answer {
             draw_commitment: None,
             entries_open_at: None,
             draw_position: None,
+            holds: None,
+            registration_opens_at: None,
+            credits_held: None,
+            credits_asked: None,
+            credits_allowed: None,
+            conflicts_with: None,
             replayed: false,
             revised: false,
             detail: None,
             correlation_id: None,
         }
+    }
+
+    /// The event for a waitlisted student the registration rules passed over for a freed
+    /// seat: final, about their original enroll request, which keeps its place.
+    pub fn passed_over(passed: &PassedOver) -> Self {
+        let mut answer = Self::promoted(&passed.promotion);
+        answer.outcome = Outcome::PromotionSkipped.as_str().to_owned();
+        answer.reason = Some(passed.refusal.reason().as_str().to_owned());
+        answer.with_rule(Some(&passed.refusal))
+    }
+
+    /// Whether this is an event about a waiting student (a promotion, or a promotion the rules
+    /// skipped) rather than the answer to a request's publish.
+    pub fn is_waitlist_event(&self) -> bool {
+        self.is_promotion() || self.outcome == Outcome::PromotionSkipped.as_str()
     }
 
     /// Whether this is a promotion event rather than the answer to a request.
@@ -161,6 +220,12 @@ impl Answer {
             draw_commitment: None,
             entries_open_at: None,
             draw_position: None,
+            holds: None,
+            registration_opens_at: None,
+            credits_held: None,
+            credits_asked: None,
+            credits_allowed: None,
+            conflicts_with: None,
             replayed: false,
             revised: false,
             detail: Some(invalid.why.clone()),
@@ -186,6 +251,12 @@ impl Answer {
             draw_commitment: self.draw_commitment.as_deref(),
             entries_open_at: self.entries_open_at.as_deref(),
             draw_position: self.draw_position,
+            holds: self.holds.as_deref(),
+            registration_opens_at: self.registration_opens_at.as_deref(),
+            credits_held: self.credits_held,
+            credits_asked: self.credits_asked,
+            credits_allowed: self.credits_allowed,
+            conflicts_with: self.conflicts_with.as_deref(),
             replayed: self.replayed,
             revised: self.revised,
             detail: self.detail.as_deref(),
@@ -247,6 +318,13 @@ impl<'a> DecidedAnswer<'a> {
         let draw = verdict.draw.as_deref();
         let draw_at = draw_at(verdict);
         let entries_open_at = draw.and_then(|d| d.entries_open_at).map(rfc3339);
+        // Only a rule's refusal has facts (rare): nothing is built for the others.
+        let facts = verdict
+            .rule
+            .as_deref()
+            .map(Refusal::facts)
+            .unwrap_or_default();
+        let registration_opens_at = facts.registration_opens_at.map(rfc3339);
         Wire {
             request_id: self.request.request_id.as_str(),
             course_id: self.request.course_id.as_str(),
@@ -264,6 +342,12 @@ impl<'a> DecidedAnswer<'a> {
             draw_commitment: draw.and_then(|d| d.commitment.as_deref()),
             entries_open_at: entries_open_at.as_deref(),
             draw_position: draw.and_then(|d| d.position),
+            holds: facts.holds.as_deref(),
+            registration_opens_at: registration_opens_at.as_deref(),
+            credits_held: facts.credits_held,
+            credits_asked: facts.credits_asked,
+            credits_allowed: facts.credits_allowed,
+            conflicts_with: facts.conflicts_with.as_deref(),
             replayed: self.replayed,
             revised: self.revised,
             detail: None,
@@ -302,6 +386,18 @@ struct Wire<'a> {
     entries_open_at: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     draw_position: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holds: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registration_opens_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credits_held: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credits_asked: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credits_allowed: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conflicts_with: Option<&'a str>,
     replayed: bool,
     revised: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -362,6 +458,16 @@ pub struct Promotion {
     /// The drop or course change that freed the seat.
     pub promoted_by: String,
     pub seats_left: u32,
+}
+
+/// A waitlisted student the rules passed over for the seat a request freed, as the group commit
+/// reports it: where to tell them (their enroll request's address), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedOver {
+    /// The student, their enroll request and its address, the request that freed the seat,
+    /// and the seats left after the promotions.
+    pub promotion: Promotion,
+    pub refusal: Refusal,
 }
 
 /// An entrant's outcome in a course's draw, as the group commit reports it: the second,
@@ -451,6 +557,29 @@ mod tests {
                 })),
                 ..Verdict::new(Outcome::Rejected, Some(Reason::NotOpen), 30)
             },
+            // The registration rules' refusals, each with its facts.
+            Verdict::refused(
+                Refusal::Hold {
+                    holds: vec!["unpaid_fees".into(), "advising".into()],
+                },
+                4,
+            ),
+            Verdict::refused(Refusal::NotYourTurn { at: opens }, 4),
+            Verdict::refused(
+                Refusal::CreditLimit {
+                    held: 9,
+                    asked: 3,
+                    allowed: 10,
+                },
+                4,
+            ),
+            Verdict::refused(
+                Refusal::TimeConflict {
+                    with: CourseId::parse("MATH-2").expect("valid"),
+                },
+                4,
+            ),
+            Verdict::refused(Refusal::UnknownStudent, 0),
         ];
         for verdict in &verdicts {
             for stage in [Stage::Provisional, Stage::Final] {
@@ -480,5 +609,53 @@ mod tests {
         );
         assert_eq!(early.opens_at.as_deref(), Some("2030-05-01T08:00:00.000Z"));
         assert_eq!(early.draw_at, None);
+        // The rules' facts likewise.
+        assert_eq!(
+            answer(&verdicts[5]).holds,
+            Some(vec!["unpaid_fees".to_owned(), "advising".to_owned()])
+        );
+        let turn = answer(&verdicts[6]);
+        assert_eq!(turn.reason.as_deref(), Some("not_your_turn"));
+        assert_eq!(
+            turn.registration_opens_at.as_deref(),
+            Some("2030-05-01T08:00:00.000Z")
+        );
+        let cap = answer(&verdicts[7]);
+        assert_eq!(
+            (cap.credits_held, cap.credits_asked, cap.credits_allowed),
+            (Some(9), Some(3), Some(10))
+        );
+        assert_eq!(
+            answer(&verdicts[8]).conflicts_with.as_deref(),
+            Some("MATH-2")
+        );
+        assert_eq!(
+            answer(&verdicts[9]).reason.as_deref(),
+            Some("unknown_student")
+        );
+    }
+
+    #[test]
+    fn a_refusal_survives_its_stored_facts() {
+        let refusals = [
+            Refusal::UnknownStudent,
+            Refusal::Hold {
+                holds: vec!["a".into()],
+            },
+            Refusal::NotYourTurn { at: Utc::now() },
+            Refusal::CreditLimit {
+                held: 1,
+                asked: 2,
+                allowed: 2,
+            },
+            Refusal::TimeConflict {
+                with: CourseId::parse("C1").expect("valid"),
+            },
+        ];
+        for refusal in refusals {
+            let stored = serde_json::to_value(refusal.facts()).expect("json");
+            let facts = serde_json::from_value(stored).expect("facts");
+            assert_eq!(Refusal::from_facts(refusal.reason(), facts), Some(refusal));
+        }
     }
 }

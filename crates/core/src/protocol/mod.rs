@@ -7,7 +7,7 @@
 mod answer;
 mod request;
 
-pub use answer::{Answer, DecidedAnswer, DrawResult, Promotion, Stage, answers_in};
+pub use answer::{Answer, DecidedAnswer, DrawResult, PassedOver, Promotion, Stage, answers_in};
 pub use request::{Invalid, RequestBody, parse_request, request_body};
 
 /// Largest request body accepted, in bytes. A real request is under 250 bytes; anything far

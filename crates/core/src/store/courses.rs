@@ -6,8 +6,8 @@ use sqlx::Row;
 use super::{Result, Store, StoreError};
 use crate::domain::CourseSnapshot;
 use crate::domain::{
-    CourseId, CourseSettings, DrawNote, DrawSeed, Meetings, Opening, Outcome, Reason, RequestId,
-    StudentId, Verdict,
+    CourseId, CourseSettings, DrawNote, DrawSeed, Meetings, Opening, Outcome, Reason, Refusal,
+    RequestId, RuleFacts, StudentId, Verdict,
 };
 
 /// A course as listed to operators.
@@ -382,7 +382,7 @@ impl Store {
 
 /// The columns of the `answers` view a verdict is read from.
 pub(super) const VERDICT_COLUMNS: &str = "outcome, reason, seats_left, waitlist_position, \
-     window_at, draw_commitment, entries_open_at, draw_position";
+     window_at, draw_commitment, entries_open_at, draw_position, rule";
 
 /// A stored verdict, from a row of [`VERDICT_COLUMNS`].
 pub(super) fn verdict_from_row(row: &sqlx::postgres::PgRow) -> Result<Verdict> {
@@ -395,14 +395,24 @@ pub(super) fn verdict_from_row(row: &sqlx::postgres::PgRow) -> Result<Verdict> {
         position: row.try_get::<Option<i32>, _>("draw_position")?.map(to_u32),
         entries_open_at: row.try_get("entries_open_at")?,
     };
+    let reason = reason.as_deref().and_then(Reason::parse);
+    let rule = match (
+        reason,
+        row.try_get::<Option<sqlx::types::Json<RuleFacts>>, _>("rule")?,
+    ) {
+        (Some(reason), Some(facts)) => Refusal::from_facts(reason, facts.0).map(Box::new),
+        (Some(Reason::UnknownStudent), None) => Some(Box::new(Refusal::UnknownStudent)),
+        _ => None,
+    };
     Ok(Verdict {
         outcome: Outcome::parse(&outcome)
             .ok_or_else(|| StoreError::Inconsistent(format!("unknown outcome {outcome:?}")))?,
-        reason: reason.as_deref().and_then(Reason::parse),
+        reason,
         seats_left: to_u32(seats_left),
         waitlist_position: position.map(to_u32),
         window_at: row.try_get("window_at")?,
         draw: (draw != DrawNote::default()).then(|| Box::new(draw)),
+        rule,
     })
 }
 

@@ -8,6 +8,7 @@ mod audit;
 mod commit;
 mod courses;
 mod ownership;
+mod student_seats;
 mod students;
 
 use std::time::Duration;

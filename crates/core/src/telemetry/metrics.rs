@@ -123,6 +123,9 @@ pub enum Stage {
     /// A request handed to its course actor's mailbox (finding or starting the actor, and for
     /// a course not seen yet, asking the catalog whether it exists).
     Route,
+    /// Requests judged under the registration rules, in one transaction per batch of
+    /// deliveries (only while a student registry is loaded).
+    Judge,
     /// A course actor deciding from memory.
     Decide,
     /// Answers written as JSON (provisional and final, alone or into a batch).
@@ -137,9 +140,10 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 8] = [
         Self::Parse,
         Self::Route,
+        Self::Judge,
         Self::Decide,
         Self::Serialize,
         Self::Publish,
@@ -151,6 +155,7 @@ impl Stage {
         match self {
             Self::Parse => "parse",
             Self::Route => "route",
+            Self::Judge => "judge",
             Self::Decide => "decide",
             Self::Serialize => "serialize",
             Self::Publish => "publish",
@@ -178,7 +183,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// The `action` labels, as `Action::as_str` spells them, in the order `request_committed`
 /// indexes them.
 const ACTIONS: [&str; 4] = ["enroll", "drop", "configure", "draw"];
-const OUTCOMES: [Outcome; 8] = [
+const OUTCOMES: [Outcome; 9] = [
     Outcome::Enrolled,
     Outcome::Waitlisted,
     Outcome::Rejected,
@@ -187,6 +192,7 @@ const OUTCOMES: [Outcome; 8] = [
     Outcome::Promoted,
     Outcome::Queued,
     Outcome::Drawn,
+    Outcome::PromotionSkipped,
 ];
 
 /// The handles of the metrics recorded once per request, registered once: looking a metric up
@@ -296,6 +302,7 @@ pub fn request_committed(action: &Action, outcome: Outcome) {
         Outcome::Promoted => 5,
         Outcome::Queued => 6,
         Outcome::Drawn => 7,
+        Outcome::PromotionSkipped => 8,
     };
     per_request().requests[a][o].increment(1);
 }
@@ -418,7 +425,8 @@ mod tests {
                 "configured",
                 "promoted",
                 "queued",
-                "drawn"
+                "drawn",
+                "promotion_skipped"
             ]
         );
     }

@@ -4,23 +4,26 @@
 //! its reason and answered where possible.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::anyhow;
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::fault::Fault;
+use super::registry_watch::RegistryWatch;
 use crate::amqp::{Broker, DeadCopy, Deliveries, Incoming, Outbox, Outgoing, ReplyTo, Topology};
 use crate::course::Registry;
-use crate::domain::{Action, Reason};
+use crate::domain::{Action, Reason, Request, Ruling};
 use crate::pipeline::{CommitQueue, Envelope, InFlight, InFlightGuard};
 use crate::protocol::{Answer, Invalid, parse_request};
-use crate::store::Lease;
+use crate::store::{Lease, Store};
 use crate::telemetry::metrics::{self, Stage};
 
 #[derive(Clone)]
 pub(super) struct Intake {
     pub broker: Arc<Broker>,
-    pub registry: Registry,
+    pub courses: Registry,
     pub commit: CommitQueue,
     /// Dead letters of invalid messages, and answers to them.
     pub outbox: Outbox,
@@ -32,7 +35,14 @@ pub(super) struct Intake {
     /// (unacked, it returns to the broker) instead of waiting on a database or broker that
     /// does not answer.
     pub halt: CancellationToken,
+    /// Whether the registration rules are on; the store judges requests under them.
+    pub registry: RegistryWatch,
+    pub store: Store,
 }
+
+/// Deliveries judged under the registration rules in one transaction at most: what the
+/// broker has already handed over is taken together, never waited for.
+const JUDGED_AT_ONCE: usize = 256;
 
 impl Intake {
     /// Consumes the partition held by `lease` until `stop`, counting each delivery in
@@ -63,16 +73,36 @@ impl Intake {
             };
             match next {
                 Some(Ok(incoming)) => {
-                    let guard = in_flight.enter();
+                    let mut batch = vec![(incoming, in_flight.enter())];
+                    let mut failed = None;
+                    // Under the rules, what the broker has already delivered is judged in one
+                    // transaction; without them, each delivery goes on alone, as it came.
+                    while self.registry.is_loaded() && batch.len() < JUDGED_AT_ONCE {
+                        match deliveries.next().now_or_never() {
+                            Some(Some(Ok(incoming))) => batch.push((incoming, in_flight.enter())),
+                            Some(Some(Err(e))) => {
+                                failed = Some(e);
+                                break;
+                            }
+                            Some(None) | None => break,
+                        }
+                    }
                     tokio::select! {
-                        // The delivery first: on the usual path it is routed at once, and the
-                        // halt's token is then never polled (polling it registers a waiter).
+                        // The deliveries first: on the usual path they are routed at once,
+                        // and the halt's token is then never polled (polling it registers a
+                        // waiter).
                         biased;
-                        () = self.handle(incoming, lease, guard) => {}
+                        () = self.handle_all(batch, lease) => {}
                         // Routing waits while the catalog cannot be read or a mailbox is
-                        // full, dead-lettering while the broker does not confirm; past the
-                        // halt, the delivery is dropped unacked and returns to the broker.
+                        // full, judging while the database does not answer, dead-lettering
+                        // while the broker does not confirm; past the halt, the deliveries
+                        // are dropped unacked and return to the broker.
                         _ = self.halt.cancelled() => break,
+                    }
+                    if let Some(e) = failed {
+                        self.fault
+                            .raise(anyhow::Error::new(e).context(format!("consuming {queue}")));
+                        break;
                     }
                 }
                 Some(Err(e)) => {
@@ -99,7 +129,69 @@ impl Intake {
         Some(deliveries)
     }
 
-    async fn handle(&self, incoming: Incoming, lease: Lease, guard: InFlightGuard) {
+    /// Parses each delivery, judges the valid ones under the registration rules (when a
+    /// registry is loaded), and hands each forward in order.
+    async fn handle_all(&self, batch: Vec<(Incoming, InFlightGuard)>, lease: Lease) {
+        let mut envelopes = Vec::with_capacity(batch.len());
+        for (incoming, guard) in batch {
+            if let Some(envelope) = self.parse(incoming, lease, guard).await {
+                envelopes.push(envelope);
+            }
+        }
+        if self.registry.is_loaded() && !envelopes.is_empty() {
+            let rulings = metrics::busy_while(Stage::Judge, self.judge(&envelopes)).await;
+            for (envelope, ruling) in envelopes.iter_mut().zip(rulings) {
+                envelope.ruling = ruling;
+            }
+        }
+        for envelope in envelopes {
+            self.forward(envelope).await;
+        }
+    }
+
+    /// The rulings of the rules on these requests, waiting while the database does not answer
+    /// (the intake's caller gives up at the halt).
+    async fn judge(&self, envelopes: &[Envelope]) -> Vec<Ruling> {
+        let requests: Vec<&Request> = envelopes.iter().map(|e| &e.request).collect();
+        let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
+        let mut failures = 0u32;
+        loop {
+            match self.store.judge(&requests, chrono::Utc::now()).await {
+                Ok(rulings) => return rulings,
+                Err(e) => {
+                    if failures == 0 {
+                        tracing::warn!(error = %crate::telemetry::chain(&e), "judging requests under the registration rules failed; retrying");
+                    }
+                    failures += 1;
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+                }
+            }
+        }
+    }
+
+    /// Hands a parsed request forward: refused by the rules or forbidden, straight to the
+    /// commit; otherwise to its course actor.
+    async fn forward(&self, envelope: Envelope) {
+        // An error means the committer is gone (shutting down): the delivery returns to its
+        // queue with the channel.
+        let _ = if let Ruling::Refused(refusal) = &envelope.ruling {
+            let refusal = refusal.clone();
+            self.commit.refuse(envelope, refusal).await
+        } else if self.may_not_change(&envelope) {
+            tracing::warn!(user = %envelope.request.student_id, course_id = %envelope.request.course_id, action = envelope.request.action.as_str(), "course change refused: not an admin user");
+            self.commit.reject(envelope, Reason::Forbidden).await
+        } else {
+            metrics::busy_while(Stage::Route, self.courses.route(envelope)).await
+        };
+    }
+
+    /// The delivery as an envelope; an invalid one is dead-lettered and answered here.
+    async fn parse(
+        &self,
+        incoming: Incoming,
+        lease: Lease,
+        guard: InFlightGuard,
+    ) -> Option<Envelope> {
         if incoming.redelivered {
             metrics::redelivered();
         }
@@ -118,7 +210,7 @@ impl Intake {
                     correlation_id: incoming.correlation_id,
                     batch,
                 });
-                let envelope = Envelope {
+                Some(Envelope {
                     request,
                     reply_to,
                     ack: incoming.ack,
@@ -126,17 +218,13 @@ impl Intake {
                     epoch: lease.epoch,
                     redelivered: incoming.redelivered,
                     guard,
-                };
-                // An error means the committer is gone (shutting down): the delivery returns
-                // to its queue with the channel.
-                let _ = if self.may_not_change(&envelope) {
-                    tracing::warn!(user = %envelope.request.student_id, course_id = %envelope.request.course_id, action = envelope.request.action.as_str(), "course change refused: not an admin user");
-                    self.commit.reject(envelope, Reason::Forbidden).await
-                } else {
-                    metrics::busy_while(Stage::Route, self.registry.route(envelope)).await
-                };
+                    ruling: Ruling::Off,
+                })
             }
-            Err(invalid) => self.reject(incoming, invalid, guard).await,
+            Err(invalid) => {
+                self.reject(incoming, invalid, guard).await;
+                None
+            }
         }
     }
 

@@ -10,6 +10,7 @@ mod fault;
 pub mod health;
 mod intake;
 mod ownership;
+mod registry_watch;
 mod session;
 mod shutdown;
 

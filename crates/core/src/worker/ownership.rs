@@ -225,7 +225,7 @@ impl Ownership {
             held,
             self.grace,
             self.drain_timeout,
-            self.intake.registry.clone(),
+            self.intake.courses.clone(),
             self.intake.halt.clone(),
         ))
     }
@@ -278,7 +278,7 @@ impl Ownership {
                 leaving.push(tokio::spawn(give_back(
                     h,
                     self.grace,
-                    self.intake.registry.clone(),
+                    self.intake.courses.clone(),
                     self.intake.halt.clone(),
                 )));
             }

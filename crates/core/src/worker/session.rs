@@ -22,6 +22,7 @@ use super::fault::Fault;
 use super::health::Health;
 use super::intake::Intake;
 use super::ownership::{Ownership, Stopped};
+use super::registry_watch::RegistryWatch;
 use super::shutdown::{CLOSE_HALTED_WITHIN, Halt, Left, STORE_CALL_WITHIN, Shutdown, until_halted};
 use crate::amqp::{Broker, Deliveries, Outbox};
 use crate::course::{ActorContext, Catalog, Close, Registry, RegistryConfig};
@@ -218,9 +219,17 @@ impl Session {
             in_flight.clone(),
             stop_pipeline.clone(),
         ));
+        let registry_watch = RegistryWatch::default();
+        tasks.spawn(
+            registry_watch
+                .clone()
+                .run(store.clone(), stop_pipeline.clone()),
+        );
         let intake = Intake {
             broker: self.broker.clone(),
-            registry: registry.clone(),
+            courses: registry.clone(),
+            registry: registry_watch,
+            store: store.clone(),
             commit,
             outbox: self.outbox,
             topology: config.topology.clone(),

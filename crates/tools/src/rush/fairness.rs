@@ -230,7 +230,7 @@ impl Student {
                 Ok(Some(answer)) => answer,
                 _ => return Ok(outcome),
             };
-            if answer.stage != Stage::Final || answer.is_promotion() {
+            if answer.stage != Stage::Final || answer.is_waitlist_event() {
                 continue;
             }
             match (answer.outcome.as_str(), answer.reason.as_deref()) {

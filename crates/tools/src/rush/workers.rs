@@ -335,17 +335,17 @@ mod tests {
         let ms = Duration::from_millis;
         let before = super::Profile {
             published: 2,
-            stages: [ms(1); 7],
+            stages: [ms(1); 8],
             broker_client: ms(3),
         };
         let after = super::Profile {
             published: 5,
-            stages: [ms(4); 7],
+            stages: [ms(4); 8],
             broker_client: ms(10),
         };
         let crowd = after.since(&before);
         assert_eq!(crowd.published, 3);
-        assert_eq!(crowd.stages, [ms(3); 7]);
+        assert_eq!(crowd.stages, [ms(3); 8]);
         assert_eq!(crowd.broker_client, ms(7));
         let two = crowd.plus(&crowd);
         assert_eq!(

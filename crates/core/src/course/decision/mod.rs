@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     Action, CourseId, CoursePatch, CourseSettings, CourseSnapshot, Decision, DrawEffect, DrawNote,
-    DrawnEntrant, Effect, Opening, Outcome, Reason, Request, RequestId, StudentId, Verdict,
-    draw_actor, draw_request_id,
+    DrawnEntrant, Effect, Eligibility, Opening, Outcome, Reason, Request, RequestId, Ruling,
+    Skipped, StudentId, Verdict, draw_actor, draw_request_id,
 };
 
 /// Entries a draw course takes by default before it answers `entries_full`: the bound on what
@@ -43,6 +43,25 @@ pub struct CourseState {
     /// The draw this state performed in memory and the caller has not taken yet
     /// ([`CourseState::take_draw`]).
     pending_draw: Option<(Request, Decision)>,
+    /// The students the rules passed over during the decision being made, taken into it.
+    skipped: Vec<Skipped>,
+}
+
+/// What the registration rules said, for one decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// Of the request, at the intake.
+    pub ruling: &'a Ruling,
+    /// Of the students waiting, when the request may free seats.
+    pub promotion: Option<&'a Eligibility>,
+}
+
+impl Rules<'_> {
+    /// No registry: the rules are off.
+    pub const OFF: Rules<'static> = Rules {
+        ruling: &Ruling::Off,
+        promotion: None,
+    };
 }
 
 impl CourseState {
@@ -63,6 +82,7 @@ impl CourseState {
             drawn: snapshot.drawn,
             entries_limit: DEFAULT_ENTRIES_LIMIT,
             pending_draw: None,
+            skipped: Vec::new(),
         };
         if unannounced {
             state.hold_draw_again();
@@ -83,6 +103,7 @@ impl CourseState {
                 verdict,
                 effect: Effect::None,
                 replay: true,
+                skipped: Vec::new(),
             };
             self.pending_draw = Some((request, replay));
         }
@@ -168,11 +189,43 @@ impl CourseState {
     /// At or after the opening of a draw course not yet drawn, the draw is performed first
     /// (whatever the request), and left for the caller in [`CourseState::take_draw`].
     pub fn decide(&mut self, request: &Request, now: DateTime<Utc>) -> Decision {
+        self.decide_under(request, now, &Rules::OFF)
+    }
+
+    /// The students whom a seat this request frees could go to, in line order, and how many
+    /// seats it frees, when the registration rules are on and the request would free one: the
+    /// caller judges them ([`Eligibility`]) before [`CourseState::decide_under`].
+    pub fn promotion_candidates(&self, request: &Request) -> Option<(Vec<StudentId>, usize)> {
+        if self.waitlist.is_empty() || self.decided.contains_key(&request.request_id) {
+            return None;
+        }
+        let seats = match &request.action {
+            Action::Drop if self.enrolled.contains(&request.student_id) => {
+                self.seats_left() as usize + 1
+            }
+            Action::Configure(patch) => {
+                let capacity = self.settings.patched(patch).capacity;
+                capacity.saturating_sub(self.enrolled_count()) as usize
+            }
+            _ => 0,
+        };
+        (seats > 0).then(|| (self.waitlist.iter().cloned().collect(), seats))
+    }
+
+    /// [`CourseState::decide`] under the registration rules: what they said of the request at
+    /// the intake, and of the students waiting (see [`CourseState::promotion_candidates`]).
+    pub fn decide_under(
+        &mut self,
+        request: &Request,
+        now: DateTime<Utc>,
+        rules: &Rules<'_>,
+    ) -> Decision {
         if let Some(stored) = self.decided.get(&request.request_id) {
             return Decision {
                 verdict: stored.clone(),
                 effect: Effect::None,
                 replay: true,
+                skipped: Vec::new(),
             };
         }
         if request.course_id != self.course_id {
@@ -180,7 +233,7 @@ impl CourseState {
         }
         self.draw_if_due(now);
         let (verdict, effect) = match &request.action {
-            Action::Configure(patch) => self.configure(patch),
+            Action::Configure(patch) => self.configure(patch, rules.promotion),
             Action::Draw => {
                 // A wake-up for a drawn course means the clock saw it unannounced: announce
                 // again (or just record it announced), so the clock stops waking it.
@@ -195,8 +248,10 @@ impl CourseState {
                     Action::Enroll => self.enter(&request.student_id, &request.request_id),
                     _ => self.withdraw(&request.student_id),
                 },
-                None if *action == Action::Enroll => self.enroll(&request.student_id),
-                None => self.drop_student(&request.student_id),
+                None if *action == Action::Enroll => {
+                    self.enroll_under(&request.student_id, rules.ruling)
+                }
+                None => self.drop_student(&request.student_id, rules.promotion),
             },
         };
         self.decided
@@ -205,6 +260,7 @@ impl CourseState {
             verdict,
             effect,
             replay: false,
+            skipped: std::mem::take(&mut self.skipped),
         }
     }
 
@@ -280,6 +336,7 @@ impl CourseState {
             verdict,
             effect: Effect::Draw(Box::new(DrawEffect { entrants })),
             replay: false,
+            skipped: Vec::new(),
         };
         self.pending_draw = Some((request, decision));
     }
@@ -359,7 +416,7 @@ impl CourseState {
             }));
             return (verdict, Effect::Withdraw);
         }
-        self.drop_student(student)
+        self.drop_student(student, None)
     }
 
     fn waitlisted(&self, student: &StudentId, reason: Option<Reason>) -> Verdict {
@@ -369,6 +426,12 @@ impl CourseState {
     }
 
     fn enroll(&mut self, student: &StudentId) -> (Verdict, Effect) {
+        self.enroll_under(student, &Ruling::Off)
+    }
+
+    /// An enroll; a seat only if the registration rules allow it (a place on the waitlist
+    /// counts for nothing under them).
+    fn enroll_under(&mut self, student: &StudentId, ruling: &Ruling) -> (Verdict, Effect) {
         if self.enrolled.contains(student) {
             let verdict = self.verdict(Outcome::Enrolled, Some(Reason::AlreadyEnrolled));
             return (verdict, Effect::None);
@@ -377,8 +440,15 @@ impl CourseState {
             let verdict = self.waitlisted(student, Some(Reason::AlreadyWaitlisted));
             return (verdict, Effect::None);
         }
-        // A free seat implies an empty waitlist: every freed seat goes to the head at once.
+        // A free seat implies an empty waitlist (every freed seat goes to the head at once),
+        // or one whose students the rules refused it to.
         if self.seats_left() > 0 {
+            if let Err(refusal) = ruling.seat() {
+                return (
+                    Verdict::refused(refusal.clone(), self.seats_left()),
+                    Effect::None,
+                );
+            }
             self.enrolled.insert(student.clone());
             return (self.verdict(Outcome::Enrolled, None), Effect::Enroll);
         }
@@ -393,9 +463,13 @@ impl CourseState {
         )
     }
 
-    fn drop_student(&mut self, student: &StudentId) -> (Verdict, Effect) {
+    fn drop_student(
+        &mut self,
+        student: &StudentId,
+        eligibility: Option<&Eligibility>,
+    ) -> (Verdict, Effect) {
         if self.enrolled.remove(student) {
-            let promoted = self.promote().pop();
+            let promoted = self.promote(eligibility).pop();
             return (
                 self.verdict(Outcome::Dropped, None),
                 Effect::Drop { promoted },
@@ -415,7 +489,11 @@ impl CourseState {
         )
     }
 
-    fn configure(&mut self, patch: &CoursePatch) -> (Verdict, Effect) {
+    fn configure(
+        &mut self,
+        patch: &CoursePatch,
+        eligibility: Option<&Eligibility>,
+    ) -> (Verdict, Effect) {
         let settings = self.settings.patched(patch);
         let refusal = if settings.capacity < self.enrolled_count() {
             Some(Reason::SeatsBelowEnrolled)
@@ -436,23 +514,48 @@ impl CourseState {
             return (self.verdict(Outcome::Rejected, Some(reason)), Effect::None);
         }
         self.settings = settings.clone();
-        let promoted = self.promote();
+        let promoted = self.promote(eligibility);
         (
             self.verdict(Outcome::Configured, None),
             Effect::Configure { settings, promoted },
         )
     }
 
-    /// Moves heads of the waitlist into free seats; returns them in order.
-    fn promote(&mut self) -> Vec<StudentId> {
+    /// Moves heads of the waitlist into free seats; returns them in order. Under the
+    /// registration rules (`eligibility`), the first in line whom the rules allow, passing
+    /// over (and noting in `skipped`) those they forbid, who keep their places.
+    fn promote(&mut self, eligibility: Option<&Eligibility>) -> Vec<StudentId> {
         let mut promoted = Vec::new();
-        while self.seats_left() > 0 {
-            let Some(head) = self.waitlist.pop_front() else {
+        let Some(judged) = eligibility else {
+            while self.seats_left() > 0 {
+                let Some(head) = self.waitlist.pop_front() else {
+                    break;
+                };
+                self.waiting.remove(&head);
+                self.enrolled.insert(head.clone());
+                promoted.push(head);
+            }
+            return promoted;
+        };
+        for (student, verdict) in judged {
+            if self.seats_left() == 0 {
                 break;
-            };
-            self.waiting.remove(&head);
-            self.enrolled.insert(head.clone());
-            promoted.push(head);
+            }
+            if !self.waiting.contains(student) {
+                continue;
+            }
+            match verdict {
+                Ok(()) => {
+                    self.waiting.remove(student);
+                    self.waitlist.retain(|s| s != student);
+                    self.enrolled.insert(student.clone());
+                    promoted.push(student.clone());
+                }
+                Err(refusal) => self.skipped.push(Skipped {
+                    student_id: student.clone(),
+                    refusal: refusal.clone(),
+                }),
+            }
         }
         promoted
     }

@@ -20,13 +20,14 @@ mod effects;
 mod fence;
 mod outcomes;
 mod results;
+mod seats;
 
 use std::collections::HashSet;
 
 use super::{Result, Store, StoreError};
 use crate::domain::Effect;
-use crate::domain::{Partition, ReplyTo, Request, Verdict};
-use crate::protocol::{DrawResult, Promotion};
+use crate::domain::{Partition, ReplyTo, Request, Skipped, Verdict};
+use crate::protocol::{DrawResult, PassedOver, Promotion};
 use results::Earlier;
 
 /// One decision waiting to be committed.
@@ -43,6 +44,11 @@ pub struct Pending {
     pub epoch: i64,
     /// Where the client listens; kept with a waitlist place to announce a promotion there.
     pub reply_to: Option<ReplyTo>,
+    /// The request was judged under the registration rules: the commit settles the ledger of
+    /// seats of the students it concerns.
+    pub ruled: bool,
+    /// Waiting students the rules passed over for the seats this request freed.
+    pub skipped: Vec<Skipped>,
 }
 
 /// What a committed decision turned out to be.
@@ -70,6 +76,8 @@ pub struct Committed {
     /// This is a course's draw record and the course is drawn (fresh and applied, or stored
     /// before): once its results are confirmed sent, the course counts as announced.
     pub settles_draw: bool,
+    /// Waiting students the rules passed over for the seats this request freed, to be told.
+    pub passed_over: Vec<PassedOver>,
 }
 
 /// One item of the batch, followed through the steps of the commit.
@@ -93,6 +101,8 @@ struct Fresh {
     promotions: Vec<Promotion>,
     /// What the draw this request carries gave each entrant.
     draws: Vec<DrawResult>,
+    /// Whom the rules passed over for the seats this request freed.
+    passed_over: Vec<PassedOver>,
     /// A draw the database refused (the actor's entrants were not the committed ones): nothing
     /// is written for it, not even its outcome, so the draw record stays free for the draw the
     /// reloaded actor performs.
@@ -113,6 +123,7 @@ impl Store {
         draws::read_back(&mut tx, &mut entries).await?;
         results::revise(&mut tx, &mut entries).await?;
         results::place_on_waitlist(&mut tx, &mut entries).await?;
+        seats::settle(&mut tx, &mut entries).await?;
         let batch_id = outcomes::insert(&mut tx, worker_id, &entries).await?;
         let mut earlier = results::earlier(&mut tx, &entries).await?;
         tx.commit().await?;
@@ -192,6 +203,7 @@ async fn entries<'a>(tx: &mut sqlx::PgConnection, items: &[&'a Pending]) -> Resu
                     unexpected: false,
                     promotions: Vec::new(),
                     draws: Vec::new(),
+                    passed_over: Vec::new(),
                     discard: false,
                 }),
             }
@@ -228,6 +240,7 @@ impl Entry<'_> {
                 draws: earlier.draws.remove(id).unwrap_or_default(),
                 // A stored draw record is only ever written with its draw.
                 settles_draw: self.pending.request.is_draw_record(),
+                passed_over: Vec::new(),
             });
         };
         if fresh.discard {
@@ -241,6 +254,7 @@ impl Entry<'_> {
                 promotions: Vec::new(),
                 draws: Vec::new(),
                 settles_draw: false,
+                passed_over: Vec::new(),
             });
         }
         let revised = !same_answer(&fresh.verdict, provisional);
@@ -254,6 +268,7 @@ impl Entry<'_> {
             promotions: fresh.promotions,
             draws: fresh.draws,
             settles_draw: self.pending.request.is_draw_record(),
+            passed_over: fresh.passed_over,
         })
     }
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Entry, Pending, to_i32};
-use crate::domain::Reason;
+use crate::domain::{Reason, RuleFacts};
 use crate::store::Result;
 
 /// Records the batch in `decision_batches` and the final verdict of each fresh entry in
@@ -29,10 +29,10 @@ pub(super) async fn insert(
     sqlx::query(
         "INSERT INTO outcomes \
            (request_id, course_id, student_id, action, outcome, reason, seats_left, \
-            waitlist_position, window_at, draw_commitment, entries_open_at, batch_id) \
-         SELECT r.*, $12 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+            waitlist_position, window_at, draw_commitment, entries_open_at, rule, batch_id) \
+         SELECT r.*, $13 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
                                     $6::text[], $7::int[], $8::int[], $9::timestamptz[], \
-                                    $10::text[], $11::timestamptz[]) AS r",
+                                    $10::text[], $11::timestamptz[], $12::jsonb[]) AS r",
     )
     .bind(&rows.request_ids)
     .bind(&rows.course_ids)
@@ -45,6 +45,7 @@ pub(super) async fn insert(
     .bind(&rows.windows)
     .bind(&rows.commitments)
     .bind(&rows.entries_open)
+    .bind(&rows.rules)
     .bind(batch_id)
     .execute(&mut *tx)
     .await?;
@@ -65,6 +66,7 @@ struct Columns<'a> {
     windows: Vec<Option<DateTime<Utc>>>,
     commitments: Vec<Option<&'a str>>,
     entries_open: Vec<Option<DateTime<Utc>>>,
+    rules: Vec<Option<sqlx::types::Json<RuleFacts>>>,
 }
 
 impl<'a> Columns<'a> {
@@ -95,6 +97,9 @@ impl<'a> Columns<'a> {
             columns
                 .entries_open
                 .push(draw.and_then(|d| d.entries_open_at));
+            columns
+                .rules
+                .push(verdict.rule.as_ref().map(|r| sqlx::types::Json(r.facts())));
         }
         columns
     }

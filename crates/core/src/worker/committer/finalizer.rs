@@ -165,6 +165,7 @@ impl<'a> Answers<'a> {
         }
         self.post_event(&answer).await;
         self.post_promotions(&committed.promotions).await;
+        self.post_passed_over(&committed.passed_over).await;
         // A course's draw record (fresh, or replayed to announce it again), even one with no
         // entrant: once confirmed, the course is announced and no clock wakes it again. A draw
         // the database refused settles nothing: the reloaded actor draws again.
@@ -210,18 +211,33 @@ impl<'a> Answers<'a> {
     /// either events mode (promotions are rare and each concerns one student).
     async fn post_promotions(&mut self, promotions: &[crate::protocol::Promotion]) {
         for promotion in promotions {
-            let body = Answer::promoted(promotion).to_json();
-            if let Some(queue) = &promotion.reply_to {
-                let to = ReplyTo::single(queue.as_str(), promotion.correlation_id.clone());
-                self.confirm(Outgoing::reply(&to, body.clone())).await;
-            }
-            let event = Outgoing::event(
-                self.topology,
-                &promotion.course_id,
-                &promotion.student_id,
-                body,
-            );
-            self.confirm(event).await;
+            self.post_to_waiting(promotion, Answer::promoted(promotion).to_json())
+                .await;
+        }
+    }
+
+    /// An event about a waiting student: at the address of their enroll request where it
+    /// still listens, and on the events exchange.
+    async fn post_to_waiting(&mut self, promotion: &crate::protocol::Promotion, body: Vec<u8>) {
+        if let Some(queue) = &promotion.reply_to {
+            let to = ReplyTo::single(queue.as_str(), promotion.correlation_id.clone());
+            self.confirm(Outgoing::reply(&to, body.clone())).await;
+        }
+        let event = Outgoing::event(
+            self.topology,
+            &promotion.course_id,
+            &promotion.student_id,
+            body,
+        );
+        self.confirm(event).await;
+    }
+
+    /// Each waiting student the rules passed over for a freed seat hears why, as a promoted
+    /// student would hear of the seat.
+    async fn post_passed_over(&mut self, passed: &[crate::protocol::PassedOver]) {
+        for passed in passed {
+            self.post_to_waiting(&passed.promotion, Answer::passed_over(passed).to_json())
+                .await;
         }
     }
 

@@ -1,0 +1,333 @@
+//! The registration rules where they must be exact across workers: each registry student's
+//! ledger of seats (`student_seats`), read and written under the student's row lock.
+//!
+//! A student's choices for several courses land on several partitions, often on several
+//! workers, in the same instant. Each judgement locks the rows of the students it concerns (in
+//! id order, so judgements never deadlock), reads their seats and claims, judges its requests
+//! in order with the pure rules of [`Ledger`], and writes the claims it grants before the
+//! lock is released: whichever worker judges a student next counts them. The triggers of
+//! `student_seats` refuse any row past the cap, clashing with another, or under a hold (I8),
+//! whatever wrote it. A claim becomes a held seat in the commit that gives the seat, and is
+//! released in the commit of a request that did not take it (`settle_student_seats`).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::courses::to_u32;
+use super::{Result, Store};
+use crate::domain::{
+    Action, Claim, CourseId, Ledger, Meetings, Refusal, Request, RequestId, Ruling, SeatHeld,
+    StudentId, StudentRecord,
+};
+
+/// A claim to write: the seat `course` promised to `student` by `request`.
+struct NewClaim<'a> {
+    student: &'a StudentId,
+    course: &'a CourseId,
+    credits: u32,
+    meetings: &'a Meetings,
+    request: &'a RequestId,
+}
+
+impl Store {
+    /// Whether a student registry is loaded (any student imported): the rules are on.
+    pub async fn registry_loaded(&self) -> Result<bool> {
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM students)")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Judges a batch of requests under the rules, in order, at `now`: one ruling per request.
+    /// Every ruling is [`Ruling::Off`] when no registry is loaded.
+    pub async fn judge(&self, requests: &[&Request], now: DateTime<Utc>) -> Result<Vec<Ruling>> {
+        let mut students: Vec<&str> = requests
+            .iter()
+            .filter(|r| is_students(r))
+            .map(|r| r.student_id.as_str())
+            .collect();
+        students.sort_unstable();
+        students.dedup();
+        let enrolls: Vec<&str> = requests
+            .iter()
+            .filter(|r| r.action == Action::Enroll)
+            .map(|r| r.course_id.as_str())
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        let mut ledger = read_ledger(&mut tx, &students).await?;
+        if ledger.is_empty() && !registry_loaded(&mut tx).await? {
+            tx.rollback().await?;
+            return Ok(vec![Ruling::Off; requests.len()]);
+        }
+        let courses = read_courses(&mut tx, &enrolls).await?;
+        let mut claims = Vec::new();
+        let rulings = requests
+            .iter()
+            .map(|request| {
+                if !is_students(request) {
+                    return Ruling::Allowed;
+                }
+                let student = &request.student_id;
+                let asked = courses.get(request.course_id.as_str());
+                match (&request.action, asked) {
+                    (Action::Enroll, Some((credits, meetings))) => {
+                        match ledger.claim_seat(
+                            student,
+                            &request.course_id,
+                            *credits,
+                            meetings,
+                            now,
+                        ) {
+                            None => Ruling::Refused(Refusal::UnknownStudent),
+                            Some(Err(refusal)) if !refusal.seat_only() => Ruling::Refused(refusal),
+                            Some(Err(refusal)) => Ruling::Seat(Err(refusal)),
+                            Some(Ok(claim)) => {
+                                if claim == Claim::New {
+                                    claims.push(NewClaim {
+                                        student,
+                                        course: &request.course_id,
+                                        credits: *credits,
+                                        meetings,
+                                        request: &request.request_id,
+                                    });
+                                }
+                                Ruling::Seat(Ok(()))
+                            }
+                        }
+                    }
+                    // An enroll for a course that does not exist: its course answers it, but
+                    // only to a student of the registry.
+                    (Action::Enroll, None) => match ledger.may_ask(student, now) {
+                        Err(refusal) => Ruling::Refused(refusal),
+                        Ok(()) => Ruling::Allowed,
+                    },
+                    // A drop is always allowed to a student of the registry.
+                    _ => match ledger.may_ask(student, now) {
+                        Err(Refusal::UnknownStudent) => Ruling::Refused(Refusal::UnknownStudent),
+                        _ => Ruling::Allowed,
+                    },
+                }
+            })
+            .collect();
+        write_claims(&mut tx, &claims).await?;
+        tx.commit().await?;
+        Ok(rulings)
+    }
+
+    /// Judges the students waiting for `course`, in line order, for the `seats` that
+    /// `cause` frees there, and claims a seat for each allowed, until the seats are claimed.
+    /// One answer per student judged, in order: `Ok` for a seat claimed (or a student outside
+    /// the registry, who needs no claim), `Err` for one the rules skip.
+    pub async fn claim_for_promotion(
+        &self,
+        course: &CourseId,
+        cause: &RequestId,
+        waiting: &[StudentId],
+        seats: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(StudentId, Result<(), Refusal>)>> {
+        let mut students: Vec<&str> = waiting.iter().map(StudentId::as_str).collect();
+        students.sort_unstable();
+        let mut tx = self.pool.begin().await?;
+        let mut ledger = read_ledger(&mut tx, &students).await?;
+        let courses = read_courses(&mut tx, &[course.as_str()]).await?;
+        let Some((credits, meetings)) = courses.get(course.as_str()) else {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        };
+        let mut judged = Vec::new();
+        let mut claims = Vec::new();
+        let mut granted = 0;
+        for student in waiting {
+            if granted == seats {
+                break;
+            }
+            let verdict = match ledger.claim_seat(student, course, *credits, meetings, now) {
+                None => Ok(()),
+                Some(Ok(claim)) => {
+                    claims.push((student, claim));
+                    Ok(())
+                }
+                Some(Err(refusal)) => Err(refusal),
+            };
+            granted += usize::from(verdict.is_ok());
+            judged.push((student.clone(), verdict));
+        }
+        let new: Vec<NewClaim<'_>> = claims
+            .iter()
+            .filter(|(_, claim)| *claim == Claim::New)
+            .map(|(student, _)| NewClaim {
+                student,
+                course,
+                credits: *credits,
+                meetings,
+                request: cause,
+            })
+            .collect();
+        write_claims(&mut tx, &new).await?;
+        // A claim made earlier (the student's own enroll, still in flight) now serves the
+        // promotion: it is released only with the request that frees the seat.
+        let existing: Vec<&str> = claims
+            .iter()
+            .filter(|(_, claim)| *claim == Claim::Existing)
+            .map(|(student, _)| student.as_str())
+            .collect();
+        if !existing.is_empty() {
+            sqlx::query(
+                "UPDATE student_seats SET request_id = $3 \
+                  WHERE course_id = $1 AND student_id = ANY ($2) AND NOT held",
+            )
+            .bind(course.as_str())
+            .bind(&existing)
+            .bind(cause.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        // A student passed over keeps no claim on the seat (one their own enroll made, still
+        // in flight, would otherwise let the database promote them).
+        let refused: Vec<&str> = judged
+            .iter()
+            .filter(|(_, verdict)| verdict.is_err())
+            .map(|(student, _)| student.as_str())
+            .collect();
+        if !refused.is_empty() {
+            sqlx::query(
+                "DELETE FROM student_seats \
+                  WHERE course_id = $1 AND student_id = ANY ($2) AND NOT held",
+            )
+            .bind(course.as_str())
+            .bind(&refused)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(judged)
+    }
+}
+
+/// Requests of a student, as the rules see them (not a course change or a draw).
+fn is_students(request: &Request) -> bool {
+    matches!(request.action, Action::Enroll | Action::Drop)
+}
+
+async fn registry_loaded(tx: &mut sqlx::PgConnection) -> Result<bool> {
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM students)")
+        .fetch_one(&mut *tx)
+        .await?)
+}
+
+/// The registry records of `students` (sorted), locked in that order, with their seats.
+async fn read_ledger(tx: &mut sqlx::PgConnection, students: &[&str]) -> Result<Ledger> {
+    let mut ledger = Ledger::default();
+    if students.is_empty() {
+        return Ok(ledger);
+    }
+    let rows = sqlx::query(
+        "SELECT student_id, max_credits, registration_opens_at, holds FROM students \
+          WHERE student_id = ANY ($1) ORDER BY student_id FOR UPDATE",
+    )
+    .bind(students)
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in &rows {
+        let record = StudentRecord {
+            max_credits: to_u32(row.try_get("max_credits")?),
+            registration_opens_at: row.try_get("registration_opens_at")?,
+            holds: row.try_get("holds")?,
+        };
+        if let Ok(id) = StudentId::parse(row.try_get::<String, _>("student_id")?) {
+            ledger.insert(id, record);
+        }
+    }
+    if ledger.is_empty() {
+        return Ok(ledger);
+    }
+    let seats = sqlx::query(
+        "SELECT student_id, course_id, credits, meetings FROM student_seats \
+          WHERE student_id = ANY ($1)",
+    )
+    .bind(students)
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in &seats {
+        let (Ok(student), Ok(course)) = (
+            StudentId::parse(row.try_get::<String, _>("student_id")?),
+            CourseId::parse(row.try_get::<String, _>("course_id")?),
+        ) else {
+            continue;
+        };
+        // Stored by this module from a parsed value; an unreadable one clashes with nothing.
+        let meetings = Meetings::parse(row.try_get("meetings")?).unwrap_or_default();
+        let seat = SeatHeld {
+            course,
+            credits: to_u32(row.try_get("credits")?),
+            meetings,
+        };
+        ledger.hold(&student, seat);
+    }
+    Ok(ledger)
+}
+
+/// The credits and meetings of the courses asked for.
+async fn read_courses(
+    tx: &mut sqlx::PgConnection,
+    courses: &[&str],
+) -> Result<HashMap<String, (u32, Meetings)>> {
+    if courses.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows =
+        sqlx::query("SELECT course_id, credits, meetings FROM courses WHERE course_id = ANY ($1)")
+            .bind(courses)
+            .fetch_all(&mut *tx)
+            .await?;
+    rows.iter()
+        .map(|row| {
+            let meetings = Meetings::parse(row.try_get("meetings")?).unwrap_or_default();
+            Ok((
+                row.try_get("course_id")?,
+                (to_u32(row.try_get("credits")?), meetings),
+            ))
+        })
+        .collect()
+}
+
+async fn write_claims(tx: &mut sqlx::PgConnection, claims: &[NewClaim<'_>]) -> Result<()> {
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let students: Vec<&str> = claims.iter().map(|c| c.student.as_str()).collect();
+    let courses: Vec<&str> = claims.iter().map(|c| c.course.as_str()).collect();
+    let credits: Vec<i32> = claims
+        .iter()
+        .map(|c| i32::try_from(c.credits).unwrap_or(i32::MAX))
+        .collect();
+    let meetings: Vec<String> = claims.iter().map(|c| c.meetings.to_string()).collect();
+    let minutes: Vec<String> = claims.iter().map(|c| multirange(c.meetings)).collect();
+    let requests: Vec<&str> = claims.iter().map(|c| c.request.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO student_seats (student_id, course_id, credits, meetings, minutes, request_id) \
+         SELECT s, c, n, m, w::int4multirange, r \
+           FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[]) \
+                AS t(s, c, n, m, w, r)",
+    )
+    .bind(&students)
+    .bind(&courses)
+    .bind(&credits)
+    .bind(&meetings)
+    .bind(&minutes)
+    .bind(&requests)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The meetings as an `int4multirange` literal of minutes of the week.
+fn multirange(meetings: &Meetings) -> String {
+    let ranges: Vec<String> = meetings
+        .minutes_of_week()
+        .map(|(start, end)| format!("[{start},{end})"))
+        .collect();
+    format!("{{{}}}", ranges.join(","))
+}

@@ -1,0 +1,464 @@
+//! Registration rules across courses (a student registry loaded), against real workers,
+//! RabbitMQ and Postgres: unknown students, holds, time tickets, credit caps and clashes
+//! judged at decision time, promotions that pass over a student the rules forbid, and a
+//! student's simultaneous choices on two workers kept within the cap.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{Duration as Span, Utc};
+use sqlx::{Connection, PgConnection, Row};
+
+use seatrush_core::domain::{Action, CourseId, CourseSettings, Meetings, StudentId, StudentRecord};
+use seatrush_core::protocol::{Answer, Stage};
+
+use crate::helpers::{Listener, TestEnv, WAIT, enroll, request};
+
+fn course_with(credits: u32, meetings: &str, capacity: u32, waitlist: u32) -> CourseSettings {
+    CourseSettings {
+        capacity,
+        waitlist,
+        credits,
+        meetings: Meetings::parse(meetings).expect("valid meetings"),
+        ..CourseSettings::default()
+    }
+}
+
+async fn add(env: &TestEnv, id: &str, settings: CourseSettings) -> CourseId {
+    let course = CourseId::parse(format!("{}{id}", env.topology.prefix)).expect("valid id");
+    env.store
+        .add_courses(&[(course.clone(), settings)])
+        .await
+        .expect("add course");
+    course
+}
+
+fn student(max_credits: u32) -> StudentRecord {
+    StudentRecord {
+        max_credits,
+        ..StudentRecord::default()
+    }
+}
+
+async fn import(env: &TestEnv, students: &[(&str, StudentRecord)]) {
+    let rows: Vec<(StudentId, StudentRecord)> = students
+        .iter()
+        .map(|(id, record)| (StudentId::parse(*id).expect("valid id"), record.clone()))
+        .collect();
+    env.store.import_students(&rows).await.expect("import");
+}
+
+async fn db(env: &TestEnv) -> PgConnection {
+    PgConnection::connect(&env.database_url)
+        .await
+        .expect("connect")
+}
+
+/// No final answer contradicts the provisional one sent for the same request.
+fn assert_none_contradicted(received: &[Answer]) {
+    let mut provisional: HashMap<&str, &Answer> = HashMap::new();
+    for answer in received.iter().filter(|a| a.stage == Stage::Provisional) {
+        provisional.insert(&answer.request_id, answer);
+    }
+    for answer in received
+        .iter()
+        .filter(|a| a.stage == Stage::Final && !a.is_waitlist_event())
+    {
+        if let Some(early) = provisional.get(answer.request_id.as_str()) {
+            assert_eq!(
+                (&early.outcome, &early.reason),
+                (&answer.outcome, &answer.reason),
+                "the final answer to {} contradicts its provisional one",
+                answer.request_id
+            );
+            assert!(!answer.revised, "{answer:?}");
+        }
+    }
+}
+
+/// I8 in Postgres: each registry student's held seats are exactly their enrollments, within
+/// their cap, with no clash; the audit is clean.
+async fn assert_ledger_matches(env: &TestEnv) {
+    let rows = sqlx::query(
+        "SELECT s.student_id, coalesce(sum(l.credits), 0)::int AS credits, s.max_credits, \
+                count(l.*) FILTER (WHERE NOT l.held)::int AS claims, \
+                (SELECT count(*)::int FROM enrollments e WHERE e.student_id = s.student_id) AS seats, \
+                count(l.*) FILTER (WHERE l.held)::int AS held \
+           FROM students s LEFT JOIN student_seats l ON l.student_id = s.student_id \
+          GROUP BY s.student_id, s.max_credits",
+    )
+    .fetch_all(&mut db(env).await)
+    .await
+    .expect("read the ledger");
+    for row in rows {
+        let id: String = row.get("student_id");
+        let credits: i32 = row.get("credits");
+        let cap: i32 = row.get("max_credits");
+        assert!(credits <= cap, "{id} holds {credits} credits over {cap}");
+        assert_eq!(
+            row.get::<i32, _>("claims"),
+            0,
+            "{id} keeps an unsettled claim"
+        );
+        assert_eq!(
+            row.get::<i32, _>("seats"),
+            row.get::<i32, _>("held"),
+            "{id}: enrollments and held seats differ"
+        );
+    }
+    let violations = env.store.audit().await.expect("audit");
+    assert!(violations.is_empty(), "audit violations: {violations:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_refuse_with_their_reasons_and_never_contradict_an_answer() {
+    // Arrange: six 3-credit courses meeting at different hours, one clashing with the first,
+    // a 4-credit course without meetings, one with only waitlist places; students with a cap of 9 credits, a hold, a later
+    // time ticket, and plenty.
+    let mut env = TestEnv::new().await;
+    let mut courses = Vec::new();
+    for hour in 0..6 {
+        let meets = format!("MO {:02}:00-{:02}:50", 8 + hour, 8 + hour);
+        courses.push(add(&env, &format!("A{hour}"), course_with(3, &meets, 10, 5)).await);
+    }
+    let clash = add(&env, "C", course_with(3, "MO 08:30-09:20", 10, 5)).await;
+    let online = add(&env, "O", course_with(4, "", 10, 5)).await;
+    let full = add(&env, "F", course_with(3, "TU 08:00-09:00", 0, 5)).await;
+    let later_at = Utc::now() + Span::hours(1);
+    import(
+        &env,
+        &[
+            ("capped", student(9)),
+            (
+                "held",
+                StudentRecord {
+                    holds: vec!["unpaid_fees".into(), "advising".into()],
+                    ..student(30)
+                },
+            ),
+            (
+                "later",
+                StudentRecord {
+                    registration_opens_at: Some(later_at),
+                    ..student(30)
+                },
+            ),
+            ("plenty", student(30)),
+        ],
+    )
+    .await;
+    env.start_worker(env.worker_config()).await;
+    let mut client = Listener::new(&env, None).await;
+
+    // Act 1: a capped student fires six choices at once; the others ask once each.
+    let mut first: Vec<_> = courses
+        .iter()
+        .enumerate()
+        .map(|(i, c)| enroll(&format!("cap{i}"), c, "capped"))
+        .collect();
+    first.push(enroll("hold1", &courses[0], "held"));
+    first.push(enroll("late1", &courses[0], "later"));
+    first.push(enroll("ghost1", &courses[0], "ghost"));
+    first.push(request("ghost2", Action::Drop, &courses[0], "ghost"));
+    first.push(enroll("plenty1", &courses[0], "plenty"));
+    client.send(&first).await;
+    client.until(WAIT, |c| c.final_count() == first.len()).await;
+
+    // Assert 1
+    let finals = client.finals();
+    let outcome = |id: &str| {
+        let a = &finals[id];
+        (a.outcome.clone(), a.reason.clone())
+    };
+    let enrolled = (0..6)
+        .filter(|i| finals[&format!("cap{i}")].outcome == "enrolled")
+        .count();
+    assert_eq!(enrolled, 3, "exactly three courses' credits fit a cap of 9");
+    for i in 0..6 {
+        let answer = &finals[&format!("cap{i}")];
+        if answer.outcome != "enrolled" {
+            assert_eq!(answer.reason.as_deref(), Some("credit_limit"), "{answer:?}");
+            assert_eq!(
+                (
+                    answer.credits_held,
+                    answer.credits_asked,
+                    answer.credits_allowed
+                ),
+                (Some(9), Some(3), Some(9))
+            );
+        }
+    }
+    let hold = &finals["hold1"];
+    assert_eq!(outcome("hold1"), ("rejected".into(), Some("hold".into())));
+    assert_eq!(
+        hold.holds.as_deref(),
+        Some(&["unpaid_fees".to_owned(), "advising".to_owned()][..])
+    );
+    assert_eq!(
+        outcome("late1"),
+        ("rejected".into(), Some("not_your_turn".into()))
+    );
+    let ticket = finals["late1"]
+        .registration_opens_at
+        .as_deref()
+        .expect("the time ticket");
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(ticket)
+            .expect("RFC 3339")
+            .timestamp(),
+        later_at.timestamp()
+    );
+    for id in ["ghost1", "ghost2"] {
+        assert_eq!(
+            outcome(id),
+            ("rejected".into(), Some("unknown_student".into()))
+        );
+    }
+    assert_eq!(outcome("plenty1"), ("enrolled".into(), None));
+
+    // Act 2: a clashing course, a course past the cap that has no seat (a waitlist place is
+    // allowed), and one that fits.
+    let second = [
+        enroll("plenty2", &clash, "plenty"),
+        enroll("plenty3", &online, "plenty"),
+        enroll("cap-full", &full, "capped"),
+        enroll("cap-online", &online, "capped"),
+    ];
+    client.send(&second).await;
+    client
+        .until(WAIT, |c| c.final_count() == first.len() + second.len())
+        .await;
+
+    // Assert 2
+    let finals = client.finals();
+    let conflict = &finals["plenty2"];
+    assert_eq!(
+        (conflict.outcome.as_str(), conflict.reason.as_deref()),
+        ("rejected", Some("time_conflict"))
+    );
+    assert_eq!(
+        conflict.conflicts_with.as_deref(),
+        Some(courses[0].as_str())
+    );
+    assert_eq!(finals["plenty3"].outcome, "enrolled");
+    assert_eq!(
+        finals["cap-full"].outcome, "waitlisted",
+        "{:?}",
+        finals["cap-full"]
+    );
+    assert_eq!(finals["cap-online"].reason.as_deref(), Some("credit_limit"));
+    assert_none_contradicted(&client.received);
+    assert_ledger_matches(&env).await;
+    let nothing: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM enrollments WHERE student_id = 'ghost'")
+            .fetch_one(&mut db(&env).await)
+            .await
+            .expect("count");
+    assert_eq!(nothing, 0, "an unknown student creates no state");
+
+    client.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_passes_over_a_student_the_rules_forbid_and_tells_them() {
+    // Arrange: one seat and a waitlist; the first in line already holds 3 of their 3 credits.
+    let mut env = TestEnv::new().await;
+    let course = add(&env, "P", course_with(3, "WE 10:00-11:00", 1, 5)).await;
+    let other = add(&env, "Q", course_with(3, "TH 10:00-11:00", 5, 0)).await;
+    import(
+        &env,
+        &[
+            ("first", student(30)),
+            ("full-load", student(3)),
+            ("next", student(30)),
+        ],
+    )
+    .await;
+    env.start_worker(env.worker_config()).await;
+    let mut client = Listener::new(&env, None).await;
+    let steps = [
+        enroll("q-load", &other, "full-load"),
+        enroll("p-first", &course, "first"),
+        enroll("p-load", &course, "full-load"),
+        enroll("p-next", &course, "next"),
+    ];
+    for (n, step) in steps.iter().enumerate() {
+        client.send(std::slice::from_ref(step)).await;
+        client.until(WAIT, |c| c.final_count() == n + 1).await;
+    }
+    let finals = client.finals();
+    assert_eq!(
+        finals["p-load"].outcome, "waitlisted",
+        "a place counts no credits"
+    );
+    assert_eq!(finals["p-load"].waitlist_position, Some(1));
+    assert_eq!(finals["p-next"].waitlist_position, Some(2));
+
+    // Act: the seat is given back.
+    client
+        .send(&[request("p-drop", Action::Drop, &course, "first")])
+        .await;
+    client
+        .until(WAIT, |c| {
+            c.final_count() == 5
+                && c.received.iter().any(|a| a.is_promotion())
+                && c.received.iter().any(|a| a.outcome == "promotion_skipped")
+        })
+        .await;
+
+    // Assert: the next in line is promoted; the student over the cap is told why and keeps
+    // their place.
+    let promoted: Vec<&str> = client
+        .received
+        .iter()
+        .filter(|a| a.is_promotion())
+        .map(|a| a.student_id.as_str())
+        .collect();
+    assert_eq!(promoted, ["next"]);
+    let skipped = client
+        .received
+        .iter()
+        .find(|a| a.outcome == "promotion_skipped")
+        .expect("the skipped student is told");
+    assert_eq!(
+        (
+            skipped.student_id.as_str(),
+            skipped.request_id.as_str(),
+            skipped.reason.as_deref(),
+            skipped.promoted_by.as_deref()
+        ),
+        ("full-load", "p-load", Some("credit_limit"), Some("p-drop"))
+    );
+    assert_eq!(
+        (
+            skipped.credits_held,
+            skipped.credits_asked,
+            skipped.credits_allowed
+        ),
+        (Some(3), Some(3), Some(3))
+    );
+    let detail = env
+        .store
+        .course_detail(&course)
+        .await
+        .expect("read")
+        .expect("course");
+    assert_eq!(detail.enrolled_students, vec!["next".to_owned()]);
+    assert_eq!(detail.waitlist, vec!["full-load".to_owned()]);
+    assert_none_contradicted(&client.received);
+    assert_ledger_matches(&env).await;
+
+    client.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_choices_on_two_workers_against_a_cap_of_three_enroll_exactly_three() {
+    // Arrange: two worker processes sharing 4 partitions, 16 courses of 3 credits at
+    // different hours; which worker decides each course is found by asking once for each as
+    // a student outside the registry.
+    let env = TestEnv::new().await;
+    let mut courses = Vec::new();
+    for k in 0..16 {
+        let meets = format!(
+            "{} {:02}:00-{:02}:50",
+            ["MO", "TU", "WE", "TH"][k % 4],
+            8 + k / 4,
+            8 + k / 4
+        );
+        courses.push(add(&env, &format!("T{k:02}"), course_with(3, &meets, 20, 0)).await);
+    }
+    import(&env, &[("six", student(9))]).await;
+    let a = env.launch("a", &["--lease-ms", "1500"], &[]);
+    let b = env.launch("b", &["--lease-ms", "1500"], &[]);
+    seatrush_tools::rush::wait_until_balanced(&env.store, &["a", "b"], WAIT)
+        .await
+        .expect("the two workers share the partitions");
+    let mut client = Listener::new(&env, None).await;
+    let probes: Vec<_> = courses
+        .iter()
+        .enumerate()
+        .map(|(k, c)| enroll(&format!("probe{k:02}"), c, "probe"))
+        .collect();
+    client.send(&probes).await;
+    client
+        .until(WAIT, |c| c.final_count() == probes.len())
+        .await;
+    let owners: HashMap<String, String> = sqlx::query(
+        "SELECT o.course_id, b.worker_id FROM outcomes o \
+           JOIN decision_batches b ON b.batch_id = o.batch_id WHERE o.student_id = 'probe'",
+    )
+    .fetch_all(&mut db(&env).await)
+    .await
+    .expect("owners")
+    .iter()
+    .map(|r| (r.get("course_id"), r.get("worker_id")))
+    .collect();
+    let on = |worker: &str| -> Vec<&CourseId> {
+        courses
+            .iter()
+            .filter(|c| owners.get(c.as_str()).map(String::as_str) == Some(worker))
+            .take(3)
+            .collect()
+    };
+    let (on_a, on_b) = (on("a"), on("b"));
+    assert_eq!((on_a.len(), on_b.len()), (3, 3), "owners: {owners:?}");
+
+    // Act: six choices at once, three on each worker.
+    let choices: Vec<_> = on_a
+        .iter()
+        .chain(&on_b)
+        .enumerate()
+        .map(|(i, c)| enroll(&format!("six{i}"), c, "six"))
+        .collect();
+    client.send(&choices).await;
+    client
+        .until(WAIT, |c| c.final_count() == probes.len() + choices.len())
+        .await;
+
+    // Assert
+    let finals = client.finals();
+    let outcomes: Vec<(&str, Option<&str>)> = (0..6)
+        .map(|i| {
+            let a = &finals[&format!("six{i}")];
+            (a.outcome.as_str(), a.reason.as_deref())
+        })
+        .collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == ("enrolled", None))
+            .count(),
+        3,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == ("rejected", Some("credit_limit")))
+            .count(),
+        3,
+        "{outcomes:?}"
+    );
+    let deciders: HashSet<String> = sqlx::query_scalar(
+        "SELECT DISTINCT b.worker_id FROM outcomes o \
+           JOIN decision_batches b ON b.batch_id = o.batch_id WHERE o.student_id = 'six'",
+    )
+    .fetch_all(&mut db(&env).await)
+    .await
+    .expect("deciders")
+    .into_iter()
+    .collect();
+    assert_eq!(
+        deciders.len(),
+        2,
+        "both workers decided some of the choices"
+    );
+    assert_none_contradicted(&client.received);
+    assert_ledger_matches(&env).await;
+
+    client.close().await;
+    a.stop(WAIT).await.expect("a exits cleanly");
+    b.stop(WAIT).await.expect("b exits cleanly");
+    env.cleanup().await;
+}
