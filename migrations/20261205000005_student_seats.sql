@@ -20,13 +20,19 @@ CREATE TABLE student_seats (
     credits     integer        NOT NULL CHECK (credits >= 0),
     meetings    text           NOT NULL,
     minutes     int4multirange NOT NULL,
-    -- The request that claimed it (the enroll, or the drop or change whose freed seat it takes).
+    -- The request that claimed it (the enroll or swap, or the drop or change whose freed seat
+    -- it takes).
     request_id  text           NOT NULL,
     held        boolean        NOT NULL DEFAULT false,
+    -- A swap giving this seat up: while it is decided, and once it took its new seat until the
+    -- release that gives this one back is committed, the seat counts for nothing here (the
+    -- swap is judged as if it were already dropped). A swap that fails restores it.
+    released_by text,
     claimed_at  timestamptz    NOT NULL DEFAULT now(),
     PRIMARY KEY (student_id, course_id),
     -- I8: no two seats of one student meet at the same time.
     CONSTRAINT student_seats_no_clash EXCLUDE USING gist (student_id WITH =, minutes WITH &&)
+        WHERE (released_by IS NULL)
 );
 CREATE INDEX student_seats_by_request ON student_seats (request_id) WHERE NOT held;
 
@@ -41,12 +47,13 @@ DECLARE
 BEGIN
     SELECT s.max_credits, s.holds INTO v_cap, v_holds
       FROM students s WHERE s.student_id = NEW.student_id FOR UPDATE;
-    IF TG_OP = 'INSERT' AND cardinality(v_holds) > 0 THEN
+    -- (A held row inserted is a seat taken before the student was imported, not a claim.)
+    IF TG_OP = 'INSERT' AND NOT NEW.held AND cardinality(v_holds) > 0 THEN
         RAISE EXCEPTION 'I8: student % has holds %; no seat may be claimed', NEW.student_id, v_holds
             USING ERRCODE = 'check_violation';
     END IF;
     SELECT coalesce(sum(credits), 0) INTO v_total
-      FROM student_seats WHERE student_id = NEW.student_id;
+      FROM student_seats WHERE student_id = NEW.student_id AND released_by IS NULL;
     IF v_total > v_cap THEN
         RAISE EXCEPTION 'I8: student % would hold % credits, more than the cap %',
             NEW.student_id, v_total, v_cap USING ERRCODE = 'check_violation';
@@ -60,8 +67,15 @@ CREATE TRIGGER student_seats_within_rules
     FOR EACH ROW EXECUTE FUNCTION student_seats_within_rules();
 
 -- The facts a rule's refusal carries (`holds`, `registration_opens_at`, `credits_held`,
--- `credits_asked`, `credits_allowed`, `conflicts_with`), so that a replay answers the same.
+-- `credits_asked`, `credits_allowed`, `conflicts_with`, `drop_course_id`), so that a replay
+-- answers the same.
 ALTER TABLE outcomes ADD COLUMN rule jsonb;
+
+-- Swaps, and the releases that complete them.
+ALTER TABLE outcomes
+    DROP CONSTRAINT outcomes_action_check,
+    ADD CONSTRAINT outcomes_action_check
+        CHECK (action IN ('enroll', 'drop', 'configure', 'draw', 'swap', 'release'));
 
 -- The answers view of 20261205000003_draw.sql, with the rule's facts.
 CREATE OR REPLACE VIEW answers AS
@@ -400,11 +414,12 @@ BEGIN
 END;
 $$;
 
--- After a batch's effects, in the commit's transaction: the seats the batch gave (enrolls and
--- promotions) are held, the seats it took back (drops) leave the ledger, and every claim its
--- requests made and did not use is released. The students' rows are locked in id order first,
--- so commits and judgements of the same students on several workers take turns without
--- deadlocking.
+-- After a batch's effects, in the commit's transaction: the seats the batch gave (enrolls,
+-- swaps and promotions) are held, the seats it took back (drops and releases) leave the
+-- ledger, every claim its requests made and did not use is released, and a seat a swap of the
+-- batch gave up is counted again unless the swap took its new seat. The students' rows are
+-- locked in id order first, so commits and judgements of the same students on several workers
+-- take turns without deadlocking.
 CREATE FUNCTION settle_student_seats(p_held_students text[], p_held_courses text[],
                                      p_dropped_students text[], p_dropped_courses text[],
                                      p_requests text[])
@@ -414,6 +429,8 @@ BEGIN
       WHERE s.student_id = ANY (p_held_students) OR s.student_id = ANY (p_dropped_students)
          OR s.student_id IN (SELECT c.student_id FROM student_seats c
                               WHERE c.request_id = ANY (p_requests) AND NOT c.held)
+         OR s.student_id IN (SELECT c.student_id FROM student_seats c
+                              WHERE c.released_by = ANY (p_requests))
       ORDER BY s.student_id FOR UPDATE;
     DELETE FROM student_seats c
      USING UNNEST(p_dropped_students, p_dropped_courses) AS d(student_id, course_id)
@@ -422,5 +439,10 @@ BEGIN
       FROM UNNEST(p_held_students, p_held_courses) AS h(student_id, course_id)
      WHERE c.student_id = h.student_id AND c.course_id = h.course_id AND NOT c.held;
     DELETE FROM student_seats c WHERE c.request_id = ANY (p_requests) AND NOT c.held;
+    UPDATE student_seats a SET released_by = NULL
+     WHERE a.released_by = ANY (p_requests)
+       AND NOT EXISTS (SELECT 1 FROM student_seats b
+                        WHERE b.student_id = a.student_id AND b.request_id = a.released_by
+                          AND b.held);
 END;
 $$;

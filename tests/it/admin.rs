@@ -227,16 +227,20 @@ async fn the_student_registry_and_course_credits_and_meetings_are_kept_and_shown
     .expect("write the file");
     let path = file.to_str().expect("utf-8 path");
 
-    // Act: import (twice: it replaces), enroll s1 in R1, change R1's credits through its actor.
+    // Act: import (twice: it replaces), enroll s2 in R1 (s1 has holds), change R1's credits
+    // through its actor.
     let imported = seatrush(&env, &["students", "import", path, "--json"]).await;
     let again = seatrush(&env, &["students", "import", path, "--json"]).await;
     env.start_worker(env.worker_config()).await;
     let course = CourseId::parse("R1").expect("id");
     let mut client = Listener::new(&env, None).await;
-    client.send(&[enroll("e1", &course, "s1")]).await;
-    client.until(WAIT, |c| c.final_count() == 1).await;
+    client
+        .send(&[enroll("e1", &course, "s1"), enroll("e2", &course, "s2")])
+        .await;
+    client.until(WAIT, |c| c.final_count() == 2).await;
     let changed = seatrush(&env, &["course", "set", "R1", "--credits", "5", "--json"]).await;
     let shown = seatrush(&env, &["students", "show", "s1", "--json"]).await;
+    let shown2 = seatrush(&env, &["students", "show", "s2", "--json"]).await;
     let unknown = seatrush(&env, &["students", "show", "nobody"]).await;
 
     // Assert
@@ -253,9 +257,12 @@ async fn the_student_registry_and_course_credits_and_meetings_are_kept_and_shown
     assert_eq!(s1["max_credits"], 12);
     assert_eq!(s1["holds"], serde_json::json!(["unpaid_fees", "advising"]));
     assert_eq!(s1["registration_opens_at"], "2026-09-01T09:00:00Z");
-    assert_eq!(s1["credits_held"], 5, "{s1}");
+    assert_eq!(client.finals()["e1"].reason.as_deref(), Some("hold"));
+    assert_eq!(s1["credits_held"], 0, "{s1}");
+    let s2 = json(&shown2);
+    assert_eq!(s2["credits_held"], 5, "{s2}");
     assert_eq!(
-        s1["courses_held"][0]["meetings"],
+        s2["courses_held"][0]["meetings"],
         "MO 09:00-10:30;WE 09:00-10:30"
     );
     assert!(!unknown.status.success());

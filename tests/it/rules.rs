@@ -462,3 +462,227 @@ async fn six_choices_on_two_workers_against_a_cap_of_three_enroll_exactly_three(
     b.stop(WAIT).await.expect("b exits cleanly");
     env.cleanup().await;
 }
+
+fn swap(
+    id: &str,
+    into: &CourseId,
+    giving_up: &CourseId,
+    who: &str,
+) -> seatrush_core::domain::Request {
+    request(id, Action::Swap(giving_up.clone()), into, who)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_takes_the_new_seat_and_gives_the_old_one_up_or_keeps_it() {
+    // Arrange: A (one seat, one student waiting), a full course, a free one clashing with A,
+    // one last seat two swaps race for; students with a cap of one course's credits.
+    let mut env = TestEnv::new().await;
+    let a = add(&env, "A", course_with(3, "MO 09:00-10:00", 1, 3)).await;
+    let full = add(&env, "F", course_with(3, "TU 09:00-10:00", 1, 0)).await;
+    let free = add(&env, "C", course_with(3, "MO 09:30-10:30", 5, 0)).await;
+    let last = add(&env, "L", course_with(3, "WE 09:00-10:00", 1, 0)).await;
+    let x = add(&env, "X", course_with(3, "TH 09:00-10:00", 5, 0)).await;
+    let y = add(&env, "Y", course_with(3, "FR 09:00-10:00", 5, 0)).await;
+    import(
+        &env,
+        &[
+            ("mover", student(3)),
+            ("waiting", student(3)),
+            ("occupant", student(30)),
+            ("racer1", student(3)),
+            ("racer2", student(3)),
+        ],
+    )
+    .await;
+    env.start_worker(env.worker_config()).await;
+    let mut client = Listener::new(&env, None).await;
+    let setup = [
+        enroll("m-a", &a, "mover"),
+        enroll("w-a", &a, "waiting"),
+        enroll("o-f", &full, "occupant"),
+        enroll("r1-x", &x, "racer1"),
+        enroll("r2-y", &y, "racer2"),
+    ];
+    for (n, step) in setup.iter().enumerate() {
+        client.send(std::slice::from_ref(step)).await;
+        client.until(WAIT, |c| c.final_count() == n + 1).await;
+    }
+    assert_eq!(client.finals()["w-a"].outcome, "waitlisted");
+
+    // Act 1: into a full course; giving up a course not held.
+    client
+        .send(&[
+            swap("sw-full", &full, &a, "mover"),
+            swap("sw-none", &free, &last, "mover"),
+        ])
+        .await;
+    client.until(WAIT, |c| c.final_count() == 7).await;
+    let finals = client.finals();
+    assert_eq!(
+        (
+            finals["sw-full"].outcome.as_str(),
+            finals["sw-full"].reason.as_deref()
+        ),
+        ("rejected", Some("full"))
+    );
+    let none = &finals["sw-none"];
+    assert_eq!(none.reason.as_deref(), Some("not_enrolled"));
+    assert_eq!(none.drop_course_id.as_deref(), Some(last.as_str()));
+    let held = |course: &CourseId| {
+        let course = course.clone();
+        let store = env.store.clone();
+        async move {
+            store
+                .course_detail(&course)
+                .await
+                .expect("read")
+                .expect("course")
+                .enrolled_students
+        }
+    };
+    assert_eq!(held(&a).await, ["mover"], "the old seat is kept");
+
+    // Act 2: into a free course that clashes with the one given up, with no credits to spare
+    // besides it: judged as if the old seat were already dropped.
+    client.send(&[swap("sw-free", &free, &a, "mover")]).await;
+    client
+        .until(WAIT, |c| {
+            c.final_count() == 8 && c.received.iter().any(|a| a.is_promotion())
+        })
+        .await;
+    assert_eq!(client.finals()["sw-free"].outcome, "enrolled");
+    assert_eq!(held(&free).await, ["mover"]);
+    assert_eq!(
+        held(&a).await,
+        ["waiting"],
+        "the old seat went to the head of its waitlist"
+    );
+    let promoted = client
+        .received
+        .iter()
+        .find(|a| a.is_promotion())
+        .expect("a promotion");
+    assert_eq!(promoted.request_id, "w-a");
+    assert!(
+        promoted
+            .promoted_by
+            .as_deref()
+            .is_some_and(|by| by.starts_with("swap-"))
+    );
+
+    // Act 3: two swaps race for the last seat.
+    client
+        .send(&[
+            swap("race1", &last, &x, "racer1"),
+            swap("race2", &last, &y, "racer2"),
+        ])
+        .await;
+    client.until(WAIT, |c| c.final_count() == 10).await;
+    let finals = client.finals();
+    let (won, lost, lost_seat) = if finals["race1"].outcome == "enrolled" {
+        ("racer1", "race2", &y)
+    } else {
+        ("racer2", "race1", &x)
+    };
+    assert_eq!(
+        finals[lost].reason.as_deref(),
+        Some("full"),
+        "{:?}",
+        finals[lost]
+    );
+    crate::helpers::eventually("the winner's old seat released", WAIT, || async {
+        let released = held(&x).await.is_empty() || held(&y).await.is_empty();
+        released.then_some(())
+    })
+    .await;
+    assert_eq!(held(&last).await, [won]);
+    let loser = if won == "racer1" { "racer2" } else { "racer1" };
+    assert_eq!(
+        held(lost_seat).await,
+        [loser],
+        "the losing swap keeps its seat"
+    );
+    assert_none_contradicted(&client.received);
+    assert_ledger_matches(&env).await;
+
+    client.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_finds_each_breach_of_the_rules_planted_behind_the_workers_back() {
+    // Arrange: a student holding two seats through the workers.
+    let mut env = TestEnv::new().await;
+    let a = add(&env, "A", course_with(3, "MO 09:00-10:00", 5, 0)).await;
+    let b = add(&env, "B", course_with(3, "MO 09:30-10:30", 5, 0)).await;
+    let c = add(&env, "C", course_with(3, "TU 09:00-10:00", 5, 0)).await;
+    import(&env, &[("s", student(6)), ("t", student(6))]).await;
+    env.start_worker(env.worker_config()).await;
+    let mut client = Listener::new(&env, None).await;
+    client
+        .send(&[enroll("s-a", &a, "s"), enroll("s-c", &c, "s")])
+        .await;
+    client.until(WAIT, |c| c.final_count() == 2).await;
+    assert_ledger_matches(&env).await;
+    env.stop_workers().await;
+
+    // Act: a seat with no ledger row, a cap lowered under what is held, a ledger row with
+    // no seat, and (the constraint set aside) a clashing one.
+    let mut db = db(&env).await;
+    let planted: [(&str, &CourseId); 5] = [
+        (
+            "INSERT INTO enrollments (course_id, student_id, request_id) VALUES ($1, 't', 'planted-1')",
+            &b,
+        ),
+        (
+            "UPDATE courses SET enrolled = enrolled + 1 WHERE course_id = $1",
+            &b,
+        ),
+        (
+            "UPDATE students SET max_credits = 3 WHERE student_id = 's' AND $1 <> ''",
+            &a,
+        ),
+        (
+            "DELETE FROM enrollments WHERE course_id = $1 AND student_id = 's'",
+            &c,
+        ),
+        (
+            "UPDATE courses SET enrolled = enrolled - 1 WHERE course_id = $1",
+            &c,
+        ),
+    ];
+    for (statement, course) in planted {
+        sqlx::query(statement)
+            .bind(course.as_str())
+            .execute(&mut db)
+            .await
+            .expect(statement);
+    }
+    let refused = sqlx::query(
+        "INSERT INTO student_seats \
+           (student_id, course_id, credits, meetings, minutes, request_id, held) \
+         VALUES ('s', $1, 0, 'MO 09:30-10:30', '{[570,630)}', 'planted-2', true)",
+    )
+    .bind(b.as_str())
+    .execute(&mut db)
+    .await;
+    assert!(
+        refused.is_err(),
+        "Postgres refuses a clashing seat in the ledger"
+    );
+
+    // Assert
+    let violations = env.store.audit().await.expect("audit");
+    let found: HashSet<&str> = violations.iter().map(|v| v.check).collect();
+    for check in [
+        "seat_without_ledger",
+        "credits_over_cap",
+        "ledger_without_seat",
+    ] {
+        assert!(
+            found.contains(check),
+            "{check} not found in {violations:#?}"
+        );
+    }
+    env.cleanup().await;
+}

@@ -612,6 +612,7 @@ mod tests {
             credits_asked: None,
             credits_allowed: None,
             conflicts_with: None,
+            drop_course_id: None,
             replayed: false,
             revised: false,
             detail: None,

@@ -122,6 +122,13 @@ pub enum Action {
     /// Wake a draw course at its opening, so it draws even if no student asks then. Published
     /// by the workers' draw clock under their own broker user; from anyone else, forbidden.
     Draw,
+    /// Take a seat in the course and give up the seat held in the one named, as one step: if
+    /// the seat cannot be had, the one held is kept.
+    Swap(CourseId),
+    /// Give back the seat a swap gave up, once the swap took its new seat. Published by the
+    /// worker that committed the swap, under its own broker user (named here, as the broker
+    /// checked it); from anyone else, forbidden.
+    Release(StudentId),
 }
 
 impl Action {
@@ -131,6 +138,8 @@ impl Action {
             Action::Drop => "drop",
             Action::Configure(_) => "configure",
             Action::Draw => "draw",
+            Action::Swap(_) => "swap",
+            Action::Release(_) => "release",
         }
     }
 }
@@ -436,6 +445,9 @@ pub const REASONS: [Reason; 23] = [
     Reason::TimeConflict,
 ];
 
+/// The prefix of the ids of the releases that complete swaps: only a release may take one.
+pub const SWAP_RELEASE_PREFIX: &str = "swap-";
+
 /// A request that passed every check at the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -447,6 +459,24 @@ pub struct Request {
 }
 
 impl Request {
+    /// The release that completes this swap: a drop of the course given up, under an id
+    /// derived from the swap's (so a redelivered swap releases once), in the reserved
+    /// [`SWAP_RELEASE_PREFIX`].
+    pub fn release_of_swap(&self, by: StudentId) -> Option<Request> {
+        let Action::Swap(given_up) = &self.action else {
+            return None;
+        };
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.request_id.as_str().as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        Some(Request {
+            request_id: RequestId::parse(format!("{SWAP_RELEASE_PREFIX}{hex}")).ok()?,
+            action: Action::Release(by),
+            course_id: given_up.clone(),
+            student_id: self.student_id.clone(),
+        })
+    }
+
     /// Whether this is the record of a course's draw (not a wake-up, whose ids are fresh).
     pub fn is_draw_record(&self) -> bool {
         self.action == Action::Draw && self.request_id == draw_request_id(&self.course_id)

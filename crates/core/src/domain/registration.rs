@@ -39,6 +39,8 @@ pub struct CourseLoad<'a> {
 pub enum Refusal {
     /// A registry is loaded and the student is not in it.
     UnknownStudent,
+    /// A swap gives up a seat the student does not hold (or is already giving up).
+    NotEnrolled { course: CourseId },
     /// Holds on the account, by name.
     Hold { holds: Vec<String> },
     /// The student's registration opens later.
@@ -85,6 +87,8 @@ pub struct SeatHeld {
     pub course: CourseId,
     pub credits: u32,
     pub meetings: Meetings,
+    /// Committed (not only claimed), and not being given up by a swap: a swap may give it up.
+    pub swappable: bool,
 }
 
 /// The students a batch of requests concerns, with their seats, as read under their rows'
@@ -120,21 +124,30 @@ impl Ledger {
         self.students.is_empty()
     }
 
-    /// Judges a student's request for a seat in `course` (credits and meetings), at `now`:
-    /// the refusal of a rule, or the seat claimed (and counted from now on). `None` when the
-    /// student is not in the registry.
+    /// Judges a student's request for a seat in `course` (credits and meetings), at `now`,
+    /// giving up the seat held in `giving_up` for a swap: the refusal of a rule, or the seat
+    /// claimed (and counted from now on; the seat given up still counts for the student's
+    /// other requests until the swap is settled). `None` when the student is not in the
+    /// registry.
     pub fn claim_seat(
         &mut self,
         student: &StudentId,
         course: &CourseId,
-        credits: u32,
-        meetings: &Meetings,
+        (credits, meetings): (u32, &Meetings),
+        giving_up: Option<&CourseId>,
         now: DateTime<Utc>,
     ) -> Option<Result<Claim, Refusal>> {
         let (record, seats) = self.students.get_mut(student)?;
         may_ask(record, now).err().map(Err).or_else(|| {
             if seats.iter().any(|s| s.course == *course) {
                 return Some(Ok(Claim::Existing));
+            }
+            if let Some(given) = giving_up
+                && !seats.iter().any(|s| s.course == *given && s.swappable)
+            {
+                return Some(Err(Refusal::NotEnrolled {
+                    course: given.clone(),
+                }));
             }
             let loads: Vec<CourseLoad<'_>> = seats
                 .iter()
@@ -149,13 +162,14 @@ impl Ledger {
                 credits,
                 meetings,
             };
-            if let Err(refusal) = may_take_seat(record, &loads, &asked, None, now) {
+            if let Err(refusal) = may_take_seat(record, &loads, &asked, giving_up, now) {
                 return Some(Err(refusal));
             }
             seats.push(SeatHeld {
                 course: course.clone(),
                 credits,
                 meetings: meetings.clone(),
+                swappable: false,
             });
             Some(Ok(Claim::New))
         })
@@ -186,6 +200,8 @@ pub struct RuleFacts {
     pub credits_allowed: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflicts_with: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_course_id: Option<String>,
 }
 
 impl Refusal {
@@ -193,6 +209,10 @@ impl Refusal {
     pub fn facts(&self) -> RuleFacts {
         match self {
             Refusal::UnknownStudent => RuleFacts::default(),
+            Refusal::NotEnrolled { course } => RuleFacts {
+                drop_course_id: Some(course.to_string()),
+                ..RuleFacts::default()
+            },
             Refusal::Hold { holds } => RuleFacts {
                 holds: Some(holds.clone()),
                 ..RuleFacts::default()
@@ -223,6 +243,9 @@ impl Refusal {
     pub fn from_facts(reason: Reason, facts: RuleFacts) -> Option<Self> {
         Some(match reason {
             Reason::UnknownStudent => Refusal::UnknownStudent,
+            Reason::NotEnrolled => Refusal::NotEnrolled {
+                course: CourseId::parse(facts.drop_course_id?).ok()?,
+            },
             Reason::Hold => Refusal::Hold {
                 holds: facts.holds?,
             },
@@ -244,6 +267,7 @@ impl Refusal {
     pub fn reason(&self) -> Reason {
         match self {
             Refusal::UnknownStudent => Reason::UnknownStudent,
+            Refusal::NotEnrolled { .. } => Reason::NotEnrolled,
             Refusal::Hold { .. } => Reason::Hold,
             Refusal::NotYourTurn { .. } => Reason::NotYourTurn,
             Refusal::CreditLimit { .. } => Reason::CreditLimit,

@@ -72,6 +72,10 @@ pub struct Answer {
     /// For reason `time_conflict`: the course whose seat meets at the same time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflicts_with: Option<String>,
+    /// For a swap refused `not_enrolled`: the course it would give up, which the student does
+    /// not hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_course_id: Option<String>,
     /// True when this request id had been decided before and the stored outcome is repeated.
     #[serde(default)]
     pub replayed: bool,
@@ -125,6 +129,7 @@ impl Answer {
             credits_asked: None,
             credits_allowed: None,
             conflicts_with: None,
+            drop_course_id: None,
             replayed: false,
             revised: false,
             detail: None,
@@ -143,6 +148,7 @@ impl Answer {
             self.credits_asked = facts.credits_asked;
             self.credits_allowed = facts.credits_allowed;
             self.conflicts_with = facts.conflicts_with;
+            self.drop_course_id = facts.drop_course_id;
         }
         self
     }
@@ -173,6 +179,7 @@ impl Answer {
             credits_asked: None,
             credits_allowed: None,
             conflicts_with: None,
+            drop_course_id: None,
             replayed: false,
             revised: false,
             detail: None,
@@ -226,6 +233,7 @@ impl Answer {
             credits_asked: None,
             credits_allowed: None,
             conflicts_with: None,
+            drop_course_id: None,
             replayed: false,
             revised: false,
             detail: Some(invalid.why.clone()),
@@ -257,6 +265,7 @@ impl Answer {
             credits_asked: self.credits_asked,
             credits_allowed: self.credits_allowed,
             conflicts_with: self.conflicts_with.as_deref(),
+            drop_course_id: self.drop_course_id.as_deref(),
             replayed: self.replayed,
             revised: self.revised,
             detail: self.detail.as_deref(),
@@ -348,6 +357,7 @@ impl<'a> DecidedAnswer<'a> {
             credits_asked: facts.credits_asked,
             credits_allowed: facts.credits_allowed,
             conflicts_with: facts.conflicts_with.as_deref(),
+            drop_course_id: facts.drop_course_id.as_deref(),
             replayed: self.replayed,
             revised: self.revised,
             detail: None,
@@ -398,6 +408,8 @@ struct Wire<'a> {
     credits_allowed: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     conflicts_with: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drop_course_id: Option<&'a str>,
     replayed: bool,
     revised: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -650,6 +662,9 @@ mod tests {
             },
             Refusal::TimeConflict {
                 with: CourseId::parse("C1").expect("valid"),
+            },
+            Refusal::NotEnrolled {
+                course: CourseId::parse("C2").expect("valid"),
             },
         ];
         for refusal in refusals {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::{MAX_BODY_BYTES, MAX_CREDITS, MAX_SEATS};
 use crate::domain::{
     Action, CourseId, CoursePatch, DrawSeed, IdError, Meetings, Opening, Request, RequestId,
-    StudentId,
+    SWAP_RELEASE_PREFIX, StudentId,
 };
 
 /// A request body as published: `enroll` and `drop` name a student; `configure` names at least
@@ -51,6 +51,9 @@ pub struct RequestBody {
     /// Weekly meetings, `MO 09:00-10:30;WE 09:00-10:30` (empty: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meetings: Option<String>,
+    /// For `swap`: the course whose seat is given up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_course_id: Option<String>,
 }
 
 /// Tells a field given as `null` (`Some(None)`) from an absent one (`None`, the default).
@@ -150,6 +153,12 @@ pub fn parse_request(
                  course's draw"
             ));
         }
+        if (parsed.action == "release") != request_id.as_str().starts_with(SWAP_RELEASE_PREFIX) {
+            return Err(format!(
+                "request ids starting with {SWAP_RELEASE_PREFIX:?} are reserved for the \
+                 releases that complete swaps, and a release takes one"
+            ));
+        }
         let course_id = CourseId::parse(parsed.course_id.as_str()).map_err(|e| e.to_string())?;
         let (action, student_id) = action_of(&parsed, user_id)?;
         Ok(Request {
@@ -177,7 +186,41 @@ fn action_of(parsed: &RequestBody, user_id: Option<&str>) -> Result<(Action, Stu
         Some(raw) => StudentId::parse(raw).map_err(|e: IdError| e.to_string()),
         None => Err(missing.to_owned()),
     };
+    if parsed.drop_course_id.is_some() && parsed.action != "swap" {
+        return Err("drop_course_id is only for action \"swap\"".to_owned());
+    }
     match parsed.action.as_str() {
+        "swap" | "release" if parsed.has_settings() => Err(format!(
+            "seats, waitlist, opens_at, closes_at, opening, entries_open_at, credits and \
+             meetings are only for action \"configure\", not {:?}",
+            parsed.action
+        )),
+        "swap" => {
+            let given_up = match parsed.drop_course_id.as_deref() {
+                Some(raw) => CourseId::parse(raw).map_err(|e| format!("drop_course_id: {e}"))?,
+                None => {
+                    return Err("a swap names the course it gives up in drop_course_id".to_owned());
+                }
+            };
+            if given_up.as_str() == parsed.course_id {
+                return Err("a swap gives up another course than the one it asks for".to_owned());
+            }
+            Ok((
+                Action::Swap(given_up),
+                student(parsed.student_id.as_deref(), "student_id is missing")?,
+            ))
+        }
+        "release" => {
+            let by = student(
+                user_id,
+                "a release must carry the user_id property (the broker checks it against the \
+                 publishing connection's user)",
+            )?;
+            Ok((
+                Action::Release(by),
+                student(parsed.student_id.as_deref(), "student_id is missing")?,
+            ))
+        }
         "enroll" | "drop" => {
             if parsed.has_settings() {
                 return Err(format!(
@@ -237,7 +280,8 @@ fn action_of(parsed: &RequestBody, user_id: Option<&str>) -> Result<(Action, Stu
             Ok((Action::Draw, who))
         }
         other => Err(format!(
-            "action {other:?} is not one of \"enroll\", \"drop\", \"configure\", \"draw\""
+            "action {other:?} is not one of \"enroll\", \"drop\", \"swap\", \"configure\", \
+             \"draw\""
         )),
     }
 }
@@ -260,7 +304,13 @@ pub fn request_body(request: &Request) -> Vec<u8> {
             body.credits = patch.credits;
             body.meetings = patch.meetings.as_ref().map(ToString::to_string);
         }
-        Action::Enroll | Action::Drop => body.student_id = Some(request.student_id.to_string()),
+        Action::Enroll | Action::Drop | Action::Release(_) => {
+            body.student_id = Some(request.student_id.to_string())
+        }
+        Action::Swap(given_up) => {
+            body.student_id = Some(request.student_id.to_string());
+            body.drop_course_id = Some(given_up.to_string());
+        }
         Action::Draw => {}
     }
     serde_json::to_vec(&body).unwrap_or_default()

@@ -129,7 +129,8 @@ const CHECKS: &[(&str, &str)] = &[
         "waiting_for_a_free_seat",
         "SELECT format('course %s has %s seats free while %s students wait', \
                        course_id, capacity - enrolled, waitlisted) \
-         FROM courses WHERE waitlisted > 0 AND enrolled < capacity",
+         FROM courses WHERE waitlisted > 0 AND enrolled < capacity \
+           AND waitlist_has_promotable(course_id)",
     ),
     (
         "rejection_without_reason",
@@ -184,6 +185,42 @@ const CHECKS: &[(&str, &str)] = &[
          WHERE o.action = 'enroll' AND o.decided_at >= c.opens_at \
            AND (o.outcome IN ('enrolled', 'waitlisted') OR o.reason = 'full') \
            AND NOT EXISTS (SELECT 1 FROM draw_entries x WHERE x.request_id = o.request_id)",
+    ),
+    // I8, over the registry's students: their ledger of seats matches their enrollments (a
+    // seat a swap gives up is counted from the swap on, until its release is committed),
+    // stays within the cap, and holds no claim a commit never settled.
+    (
+        "seat_without_ledger",
+        "SELECT format('student %s holds a seat in %s that their ledger does not count', \
+                       e.student_id, e.course_id) \
+         FROM enrollments e JOIN students s ON s.student_id = e.student_id \
+         LEFT JOIN student_seats l \
+           ON l.student_id = e.student_id AND l.course_id = e.course_id AND l.held \
+         WHERE l.student_id IS NULL",
+    ),
+    (
+        "ledger_without_seat",
+        "SELECT format('the ledger of student %s holds a seat in %s they do not have', \
+                       l.student_id, l.course_id) \
+         FROM student_seats l LEFT JOIN enrollments e \
+           ON e.student_id = l.student_id AND e.course_id = l.course_id \
+         WHERE l.held AND e.student_id IS NULL",
+    ),
+    (
+        "credits_over_cap",
+        "SELECT format('student %s holds %s credits, more than the cap %s', \
+                       s.student_id, sum(l.credits), s.max_credits) \
+         FROM students s JOIN student_seats l ON l.student_id = s.student_id \
+         WHERE l.released_by IS NULL \
+         GROUP BY s.student_id, s.max_credits HAVING sum(l.credits) > s.max_credits",
+    ),
+    (
+        "seats_clash",
+        "SELECT format('student %s holds seats in %s and %s, which meet at the same time', \
+                       a.student_id, a.course_id, b.course_id) \
+         FROM student_seats a JOIN student_seats b \
+           ON b.student_id = a.student_id AND a.course_id < b.course_id \
+         WHERE a.released_by IS NULL AND b.released_by IS NULL AND a.minutes && b.minutes",
     ),
     (
         "batch_log_mismatch",

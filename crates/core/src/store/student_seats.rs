@@ -22,13 +22,16 @@ use crate::domain::{
     StudentId, StudentRecord,
 };
 
-/// A claim to write: the seat `course` promised to `student` by `request`.
+/// A claim to write: the seat `course` promised to `student` by `request`; for a swap, the
+/// seat it gives up (`releases`), which the ledger keeps but no longer counts until the swap is
+/// settled.
 struct NewClaim<'a> {
     student: &'a StudentId,
     course: &'a CourseId,
     credits: u32,
     meetings: &'a Meetings,
     request: &'a RequestId,
+    releases: Option<&'a CourseId>,
 }
 
 impl Store {
@@ -51,7 +54,7 @@ impl Store {
         students.dedup();
         let enrolls: Vec<&str> = requests
             .iter()
-            .filter(|r| r.action == Action::Enroll)
+            .filter(|r| matches!(r.action, Action::Enroll | Action::Swap(_)))
             .map(|r| r.course_id.as_str())
             .collect();
         let mut tx = self.pool.begin().await?;
@@ -70,15 +73,15 @@ impl Store {
                 }
                 let student = &request.student_id;
                 let asked = courses.get(request.course_id.as_str());
+                let giving_up = match &request.action {
+                    Action::Swap(given) => Some(given),
+                    _ => None,
+                };
                 match (&request.action, asked) {
-                    (Action::Enroll, Some((credits, meetings))) => {
-                        match ledger.claim_seat(
-                            student,
-                            &request.course_id,
-                            *credits,
-                            meetings,
-                            now,
-                        ) {
+                    (Action::Enroll | Action::Swap(_), Some((credits, meetings))) => {
+                        let asked = (*credits, meetings);
+                        match ledger.claim_seat(student, &request.course_id, asked, giving_up, now)
+                        {
                             None => Ruling::Refused(Refusal::UnknownStudent),
                             Some(Err(refusal)) if !refusal.seat_only() => Ruling::Refused(refusal),
                             Some(Err(refusal)) => Ruling::Seat(Err(refusal)),
@@ -90,6 +93,7 @@ impl Store {
                                         credits: *credits,
                                         meetings,
                                         request: &request.request_id,
+                                        releases: giving_up,
                                     });
                                 }
                                 Ruling::Seat(Ok(()))
@@ -98,10 +102,12 @@ impl Store {
                     }
                     // An enroll for a course that does not exist: its course answers it, but
                     // only to a student of the registry.
-                    (Action::Enroll, None) => match ledger.may_ask(student, now) {
-                        Err(refusal) => Ruling::Refused(refusal),
-                        Ok(()) => Ruling::Allowed,
-                    },
+                    (Action::Enroll | Action::Swap(_), None) => {
+                        match ledger.may_ask(student, now) {
+                            Err(refusal) => Ruling::Refused(refusal),
+                            Ok(()) => Ruling::Allowed,
+                        }
+                    }
                     // A drop is always allowed to a student of the registry.
                     _ => match ledger.may_ask(student, now) {
                         Err(Refusal::UnknownStudent) => Ruling::Refused(Refusal::UnknownStudent),
@@ -143,7 +149,8 @@ impl Store {
             if granted == seats {
                 break;
             }
-            let verdict = match ledger.claim_seat(student, course, *credits, meetings, now) {
+            let verdict = match ledger.claim_seat(student, course, (*credits, meetings), None, now)
+            {
                 None => Ok(()),
                 Some(Ok(claim)) => {
                     claims.push((student, claim));
@@ -163,6 +170,7 @@ impl Store {
                 credits: *credits,
                 meetings,
                 request: cause,
+                releases: None,
             })
             .collect();
         write_claims(&mut tx, &new).await?;
@@ -208,7 +216,10 @@ impl Store {
 
 /// Requests of a student, as the rules see them (not a course change or a draw).
 fn is_students(request: &Request) -> bool {
-    matches!(request.action, Action::Enroll | Action::Drop)
+    matches!(
+        request.action,
+        Action::Enroll | Action::Drop | Action::Swap(_)
+    )
 }
 
 async fn registry_loaded(tx: &mut sqlx::PgConnection) -> Result<bool> {
@@ -244,8 +255,9 @@ async fn read_ledger(tx: &mut sqlx::PgConnection, students: &[&str]) -> Result<L
         return Ok(ledger);
     }
     let seats = sqlx::query(
-        "SELECT student_id, course_id, credits, meetings FROM student_seats \
-          WHERE student_id = ANY ($1)",
+        "SELECT student_id, course_id, credits, meetings, \
+                held AND released_by IS NULL AS swappable \
+           FROM student_seats WHERE student_id = ANY ($1)",
     )
     .bind(students)
     .fetch_all(&mut *tx)
@@ -263,6 +275,7 @@ async fn read_ledger(tx: &mut sqlx::PgConnection, students: &[&str]) -> Result<L
             course,
             credits: to_u32(row.try_get("credits")?),
             meetings,
+            swappable: row.try_get("swappable")?,
         };
         ledger.hold(&student, seat);
     }
@@ -294,6 +307,15 @@ async fn read_courses(
 }
 
 async fn write_claims(tx: &mut sqlx::PgConnection, claims: &[NewClaim<'_>]) -> Result<()> {
+    write_rows(tx, claims, false).await
+}
+
+/// Writes ledger rows: claims, or (`held`) seats already committed.
+async fn write_rows(
+    tx: &mut sqlx::PgConnection,
+    claims: &[NewClaim<'_>],
+    held: bool,
+) -> Result<()> {
     if claims.is_empty() {
         return Ok(());
     }
@@ -306,9 +328,33 @@ async fn write_claims(tx: &mut sqlx::PgConnection, claims: &[NewClaim<'_>]) -> R
     let meetings: Vec<String> = claims.iter().map(|c| c.meetings.to_string()).collect();
     let minutes: Vec<String> = claims.iter().map(|c| multirange(c.meetings)).collect();
     let requests: Vec<&str> = claims.iter().map(|c| c.request.as_str()).collect();
+    // A swap's seat given up first: the seat it takes may clash with it.
+    let (released, releasers): (Vec<(&str, &str)>, Vec<&str>) = claims
+        .iter()
+        .filter_map(|c| {
+            Some((
+                (c.student.as_str(), c.releases?.as_str()),
+                c.request.as_str(),
+            ))
+        })
+        .unzip();
+    if !released.is_empty() {
+        let (students, courses): (Vec<&str>, Vec<&str>) = released.into_iter().unzip();
+        sqlx::query(
+            "UPDATE student_seats l SET released_by = r.request \
+               FROM UNNEST($1::text[], $2::text[], $3::text[]) AS r(student, course, request) \
+              WHERE l.student_id = r.student AND l.course_id = r.course",
+        )
+        .bind(&students)
+        .bind(&courses)
+        .bind(&releasers)
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query(
-        "INSERT INTO student_seats (student_id, course_id, credits, meetings, minutes, request_id) \
-         SELECT s, c, n, m, w::int4multirange, r \
+        "INSERT INTO student_seats \
+           (student_id, course_id, credits, meetings, minutes, request_id, held) \
+         SELECT s, c, n, m, w::int4multirange, r, $7 \
            FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[]) \
                 AS t(s, c, n, m, w, r)",
     )
@@ -318,6 +364,7 @@ async fn write_claims(tx: &mut sqlx::PgConnection, claims: &[NewClaim<'_>]) -> R
     .bind(&meetings)
     .bind(&minutes)
     .bind(&requests)
+    .bind(held)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -330,4 +377,45 @@ fn multirange(meetings: &Meetings) -> String {
         .map(|(start, end)| format!("[{start},{end})"))
         .collect();
     format!("{{{}}}", ranges.join(","))
+}
+
+/// Counts in the ledger the seats `students` already hold (taken before they were imported,
+/// or before a registry was loaded at all): the rules judge their next requests with them.
+pub(super) async fn count_seats_held(tx: &mut sqlx::PgConnection, students: &[&str]) -> Result<()> {
+    let rows = sqlx::query(
+        "SELECT e.student_id, e.course_id, e.request_id, c.credits, c.meetings \
+           FROM enrollments e JOIN courses c ON c.course_id = e.course_id \
+          WHERE e.student_id = ANY ($1) \
+            AND NOT EXISTS (SELECT 1 FROM student_seats l \
+                             WHERE l.student_id = e.student_id AND l.course_id = e.course_id)",
+    )
+    .bind(students)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut seats = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let (Ok(student), Ok(course), Ok(request)) = (
+            StudentId::parse(row.try_get::<String, _>("student_id")?),
+            CourseId::parse(row.try_get::<String, _>("course_id")?),
+            RequestId::parse(row.try_get::<String, _>("request_id")?),
+        ) else {
+            continue;
+        };
+        let meetings = Meetings::parse(row.try_get("meetings")?).unwrap_or_default();
+        let credits = to_u32(row.try_get("credits")?);
+        seats.push((student, course, request, credits, meetings));
+    }
+    let held: Vec<NewClaim<'_>> = seats
+        .iter()
+        .map(|(student, course, request, credits, meetings)| NewClaim {
+            student,
+            course,
+            credits: *credits,
+            meetings,
+            request,
+            releases: None,
+        })
+        .collect();
+    write_rows(tx, &held, true).await?;
+    Ok(())
 }

@@ -38,8 +38,9 @@ pub struct WaitingFor {
 }
 
 impl Store {
-    /// Creates or replaces the registry's records of these students in one statement; returns
-    /// how many were new.
+    /// Creates or replaces the registry's records of these students in one transaction, with
+    /// the seats they already hold counted in their ledger; returns how many were new. Fails,
+    /// changing nothing, if a student already holds more than their cap or clashing seats.
     pub async fn import_students(&self, students: &[(StudentId, StudentRecord)]) -> Result<u64> {
         let ids: Vec<&str> = students.iter().map(|(id, _)| id.as_str()).collect();
         let caps: Vec<i32> = students
@@ -53,6 +54,7 @@ impl Store {
         // One text per student (arrays of arrays must be rectangular in Postgres): the holds
         // joined by `;`, split again in SQL.
         let holds: Vec<String> = students.iter().map(|(_, s)| s.holds.join(";")).collect();
+        let mut tx = self.pool.begin().await?;
         let new: Vec<bool> = sqlx::query_scalar(
             "INSERT INTO students (student_id, max_credits, registration_opens_at, holds) \
              SELECT s.id, s.cap, s.ticket, \
@@ -69,8 +71,10 @@ impl Store {
         .bind(&caps)
         .bind(&tickets)
         .bind(&holds)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        super::student_seats::count_seats_held(&mut tx, &ids).await?;
+        tx.commit().await?;
         Ok(new.into_iter().filter(|n| *n).count() as u64)
     }
 

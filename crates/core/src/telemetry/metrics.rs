@@ -182,7 +182,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// The `action` labels, as `Action::as_str` spells them, in the order `request_committed`
 /// indexes them.
-const ACTIONS: [&str; 4] = ["enroll", "drop", "configure", "draw"];
+const ACTIONS: [&str; 6] = ["enroll", "drop", "configure", "draw", "swap", "release"];
 const OUTCOMES: [Outcome; 9] = [
     Outcome::Enrolled,
     Outcome::Waitlisted,
@@ -291,6 +291,8 @@ pub fn request_committed(action: &Action, outcome: Outcome) {
         Action::Drop => 1,
         Action::Configure(_) => 2,
         Action::Draw => 3,
+        Action::Swap(_) => 4,
+        Action::Release(_) => 5,
     };
     // Exhaustive, so a new outcome cannot be counted under another's label.
     let o = match outcome {
@@ -414,6 +416,10 @@ mod tests {
         assert_eq!(Action::Drop.as_str(), ACTIONS[1]);
         assert_eq!(Action::Configure(Box::default()).as_str(), ACTIONS[2]);
         assert_eq!(Action::Draw.as_str(), ACTIONS[3]);
+        let course = crate::domain::CourseId::parse("C").expect("valid");
+        assert_eq!(Action::Swap(course).as_str(), ACTIONS[4]);
+        let user = crate::domain::StudentId::parse("u").expect("valid");
+        assert_eq!(Action::Release(user).as_str(), ACTIONS[5]);
         let order: Vec<&str> = OUTCOMES.iter().map(|o| o.as_str()).collect();
         assert_eq!(
             order,

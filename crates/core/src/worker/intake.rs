@@ -228,13 +228,15 @@ impl Intake {
         }
     }
 
-    /// A course change, or a draw wake-up, from a broker user not listed as an admin.
+    /// A course change, a draw wake-up or a swap's release, from a broker user not listed as an
+    /// admin.
     fn may_not_change(&self, envelope: &Envelope) -> bool {
-        matches!(envelope.request.action, Action::Configure(_) | Action::Draw)
-            && !self
-                .admin_users
-                .iter()
-                .any(|u| u == envelope.request.student_id.as_str())
+        let user = match &envelope.request.action {
+            Action::Configure(_) | Action::Draw => &envelope.request.student_id,
+            Action::Release(by) => by,
+            _ => return false,
+        };
+        !self.admin_users.iter().any(|u| u == user.as_str())
     }
 
     /// Dead-letters a message that is not a valid request, with the reason in a header, answers

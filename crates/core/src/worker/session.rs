@@ -168,6 +168,7 @@ impl Session {
             outbox: self.outbox.clone(),
             topology: config.topology.clone(),
             final_events: config.final_events,
+            broker_user: crate::amqp::url_user(&config.amqp_url),
             worker_id: config.worker_id.clone(),
             batch_max: config.batch_max,
             batch_linger: config.batch_linger,

@@ -200,7 +200,7 @@ impl CourseState {
             return None;
         }
         let seats = match &request.action {
-            Action::Drop if self.enrolled.contains(&request.student_id) => {
+            Action::Drop | Action::Release(_) if self.enrolled.contains(&request.student_id) => {
                 self.seats_left() as usize + 1
             }
             Action::Configure(patch) => {
@@ -242,14 +242,26 @@ impl CourseState {
                 }
                 (self.wake_verdict(), Effect::None)
             }
+            // The swap it completes was decided inside its own course's window; the seat
+            // it gives back is given back whatever this one's.
+            Action::Release(_) => self.drop_student(&request.student_id, rules.promotion),
             action => match self.window_refusal(now) {
                 Some(verdict) => (verdict, Effect::None),
                 None if self.taking_entries(now) => match action {
                     Action::Enroll => self.enter(&request.student_id, &request.request_id),
+                    // No seat to swap into before the draw.
+                    Action::Swap(_) => {
+                        let mut verdict = self.verdict(Outcome::Rejected, Some(Reason::NotOpen));
+                        verdict.window_at = self.settings.opens_at;
+                        (verdict, Effect::None)
+                    }
                     _ => self.withdraw(&request.student_id),
                 },
                 None if *action == Action::Enroll => {
                     self.enroll_under(&request.student_id, rules.ruling)
+                }
+                None if matches!(action, Action::Swap(_)) => {
+                    self.swap_into(&request.student_id, rules.ruling)
                 }
                 None => self.drop_student(&request.student_id, rules.promotion),
             },
@@ -461,6 +473,21 @@ impl CourseState {
             self.verdict(Outcome::Rejected, Some(Reason::Full)),
             Effect::None,
         )
+    }
+
+    /// A swap's seat: a free one (under the rules), else nothing; never a waitlist place,
+    /// since the seat given up is kept when this one cannot be had.
+    fn swap_into(&mut self, student: &StudentId, ruling: &Ruling) -> (Verdict, Effect) {
+        if self.seats_left() == 0
+            && !self.enrolled.contains(student)
+            && !self.waiting.contains(student)
+        {
+            return (
+                self.verdict(Outcome::Rejected, Some(Reason::Full)),
+                Effect::None,
+            );
+        }
+        self.enroll_under(student, ruling)
     }
 
     fn drop_student(

@@ -25,12 +25,14 @@ pub(super) async fn settle(tx: &mut PgConnection, entries: &mut [Entry<'_>]) -> 
         };
         let verdict = &fresh.verdict;
         match (&request.action, verdict.outcome) {
-            (Action::Enroll, Outcome::Enrolled) => {
+            (Action::Enroll | Action::Swap(_), Outcome::Enrolled) => {
                 held_students.push(request.student_id.as_str());
                 held_courses.push(request.course_id.as_str());
             }
             // A seat given back (a waitlist place left names its position).
-            (Action::Drop, Outcome::Dropped) if verdict.waitlist_position.is_none() => {
+            (Action::Drop | Action::Release(_), Outcome::Dropped)
+                if verdict.waitlist_position.is_none() =>
+            {
                 dropped_students.push(request.student_id.as_str());
                 dropped_courses.push(request.course_id.as_str());
             }

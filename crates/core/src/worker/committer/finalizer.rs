@@ -11,11 +11,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::fault::Fault;
 use crate::amqp::{Batch, Outbox, Outgoing, Posted, ReplyTo, Topology};
+use crate::domain::{Action, Outcome, Request, StudentId};
 use crate::pipeline::Decided;
 use crate::protocol::{Answer, DecidedAnswer, FinalEvents, Stage};
 use crate::store::{Committed, Store};
 
 pub(super) type CommittedBatch = Vec<(Decided, Committed)>;
+
+/// Where and how the finalizer publishes.
+pub(super) struct Publishing {
+    pub topology: Topology,
+    pub final_events: FinalEvents,
+    /// The worker's broker user, which the releases completing swaps carry as `user_id`.
+    pub broker_user: Option<String>,
+}
 
 /// How long the finalizer waits for a batch's broker confirms, or its acks, before it gives
 /// the session up. Far above any healthy wait (milliseconds), and above short broker alarms.
@@ -31,14 +40,13 @@ pub(super) async fn finalize(
     mut batches: mpsc::Receiver<CommittedBatch>,
     outbox: Outbox,
     store: Store,
-    topology: Topology,
-    final_events: FinalEvents,
+    publishing: Publishing,
     fault: Fault,
     halt: CancellationToken,
 ) {
     while let Some(batch) = batches.recv().await {
         let finalized = tokio::select! {
-            finalized = finalize_batch(batch, &outbox, &store, (&topology, final_events), &fault) => finalized,
+            finalized = finalize_batch(batch, &outbox, &store, &publishing, &fault) => finalized,
             // The session is over (its connection failed): no confirm or ack can come any
             // more, and every delivery of the batch is redelivered and replays its outcome.
             _ = fault.raised() => false,
@@ -56,10 +64,10 @@ async fn finalize_batch(
     batch: CommittedBatch,
     outbox: &Outbox,
     store: &Store,
-    (topology, final_events): (&Topology, FinalEvents),
+    publishing: &Publishing,
     fault: &Fault,
 ) -> bool {
-    let mut answers = Answers::new(outbox, topology, final_events);
+    let mut answers = Answers::new(outbox, publishing);
     for (decided, committed) in &batch {
         answers.post(decided, committed).await;
     }
@@ -110,6 +118,7 @@ struct Answers<'a> {
     outbox: &'a Outbox,
     topology: &'a Topology,
     final_events: FinalEvents,
+    broker_user: Option<&'a str>,
     confirms: Vec<Result<Posted, crate::amqp::AmqpError>>,
     /// The decision batches whose answers these are, to record as answered.
     answered_batches: Vec<i64>,
@@ -122,11 +131,12 @@ struct Answers<'a> {
 }
 
 impl<'a> Answers<'a> {
-    fn new(outbox: &'a Outbox, topology: &'a Topology, final_events: FinalEvents) -> Self {
+    fn new(outbox: &'a Outbox, publishing: &'a Publishing) -> Self {
         Self {
             outbox,
-            topology,
-            final_events,
+            topology: &publishing.topology,
+            final_events: publishing.final_events,
+            broker_user: publishing.broker_user.as_deref(),
             confirms: Vec::new(),
             answered_batches: Vec::new(),
             drawn_courses: Vec::new(),
@@ -166,6 +176,9 @@ impl<'a> Answers<'a> {
         self.post_event(&answer).await;
         self.post_promotions(&committed.promotions).await;
         self.post_passed_over(&committed.passed_over).await;
+        if committed.verdict.outcome == Outcome::Enrolled && committed.verdict.reason.is_none() {
+            self.release_given_up(request).await;
+        }
         // A course's draw record (fresh, or replayed to announce it again), even one with no
         // entrant: once confirmed, the course is announced and no clock wakes it again. A draw
         // the database refused settles nothing: the reloaded actor draws again.
@@ -173,6 +186,34 @@ impl<'a> Answers<'a> {
             self.post_draw(committed.draws.as_slice()).await;
             self.drawn_courses.push(request.course_id.to_string());
         }
+    }
+
+    /// A swap that took its new seat gives up the old one: its release is published (under
+    /// this worker's broker user, confirmed before the swap is acked, and again on a
+    /// redelivery whose answer was not confirmed), to the course given up.
+    async fn release_given_up(&mut self, swap: &Request) {
+        if !matches!(swap.action, Action::Swap(_)) {
+            return;
+        }
+        let Some(user) = self.broker_user else {
+            tracing::error!(request_id = %swap.request_id, "a swap took its seat but the seat it gives up cannot be released: the AMQP URL names no broker user to sign the release with");
+            return;
+        };
+        let Ok(by) = StudentId::parse(user) else {
+            return;
+        };
+        let Some(release) = swap.release_of_swap(by) else {
+            return;
+        };
+        let message = Outgoing::request(
+            self.topology,
+            release.course_id.as_str(),
+            release.request_id.as_str(),
+            None,
+            crate::protocol::request_body(&release),
+        )
+        .with_user_id(user);
+        self.confirm(message).await;
     }
 
     /// Each entrant of a draw hears what it gave them at the address of their entry request,

@@ -29,6 +29,8 @@ pub(in crate::worker) struct Committer {
     pub outbox: Outbox,
     pub topology: Topology,
     pub final_events: crate::protocol::FinalEvents,
+    /// The worker's broker user, which the releases completing swaps carry as `user_id`.
+    pub broker_user: Option<String>,
     pub worker_id: String,
     pub batch_max: usize,
     pub batch_linger: Duration,
@@ -52,8 +54,11 @@ impl Committer {
             committed,
             self.outbox.clone(),
             self.store.clone(),
-            self.topology.clone(),
-            self.final_events,
+            finalizer::Publishing {
+                topology: self.topology.clone(),
+                final_events: self.final_events,
+                broker_user: self.broker_user.clone(),
+            },
             self.fault.clone(),
             self.halt.clone(),
         ));
