@@ -7,7 +7,7 @@ use clap::Subcommand;
 
 use super::common::Common;
 use seatrush_core::admin;
-use seatrush_core::domain::StudentId;
+use seatrush_core::domain::{HoldId, StudentId};
 use seatrush_core::store::StudentDetail;
 
 #[derive(Subcommand)]
@@ -16,6 +16,22 @@ pub enum StudentsCommand {
     /// (student_id,max_credits,registration_opens_at,holds; holds `;`-separated).
     Import {
         file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a hold on a student's account (unpaid fees, missing advising...): from then on the
+    /// rules refuse them any enroll or swap, until it is cleared. Taken in turn with every
+    /// judgement of that student, on every worker (the student's row lock orders them).
+    Hold {
+        id: String,
+        hold: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear a hold from a student's account.
+    ClearHold {
+        id: String,
+        hold: String,
         #[arg(long)]
         json: bool,
     },
@@ -42,6 +58,12 @@ pub async fn run(common: &Common, command: StudentsCommand) -> anyhow::Result<Ex
             }
             Ok(ExitCode::SUCCESS)
         }
+        StudentsCommand::Hold { id, hold, json } => {
+            change_hold(common, &id, &hold, true, json).await
+        }
+        StudentsCommand::ClearHold { id, hold, json } => {
+            change_hold(common, &id, &hold, false, json).await
+        }
         StudentsCommand::Show { id, json } => {
             let student = StudentId::parse(id)?;
             let Some(detail) = common.store().await?.student_detail(&student).await? else {
@@ -55,6 +77,32 @@ pub async fn run(common: &Common, command: StudentsCommand) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn change_hold(
+    common: &Common,
+    id: &str,
+    hold: &str,
+    on: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let student = StudentId::parse(id)?;
+    let hold = HoldId::parse(hold)?;
+    let store = common.store().await?;
+    let Some(holds) = store.change_hold(&student, hold.as_str(), on).await? else {
+        anyhow::bail!("no student {student} in the registry");
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"student_id": student.as_str(), "holds": holds})
+        );
+    } else if holds.is_empty() {
+        println!("student {student}: no holds");
+    } else {
+        println!("student {student}: holds {}", holds.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn describe(d: &StudentDetail) -> String {

@@ -686,3 +686,61 @@ async fn the_audit_finds_each_breach_of_the_rules_planted_behind_the_workers_bac
     }
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_put_on_mid_rush_refuses_what_follows_and_its_clearing_lets_it_through() {
+    // Arrange: a course with room for everyone, 300 students, and a crowd of them asking
+    // while an operator puts a hold on one account and clears it.
+    let mut env = TestEnv::new().await;
+    let course = add(&env, "H", course_with(3, "MO 09:00-10:00", 400, 0)).await;
+    let other = add(&env, "I", course_with(3, "TU 09:00-10:00", 400, 0)).await;
+    let names: Vec<String> = (0..300).map(|i| format!("crowd{i:03}")).collect();
+    let mut registry: Vec<(&str, StudentRecord)> =
+        names.iter().map(|n| (n.as_str(), student(9))).collect();
+    registry.push(("debtor", student(9)));
+    import(&env, &registry).await;
+    env.start_worker(env.worker_config()).await;
+    let mut client = Listener::new(&env, None).await;
+    let crowd: Vec<_> = names
+        .iter()
+        .map(|n| enroll(&format!("c-{n}"), &course, n))
+        .collect();
+    let hold = |args: &[&str]| {
+        let mut command = env.seatrush();
+        command.args(args);
+        async move { command.output().await.expect("run seatrush") }
+    };
+
+    // Act
+    client.send(&crowd[..150]).await;
+    let put = hold(&["students", "hold", "debtor", "unpaid_fees", "--json"]).await;
+    assert!(put.status.success(), "{put:?}");
+    client.send(&[enroll("d-1", &course, "debtor")]).await;
+    client.send(&crowd[150..]).await;
+    client.until(WAIT, |c| c.final_count() == 301).await;
+    let cleared = hold(&["students", "clear-hold", "debtor", "unpaid_fees", "--json"]).await;
+    assert!(cleared.status.success(), "{cleared:?}");
+    client.send(&[enroll("d-2", &other, "debtor")]).await;
+    client.until(WAIT, |c| c.final_count() == 302).await;
+
+    // Assert
+    let finals = client.finals();
+    let refused = &finals["d-1"];
+    assert_eq!(refused.reason.as_deref(), Some("hold"), "{refused:?}");
+    assert_eq!(
+        refused.holds.as_deref(),
+        Some(&["unpaid_fees".to_owned()][..])
+    );
+    assert_eq!(finals["d-2"].outcome, "enrolled");
+    assert!(
+        names
+            .iter()
+            .all(|n| finals[&format!("c-{n}")].outcome == "enrolled"),
+        "the crowd around the hold is served as usual"
+    );
+    assert_none_contradicted(&client.received);
+    assert_ledger_matches(&env).await;
+
+    client.close().await;
+    env.cleanup().await;
+}

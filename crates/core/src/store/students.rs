@@ -78,6 +78,31 @@ impl Store {
         Ok(new.into_iter().filter(|n| *n).count() as u64)
     }
 
+    /// Puts a hold on (`on`) or clears it from a student's account, under the student's row
+    /// lock, so it takes its turn with every judgement of that student on every worker: a
+    /// request judged after it sees it. Returns the holds now on the account, `None` if the
+    /// student is not in the registry. At most [`crate::domain::MAX_HOLDS`] holds.
+    pub async fn change_hold(
+        &self,
+        student: &StudentId,
+        hold: &str,
+        on: bool,
+    ) -> Result<Option<Vec<String>>> {
+        let holds: Option<Vec<String>> = sqlx::query_scalar(
+            "UPDATE students SET holds = CASE \
+                 WHEN NOT $3 THEN array_remove(holds, $2) \
+                 WHEN $2 = ANY (holds) THEN holds \
+                 ELSE holds || $2 END \
+              WHERE student_id = $1 RETURNING holds",
+        )
+        .bind(student.as_str())
+        .bind(hold)
+        .bind(on)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(holds)
+    }
+
     /// One student's record and standing, read in one snapshot; `None` if not in the registry.
     pub async fn student_detail(&self, student: &StudentId) -> Result<Option<StudentDetail>> {
         let mut tx = self.snapshot().await?;
