@@ -14,7 +14,9 @@ CREATE EXTENSION IF NOT EXISTS btree_gist;
 
 CREATE TABLE student_seats (
     student_id  text           NOT NULL REFERENCES students ON DELETE CASCADE,
-    course_id   text           NOT NULL REFERENCES courses ON DELETE CASCADE,
+    -- No foreign key to `courses`: its check would share-lock the course's row, which the
+    -- group commit locks for update, and the two would wait on each other.
+    course_id   text           NOT NULL,
     -- The course's credits and its weekly meetings when the seat was claimed: as written, and
     -- as minutes of the week (Monday 00:00 = 0) for the clash constraint.
     credits     integer        NOT NULL CHECK (credits >= 0),
@@ -36,8 +38,22 @@ CREATE TABLE student_seats (
 );
 CREATE INDEX student_seats_by_request ON student_seats (request_id) WHERE NOT held;
 
--- I8: no seat past the cap, and none claimed under a hold. Checked after each row, with the
--- student's row locked, whatever wrote it.
+-- A student's turn: every judgement of a student, every change of their holds and every
+-- check below takes this transaction-scoped lock first (in key order when it takes several),
+-- so they take turns on each student without writing to the student's row.
+CREATE FUNCTION lock_students(p_students text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    k bigint;
+BEGIN
+    FOR k IN SELECT DISTINCT hashtextextended(s, 0) FROM UNNEST(p_students) s ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(k);
+    END LOOP;
+END;
+$$;
+
+-- I8: no seat past the cap, and none claimed under a hold. Checked after each row, in the
+-- student's turn, whatever wrote it.
 CREATE FUNCTION student_seats_within_rules() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -45,8 +61,9 @@ DECLARE
     v_holds text[];
     v_total integer;
 BEGIN
+    PERFORM lock_students(ARRAY[NEW.student_id]);
     SELECT s.max_credits, s.holds INTO v_cap, v_holds
-      FROM students s WHERE s.student_id = NEW.student_id FOR UPDATE;
+      FROM students s WHERE s.student_id = NEW.student_id;
     -- (A held row inserted is a seat taken before the student was imported, not a claim.)
     IF TG_OP = 'INSERT' AND NOT NEW.held AND cardinality(v_holds) > 0 THEN
         RAISE EXCEPTION 'I8: student % has holds %; no seat may be claimed', NEW.student_id, v_holds
@@ -62,9 +79,16 @@ BEGIN
 END;
 $$;
 
+-- Only what can add to a student's seats is checked: a row written, or a seat a failed swap
+-- counts again. Marking a claim held changes nothing the rules count, so the group commit
+-- does not lock the students of its batch (every judgement of them would wait for it).
 CREATE TRIGGER student_seats_within_rules
-    AFTER INSERT OR UPDATE ON student_seats
+    AFTER INSERT ON student_seats
     FOR EACH ROW EXECUTE FUNCTION student_seats_within_rules();
+CREATE TRIGGER student_seats_counted_again
+    AFTER UPDATE OF released_by ON student_seats
+    FOR EACH ROW WHEN (OLD.released_by IS NOT NULL AND NEW.released_by IS NULL)
+    EXECUTE FUNCTION student_seats_within_rules();
 
 -- The facts a rule's refusal carries (`holds`, `registration_opens_at`, `credits_held`,
 -- `credits_asked`, `credits_allowed`, `conflicts_with`, `drop_course_id`), so that a replay
@@ -417,21 +441,17 @@ $$;
 -- After a batch's effects, in the commit's transaction: the seats the batch gave (enrolls,
 -- swaps and promotions) are held, the seats it took back (drops and releases) leave the
 -- ledger, every claim its requests made and did not use is released, and a seat a swap of the
--- batch gave up is counted again unless the swap took its new seat. The students' rows are
--- locked in id order first, so commits and judgements of the same students on several workers
--- take turns without deadlocking.
+-- batch gave up is counted again unless the swap took its new seat. None of this adds to what
+-- a student holds but the last, so only its students are locked.
 CREATE FUNCTION settle_student_seats(p_held_students text[], p_held_courses text[],
                                      p_dropped_students text[], p_dropped_courses text[],
                                      p_requests text[])
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM 1 FROM students s
-      WHERE s.student_id = ANY (p_held_students) OR s.student_id = ANY (p_dropped_students)
-         OR s.student_id IN (SELECT c.student_id FROM student_seats c
-                              WHERE c.request_id = ANY (p_requests) AND NOT c.held)
-         OR s.student_id IN (SELECT c.student_id FROM student_seats c
-                              WHERE c.released_by = ANY (p_requests))
-      ORDER BY s.student_id FOR UPDATE;
+    -- The students whose seat a failed swap gives back are locked in id order (the check of
+    -- that seat locks them too), so commits and judgements take turns without deadlocking.
+    PERFORM lock_students(ARRAY(SELECT c.student_id FROM student_seats c
+                                 WHERE c.released_by = ANY (p_requests)));
     DELETE FROM student_seats c
      USING UNNEST(p_dropped_students, p_dropped_courses) AS d(student_id, course_id)
      WHERE c.student_id = d.student_id AND c.course_id = d.course_id;

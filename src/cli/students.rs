@@ -21,7 +21,7 @@ pub enum StudentsCommand {
     },
     /// Put a hold on a student's account (unpaid fees, missing advising...): from then on the
     /// rules refuse them any enroll or swap, until it is cleared. Taken in turn with every
-    /// judgement of that student, on every worker (the student's row lock orders them).
+    /// judgement of that student, on every worker (the student's turn orders them).
     Hold {
         id: String,
         hold: String,

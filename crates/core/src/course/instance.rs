@@ -56,6 +56,8 @@ impl Instance {
                 return Stop::Reload { diverged };
             }
             loaded_under = loaded_under.max(Some(envelope.epoch));
+            let mut envelope = envelope;
+            self.claim_if_needed(&mut envelope, state.as_ref()).await;
             let eligibility = self.eligibility(&envelope, state.as_ref()).await;
             let Some((envelope, decision)) =
                 self.decide(envelope, state.as_mut(), eligibility.as_deref())
@@ -141,32 +143,54 @@ impl Instance {
             return None;
         }
         let (waiting, seats) = state?.promotion_candidates(&envelope.request)?;
-        let request = &envelope.request;
+        Some(
+            self.claimed(&waiting, &envelope.request.request_id, seats)
+                .await,
+        )
+    }
+
+    /// Seats of this course claimed for `cause` (see `Store::claim_for_promotion`), retrying
+    /// while the database does not answer.
+    async fn claimed(
+        &self,
+        waiting: &[StudentId],
+        cause: &crate::domain::RequestId,
+        seats: usize,
+    ) -> Vec<(StudentId, Result<(), Refusal>)> {
         let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
         let mut failures = 0u32;
         loop {
             let judged = self
                 .ctx
                 .store
-                .claim_for_promotion(
-                    &self.course,
-                    &request.request_id,
-                    &waiting,
-                    seats,
-                    chrono::Utc::now(),
-                )
+                .claim_for_promotion(&self.course, cause, waiting, seats, chrono::Utc::now())
                 .await;
             match judged {
-                Ok(judged) => return Some(judged),
+                Ok(judged) => return judged,
                 Err(e) => {
                     if failures == 0 {
-                        tracing::warn!(course_id = %self.course, error = %crate::telemetry::chain(&e), "judging the waitlist under the registration rules failed; retrying");
+                        tracing::warn!(course_id = %self.course, error = %crate::telemetry::chain(&e), "claiming seats under the registration rules failed; retrying");
                     }
                     failures += 1;
                     tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
                 }
             }
         }
+    }
+
+    /// An enroll judged when its course had no seat, which finds one free here (a drop or a
+    /// change not yet committed): the seat is claimed for it now, or refused by the rules.
+    async fn claim_if_needed(&self, envelope: &mut Envelope, state: Option<&CourseState>) {
+        if !state.is_some_and(|s| s.needs_claim(&envelope.request, &envelope.ruling)) {
+            return;
+        }
+        let student = std::slice::from_ref(&envelope.request.student_id);
+        let judged = self.claimed(student, &envelope.request.request_id, 1).await;
+        envelope.ruling = match judged.into_iter().next() {
+            Some((_, verdict)) => crate::domain::Ruling::Seat(verdict),
+            // The course is gone from the database: nothing to claim, nothing given.
+            None => crate::domain::Ruling::Unclaimed,
+        };
     }
 
     fn hold(&self, envelope: Envelope) {

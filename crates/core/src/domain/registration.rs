@@ -64,6 +64,9 @@ pub enum Ruling {
     Seat(Result<(), Refusal>),
     /// Refused before any course: no state is created for it.
     Refused(Refusal),
+    /// An enroll the rules let ask, for a course whose seats were all taken when judged: no
+    /// seat is claimed. Should its actor find a seat free after all, it has one claimed first.
+    Unclaimed,
 }
 
 impl Ruling {
@@ -72,11 +75,13 @@ impl Ruling {
         *self != Ruling::Off
     }
 
-    /// Whether a seat may be given, and if not, which rule refuses it.
-    pub fn seat(&self) -> Result<(), &Refusal> {
+    /// Whether a seat may be given: `Some(Err)` names the rule that refuses it, `None` means
+    /// none is claimed ([`Ruling::Unclaimed`]).
+    pub fn seat(&self) -> Option<Result<(), &Refusal>> {
         match self {
-            Ruling::Seat(Err(refusal)) | Ruling::Refused(refusal) => Err(refusal),
-            _ => Ok(()),
+            Ruling::Seat(Err(refusal)) | Ruling::Refused(refusal) => Some(Err(refusal)),
+            Ruling::Unclaimed => None,
+            _ => Some(Ok(())),
         }
     }
 }
@@ -122,6 +127,10 @@ impl Ledger {
 
     pub fn is_empty(&self) -> bool {
         self.students.is_empty()
+    }
+
+    pub fn contains(&self, student: &StudentId) -> bool {
+        self.students.contains_key(student)
     }
 
     /// Judges a student's request for a seat in `course` (credits and meetings), at `now`,

@@ -104,9 +104,15 @@ impl Store {
         // another worker can take the partitions over, and the paused one's commit fails and
         // is retried under the fence. A commit's statements follow each other at once, so no
         // healthy transaction idles this long.
-        let options = options
-            .application_name("seatrush")
-            .options([("idle_in_transaction_session_timeout", "2000")]);
+        //
+        // Every statement is planned for its own arguments: a rush starts on empty tables, and
+        // a plan cached then (a scan of the whole table, cheap while it is empty) was seen to
+        // be kept for a prepared statement as the table grew, making a lookup of a batch's
+        // ids by key take a second.
+        let options = options.application_name("seatrush").options([
+            ("idle_in_transaction_session_timeout", "2000"),
+            ("plan_cache_mode", "force_custom_plan"),
+        ]);
         let pool = pool_options(max_connections)
             .connect_with(options.clone())
             .await?;

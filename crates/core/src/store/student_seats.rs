@@ -2,7 +2,7 @@
 //! ledger of seats (`student_seats`), read and written under the student's row lock.
 //!
 //! A student's choices for several courses land on several partitions, often on several
-//! workers, in the same instant. Each judgement locks the rows of the students it concerns (in
+//! workers, in the same instant. Each judgement takes the turn of the students it concerns (in
 //! id order, so judgements never deadlock), reads their seats and claims, judges its requests
 //! in order with the pure rules of [`Ledger`], and writes the claims it grants before the
 //! lock is released: whichever worker judges a student next counts them. The triggers of
@@ -58,12 +58,13 @@ impl Store {
             .map(|r| r.course_id.as_str())
             .collect();
         let mut tx = self.pool.begin().await?;
+        // Read before the students' turn is taken: the lock is held for as short as can be.
+        let courses = read_courses(&mut tx, &enrolls).await?;
         let mut ledger = read_ledger(&mut tx, &students).await?;
         if ledger.is_empty() && !registry_loaded(&mut tx).await? {
             tx.rollback().await?;
             return Ok(vec![Ruling::Off; requests.len()]);
         }
-        let courses = read_courses(&mut tx, &enrolls).await?;
         let mut claims = Vec::new();
         let rulings = requests
             .iter()
@@ -78,7 +79,15 @@ impl Store {
                     _ => None,
                 };
                 match (&request.action, asked) {
-                    (Action::Enroll | Action::Swap(_), Some((credits, meetings))) => {
+                    // Nothing to claim: only the student's standing is judged.
+                    (Action::Enroll, Some(facts)) if !facts.seat_free => {
+                        match ledger.may_ask(student, now) {
+                            Err(refusal) => Ruling::Refused(refusal),
+                            Ok(()) => Ruling::Unclaimed,
+                        }
+                    }
+                    (Action::Enroll | Action::Swap(_), Some(facts)) => {
+                        let (credits, meetings) = (&facts.credits, &facts.meetings);
                         let asked = (*credits, meetings);
                         match ledger.claim_seat(student, &request.course_id, asked, giving_up, now)
                         {
@@ -136,9 +145,12 @@ impl Store {
         let mut students: Vec<&str> = waiting.iter().map(StudentId::as_str).collect();
         students.sort_unstable();
         let mut tx = self.pool.begin().await?;
-        let mut ledger = read_ledger(&mut tx, &students).await?;
         let courses = read_courses(&mut tx, &[course.as_str()]).await?;
-        let Some((credits, meetings)) = courses.get(course.as_str()) else {
+        let mut ledger = read_ledger(&mut tx, &students).await?;
+        let Some(CourseFacts {
+            credits, meetings, ..
+        }) = courses.get(course.as_str())
+        else {
             tx.rollback().await?;
             return Ok(Vec::new());
         };
@@ -228,54 +240,59 @@ async fn registry_loaded(tx: &mut sqlx::PgConnection) -> Result<bool> {
         .await?)
 }
 
-/// The registry records of `students` (sorted), locked in that order, with their seats.
+/// The registry records of `students`, with their seats, read in their turn (taken first, in
+/// key order, and held until the transaction ends).
 async fn read_ledger(tx: &mut sqlx::PgConnection, students: &[&str]) -> Result<Ledger> {
     let mut ledger = Ledger::default();
     if students.is_empty() {
         return Ok(ledger);
     }
+    sqlx::query("SELECT lock_students($1)")
+        .bind(students)
+        .execute(&mut *tx)
+        .await?;
+    // One statement, so one snapshot taken after the turn: a judgement that held it before
+    // is seen whole.
     let rows = sqlx::query(
-        "SELECT student_id, max_credits, registration_opens_at, holds FROM students \
-          WHERE student_id = ANY ($1) ORDER BY student_id FOR UPDATE",
+        "SELECT s.student_id, s.max_credits, s.registration_opens_at, s.holds, \
+                l.course_id, l.credits, l.meetings, \
+                l.held AND l.released_by IS NULL AS swappable \
+           FROM students s LEFT JOIN student_seats l ON l.student_id = s.student_id \
+          WHERE s.student_id = ANY ($1)",
     )
     .bind(students)
     .fetch_all(&mut *tx)
     .await?;
     for row in &rows {
-        let record = StudentRecord {
-            max_credits: to_u32(row.try_get("max_credits")?),
-            registration_opens_at: row.try_get("registration_opens_at")?,
-            holds: row.try_get("holds")?,
+        let Ok(student) = StudentId::parse(row.try_get::<String, _>("student_id")?) else {
+            continue;
         };
-        if let Ok(id) = StudentId::parse(row.try_get::<String, _>("student_id")?) {
-            ledger.insert(id, record);
+        if !ledger.contains(&student) {
+            let record = StudentRecord {
+                max_credits: to_u32(row.try_get("max_credits")?),
+                registration_opens_at: row.try_get("registration_opens_at")?,
+                holds: row.try_get("holds")?,
+            };
+            ledger.insert(student.clone(), record);
         }
-    }
-    if ledger.is_empty() {
-        return Ok(ledger);
-    }
-    let seats = sqlx::query(
-        "SELECT student_id, course_id, credits, meetings, \
-                held AND released_by IS NULL AS swappable \
-           FROM student_seats WHERE student_id = ANY ($1)",
-    )
-    .bind(students)
-    .fetch_all(&mut *tx)
-    .await?;
-    for row in &seats {
-        let (Ok(student), Ok(course)) = (
-            StudentId::parse(row.try_get::<String, _>("student_id")?),
-            CourseId::parse(row.try_get::<String, _>("course_id")?),
-        ) else {
+        let Some(course) = row
+            .try_get::<Option<String>, _>("course_id")?
+            .and_then(|c| CourseId::parse(c).ok())
+        else {
             continue;
         };
         // Stored by this module from a parsed value; an unreadable one clashes with nothing.
-        let meetings = Meetings::parse(row.try_get("meetings")?).unwrap_or_default();
+        let meetings = row
+            .try_get::<Option<String>, _>("meetings")?
+            .and_then(|m| Meetings::parse(&m).ok())
+            .unwrap_or_default();
         let seat = SeatHeld {
             course,
-            credits: to_u32(row.try_get("credits")?),
+            credits: to_u32(row.try_get::<Option<i32>, _>("credits")?.unwrap_or(0)),
             meetings,
-            swappable: row.try_get("swappable")?,
+            swappable: row
+                .try_get::<Option<bool>, _>("swappable")?
+                .unwrap_or(false),
         };
         ledger.hold(&student, seat);
     }
@@ -286,24 +303,38 @@ async fn read_ledger(tx: &mut sqlx::PgConnection, students: &[&str]) -> Result<L
 async fn read_courses(
     tx: &mut sqlx::PgConnection,
     courses: &[&str],
-) -> Result<HashMap<String, (u32, Meetings)>> {
+) -> Result<HashMap<String, CourseFacts>> {
     if courses.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows =
-        sqlx::query("SELECT course_id, credits, meetings FROM courses WHERE course_id = ANY ($1)")
-            .bind(courses)
-            .fetch_all(&mut *tx)
-            .await?;
+    let rows = sqlx::query(
+        "SELECT course_id, credits, meetings, enrolled < capacity AS seat_free \
+           FROM courses WHERE course_id = ANY ($1)",
+    )
+    .bind(courses)
+    .fetch_all(&mut *tx)
+    .await?;
     rows.iter()
         .map(|row| {
             let meetings = Meetings::parse(row.try_get("meetings")?).unwrap_or_default();
-            Ok((
-                row.try_get("course_id")?,
-                (to_u32(row.try_get("credits")?), meetings),
-            ))
+            let facts = CourseFacts {
+                credits: to_u32(row.try_get("credits")?),
+                meetings,
+                seat_free: row.try_get("seat_free")?,
+            };
+            Ok((row.try_get("course_id")?, facts))
         })
         .collect()
+}
+
+/// What the rules read of a course asked for.
+struct CourseFacts {
+    credits: u32,
+    meetings: Meetings,
+    /// A seat is free as far as the commits so far say. When none is, an enroll claims nothing
+    /// (in a rush most ask for full courses): its actor claims one in the rare case its memory
+    /// has a seat the commits have not shown yet.
+    seat_free: bool,
 }
 
 async fn write_claims(tx: &mut sqlx::PgConnection, claims: &[NewClaim<'_>]) -> Result<()> {

@@ -55,6 +55,10 @@ impl Store {
         // joined by `;`, split again in SQL.
         let holds: Vec<String> = students.iter().map(|(_, s)| s.holds.join(";")).collect();
         let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT lock_students($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         let new: Vec<bool> = sqlx::query_scalar(
             "INSERT INTO students (student_id, max_credits, registration_opens_at, holds) \
              SELECT s.id, s.cap, s.ticket, \
@@ -78,8 +82,8 @@ impl Store {
         Ok(new.into_iter().filter(|n| *n).count() as u64)
     }
 
-    /// Puts a hold on (`on`) or clears it from a student's account, under the student's row
-    /// lock, so it takes its turn with every judgement of that student on every worker: a
+    /// Puts a hold on (`on`) or clears it from a student's account, in the student's turn
+    /// (`lock_students`), so it takes its turn with every judgement of that student on every worker: a
     /// request judged after it sees it. Returns the holds now on the account, `None` if the
     /// student is not in the registry. At most [`crate::domain::MAX_HOLDS`] holds.
     pub async fn change_hold(
@@ -88,6 +92,11 @@ impl Store {
         hold: &str,
         on: bool,
     ) -> Result<Option<Vec<String>>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT lock_students($1)")
+            .bind([student.as_str()])
+            .execute(&mut *tx)
+            .await?;
         let holds: Option<Vec<String>> = sqlx::query_scalar(
             "UPDATE students SET holds = CASE \
                  WHEN NOT $3 THEN array_remove(holds, $2) \
@@ -98,9 +107,33 @@ impl Store {
         .bind(student.as_str())
         .bind(hold)
         .bind(on)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(holds)
+    }
+
+    /// Swaps that took their new seat and whose release of the old one is not committed yet.
+    pub async fn swaps_unreleased(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            // The release's id, as `Request::release_of_swap` derives it.
+            "SELECT count(*) FROM outcomes s \
+              WHERE s.action = 'swap' AND s.outcome = 'enrolled' AND s.reason IS NULL \
+                AND NOT EXISTS (SELECT 1 FROM outcomes r WHERE r.request_id = 'swap-' || \
+                      left(encode(sha256(convert_to(s.request_id, 'UTF8')), 'hex'), 32))",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The (course, student) seats given back by the releases that completed swaps.
+    pub async fn seats_released(&self) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT course_id, student_id FROM outcomes \
+              WHERE action = 'release' AND outcome = 'dropped' AND waitlist_position IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// One student's record and standing, read in one snapshot; `None` if not in the registry.

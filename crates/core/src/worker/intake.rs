@@ -4,20 +4,20 @@
 //! its reason and answered where possible.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::anyhow;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::fault::Fault;
+use super::judge::Judge;
 use super::registry_watch::RegistryWatch;
 use crate::amqp::{Broker, DeadCopy, Deliveries, Incoming, Outbox, Outgoing, ReplyTo, Topology};
 use crate::course::Registry;
 use crate::domain::{Action, Reason, Request, Ruling};
 use crate::pipeline::{CommitQueue, Envelope, InFlight, InFlightGuard};
 use crate::protocol::{Answer, Invalid, parse_request};
-use crate::store::{Lease, Store};
+use crate::store::Lease;
 use crate::telemetry::metrics::{self, Stage};
 
 #[derive(Clone)]
@@ -35,9 +35,9 @@ pub(super) struct Intake {
     /// (unacked, it returns to the broker) instead of waiting on a database or broker that
     /// does not answer.
     pub halt: CancellationToken,
-    /// Whether the registration rules are on; the store judges requests under them.
+    /// Whether the registration rules are on; the judge rules on requests under them.
     pub registry: RegistryWatch,
-    pub store: Store,
+    pub judge: Judge,
 }
 
 /// Deliveries judged under the registration rules in one transaction at most: what the
@@ -149,22 +149,16 @@ impl Intake {
         }
     }
 
-    /// The rulings of the rules on these requests, waiting while the database does not answer
-    /// (the intake's caller gives up at the halt).
+    /// The rulings of the rules on these requests, from the worker's judge; all `Off` if it
+    /// is gone (the session is stopping: nothing judged now will be committed).
     async fn judge(&self, envelopes: &[Envelope]) -> Vec<Ruling> {
-        let requests: Vec<&Request> = envelopes.iter().map(|e| &e.request).collect();
-        let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
-        let mut failures = 0u32;
-        loop {
-            match self.store.judge(&requests, chrono::Utc::now()).await {
-                Ok(rulings) => return rulings,
-                Err(e) => {
-                    if failures == 0 {
-                        tracing::warn!(error = %crate::telemetry::chain(&e), "judging requests under the registration rules failed; retrying");
-                    }
-                    failures += 1;
-                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
-                }
+        let requests: Vec<Request> = envelopes.iter().map(|e| e.request.clone()).collect();
+        match self.judge.rule(requests).await {
+            Ok(rulings) => rulings,
+            Err(super::judge::JudgeGone) => {
+                // Held back until the halt drops them unacked: they return to the broker.
+                std::future::pending::<()>().await;
+                Vec::new()
             }
         }
     }

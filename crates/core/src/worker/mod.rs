@@ -9,6 +9,7 @@ mod draw_clock;
 mod fault;
 pub mod health;
 mod intake;
+mod judge;
 mod ownership;
 mod registry_watch;
 mod session;

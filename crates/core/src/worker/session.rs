@@ -226,11 +226,13 @@ impl Session {
                 .clone()
                 .run(store.clone(), stop_pipeline.clone()),
         );
+        let (judge, judging) = super::judge::Judge::start(store.clone(), stop_pipeline.clone());
+        tasks.spawn(judging);
         let intake = Intake {
             broker: self.broker.clone(),
             courses: registry.clone(),
             registry: registry_watch,
-            store: store.clone(),
+            judge,
             commit,
             outbox: self.outbox,
             topology: config.topology.clone(),

@@ -106,7 +106,7 @@ async fn seatrush(config: &BenchConfig) -> anyhow::Result<SeatrushCrash> {
     let services = &config.services;
     let tag = rush::fresh_tag("crash");
     let store = Store::connect(&services.database_url, 4).await?;
-    let courses = rush::create_courses(&store, &tag, &config.crowd).await?;
+    let courses = rush::create_courses(&store, &tag, &config.crowd, false).await?;
     let requests = rush::crowd(
         &courses,
         config.crowd.students,

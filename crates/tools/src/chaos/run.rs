@@ -218,7 +218,7 @@ async fn prepare(config: &ChaosConfig) -> anyhow::Result<Scenario> {
     let store = rush::prepared_store(&config.services).await?;
     let tag = rush::fresh_tag("chaos");
     let shape = config.crowd;
-    let courses = rush::create_courses(&store, &tag, &shape).await?;
+    let courses = rush::create_courses(&store, &tag, &shape, false).await?;
     let probe_course = CourseId::parse(format!("{tag}-probe"))?;
     let probe_settings = CourseSettings {
         capacity: 1000,

@@ -4,6 +4,7 @@
 pub mod fairness;
 mod plan;
 mod progress;
+pub mod rules;
 mod workers;
 
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use plan::{course_ids, crowd, with_duplicates};
+pub use plan::{course_ids, crowd, meetings_of, with_duplicates, with_swaps};
 pub use workers::{Profile, Services, Usage, WorkerProcess, usage_of};
 
 use crate::load::{self, Pace, Progress};
@@ -50,6 +51,15 @@ pub struct Crowd {
     pub choices: usize,
 }
 
+/// A crowd under the registration rules: every course worth 3 credits and meeting in one of
+/// 30 weekly slots (so courses clash), one student in ten also sending a swap, and, with
+/// `registry`, every student imported first: a cap of three courses' credits, one in twenty
+/// with a hold, time tickets in four groups a minute apart (the last at the start).
+#[derive(Debug, Clone, Copy)]
+pub struct RulesCrowd {
+    pub registry: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct RushConfig {
     pub services: Services,
@@ -68,6 +78,8 @@ pub struct RushConfig {
     pub timeout: Duration,
     /// Where worker logs go.
     pub log_dir: PathBuf,
+    /// Courses with credits and meetings, swaps, and perhaps a student registry.
+    pub rules: Option<RulesCrowd>,
 }
 
 impl RushConfig {
@@ -95,6 +107,7 @@ impl RushConfig {
             seed: 1,
             timeout: Duration::from_secs(600),
             log_dir,
+            rules: None,
         }
     }
 }
@@ -147,13 +160,70 @@ pub struct RushReport {
     /// Audit violations plus final answers that disagree with the enrollment rows.
     pub violations: usize,
     pub outcomes: BTreeMap<String, usize>,
+    /// Under the rules: what the swaps did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swaps: Option<SwapFigures>,
     pub audit: Vec<seatrush_core::store::Violation>,
+}
+
+/// What the swaps of a crowd under the rules did, checked student by student at the end.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SwapFigures {
+    pub sent: usize,
+    /// Took the new seat (and gave the old one back).
+    pub took_seat: usize,
+    pub refused: usize,
+    /// Refused swaps whose student had the old seat (a final `enrolled`) and no longer holds
+    /// it: must be 0.
+    pub refused_and_lost_old_seat: usize,
+}
+
+impl SwapFigures {
+    fn of(fired: &load::Report, held: &[(String, String)]) -> Option<Self> {
+        use seatrush_core::domain::Action;
+        let held: HashSet<(&str, &str)> =
+            held.iter().map(|(c, s)| (c.as_str(), s.as_str())).collect();
+        let enrolled: HashSet<(&str, &str)> = fired
+            .answered
+            .iter()
+            .filter(|a| a.request.action == Action::Enroll)
+            .filter_map(|a| a.finals.first())
+            .filter(|(f, _)| f.outcome == "enrolled")
+            .map(|(f, _)| (f.course_id.as_str(), f.student_id.as_str()))
+            .collect();
+        let mut figures = Self::default();
+        for answered in &fired.answered {
+            let Action::Swap(old) = &answered.request.action else {
+                continue;
+            };
+            figures.sent += 1;
+            let Some((answer, _)) = answered.finals.first() else {
+                continue;
+            };
+            if answer.outcome == "enrolled" && answer.reason.is_none() {
+                figures.took_seat += 1;
+                continue;
+            }
+            figures.refused += 1;
+            let pair = (old.as_str(), answered.request.student_id.as_str());
+            if enrolled.contains(&pair) && !held.contains(&pair) {
+                figures.refused_and_lost_old_seat += 1;
+            }
+        }
+        (figures.sent > 0).then_some(figures)
+    }
 }
 
 impl RushReport {
     /// Whether every check passed.
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.violations == 0
+        self.lost == 0
+            && self.duplicated == 0
+            && self.violations == 0
+            && self
+                .swaps
+                .as_ref()
+                .is_none_or(|s| s.refused_and_lost_old_seat == 0)
     }
 }
 
@@ -168,14 +238,20 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
     let store = prepared_store(&config.services).await?;
 
     let shape = config.crowd;
-    let courses = create_courses(&store, &config.tag, &shape).await?;
-    let requests = crowd(
+    let courses = create_courses(&store, &config.tag, &shape, config.rules.is_some()).await?;
+    let mut requests = crowd(
         &courses,
         shape.students,
         shape.choices,
         &config.tag,
         config.seed,
     )?;
+    if let Some(rules) = config.rules {
+        requests = with_swaps(requests, &courses, 10, config.seed)?;
+        if rules.registry {
+            import_registry(&store, &requests).await?;
+        }
+    }
     let started = start_workers(&config, &store).await?;
     // Costs are counted from here: start-up (migrations, topology) is not the rush's.
     let cpu_before: Vec<Duration> = started
@@ -203,7 +279,11 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
             .map(|(after, before)| after.since(&before)),
         usages: started.iter().map(WorkerProcess::usage).collect(),
         cpu_before,
-        held: store.seats_held(&courses).await?,
+        held: {
+            released(&store, config.timeout).await?;
+            store.seats_held(&courses).await?
+        },
+        released: store.seats_released().await?,
     };
     let mut stop_errors = Vec::new();
     for worker in started {
@@ -362,6 +442,8 @@ struct Measured {
     usages: Vec<Option<Usage>>,
     cpu_before: Vec<Duration>,
     held: Vec<(String, String)>,
+    /// Seats given back by the releases that completed swaps.
+    released: Vec<(String, String)>,
 }
 
 fn report_of(
@@ -381,7 +463,7 @@ fn report_of(
     let peak = measured.usages.iter().flatten().map(|u| u.peak_rss).max();
     let provisional = fired.latency(Stage::Provisional);
     let final_ = fired.latency(Stage::Final);
-    let mismatched = mismatched_seats(fired, &measured.held);
+    let mismatched = mismatched_seats_after(fired, &measured.held, &measured.released);
     let transactions = measured.transactions;
     RushReport {
         tag: config.tag.clone(),
@@ -431,16 +513,19 @@ fn report_of(
         contradicted: fired.contradicted(),
         violations: audit.len() + mismatched,
         outcomes: fired.outcomes().into_iter().collect(),
+        swaps: SwapFigures::of(fired, &measured.held),
         audit,
     }
 }
 
 /// A fresh tag for a run's course and student names.
-/// Creates the crowd's courses (named from `tag`), with the crowd's seats and waitlist.
+/// Creates the crowd's courses (named from `tag`), with the crowd's seats and waitlist, and
+/// `with_facts`, 3 credits each and meetings in one of 30 weekly slots.
 pub async fn create_courses(
     store: &Store,
     tag: &str,
     shape: &Crowd,
+    with_facts: bool,
 ) -> anyhow::Result<Vec<CourseId>> {
     let courses = course_ids(tag, shape.courses)?;
     let settings = CourseSettings {
@@ -448,12 +533,64 @@ pub async fn create_courses(
         waitlist: shape.waitlist,
         ..CourseSettings::default()
     };
-    let rows: Vec<(CourseId, CourseSettings)> = courses
+    let rows = courses
         .iter()
-        .map(|c| (c.clone(), settings.clone()))
-        .collect();
+        .enumerate()
+        .map(|(k, c)| {
+            let mut settings = settings.clone();
+            if with_facts {
+                settings.credits = 3;
+                settings.meetings = seatrush_core::domain::Meetings::parse(&meetings_of(k))?;
+            }
+            Ok((c.clone(), settings))
+        })
+        .collect::<anyhow::Result<Vec<(CourseId, CourseSettings)>>>()?;
     store.add_courses(&rows).await?;
     Ok(courses)
+}
+
+/// Imports every student of the crowd: a cap of 9 credits (three courses), one in twenty
+/// with a hold, time tickets in four groups a minute apart, the last one now.
+async fn import_registry(store: &Store, requests: &[Request]) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let mut students: Vec<&seatrush_core::domain::StudentId> =
+        requests.iter().map(|r| &r.student_id).collect();
+    students.sort_unstable();
+    students.dedup();
+    let registry: Vec<_> = students
+        .into_iter()
+        .enumerate()
+        .map(|(n, id)| {
+            let group = i64::try_from(n % 4).unwrap_or(0);
+            let record = seatrush_core::domain::StudentRecord {
+                max_credits: 9,
+                registration_opens_at: Some(now - chrono::Duration::minutes(3 - group)),
+                holds: if n % 20 == 7 {
+                    vec!["unpaid_fees".to_owned()]
+                } else {
+                    Vec::new()
+                },
+            };
+            (id.clone(), record)
+        })
+        .collect();
+    for chunk in registry.chunks(5_000) {
+        store.import_students(chunk).await?;
+    }
+    Ok(())
+}
+
+/// Waits until every swap that took its seat has given the old one back (its release is
+/// one more message through the broker after the swap's final answer).
+async fn released(store: &Store, within: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while store.swaps_unreleased().await? > 0 {
+        if start.elapsed() > within {
+            anyhow::bail!("swaps still hold the seats they gave up after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 pub fn fresh_tag(kind: &str) -> String {
@@ -518,6 +655,13 @@ pub fn describe(r: &RushReport) -> String {
         "  lost {}, duplicated {}, provisional answers contradicted {}, violations {}",
         r.lost, r.duplicated, r.contradicted, r.violations
     ));
+    if let Some(s) = &r.swaps {
+        line(format!(
+            "  swaps: {} sent, {} took their seat, {} refused; refused swaps that lost the old \
+             seat: {}",
+            s.sent, s.took_seat, s.refused, s.refused_and_lost_old_seat
+        ));
+    }
     for v in &r.audit {
         line(format!("  audit: {}: {}", v.check, v.detail));
     }
@@ -574,12 +718,24 @@ pub async fn wait_until_balanced(
 
 /// Final `enrolled` answers without a seat in Postgres, plus seats without such an answer.
 pub fn mismatched_seats(report: &load::Report, held: &[(String, String)]) -> usize {
+    mismatched_seats_after(report, held, &[])
+}
+
+/// [`mismatched_seats`], where the seats `released` (course, student) were given back by the
+/// releases that completed swaps: their enrolls' answers no longer hold a seat.
+pub fn mismatched_seats_after(
+    report: &load::Report,
+    held: &[(String, String)],
+    released: &[(String, String)],
+) -> usize {
+    let released: HashSet<&(String, String)> = released.iter().collect();
     let answered: HashSet<(String, String)> = report
         .answered
         .iter()
         .filter_map(|a| a.finals.first())
         .filter(|(f, _)| f.outcome == "enrolled")
         .map(|(f, _)| (f.course_id.clone(), f.student_id.clone()))
+        .filter(|pair| !released.contains(pair))
         .collect();
     let held: HashSet<(String, String)> = held.iter().cloned().collect();
     answered.symmetric_difference(&held).count()

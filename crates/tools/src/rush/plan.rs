@@ -52,6 +52,63 @@ pub fn crowd(
     Ok(requests)
 }
 
+/// The weekly meetings of course `k` when the rules are on: one of 30 slots (five days, six
+/// hours), so every course clashes with the others of its slot.
+pub fn meetings_of(k: usize) -> String {
+    let day = ["MO", "TU", "WE", "TH", "FR"][k % 5];
+    let hour = 8 + (k / 5) % 6;
+    format!("{day} {hour:02}:00-{hour:02}:50")
+}
+
+/// One student in `every` also sends a swap, at once with their choices: into a course they
+/// did not choose, giving up their first choice (which they may not hold yet: then it is
+/// refused `not_enrolled`, or, without a registry, it releases nothing).
+pub fn with_swaps(
+    mut requests: Vec<Request>,
+    courses: &[CourseId],
+    every: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<Request>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5a5a);
+    let mut first: std::collections::BTreeMap<&StudentId, (&CourseId, Vec<&CourseId>, &RequestId)> =
+        Default::default();
+    for r in &requests {
+        let entry = first
+            .entry(&r.student_id)
+            .or_insert((&r.course_id, Vec::new(), &r.request_id));
+        entry.1.push(&r.course_id);
+        if r.request_id.as_str() < entry.2.as_str() {
+            entry.0 = &r.course_id;
+            entry.2 = &r.request_id;
+        }
+    }
+    let mut swaps = Vec::new();
+    for (n, (student, (given_up, chosen, _))) in first.into_iter().enumerate() {
+        if n % every.max(1) != 0 || chosen.len() >= courses.len() {
+            continue;
+        }
+        let into = loop {
+            let k = rng.random_range(0..courses.len());
+            if !chosen.contains(&&courses[k]) {
+                break &courses[k];
+            }
+        };
+        swaps.push(Request {
+            request_id: RequestId::parse(format!("{student}-swap"))?,
+            action: Action::Swap(given_up.clone()),
+            course_id: into.clone(),
+            student_id: student.clone(),
+        });
+    }
+    // Each swap lands among the choices, in the shuffled order.
+    for swap in swaps {
+        requests.push(swap);
+        let last = requests.len() - 1;
+        requests.swap(last, rng.random_range(0..=last));
+    }
+    Ok(requests)
+}
+
 /// Publishes every tenth request a second time under the same request id, at the end, as
 /// impatient clients do.
 pub fn with_duplicates(mut requests: Vec<Request>) -> Vec<Request> {

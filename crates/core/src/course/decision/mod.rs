@@ -212,6 +212,17 @@ impl CourseState {
         (seats > 0).then(|| (self.waitlist.iter().cloned().collect(), seats))
     }
 
+    /// Whether the request is an enroll the rules let ask without a seat claimed
+    /// ([`Ruling::Unclaimed`]) and a seat is free here: the caller must claim it first.
+    pub fn needs_claim(&self, request: &Request, ruling: &Ruling) -> bool {
+        *ruling == Ruling::Unclaimed
+            && request.action == Action::Enroll
+            && self.seats_left() > 0
+            && !self.decided.contains_key(&request.request_id)
+            && !self.enrolled.contains(&request.student_id)
+            && !self.waiting.contains(&request.student_id)
+    }
+
     /// [`CourseState::decide`] under the registration rules: what they said of the request at
     /// the intake, and of the students waiting (see [`CourseState::promotion_candidates`]).
     pub fn decide_under(
@@ -455,11 +466,22 @@ impl CourseState {
         // A free seat implies an empty waitlist (every freed seat goes to the head at once),
         // or one whose students the rules refused it to.
         if self.seats_left() > 0 {
-            if let Err(refusal) = ruling.seat() {
-                return (
-                    Verdict::refused(refusal.clone(), self.seats_left()),
-                    Effect::None,
-                );
+            match ruling.seat() {
+                Some(Ok(())) => {}
+                Some(Err(refusal)) => {
+                    return (
+                        Verdict::refused(refusal.clone(), self.seats_left()),
+                        Effect::None,
+                    );
+                }
+                // The caller claims a seat before deciding when one is free
+                // ([`CourseState::needs_claim`]); if it could not, the seat is not given.
+                None => {
+                    return (
+                        self.verdict(Outcome::Rejected, Some(Reason::Full)),
+                        Effect::None,
+                    );
+                }
             }
             self.enrolled.insert(student.clone());
             return (self.verdict(Outcome::Enrolled, None), Effect::Enroll);
