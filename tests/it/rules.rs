@@ -744,3 +744,77 @@ async fn a_hold_put_on_mid_rush_refuses_what_follows_and_its_clearing_lets_it_th
     client.close().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_whose_worker_dies_between_its_commit_and_its_release_completes_on_another() {
+    // Arrange: the mover holds A, someone waits for A; a worker that dies right after its
+    // third commit (the swap's), before publishing anything of it.
+    let env = TestEnv::new().await;
+    let a = add(&env, "A", course_with(3, "MO 09:00-10:00", 1, 3)).await;
+    let b = add(&env, "B", course_with(3, "MO 09:00-10:00", 5, 0)).await;
+    import(&env, &[("mover", student(3)), ("waiting", student(3))]).await;
+    let crash = format!(
+        "{}=2*off->1*return(abort)",
+        seatrush_core::failpoint::AFTER_COMMIT
+    );
+    let mut doomed = env.launch(
+        "doomed",
+        &["--lease-ms", "800"],
+        &[("FAILPOINTS", crash.as_str())],
+    );
+    env.wait_for_partitions().await;
+    let mut client = Listener::new(&env, None).await;
+    client.send(&[enroll("m-a", &a, "mover")]).await;
+    client.until(WAIT, |c| c.final_count() == 1).await;
+    client.send(&[enroll("w-a", &a, "waiting")]).await;
+    client.until(WAIT, |c| c.final_count() == 2).await;
+
+    // Act: the swap is committed, then its worker dies; a successor gets it redelivered.
+    client.send(&[swap("sw", &b, &a, "mover")]).await;
+    let status = doomed
+        .exited(WAIT)
+        .await
+        .expect("the worker dies after the swap's commit");
+    assert!(!status.success(), "{status}");
+    let successor = env.launch("successor", &["--lease-ms", "800"], &[]);
+    client
+        .until(WAIT, |c| {
+            c.finals().contains_key("sw") && c.received.iter().any(|a| a.is_promotion())
+        })
+        .await;
+
+    // Assert: the swap's answer is the committed one, the old seat was given back by the
+    // successor and went to the head of its waitlist; the ledger agrees.
+    let sw = &client.finals()["sw"];
+    assert_eq!(
+        (sw.outcome.as_str(), sw.replayed),
+        ("enrolled", true),
+        "{sw:?}"
+    );
+    crate::helpers::eventually("the old seat released", WAIT, || async {
+        let detail = env
+            .store
+            .course_detail(&a)
+            .await
+            .expect("read")
+            .expect("course");
+        (detail.enrolled_students == ["waiting"]).then_some(())
+    })
+    .await;
+    let in_b = env
+        .store
+        .course_detail(&b)
+        .await
+        .expect("read")
+        .expect("course");
+    assert_eq!(in_b.enrolled_students, ["mover"]);
+    assert_none_contradicted(&client.received);
+    assert_ledger_matches(&env).await;
+
+    client.close().await;
+    successor
+        .stop(WAIT)
+        .await
+        .expect("the successor exits cleanly");
+    env.cleanup().await;
+}
