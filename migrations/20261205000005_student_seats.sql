@@ -95,6 +95,10 @@ CREATE TRIGGER student_seats_counted_again
 -- answers the same.
 ALTER TABLE outcomes ADD COLUMN rule jsonb;
 
+-- An entrant the rules refused a seat at the draw, passed over into the waitlist (or refused
+-- for want of a place) while seats were still given after them.
+ALTER TABLE draw_entries ADD COLUMN passed_over boolean NOT NULL DEFAULT false;
+
 -- Swaps, and the releases that complete them.
 ALTER TABLE outcomes
     DROP CONSTRAINT outcomes_action_check,
@@ -136,12 +140,15 @@ $$;
 -- seat freed by a drop or a change goes to the first in line whom the rules let take it (a
 -- registry student only with a claim on it in `student_seats`); the others stay where they
 -- are. Without a registry that is the head, as before. An enroll takes a free seat when no one
--- waiting may.
+-- waiting may. A draw likewise passes over an entrant the rules refuse a seat (`passed_over`).
 CREATE OR REPLACE FUNCTION apply_course_effects_in_order(p_effects course_effect[])
 RETURNS TABLE (r_ord integer, r_applied boolean, r_student text, r_request text,
                r_reply text, r_correlation text, r_seats_left integer)
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_passed integer := 0;
+    v_allowed boolean;
+    v_free boolean;
     op record;
     head record;
     entrant record;
@@ -279,13 +286,24 @@ BEGIN
                       FROM draw_entries d
                      WHERE d.course_id = cur AND d.student_id = v_order[i];
                     v_position := NULL;
-                    IF v_enrolled < v_capacity AND v_waitlisted = 0 THEN
+                    -- A registry student takes a seat only with a claim on it; one the rules
+                    -- refused is passed over into the waitlist, and the seats left still go.
+                    v_allowed := NOT EXISTS (SELECT 1 FROM students s
+                                              WHERE s.student_id = v_order[i])
+                                 OR EXISTS (SELECT 1 FROM student_seats c
+                                             WHERE c.student_id = v_order[i]
+                                               AND c.course_id = cur);
+                    v_free := v_enrolled < v_capacity AND v_waitlisted = v_passed;
+                    IF v_free AND v_allowed THEN
                         INSERT INTO enrollments (course_id, student_id, request_id)
                         VALUES (cur, v_order[i], entrant.request_id) ON CONFLICT DO NOTHING;
                         GET DIAGNOSTICS n = ROW_COUNT;
                         v_enrolled := v_enrolled + n;
                         v_outcome := 'enrolled';
                     ELSIF v_waitlisted < v_wcap THEN
+                        IF v_free THEN
+                            v_passed := v_passed + 1;
+                        END IF;
                         v_next := v_next + 1;
                         v_waitlisted := v_waitlisted + 1;
                         v_position := v_waitlisted;
@@ -301,7 +319,8 @@ BEGIN
                     END IF;
                     UPDATE draw_entries d
                        SET draw_position = i, outcome = v_outcome,
-                           seats_left = v_capacity - v_enrolled, waitlist_position = v_position
+                           seats_left = v_capacity - v_enrolled, waitlist_position = v_position,
+                           passed_over = v_free AND NOT v_allowed
                      WHERE d.course_id = cur AND d.student_id = v_order[i];
                 END LOOP;
                 UPDATE courses c SET drawn_at = now(), draw_request_id = op.request_id

@@ -818,3 +818,105 @@ async fn a_swap_whose_worker_dies_between_its_commit_and_its_release_completes_o
         .expect("the successor exits cleanly");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draw_passes_over_an_entrant_the_rules_refuse_and_gives_the_seats_to_the_next() {
+    // Arrange: a draw course of 2 seats and 10 waitlist places opening in a few seconds, 8
+    // entrants, 4 of whom already hold their 3 credits in another course (so the draw must
+    // pass them over whatever their ranks).
+    let mut env = TestEnv::new().await;
+    let opens_at = Utc::now() + Span::seconds(4);
+    let draw = add(
+        &env,
+        "D",
+        CourseSettings {
+            capacity: 2,
+            waitlist: 10,
+            credits: 3,
+            meetings: Meetings::parse("FR 09:00-10:00").expect("valid"),
+            opens_at: Some(opens_at),
+            opening: seatrush_core::domain::Opening::Draw,
+            entries_open_at: Some(opens_at - Span::hours(1)),
+            draw_seed: Some(seatrush_core::domain::DrawSeed::generate()),
+            ..CourseSettings::default()
+        },
+    )
+    .await;
+    let other = add(&env, "O", course_with(3, "MO 09:00-10:00", 10, 0)).await;
+    let names: Vec<String> = (0..8).map(|i| format!("entrant{i}")).collect();
+    let registry: Vec<(&str, StudentRecord)> =
+        names.iter().map(|n| (n.as_str(), student(3))).collect();
+    import(&env, &registry).await;
+    env.start_worker(env.worker_config()).await;
+    let mut client = Listener::new(&env, None).await;
+    let loaded: Vec<_> = names[..4]
+        .iter()
+        .map(|n| enroll(&format!("o-{n}"), &other, n))
+        .collect();
+    client.send(&loaded).await;
+    client.until(WAIT, |c| c.final_count() == 4).await;
+    let entries: Vec<_> = names
+        .iter()
+        .map(|n| enroll(&format!("d-{n}"), &draw, n))
+        .collect();
+    client.send(&entries).await;
+    client.until(WAIT, |c| c.final_count() == 12).await;
+    assert!(
+        names
+            .iter()
+            .all(|n| client.finals()[&format!("d-{n}")].outcome == "queued"),
+        "{:?}",
+        client.finals()
+    );
+
+    // Act: the opening comes; the draw ranks all eight.
+    client
+        .until(WAIT, |c| {
+            c.received
+                .iter()
+                .filter(|a| a.stage == Stage::Final && a.draw_position.is_some())
+                .count()
+                == 8
+        })
+        .await;
+
+    // Assert: the two seats went to the best-ranked entrants with credits to spare; the others
+    // wait; the audit (draw order included) and the ledger agree.
+    let detail = env
+        .store
+        .course_detail(&draw)
+        .await
+        .expect("read")
+        .expect("course");
+    assert_eq!(detail.enrolled_students.len(), 2);
+    for held in &detail.enrolled_students {
+        assert!(names[4..].contains(held), "{held} had no credits to spare");
+    }
+    let results: HashMap<String, (String, u32)> = client
+        .received
+        .iter()
+        .filter(|a| a.stage == Stage::Final && a.draw_position.is_some())
+        .map(|a| {
+            (
+                a.student_id.clone(),
+                (a.outcome.clone(), a.draw_position.unwrap_or(0)),
+            )
+        })
+        .collect();
+    let free_ranks: Vec<u32> = names[4..].iter().map(|n| results[n].1).collect();
+    let mut best: Vec<u32> = free_ranks.clone();
+    best.sort_unstable();
+    for n in &names[4..] {
+        let (outcome, rank) = &results[n];
+        let expected = if best[..2].contains(rank) {
+            "enrolled"
+        } else {
+            "waitlisted"
+        };
+        assert_eq!(outcome, expected, "{n} ranked {rank}: {results:?}");
+    }
+    assert_ledger_matches(&env).await;
+
+    client.close().await;
+    env.cleanup().await;
+}

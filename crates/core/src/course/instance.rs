@@ -58,9 +58,13 @@ impl Instance {
             loaded_under = loaded_under.max(Some(envelope.epoch));
             let mut envelope = envelope;
             self.claim_if_needed(&mut envelope, state.as_ref()).await;
-            let eligibility = self.eligibility(&envelope, state.as_ref()).await;
+            // One instant for what is judged and what is decided: a draw found due by one is
+            // due for the other.
+            // The worker's clock decides windows: keep worker hosts NTP-synchronized.
+            let now = chrono::Utc::now();
+            let eligibility = self.eligibility(&envelope, state.as_ref(), now).await;
             let Some((envelope, decision)) =
-                self.decide(envelope, state.as_mut(), eligibility.as_deref())
+                self.decide(envelope, state.as_mut(), eligibility.as_deref(), now)
             else {
                 continue;
             };
@@ -121,7 +125,12 @@ impl Instance {
             epoch: cause.epoch,
             redelivered: false,
             guard: cause.guard.sibling(),
-            ruling: crate::domain::Ruling::Off,
+            // Under the rules, the commit settles the seats the draw claimed.
+            ruling: if cause.ruling.is_on() {
+                crate::domain::Ruling::Allowed
+            } else {
+                crate::domain::Ruling::Off
+            },
         };
         self.ticket.route();
         self.ctx
@@ -138,11 +147,18 @@ impl Instance {
         &self,
         envelope: &Envelope,
         state: Option<&CourseState>,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Option<Vec<(StudentId, Result<(), Refusal>)>> {
         if !envelope.ruling.is_on() {
             return None;
         }
-        let (waiting, seats) = state?.promotion_candidates(&envelope.request)?;
+        let state = state?;
+        // A draw due now comes first, and its seats are judged for it, in rank order.
+        if let Some((ranked, seats)) = state.draw_candidates(now) {
+            let record = crate::domain::draw_request_id(&self.course);
+            return Some(self.claimed(&ranked, &record, seats).await);
+        }
+        let (waiting, seats) = state.promotion_candidates(&envelope.request)?;
         Some(
             self.claimed(&waiting, &envelope.request.request_id, seats)
                 .await,
@@ -204,21 +220,20 @@ impl Instance {
         envelope: Envelope,
         state: Option<&mut CourseState>,
         eligibility: Option<&Eligibility>,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Option<(Envelope, Decision)> {
         let decision = {
             let mut slot = self.in_hand.lock().unwrap_or_else(PoisonError::into_inner);
             let envelope = slot.insert(envelope);
             before_decide(&envelope.request);
             match state {
-                // The worker's clock decides windows: keep worker hosts NTP-synchronized.
                 Some(state) => {
                     let started = Instant::now();
                     let rules = Rules {
                         ruling: &envelope.ruling,
                         promotion: eligibility,
                     };
-                    let decision =
-                        state.decide_under(&envelope.request, chrono::Utc::now(), &rules);
+                    let decision = state.decide_under(&envelope.request, now, &rules);
                     crate::telemetry::metrics::decided_in(started.elapsed());
                     decision
                 }

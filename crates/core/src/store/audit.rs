@@ -163,7 +163,8 @@ const CHECKS: &[(&str, &str)] = &[
         "draw_out_of_rank",
         // Seats went to the best ranks, then waitlist places, then refusals: nobody got more
         // than an entrant ranked before them. (What entrants did after the draw, a drop, a
-        // promotion, does not change the draw's record.)
+        // promotion, does not change the draw's record.) An entrant the registration rules
+        // refused a seat was passed over and is left out.
         "SELECT format('course %s: last seat at rank %s, first waitlist place at %s, first \
                         refusal at %s, last waitlist place at %s', course_id, e, fw, fr, lw) \
          FROM (SELECT course_id, \
@@ -171,7 +172,8 @@ const CHECKS: &[(&str, &str)] = &[
                       min(draw_position) FILTER (WHERE outcome = 'waitlisted') AS fw, \
                       max(draw_position) FILTER (WHERE outcome = 'waitlisted') AS lw, \
                       min(draw_position) FILTER (WHERE outcome = 'rejected') AS fr \
-                 FROM draw_entries WHERE draw_position IS NOT NULL GROUP BY course_id) r \
+                 FROM draw_entries WHERE draw_position IS NOT NULL AND NOT passed_over \
+                GROUP BY course_id) r \
          WHERE e > fw OR e > fr OR lw > fr",
     ),
     (

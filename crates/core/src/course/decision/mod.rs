@@ -242,7 +242,7 @@ impl CourseState {
         if request.course_id != self.course_id {
             return Decision::unknown_course();
         }
-        self.draw_if_due(now);
+        self.draw_if_due(now, rules.promotion);
         let (verdict, effect) = match &request.action {
             Action::Configure(patch) => self.configure(patch, rules.promotion),
             Action::Draw => {
@@ -321,24 +321,48 @@ impl CourseState {
             && self.settings.entries_open_at.is_none_or(|from| now >= from)
     }
 
+    /// Whether the course's draw is due at `now` (a draw course, not drawn, its opening come).
+    fn draw_due(&self, now: DateTime<Utc>) -> bool {
+        self.settings.opening == Opening::Draw
+            && !self.drawn
+            && self.settings.opens_at.is_some_and(|open| now >= open)
+    }
+
+    /// When the draw is due at `now` and the registration rules are on: the entrants in rank
+    /// order and the seats to give, for the caller to judge ([`Eligibility`]) before
+    /// [`CourseState::decide_under`] performs the draw.
+    pub fn draw_candidates(&self, now: DateTime<Utc>) -> Option<(Vec<StudentId>, usize)> {
+        let seed = self.settings.draw_seed.filter(|_| self.draw_due(now))?;
+        let order = seed.order(self.entrants.keys());
+        (!order.is_empty()).then(|| (order, self.seats_left() as usize))
+    }
+
     /// Performs the draw if the course is a draw whose opening has come and it has not drawn:
     /// each entrant, rank 1 first, is decided as if they had enrolled in that order, and the
-    /// entry request's id answers with that outcome from now on.
-    fn draw_if_due(&mut self, now: DateTime<Utc>) {
-        let due = self.settings.opening == Opening::Draw
-            && !self.drawn
-            && self.settings.opens_at.is_some_and(|open| now >= open);
-        let Some(seed) = self.settings.draw_seed.filter(|_| due) else {
+    /// entry request's id answers with that outcome from now on. Under the registration rules
+    /// (`eligibility`, judged in rank order), an entrant they refuse a seat is passed over: a
+    /// waitlist place if one is left, else full.
+    fn draw_if_due(&mut self, now: DateTime<Utc>, eligibility: Option<&Eligibility>) {
+        let Some(seed) = self.settings.draw_seed.filter(|_| self.draw_due(now)) else {
             return;
         };
+        let refused: HashSet<&StudentId> = eligibility
+            .into_iter()
+            .flatten()
+            .filter(|(_, verdict)| verdict.is_err())
+            .map(|(student, _)| student)
+            .collect();
         let mut entered = std::mem::take(&mut self.entrants);
         let order = seed.order(entered.keys());
         let mut entrants = Vec::with_capacity(order.len());
+        // Entrants passed over into the waitlist: the seats left are still given.
+        let mut passed_over = 0;
         for (rank, student_id) in order.into_iter().enumerate() {
             let Some(request_id) = entered.remove(&student_id) else {
                 continue;
             };
-            let mut verdict = self.draw_one(&student_id);
+            let allowed = !refused.contains(&student_id);
+            let mut verdict = self.draw_one(&student_id, allowed, &mut passed_over);
             verdict.draw = Some(Box::new(DrawNote {
                 position: Some(count(rank + 1)),
                 ..DrawNote::default()
@@ -364,20 +388,23 @@ impl CourseState {
         self.pending_draw = Some((request, decision));
     }
 
-    /// Decides one entrant of the draw as an enroll: a seat, else a place at the end of the
-    /// waitlist (its position is the waitlist's length: no scan, so a draw of thousands of
-    /// entrants into a long waitlist stays linear), else full.
-    fn draw_one(&mut self, student: &StudentId) -> Verdict {
+    /// Decides one entrant of the draw as an enroll: a seat (if `allowed` by the rules), else
+    /// a place at the end of the waitlist (its position is the waitlist's length: no scan, so
+    /// a draw of thousands of entrants into a long waitlist stays linear), else full.
+    /// `passed_over` counts the entrants the rules kept from a free seat, who wait.
+    fn draw_one(&mut self, student: &StudentId, allowed: bool, passed_over: &mut usize) -> Verdict {
         if self.enrolled.contains(student) || self.waiting.contains(student) {
             // Never the case (an entry is refused to whoever holds a seat or a place); decided
             // as any enroll would be rather than assumed away.
             return self.enroll(student).0;
         }
-        if self.seats_left() > 0 && self.waitlist.is_empty() {
+        let seat_free = self.seats_left() > 0 && self.waitlist.len() == *passed_over;
+        if seat_free && allowed {
             self.enrolled.insert(student.clone());
             return self.verdict(Outcome::Enrolled, None);
         }
         if self.waitlisted_count() < self.settings.waitlist {
+            *passed_over += usize::from(seat_free);
             self.waitlist.push_back(student.clone());
             self.waiting.insert(student.clone());
             let mut verdict = self.verdict(Outcome::Waitlisted, None);

@@ -38,6 +38,15 @@ pub(super) async fn settle(tx: &mut PgConnection, entries: &mut [Entry<'_>]) -> 
             }
             _ => {}
         }
+        // The seats a draw gave its entrants.
+        for drawn in fresh
+            .draws
+            .iter()
+            .filter(|d| d.verdict.outcome == Outcome::Enrolled)
+        {
+            held_students.push(drawn.entry.student_id.as_str());
+            held_courses.push(drawn.entry.course_id.as_str());
+        }
         for promotion in &fresh.promotions {
             held_students.push(promotion.student_id.as_str());
             held_courses.push(promotion.course_id.as_str());
