@@ -56,7 +56,11 @@ impl RegistryWatch {
     /// Keeps the answer current until `stop`.
     pub async fn run(self, store: Store, stop: CancellationToken) {
         loop {
-            self.refresh(&store).await;
+            // A database that does not answer must not hold the session's stop up.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                () = self.refresh(&store) => {}
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 () = tokio::time::sleep(REGISTRY_POLL) => {}
