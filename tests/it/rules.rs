@@ -143,6 +143,13 @@ async fn the_rules_refuse_with_their_reasons_and_never_contradict_an_answer() {
                 },
             ),
             ("plenty", student(30)),
+            (
+                "earlier",
+                StudentRecord {
+                    registration_opens_at: Some(Utc::now() - Span::minutes(1)),
+                    ..student(30)
+                },
+            ),
         ],
     )
     .await;
@@ -160,6 +167,7 @@ async fn the_rules_refuse_with_their_reasons_and_never_contradict_an_answer() {
     first.push(enroll("ghost1", &courses[0], "ghost"));
     first.push(request("ghost2", Action::Drop, &courses[0], "ghost"));
     first.push(enroll("plenty1", &courses[0], "plenty"));
+    first.push(enroll("early1", &courses[1], "earlier"));
     client.send(&first).await;
     client.until(WAIT, |c| c.final_count() == first.len()).await;
 
@@ -214,6 +222,11 @@ async fn the_rules_refuse_with_their_reasons_and_never_contradict_an_answer() {
         );
     }
     assert_eq!(outcome("plenty1"), ("enrolled".into(), None));
+    assert_eq!(
+        outcome("early1"),
+        ("enrolled".into(), None),
+        "a time ticket passed lets the student in"
+    );
 
     // Act 2: a clashing course, a course past the cap that has no seat (a waitlist place is
     // allowed), and one that fits.
