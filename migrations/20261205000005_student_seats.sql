@@ -37,6 +37,8 @@ CREATE TABLE student_seats (
         WHERE (released_by IS NULL)
 );
 CREATE INDEX student_seats_by_request ON student_seats (request_id) WHERE NOT held;
+-- Every commit under the rules looks for the seats its swaps gave up.
+CREATE INDEX student_seats_by_releaser ON student_seats (released_by) WHERE released_by IS NOT NULL;
 
 -- A student's turn: every judgement of a student, every change of their holds and every
 -- check below takes this transaction-scoped lock first (in key order when it takes several),
