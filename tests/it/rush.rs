@@ -350,3 +350,51 @@ async fn the_junk_scenario_answers_every_unknown_course_and_reports_memory() {
     assert!(courses.is_empty(), "junk created courses: {courses:?}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_rush_runs_one_crowd_without_and_with_the_rules_and_compares() {
+    // Arrange: a small crowd of the rules' shape, five choices each.
+    let env = TestEnv::new().await;
+    let json = env.log_dir().join("rules.json");
+
+    // Act
+    let output = env
+        .seatrush()
+        .args(["rush", "--registry", "--courses", "40", "--seats", "10"])
+        .args(["--students", "600", "--choices", "5", "--json"])
+        .arg(&json)
+        .output()
+        .await
+        .expect("run seatrush rush --registry");
+
+    // Assert: both runs keep every invariant, the rules refused what they should, every
+    // refused swap kept its old seat, and the ratio is reported.
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
+    for run in ["without_registry", "with_registry"] {
+        let r = &report[run];
+        assert_eq!(
+            r["requests"], 3060,
+            "600 students, five choices, 60 swaps: {r:#}"
+        );
+        for check in ["lost", "duplicated", "contradicted", "violations"] {
+            assert_eq!(r[check], 0, "{run} {check}: {r:#}");
+        }
+        assert_eq!(r["swaps"]["sent"], 60);
+        assert_eq!(r["swaps"]["refused_and_lost_old_seat"], 0);
+    }
+    let outcomes = &report["with_registry"]["outcomes"];
+    assert_eq!(
+        outcomes["rejected/hold"], 150,
+        "one student in twenty: {outcomes:#}"
+    );
+    assert!(report["without_registry"]["outcomes"]["rejected/hold"].is_null());
+    assert!(report["throughput_ratio"].as_f64().is_some_and(|r| r > 0.0));
+    env.cleanup().await;
+}
