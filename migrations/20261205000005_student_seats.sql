@@ -101,6 +101,10 @@ ALTER TABLE outcomes ADD COLUMN rule jsonb;
 -- for want of a place) while seats were still given after them.
 ALTER TABLE draw_entries ADD COLUMN passed_over boolean NOT NULL DEFAULT false;
 
+-- A seat may stay free while only students the rules refused it to wait: the next request
+-- may take it.
+ALTER TABLE courses DROP CONSTRAINT nobody_waits_for_a_free_seat;
+
 -- Swaps, and the releases that complete them.
 ALTER TABLE outcomes
     DROP CONSTRAINT outcomes_action_check,
@@ -125,17 +129,31 @@ SELECT o.request_id, o.course_id, o.student_id, o.action, o.batch_id, o.decided_
   LEFT JOIN draw_entries d
     ON d.request_id = o.request_id AND d.course_id = o.course_id AND d.outcome IS NOT NULL;
 
--- Whether anyone on the course's waitlist may take a freed seat: a student outside the registry
--- (and so everyone, when no registry is loaded), or one holding a claim on it. A seat is free
--- while the waitlist holds only students the rules refused it to; the next request may take it.
+-- Whether anyone on the course's waitlist may take a freed seat at any time: a student outside
+-- the registry (and so everyone, when no registry is loaded). A registry student takes one only
+-- when the course's actor claimed it for them, for the very drop or change that freed it. A seat
+-- is free while the waitlist holds only registry students; the next request may take it.
 CREATE FUNCTION waitlist_has_promotable(p_course text) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT EXISTS (
         SELECT 1 FROM waitlist w
          WHERE w.course_id = p_course
-           AND (NOT EXISTS (SELECT 1 FROM students s WHERE s.student_id = w.student_id)
-                OR EXISTS (SELECT 1 FROM student_seats c
-                            WHERE c.student_id = w.student_id AND c.course_id = p_course)))
+           AND NOT EXISTS (SELECT 1 FROM students s WHERE s.student_id = w.student_id))
+$$;
+
+-- A canonical meetings text (`MO 09:00-10:30;WE 09:00-10:30`) as minutes of the week, Monday
+-- 00:00 being 0, as the workers compute them.
+CREATE FUNCTION meetings_minutes(p_meetings text) RETURNS int4multirange
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(range_agg(int4range(
+               d * 1440 + split_part(t.start, ':', 1)::int * 60 + split_part(t.start, ':', 2)::int,
+               d * 1440 + split_part(t.stop, ':', 1)::int * 60 + split_part(t.stop, ':', 2)::int)),
+           '{}')
+      FROM (SELECT array_position(ARRAY['MO', 'TU', 'WE', 'TH', 'FR', 'SA', 'SU'],
+                                  upper(substr(slot, 1, 2))) - 1 AS d,
+                   split_part(substr(slot, 4), '-', 1) AS start,
+                   split_part(substr(slot, 4), '-', 2) AS stop
+              FROM UNNEST(string_to_array(nullif(p_meetings, ''), ';')) slot) t
 $$;
 
 -- The loop of 20261205000003_draw.sql, unchanged but for the promotion and the free seats: a
@@ -294,7 +312,8 @@ BEGIN
                                               WHERE s.student_id = v_order[i])
                                  OR EXISTS (SELECT 1 FROM student_seats c
                                              WHERE c.student_id = v_order[i]
-                                               AND c.course_id = cur);
+                                               AND c.course_id = cur
+                                               AND c.request_id = op.request_id);
                     v_free := v_enrolled < v_capacity AND v_waitlisted = v_passed;
                     IF v_free AND v_allowed THEN
                         INSERT INTO enrollments (course_id, student_id, request_id)
@@ -347,7 +366,8 @@ BEGIN
                                                       WHERE s.student_id = x.student_id)
                                          OR EXISTS (SELECT 1 FROM student_seats c
                                                      WHERE c.student_id = x.student_id
-                                                       AND c.course_id = cur)))
+                                                       AND c.course_id = cur
+                                                       AND c.request_id = op.request_id)))
             RETURNING w.student_id, w.request_id, w.reply_to, w.correlation_id INTO head;
             EXIT WHEN NOT FOUND;
             INSERT INTO enrollments (course_id, student_id, request_id)
@@ -469,16 +489,33 @@ CREATE FUNCTION settle_student_seats(p_held_students text[], p_held_courses text
                                      p_requests text[])
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    -- The students whose seat a failed swap gives back are locked in id order (the check of
-    -- that seat locks them too), so commits and judgements take turns without deadlocking.
-    PERFORM lock_students(ARRAY(SELECT c.student_id FROM student_seats c
-                                 WHERE c.released_by = ANY (p_requests)));
+    -- The turn of the students whose rows are checked below (a seat a failed swap gives back,
+    -- a held seat whose row is written anew), all taken at once in key order, so commits and
+    -- judgements take turns without deadlocking.
+    PERFORM lock_students(ARRAY(
+        SELECT c.student_id FROM student_seats c WHERE c.released_by = ANY (p_requests)
+        UNION
+        SELECT h.student_id FROM UNNEST(p_held_students, p_held_courses) AS h(student_id, course_id)
+         WHERE NOT EXISTS (SELECT 1 FROM student_seats c
+                            WHERE c.student_id = h.student_id AND c.course_id = h.course_id)));
+    -- What the database holds decides, whatever order the batch's decisions came in: a seat
+    -- given back and taken again before either was committed stays in the ledger.
     DELETE FROM student_seats c
      USING UNNEST(p_dropped_students, p_dropped_courses) AS d(student_id, course_id)
-     WHERE c.student_id = d.student_id AND c.course_id = d.course_id;
-    UPDATE student_seats c SET held = true
+     WHERE c.student_id = d.student_id AND c.course_id = d.course_id
+       AND NOT EXISTS (SELECT 1 FROM enrollments e
+                        WHERE e.student_id = c.student_id AND e.course_id = c.course_id);
+    -- A seat given is held: its claim, or (its row deleted meanwhile by the commit of a drop
+    -- decided before it) a row written now, which the checks judge like any other.
+    INSERT INTO student_seats (student_id, course_id, credits, meetings, minutes, request_id,
+                               held)
+    SELECT h.student_id, h.course_id, c.credits, c.meetings, meetings_minutes(c.meetings),
+           e.request_id, true
       FROM UNNEST(p_held_students, p_held_courses) AS h(student_id, course_id)
-     WHERE c.student_id = h.student_id AND c.course_id = h.course_id AND NOT c.held;
+      JOIN students s ON s.student_id = h.student_id
+      JOIN courses c ON c.course_id = h.course_id
+      JOIN enrollments e ON e.student_id = h.student_id AND e.course_id = h.course_id
+    ON CONFLICT (student_id, course_id) DO UPDATE SET held = true;
     DELETE FROM student_seats c WHERE c.request_id = ANY (p_requests) AND NOT c.held;
     UPDATE student_seats a SET released_by = NULL
      WHERE a.released_by = ANY (p_requests)

@@ -358,6 +358,47 @@ async fn a_promotion_passes_over_a_student_the_rules_forbid_and_tells_them() {
         .expect("course");
     assert_eq!(detail.enrolled_students, vec!["next".to_owned()]);
     assert_eq!(detail.waitlist, vec!["full-load".to_owned()]);
+    assert_ledger_matches(&env).await;
+
+    // Act 2: the seat is given back again, with only the over-cap student waiting: it stays
+    // free, and the next enroll takes it. Then that student gives it back and takes it again at
+    // once, before either is committed.
+    client
+        .send(&[request("p-drop2", Action::Drop, &course, "next")])
+        .await;
+    client
+        .until(WAIT, |c| {
+            c.final_count() == 6
+                && c.received
+                    .iter()
+                    .filter(|a| a.outcome == "promotion_skipped")
+                    .count()
+                    == 2
+        })
+        .await;
+    let free = env
+        .store
+        .course_detail(&course)
+        .await
+        .expect("read")
+        .expect("course");
+    assert!(free.enrolled_students.is_empty(), "the seat stays free");
+    assert_eq!(free.waitlist, vec!["full-load".to_owned()]);
+    client.send(&[enroll("p-first2", &course, "first")]).await;
+    client.until(WAIT, |c| c.final_count() == 7).await;
+    assert_eq!(client.finals()["p-first2"].outcome, "enrolled");
+    client
+        .send(&[
+            request("p-drop3", Action::Drop, &course, "first"),
+            enroll("p-first3", &course, "first"),
+        ])
+        .await;
+    client.until(WAIT, |c| c.final_count() == 9).await;
+
+    // Assert 2
+    let finals = client.finals();
+    assert_eq!(finals["p-drop3"].outcome, "dropped");
+    assert_eq!(finals["p-first3"].outcome, "enrolled");
     assert_none_contradicted(&client.received);
     assert_ledger_matches(&env).await;
 

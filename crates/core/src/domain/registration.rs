@@ -92,8 +92,12 @@ pub struct SeatHeld {
     pub course: CourseId,
     pub credits: u32,
     pub meetings: Meetings,
-    /// Committed (not only claimed), and not being given up by a swap: a swap may give it up.
+    /// Committed, not only claimed.
+    pub held: bool,
+    /// Committed, and not being given up by a swap: a swap may give it up.
     pub swappable: bool,
+    /// Claimed by a swap (judged as if the seat it gives up were gone).
+    pub swap_claim: bool,
 }
 
 /// The students a batch of requests concerns, with their seats, as read under their rows'
@@ -109,8 +113,11 @@ pub struct Ledger {
 pub enum Claim {
     /// A new claim, to be written.
     New,
-    /// The student already holds or is promised this course's seat.
+    /// The student is already promised this course's seat, by a claim in flight.
     Existing,
+    /// The student holds this course's seat (it may be being given back by a drop not
+    /// committed yet): nothing to write, the seat already counts.
+    Held,
 }
 
 impl Ledger {
@@ -148,10 +155,16 @@ impl Ledger {
     ) -> Option<Result<Claim, Refusal>> {
         let (record, seats) = self.students.get_mut(student)?;
         may_ask(record, now).err().map(Err).or_else(|| {
-            if seats.iter().any(|s| s.course == *course) {
+            let existing = seats
+                .iter()
+                .find(|s| s.course == *course)
+                .map(|s| (s.held, s.swap_claim));
+            // A plain claim in flight: the course decides that request first.
+            if existing == Some((false, false)) {
                 return Some(Ok(Claim::Existing));
             }
             if let Some(given) = giving_up
+                && existing.is_none()
                 && !seats.iter().any(|s| s.course == *given && s.swappable)
             {
                 return Some(Err(Refusal::NotEnrolled {
@@ -171,14 +184,24 @@ impl Ledger {
                 credits,
                 meetings,
             };
+            // A held seat, or a swap's claim, is judged like a new one (the seat itself is not
+            // counted twice): a seat given back and taken again, or a swap's claim taken over
+            // by a promotion, must fit the rules with everything else the student holds.
             if let Err(refusal) = may_take_seat(record, &loads, &asked, giving_up, now) {
                 return Some(Err(refusal));
+            }
+            match existing {
+                Some((true, _)) => return Some(Ok(Claim::Held)),
+                Some(_) => return Some(Ok(Claim::Existing)),
+                None => {}
             }
             seats.push(SeatHeld {
                 course: course.clone(),
                 credits,
                 meetings: meetings.clone(),
+                held: false,
                 swappable: false,
+                swap_claim: giving_up.is_some(),
             });
             Some(Ok(Claim::New))
         })

@@ -22,6 +22,10 @@ use crate::domain::{
     StudentId, StudentRecord,
 };
 
+/// Students judged in one transaction at most by a promotion or a draw: each takes a lock, and
+/// the server's lock table is shared by every transaction.
+pub const JUDGED_AT_ONCE: usize = 512;
+
 /// A claim to write: the seat `course` promised to `student` by `request`; for a swap, the
 /// seat it gives up (`releases`), which the ledger keeps but no longer counts until the swap is
 /// settled.
@@ -126,6 +130,8 @@ impl Store {
             })
             .collect();
         write_claims(&mut tx, &claims).await?;
+        let mut rulings: Vec<Ruling> = rulings;
+        replays_go_on(&mut tx, requests, &mut rulings).await?;
         tx.commit().await?;
         Ok(rulings)
     }
@@ -134,7 +140,33 @@ impl Store {
     /// `cause` frees there, and claims a seat for each allowed, until the seats are claimed.
     /// One answer per student judged, in order: `Ok` for a seat claimed (or a student outside
     /// the registry, who needs no claim), `Err` for one the rules skip.
+    ///
+    /// The students are judged in chunks of [`JUDGED_AT_ONCE`], each in a transaction of its
+    /// own, so a draw of thousands of entrants never holds thousands of locks at once.
     pub async fn claim_for_promotion(
+        &self,
+        course: &CourseId,
+        cause: &RequestId,
+        waiting: &[StudentId],
+        seats: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(StudentId, Result<(), Refusal>)>> {
+        let mut judged = Vec::new();
+        let mut granted = 0;
+        for chunk in waiting.chunks(JUDGED_AT_ONCE) {
+            if granted == seats {
+                break;
+            }
+            let more = self
+                .claim_chunk(course, cause, chunk, seats - granted, now)
+                .await?;
+            granted += more.iter().filter(|(_, v)| v.is_ok()).count();
+            judged.extend(more);
+        }
+        Ok(judged)
+    }
+
+    async fn claim_chunk(
         &self,
         course: &CourseId,
         cause: &RequestId,
@@ -173,9 +205,12 @@ impl Store {
             granted += usize::from(verdict.is_ok());
             judged.push((student.clone(), verdict));
         }
-        let new: Vec<NewClaim<'_>> = claims
+        // New claims, and claims in flight taken over for this promotion (written anew if the
+        // commit of their own request released them meanwhile): released only with the
+        // request that frees the seat.
+        let taken: Vec<NewClaim<'_>> = claims
             .iter()
-            .filter(|(_, claim)| *claim == Claim::New)
+            .filter(|(_, claim)| *claim != Claim::Held)
             .map(|(student, _)| NewClaim {
                 student,
                 course,
@@ -185,45 +220,41 @@ impl Store {
                 releases: None,
             })
             .collect();
-        write_claims(&mut tx, &new).await?;
-        // A claim made earlier (the student's own enroll, still in flight) now serves the
-        // promotion: it is released only with the request that frees the seat.
-        let existing: Vec<&str> = claims
-            .iter()
-            .filter(|(_, claim)| *claim == Claim::Existing)
-            .map(|(student, _)| student.as_str())
-            .collect();
-        if !existing.is_empty() {
-            sqlx::query(
-                "UPDATE student_seats SET request_id = $3 \
-                  WHERE course_id = $1 AND student_id = ANY ($2) AND NOT held",
-            )
-            .bind(course.as_str())
-            .bind(&existing)
-            .bind(cause.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        // A student passed over keeps no claim on the seat (one their own enroll made, still
-        // in flight, would otherwise let the database promote them).
-        let refused: Vec<&str> = judged
-            .iter()
-            .filter(|(_, verdict)| verdict.is_err())
-            .map(|(student, _)| student.as_str())
-            .collect();
-        if !refused.is_empty() {
-            sqlx::query(
-                "DELETE FROM student_seats \
-                  WHERE course_id = $1 AND student_id = ANY ($2) AND NOT held",
-            )
-            .bind(course.as_str())
-            .bind(&refused)
-            .execute(&mut *tx)
-            .await?;
-        }
+        write_rows(&mut tx, &taken, Written::TakingOver).await?;
         tx.commit().await?;
         Ok(judged)
     }
+}
+
+/// A refused request whose id was decided before (a client's retry, a redelivery) goes on to
+/// its course, which replays the stored outcome: a refusal now would contradict it.
+async fn replays_go_on(
+    tx: &mut sqlx::PgConnection,
+    requests: &[&Request],
+    rulings: &mut [Ruling],
+) -> Result<()> {
+    let refused: Vec<&str> = requests
+        .iter()
+        .zip(rulings.iter())
+        .filter(|(_, r)| matches!(r, Ruling::Refused(_)))
+        .map(|(q, _)| q.request_id.as_str())
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let stored: std::collections::HashSet<String> =
+        sqlx::query_scalar("SELECT request_id FROM outcomes WHERE request_id = ANY ($1)")
+            .bind(&refused)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+    for (request, ruling) in requests.iter().zip(rulings.iter_mut()) {
+        if matches!(ruling, Ruling::Refused(_)) && stored.contains(request.request_id.as_str()) {
+            *ruling = Ruling::Allowed;
+        }
+    }
+    Ok(())
 }
 
 /// Requests of a student, as the rules see them (not a course change or a draw).
@@ -255,8 +286,11 @@ async fn read_ledger(tx: &mut sqlx::PgConnection, students: &[&str]) -> Result<L
     // is seen whole.
     let rows = sqlx::query(
         "SELECT s.student_id, s.max_credits, s.registration_opens_at, s.holds, \
-                l.course_id, l.credits, l.meetings, \
-                l.held AND l.released_by IS NULL AS swappable \
+                l.course_id, l.credits, l.meetings, l.held, \
+                l.held AND l.released_by IS NULL AS swappable, \
+                NOT l.held AND EXISTS (SELECT 1 FROM student_seats r \
+                                        WHERE r.student_id = l.student_id \
+                                          AND r.released_by = l.request_id) AS swap_claim \
            FROM students s LEFT JOIN student_seats l ON l.student_id = s.student_id \
           WHERE s.student_id = ANY ($1)",
     )
@@ -290,8 +324,12 @@ async fn read_ledger(tx: &mut sqlx::PgConnection, students: &[&str]) -> Result<L
             course,
             credits: to_u32(row.try_get::<Option<i32>, _>("credits")?.unwrap_or(0)),
             meetings,
+            held: row.try_get::<Option<bool>, _>("held")?.unwrap_or(false),
             swappable: row
                 .try_get::<Option<bool>, _>("swappable")?
+                .unwrap_or(false),
+            swap_claim: row
+                .try_get::<Option<bool>, _>("swap_claim")?
                 .unwrap_or(false),
         };
         ledger.hold(&student, seat);
@@ -308,7 +346,8 @@ async fn read_courses(
         return Ok(HashMap::new());
     }
     let rows = sqlx::query(
-        "SELECT course_id, credits, meetings, enrolled < capacity AS seat_free \
+        "SELECT course_id, credits, meetings, \
+                enrolled < capacity AND NOT (opening = 'draw' AND drawn_at IS NULL) AS seat_free \
            FROM courses WHERE course_id = ANY ($1)",
     )
     .bind(courses)
@@ -331,21 +370,33 @@ async fn read_courses(
 struct CourseFacts {
     credits: u32,
     meetings: Meetings,
-    /// A seat is free as far as the commits so far say. When none is, an enroll claims nothing
-    /// (in a rush most ask for full courses): its actor claims one in the rare case its memory
-    /// has a seat the commits have not shown yet.
+    /// A seat is free as far as the commits so far say (a draw course not drawn yet has none:
+    /// an enroll there is an entry). When none is, an enroll claims nothing (in a rush most ask
+    /// for full courses): its actor claims one in the rare case its memory has a seat the
+    /// commits have not shown yet.
     seat_free: bool,
 }
 
 async fn write_claims(tx: &mut sqlx::PgConnection, claims: &[NewClaim<'_>]) -> Result<()> {
-    write_rows(tx, claims, false).await
+    write_rows(tx, claims, Written::Claims).await
 }
 
-/// Writes ledger rows: claims, or (`held`) seats already committed.
+/// What ledger rows are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// New claims.
+    Claims,
+    /// Claims for a promotion or a draw, taking over a claim in flight for the same seat.
+    TakingOver,
+    /// Seats already committed.
+    Held,
+}
+
+/// Writes ledger rows.
 async fn write_rows(
     tx: &mut sqlx::PgConnection,
     claims: &[NewClaim<'_>],
-    held: bool,
+    written: Written,
 ) -> Result<()> {
     if claims.is_empty() {
         return Ok(());
@@ -387,7 +438,9 @@ async fn write_rows(
            (student_id, course_id, credits, meetings, minutes, request_id, held) \
          SELECT s, c, n, m, w::int4multirange, r, $7 \
            FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[]) \
-                AS t(s, c, n, m, w, r)",
+                AS t(s, c, n, m, w, r) \
+         ON CONFLICT (student_id, course_id) DO UPDATE SET request_id = EXCLUDED.request_id \
+          WHERE $8 AND NOT student_seats.held",
     )
     .bind(&students)
     .bind(&courses)
@@ -395,7 +448,8 @@ async fn write_rows(
     .bind(&meetings)
     .bind(&minutes)
     .bind(&requests)
-    .bind(held)
+    .bind(written == Written::Held)
+    .bind(written == Written::TakingOver)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -447,6 +501,6 @@ pub(super) async fn count_seats_held(tx: &mut sqlx::PgConnection, students: &[&s
             releases: None,
         })
         .collect();
-    write_rows(tx, &held, true).await?;
+    write_rows(tx, &held, Written::Held).await?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::courses::to_u32;
-use super::{Result, Store};
+use super::{Result, Store, StoreError};
 use crate::domain::{StudentId, StudentRecord};
 
 /// One student in full.
@@ -38,10 +38,21 @@ pub struct WaitingFor {
 }
 
 impl Store {
-    /// Creates or replaces the registry's records of these students in one transaction, with
-    /// the seats they already hold counted in their ledger; returns how many were new. Fails,
-    /// changing nothing, if a student already holds more than their cap or clashing seats.
+    /// Creates or replaces the registry's records of these students, with the seats they
+    /// already hold counted in their ledger; returns how many were new. Written in chunks of
+    /// [`super::student_seats::JUDGED_AT_ONCE`] students, each a transaction in their turn (a
+    /// lock each: a registry of tens of thousands at once would overrun the server's lock
+    /// table); a chunk with a student who would hold more than their cap, or clashing seats,
+    /// fails whole, and the import stops there with what came before it written.
     pub async fn import_students(&self, students: &[(StudentId, StudentRecord)]) -> Result<u64> {
+        let mut new = 0;
+        for chunk in students.chunks(super::student_seats::JUDGED_AT_ONCE) {
+            new += self.import_chunk(chunk).await?;
+        }
+        Ok(new)
+    }
+
+    async fn import_chunk(&self, students: &[(StudentId, StudentRecord)]) -> Result<u64> {
         let ids: Vec<&str> = students.iter().map(|(id, _)| id.as_str()).collect();
         let caps: Vec<i32> = students
             .iter()
@@ -78,6 +89,22 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         super::student_seats::count_seats_held(&mut tx, &ids).await?;
+        // A cap lowered under what a student holds is refused (the ledger's own check runs
+        // only when a seat is added).
+        let over: Option<String> = sqlx::query_scalar(
+            "SELECT format('student %s holds %s credits, more than the cap %s', \
+                           s.student_id, sum(l.credits), s.max_credits) \
+               FROM students s JOIN student_seats l ON l.student_id = s.student_id \
+              WHERE s.student_id = ANY ($1) AND l.released_by IS NULL \
+              GROUP BY s.student_id, s.max_credits HAVING sum(l.credits) > s.max_credits \
+              LIMIT 1",
+        )
+        .bind(&ids)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(over) = over {
+            return Err(StoreError::Inconsistent(format!("import refused: {over}")));
+        }
         tx.commit().await?;
         Ok(new.into_iter().filter(|n| *n).count() as u64)
     }

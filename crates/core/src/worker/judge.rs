@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{Request, Ruling};
 use crate::store::Store;
 
-/// Requests judged in one round at most.
-const ROUND_MAX: usize = 2_048;
+/// Requests judged in one round at most: each student of a round takes a lock, and the
+/// server's lock table (`max_locks_per_transaction` times its connections) is shared by every
+/// transaction.
+const ROUND_MAX: usize = 1_024;
 
 type Asked = (Vec<Request>, oneshot::Sender<Vec<Ruling>>);
 
