@@ -1,7 +1,7 @@
 //! Unit and property tests of a draw course: entries, the draw, and what follows it.
 
 use super::*;
-use crate::domain::DrawSeed;
+use crate::domain::{DrawSeed, Refusal};
 use chrono::Duration;
 use proptest::prelude::*;
 
@@ -346,4 +346,63 @@ proptest! {
         prop_assert!(state.take_draw().is_none());
         prop_assert_eq!((state.enrolled.clone(), state.waitlist.clone()), snapshot);
     }
+}
+
+/// Under the registration rules, an entrant the rules refuse a seat is passed over into the
+/// waitlist and the seats go on to the next ranks; a course change decided at the draw's
+/// instant promotes nobody (its judgement was the draw's), as the database does.
+#[test]
+fn the_draw_passes_over_an_entrant_the_rules_refuse() {
+    let mut state = draw_course(2, 5, [7; 32]);
+    enter_all(&mut state, 5);
+    let (ranked, seats) = state.draw_candidates(after()).expect("the draw is due");
+    assert_eq!(seats, 2);
+    let refused = ranked[0].clone();
+    let judged: Vec<(StudentId, Result<(), Refusal>)> = ranked
+        .iter()
+        .take(3)
+        .map(|s| {
+            let verdict = if *s == refused {
+                Err(Refusal::CreditLimit {
+                    held: 9,
+                    asked: 3,
+                    allowed: 9,
+                })
+            } else {
+                Ok(())
+            };
+            (s.clone(), verdict)
+        })
+        .collect();
+    let ruling = Ruling::Allowed;
+    let rules = Rules {
+        ruling: &ruling,
+        promotion: Some(&judged),
+    };
+    let change = Action::Configure(Box::new(CoursePatch {
+        seats: Some(4),
+        ..CoursePatch::default()
+    }));
+    let decided = state.decide_under(&request("grow", change, "admin"), after(), &rules);
+    assert_eq!(decided.verdict.outcome, Outcome::Configured);
+    assert!(decided.effect.promoted().is_empty(), "{:?}", decided.effect);
+    let (_, draw) = state.take_draw().expect("the draw");
+    let Effect::Draw(draw) = draw.effect else {
+        panic!("a draw effect");
+    };
+    let outcome = |s: &StudentId| {
+        draw.entrants
+            .iter()
+            .find(|e| e.student_id == *s)
+            .map(|e| e.verdict.outcome)
+    };
+    assert_eq!(outcome(&refused), Some(Outcome::Waitlisted));
+    assert_eq!(outcome(&ranked[1]), Some(Outcome::Enrolled));
+    assert_eq!(outcome(&ranked[2]), Some(Outcome::Enrolled));
+    assert_eq!(outcome(&ranked[3]), Some(Outcome::Waitlisted));
+    assert_eq!(
+        state.seats_left(),
+        2,
+        "the new seats wait for the next decision"
+    );
 }

@@ -242,9 +242,16 @@ impl CourseState {
         if request.course_id != self.course_id {
             return Decision::unknown_course();
         }
-        self.draw_if_due(now, rules.promotion);
+        let drew = self.draw_if_due(now, rules.promotion);
+        // The judgement was the draw's: seats this request frees wait for the next decision
+        // (promoting nobody, as the database does without a claim made for this request).
+        let promotion = if drew && rules.ruling.is_on() {
+            Some(&[][..])
+        } else {
+            rules.promotion
+        };
         let (verdict, effect) = match &request.action {
-            Action::Configure(patch) => self.configure(patch, rules.promotion),
+            Action::Configure(patch) => self.configure(patch, promotion),
             Action::Draw => {
                 // A wake-up for a drawn course means the clock saw it unannounced: announce
                 // again (or just record it announced), so the clock stops waking it.
@@ -255,7 +262,7 @@ impl CourseState {
             }
             // The swap it completes was decided inside its own course's window; the seat
             // it gives back is given back whatever this one's.
-            Action::Release(_) => self.drop_student(&request.student_id, rules.promotion),
+            Action::Release(_) => self.drop_student(&request.student_id, promotion),
             action => match self.window_refusal(now) {
                 Some(verdict) => (verdict, Effect::None),
                 None if self.taking_entries(now) => match action {
@@ -274,7 +281,7 @@ impl CourseState {
                 None if matches!(action, Action::Swap(_)) => {
                     self.swap_into(&request.student_id, rules.ruling)
                 }
-                None => self.drop_student(&request.student_id, rules.promotion),
+                None => self.drop_student(&request.student_id, promotion),
             },
         };
         self.decided
@@ -341,10 +348,10 @@ impl CourseState {
     /// each entrant, rank 1 first, is decided as if they had enrolled in that order, and the
     /// entry request's id answers with that outcome from now on. Under the registration rules
     /// (`eligibility`, judged in rank order), an entrant they refuse a seat is passed over: a
-    /// waitlist place if one is left, else full.
-    fn draw_if_due(&mut self, now: DateTime<Utc>, eligibility: Option<&Eligibility>) {
+    /// waitlist place if one is left, else full. Whether it drew.
+    fn draw_if_due(&mut self, now: DateTime<Utc>, eligibility: Option<&Eligibility>) -> bool {
         let Some(seed) = self.settings.draw_seed.filter(|_| self.draw_due(now)) else {
-            return;
+            return false;
         };
         let refused: HashSet<&StudentId> = eligibility
             .into_iter()
@@ -386,6 +393,7 @@ impl CourseState {
             skipped: Vec::new(),
         };
         self.pending_draw = Some((request, decision));
+        true
     }
 
     /// Decides one entrant of the draw as an enroll: a seat (if `allowed` by the rules), else
