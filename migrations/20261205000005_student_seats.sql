@@ -3,7 +3,7 @@
 -- taken while a hold is on their account.
 --
 -- `student_seats` is each registry student's ledger of seats: a row is claimed by the worker
--- that judges the student's request under the rules (the student's row in `students` locked,
+-- that judges the student's request under the rules (in the student's turn, `lock_students`,
 -- so that two workers judging the same student at the same instant take turns), before the
 -- course decides; it is held once the seat is committed, and deleted when the course decides
 -- otherwise or the seat is dropped. A claim counts like a held seat, so what one worker has

@@ -166,32 +166,24 @@ impl Instance {
     }
 
     /// Seats of this course claimed for `cause` (see `Store::claim_for_promotion`), retrying
-    /// while the database does not answer.
+    /// while the database does not answer (the supervisor aborts this instance when the
+    /// session halts).
     async fn claimed(
         &self,
         waiting: &[StudentId],
         cause: &crate::domain::RequestId,
         seats: usize,
     ) -> Vec<(StudentId, Result<(), Refusal>)> {
-        let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
-        let mut failures = 0u32;
-        loop {
-            let judged = self
-                .ctx
-                .store
-                .claim_for_promotion(&self.course, cause, waiting, seats, chrono::Utc::now())
-                .await;
-            match judged {
-                Ok(judged) => return judged,
-                Err(e) => {
-                    if failures == 0 {
-                        tracing::warn!(course_id = %self.course, error = %crate::telemetry::chain(&e), "claiming seats under the registration rules failed; retrying");
-                    }
-                    failures += 1;
-                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
-                }
-            }
-        }
+        crate::retry::until_ok("claiming seats under the registration rules", || {
+            self.ctx.store.claim_for_promotion(
+                &self.course,
+                cause,
+                waiting,
+                seats,
+                chrono::Utc::now(),
+            )
+        })
+        .await
     }
 
     /// An enroll judged when its course had no seat, which finds one free here (a drop or a

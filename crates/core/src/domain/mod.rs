@@ -459,22 +459,30 @@ pub struct Request {
 }
 
 impl Request {
-    /// The release that completes this swap: a drop of the course given up, under an id
-    /// derived from the swap's (so a redelivered swap releases once), in the reserved
-    /// [`SWAP_RELEASE_PREFIX`].
+    /// The release that completes this swap: a drop of the course given up, under
+    /// [`Request::swap_release_id`].
     pub fn release_of_swap(&self, by: StudentId) -> Option<Request> {
         let Action::Swap(given_up) = &self.action else {
             return None;
         };
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(self.request_id.as_str().as_bytes());
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         Some(Request {
-            request_id: RequestId::parse(format!("{SWAP_RELEASE_PREFIX}{hex}")).ok()?,
+            request_id: self.swap_release_id()?,
             action: Action::Release(by),
             course_id: given_up.clone(),
             student_id: self.student_id.clone(),
         })
+    }
+
+    /// The id of the release that completes this swap: derived from the swap's (so a
+    /// redelivered swap releases once), in the reserved [`SWAP_RELEASE_PREFIX`].
+    pub fn swap_release_id(&self) -> Option<RequestId> {
+        if !matches!(self.action, Action::Swap(_)) {
+            return None;
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.request_id.as_str().as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        RequestId::parse(format!("{SWAP_RELEASE_PREFIX}{hex}")).ok()
     }
 
     /// Whether this is the record of a course's draw (not a wake-up, whose ids are fresh).

@@ -1,5 +1,5 @@
 //! The registration rules where they must be exact across workers: each registry student's
-//! ledger of seats (`student_seats`), read and written under the student's row lock.
+//! ledger of seats (`student_seats`), read and written in the student's turn.
 //!
 //! A student's choices for several courses land on several partitions, often on several
 //! workers, in the same instant. Each judgement takes the turn of the students it concerns (in
@@ -41,9 +41,7 @@ struct NewClaim<'a> {
 impl Store {
     /// Whether a student registry is loaded (any student imported): the rules are on.
     pub async fn registry_loaded(&self) -> Result<bool> {
-        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM students)")
-            .fetch_one(&self.pool)
-            .await?)
+        registry_loaded(&mut *self.pool.acquire().await?).await
     }
 
     /// Judges a batch of requests under the rules, in order, at `now`: one ruling per request.
@@ -70,7 +68,7 @@ impl Store {
             return Ok(vec![Ruling::Off; requests.len()]);
         }
         let mut claims = Vec::new();
-        let rulings = requests
+        let mut rulings: Vec<Ruling> = requests
             .iter()
             .map(|request| {
                 if !is_students(request) {
@@ -130,7 +128,6 @@ impl Store {
             })
             .collect();
         write_claims(&mut tx, &claims).await?;
-        let mut rulings: Vec<Ruling> = rulings;
         replays_go_on(&mut tx, requests, &mut rulings).await?;
         tx.commit().await?;
         Ok(rulings)

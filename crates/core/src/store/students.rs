@@ -140,19 +140,6 @@ impl Store {
         Ok(holds)
     }
 
-    /// Swaps that took their new seat and whose release of the old one is not committed yet.
-    pub async fn swaps_unreleased(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            // The release's id, as `Request::release_of_swap` derives it.
-            "SELECT count(*) FROM outcomes s \
-              WHERE s.action = 'swap' AND s.outcome = 'enrolled' AND s.reason IS NULL \
-                AND NOT EXISTS (SELECT 1 FROM outcomes r WHERE r.request_id = 'swap-' || \
-                      left(encode(sha256(convert_to(s.request_id, 'UTF8')), 'hex'), 32))",
-        )
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     /// The (course, student) seats given back by the releases that completed swaps.
     pub async fn seats_released(&self) -> Result<Vec<(String, String)>> {
         Ok(sqlx::query_as(

@@ -123,8 +123,8 @@ pub enum Stage {
     /// A request handed to its course actor's mailbox (finding or starting the actor, and for
     /// a course not seen yet, asking the catalog whether it exists).
     Route,
-    /// Requests judged under the registration rules, in one transaction per batch of
-    /// deliveries (only while a student registry is loaded).
+    /// The worker's judge judging a round of requests under the registration rules (only
+    /// while a student registry is loaded).
     Judge,
     /// A course actor deciding from memory.
     Decide,

@@ -40,6 +40,16 @@ pub(super) struct Intake {
     pub judge: Judge,
 }
 
+/// What an intake takes from the broker at once: a delivery alone (no registry is loaded, the
+/// usual path costs nothing more), or what the broker had already delivered, to be judged.
+// On the stack for the moment one delivery is handled: boxing the large variant would allocate
+// on the usual path, which this type exists to keep free of allocations.
+#[allow(clippy::large_enum_variant)]
+enum Taken {
+    One(Incoming, InFlightGuard),
+    Judged(Vec<(Incoming, InFlightGuard)>),
+}
+
 /// Deliveries judged under the registration rules in one transaction at most: what the
 /// broker has already handed over is taken together, never waited for.
 const JUDGED_AT_ONCE: usize = 256;
@@ -73,26 +83,32 @@ impl Intake {
             };
             match next {
                 Some(Ok(incoming)) => {
-                    let mut batch = vec![(incoming, in_flight.enter())];
+                    let guard = in_flight.enter();
                     let mut failed = None;
                     // Under the rules, what the broker has already delivered is judged in one
                     // transaction; without them, each delivery goes on alone, as it came.
-                    while self.registry.is_loaded() && batch.len() < JUDGED_AT_ONCE {
-                        match deliveries.next().now_or_never() {
-                            Some(Some(Ok(incoming))) => batch.push((incoming, in_flight.enter())),
-                            Some(Some(Err(e))) => {
-                                failed = Some(e);
-                                break;
+                    let taken = if self.registry.is_loaded() {
+                        let mut batch = vec![(incoming, guard)];
+                        while batch.len() < JUDGED_AT_ONCE {
+                            match deliveries.next().now_or_never() {
+                                Some(Some(Ok(more))) => batch.push((more, in_flight.enter())),
+                                Some(Some(Err(e))) => {
+                                    failed = Some(e);
+                                    break;
+                                }
+                                Some(None) | None => break,
                             }
-                            Some(None) | None => break,
                         }
-                    }
+                        Taken::Judged(batch)
+                    } else {
+                        Taken::One(incoming, guard)
+                    };
                     tokio::select! {
                         // The deliveries first: on the usual path they are routed at once,
                         // and the halt's token is then never polled (polling it registers a
                         // waiter).
                         biased;
-                        () = self.handle_all(batch, lease) => {}
+                        () = self.handle(taken, lease) => {}
                         // Routing waits while the catalog cannot be read or a mailbox is
                         // full, judging while the database does not answer, dead-lettering
                         // while the broker does not confirm; past the halt, the deliveries
@@ -129,17 +145,26 @@ impl Intake {
         Some(deliveries)
     }
 
-    /// Parses each delivery, judges the valid ones under the registration rules (when a
-    /// registry is loaded), and hands each forward in order.
-    async fn handle_all(&self, batch: Vec<(Incoming, InFlightGuard)>, lease: Lease) {
+    /// Parses what was taken and hands it forward in order; deliveries taken together under
+    /// the registration rules are judged first, all at once.
+    async fn handle(&self, taken: Taken, lease: Lease) {
+        let batch = match taken {
+            Taken::One(incoming, guard) => {
+                if let Some(envelope) = self.parse(incoming, lease, guard).await {
+                    self.forward(envelope).await;
+                }
+                return;
+            }
+            Taken::Judged(batch) => batch,
+        };
         let mut envelopes = Vec::with_capacity(batch.len());
         for (incoming, guard) in batch {
             if let Some(envelope) = self.parse(incoming, lease, guard).await {
                 envelopes.push(envelope);
             }
         }
-        if self.registry.is_loaded() && !envelopes.is_empty() {
-            let rulings = metrics::busy_while(Stage::Judge, self.judge(&envelopes)).await;
+        if !envelopes.is_empty() {
+            let rulings = self.judge(&envelopes).await;
             for (envelope, ruling) in envelopes.iter_mut().zip(rulings) {
                 envelope.ruling = ruling;
             }

@@ -7,13 +7,12 @@
 //! the partitions, never wait on one another inside a worker, and the rounds grow with the
 //! load, as the group commit's batches do.
 
-use std::time::Duration;
-
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Request, Ruling};
 use crate::store::Store;
+use crate::telemetry::metrics::Stage;
 
 /// Requests judged in one round at most: each student of a round takes a lock, and the
 /// server's lock table (`max_locks_per_transaction` times its connections) is shared by every
@@ -96,22 +95,12 @@ async fn judged(
     requests: &[&Request],
     stop: &CancellationToken,
 ) -> Option<Vec<Ruling>> {
-    let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
-    let mut failures = 0u32;
-    loop {
-        match store.judge(requests, chrono::Utc::now()).await {
-            Ok(rulings) => return Some(rulings),
-            Err(e) => {
-                if failures == 0 {
-                    tracing::warn!(error = %crate::telemetry::chain(&e), "judging requests under the registration rules failed; retrying");
-                }
-                failures += 1;
-                let delay = delays.next().unwrap_or(Duration::from_secs(1));
-                tokio::select! {
-                    _ = stop.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let judging = crate::retry::until_ok("judging requests under the registration rules", || {
+        let judging = store.judge(requests, chrono::Utc::now());
+        crate::telemetry::metrics::busy_while(Stage::Judge, judging)
+    });
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        rulings = judging => Some(rulings),
     }
 }

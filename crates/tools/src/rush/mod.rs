@@ -280,7 +280,7 @@ pub async fn run(config: RushConfig, show_progress: bool) -> anyhow::Result<Rush
         usages: started.iter().map(WorkerProcess::usage).collect(),
         cpu_before,
         held: {
-            released(&store, config.timeout).await?;
+            released(&store, &fired, config.timeout).await?;
             store.seats_held(&courses).await?
         },
         released: store.seats_released().await?,
@@ -582,9 +582,20 @@ async fn import_registry(store: &Store, requests: &[Request]) -> anyhow::Result<
 
 /// Waits until every swap that took its seat has given the old one back (its release is
 /// one more message through the broker after the swap's final answer).
-async fn released(store: &Store, within: Duration) -> anyhow::Result<()> {
+async fn released(store: &Store, fired: &load::Report, within: Duration) -> anyhow::Result<()> {
+    let releases: Vec<seatrush_core::domain::RequestId> = fired
+        .answered
+        .iter()
+        .filter(|a| {
+            a.finals
+                .first()
+                .is_some_and(|(f, _)| f.outcome == "enrolled" && f.reason.is_none())
+        })
+        .filter_map(|a| a.request.swap_release_id())
+        .collect();
+    let ids: Vec<&str> = releases.iter().map(|id| id.as_str()).collect();
     let start = Instant::now();
-    while store.swaps_unreleased().await? > 0 {
+    while store.count_outcomes(&ids).await? < i64::try_from(ids.len()).unwrap_or(i64::MAX) {
         if start.elapsed() > within {
             anyhow::bail!("swaps still hold the seats they gave up after {within:?}");
         }
