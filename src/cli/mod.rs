@@ -4,6 +4,7 @@
 
 mod common;
 mod course;
+mod gateway;
 mod ops;
 mod parse;
 mod request;
@@ -37,6 +38,8 @@ enum Command {
     Migrate,
     /// Run a worker until SIGINT or SIGTERM.
     Worker(worker::WorkerArgs),
+    /// Run the web gateway (HTTP API, live events, the student's page) until SIGINT or SIGTERM.
+    Gateway(gateway::GatewayArgs),
     /// Manage courses.
     #[command(subcommand)]
     Course(course::CourseCommand),
@@ -92,6 +95,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Migrate => ops::migrate(common).await,
         Command::Worker(args) => worker::run(common, args).await,
+        Command::Gateway(args) => gateway::run(common, args).await,
         Command::Course(command) => course::run(common, command).await,
         Command::Students(command) => students::run(common, command).await,
         Command::Enroll(args) => request::request(common, Action::Enroll, args).await,

@@ -16,6 +16,7 @@ mod deadletters;
 mod docker;
 mod draw;
 mod equivalence;
+mod gateway;
 mod harness;
 mod helpers;
 mod operability;

@@ -132,6 +132,22 @@ impl Broker {
         Ok(deliveries)
     }
 
+    /// Declares the web gateways' shared event queue (idempotent).
+    pub async fn declare_gateway_events(&self, topology: &Topology) -> Result<()> {
+        let channel = self.connection.create_channel().await?;
+        topology.declare_gateway_events(&channel).await?;
+        close_channel(&channel, "gateway events declared").await;
+        Ok(())
+    }
+
+    /// Declares the web gateways' shared event queue and consumes it with manual acks: an event
+    /// is acked once recorded, so none is lost to a gateway that stops.
+    pub async fn gateway_events(&self, topology: &Topology, prefetch: u16) -> Result<Deliveries> {
+        let channel = self.connection.create_channel().await?;
+        topology.declare_gateway_events(&channel).await?;
+        Deliveries::start(channel, &topology.gateway_events_queue(), "", prefetch).await
+    }
+
     /// Whether the connection is still usable.
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected()

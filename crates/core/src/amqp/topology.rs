@@ -62,6 +62,12 @@ impl Topology {
     /// Routing key of the batched final events: every final answer of one group commit.
     pub const FINALS_KEY: &'static str = "finals";
 
+    /// The durable queue the web gateways share to record students' final events: every
+    /// final answer and promotion, whatever the workers' event mode.
+    pub fn gateway_events_queue(&self) -> String {
+        format!("{}.gateway.events", self.prefix)
+    }
+
     pub fn event_key(course_id: &str, student_id: &str) -> String {
         format!("final.{course_id}.{student_id}")
     }
@@ -135,6 +141,51 @@ impl Topology {
         Ok(())
     }
 
+    /// Declares the gateways' event queue (quorum, durable) and binds it to every final event.
+    /// Bounded: if no gateway consumes it for long, the oldest events go first rather than the
+    /// workers' event publishes being refused.
+    pub(super) async fn declare_gateway_events(&self, channel: &Channel) -> lapin::Result<()> {
+        // The exchange too, as a worker declares it: a gateway may start before any worker.
+        channel
+            .exchange_declare(
+                self.events_exchange().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text("quorum"));
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(5_000_000));
+        args.insert("x-overflow".into(), text("drop-head"));
+        let queue = self.gateway_events_queue();
+        channel
+            .queue_declare(
+                queue.clone().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await?;
+        for pattern in [Self::FINALS_KEY, "final.#"] {
+            channel
+                .queue_bind(
+                    queue.clone().into(),
+                    self.events_exchange().into(),
+                    pattern.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
         use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
         for p in 0..self.partitions {
@@ -145,9 +196,12 @@ impl Topology {
                 )
                 .await?;
         }
-        channel
-            .queue_delete(self.dead_queue().into(), QueueDeleteOptions::default())
-            .await?;
+        // Deleting a queue that does not exist succeeds, so the gateways' queue goes too.
+        for queue in [self.dead_queue(), self.gateway_events_queue()] {
+            channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
+        }
         for exchange in [
             self.requests_exchange(),
             self.events_exchange(),

@@ -10,6 +10,7 @@ use crate::telemetry::metrics;
 
 /// The two moments a client hears about a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Sent as soon as the course actor has decided, before the decision is durable.
@@ -20,6 +21,7 @@ pub enum Stage {
 
 /// An answer, as published to `reply_to` and (final answers only) to the events exchange.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Answer {
     pub request_id: String,
     pub course_id: String,
@@ -96,6 +98,39 @@ pub struct Answer {
 impl Answer {
     /// The answer for a decided request.
     pub fn decided(request: &Request, verdict: &Verdict, stage: Stage) -> Self {
+        Self::of_verdict(
+            [
+                request.request_id.as_str(),
+                request.course_id.as_str(),
+                request.student_id.as_str(),
+                request.action.as_str(),
+            ],
+            verdict,
+            stage,
+        )
+    }
+
+    /// The final answer of an outcome read back from the database, by its stored request id,
+    /// course, student and action.
+    pub fn stored(
+        request_id: &str,
+        course_id: &str,
+        student_id: &str,
+        action: &str,
+        verdict: &Verdict,
+    ) -> Self {
+        Self::of_verdict(
+            [request_id, course_id, student_id, action],
+            verdict,
+            Stage::Final,
+        )
+    }
+
+    fn of_verdict(
+        [request_id, course_id, student_id, action]: [&str; 4],
+        verdict: &Verdict,
+        stage: Stage,
+    ) -> Self {
         let instant = |reason| {
             verdict
                 .window_at
@@ -103,10 +138,10 @@ impl Answer {
                 .map(rfc3339)
         };
         Self {
-            request_id: request.request_id.to_string(),
-            course_id: request.course_id.to_string(),
-            student_id: request.student_id.to_string(),
-            action: request.action.as_str().to_owned(),
+            request_id: request_id.to_owned(),
+            course_id: course_id.to_owned(),
+            student_id: student_id.to_owned(),
+            action: action.to_owned(),
             stage,
             outcome: verdict.outcome.as_str().to_owned(),
             reason: verdict.reason.map(|r| r.as_str().to_owned()),

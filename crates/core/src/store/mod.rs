@@ -7,6 +7,7 @@
 mod audit;
 mod commit;
 mod courses;
+mod gateway;
 mod ownership;
 mod student_seats;
 mod students;
@@ -18,6 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 pub use audit::Violation;
 pub use commit::{Committed, Pending};
 pub use courses::{CourseDetail, CourseRow, DrawView, Entrant};
+pub use gateway::{KeyClaim, KeyStanding, NewEvent, Standing, StudentEvent, WaitlistPlace};
 pub use ownership::{Lease, Membership, PartitionRow, WorkerRow};
 pub use students::{HeldCourse, StudentDetail, WaitingFor};
 

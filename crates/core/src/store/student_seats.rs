@@ -262,7 +262,7 @@ fn is_students(request: &Request) -> bool {
     )
 }
 
-async fn registry_loaded(tx: &mut sqlx::PgConnection) -> Result<bool> {
+pub(super) async fn registry_loaded(tx: &mut sqlx::PgConnection) -> Result<bool> {
     Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM students)")
         .fetch_one(&mut *tx)
         .await?)
