@@ -2,7 +2,7 @@
 # Installs the Debian packages seatrush's scripts need and this machine lacks, saying which and
 # why before it does. Nothing is installed when everything is already there.
 #
-# Usage: scripts/prerequisites.sh [compiler] [services] [redis]
+# Usage: scripts/prerequisites.sh [compiler] [services] [redis] [browser]
 #   compiler  a C compiler and the C library's development files (`gcc`, `libc6-dev`) when
 #             `cc` cannot link a program: Rust links its programs with it
 #   services  `rabbitmq-server`, `postgresql` and `redis-server`, whose programs
@@ -10,6 +10,8 @@
 #   redis     `redis-server` alone (scripts/services.sh still runs a private Redis, for the
 #             benchmark's Redis design, when AMQP_URL and DATABASE_URL are set but REDIS_URL is
 #             not)
+#   browser   `chromium` and `chromium-driver`, when /usr/bin/chromium or /usr/bin/chromedriver
+#             is missing: the integration tests drive the student's page in headless Chromium
 #
 # Packages come from apt-get: as root directly, otherwise through sudo (which may ask for a
 # password); without either it stops and says so. On a machine run by systemd, Debian's
@@ -32,6 +34,9 @@ die() {
 # The same tests scripts/services.sh uses to find the programs it runs.
 have_rabbitmq() { [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; }
 have_redis() { [ -x /usr/bin/redis-server ]; }
+# The paths the browser test runs (tests/it/browser.rs).
+have_chromium() { [ -x /usr/bin/chromium ]; }
+have_chromedriver() { [ -x /usr/bin/chromedriver ]; }
 have_postgresql() {
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ||
         { command -v initdb >/dev/null && command -v pg_ctl >/dev/null; }
@@ -80,7 +85,17 @@ for group in "$@"; do
             need_redis
             ;;
         redis) need_redis ;;
-        *) die "unknown group: $group (expected compiler, services or redis)" ;;
+        browser)
+            if ! have_chromium; then
+                missing+=(chromium)
+                reasons+=("chromium (the browser the student's page is tested in, headless)")
+            fi
+            if ! have_chromedriver; then
+                missing+=(chromium-driver)
+                reasons+=("chromium-driver (chromedriver, through which the tests drive chromium)")
+            fi
+            ;;
+        *) die "unknown group: $group (expected compiler, services, redis or browser)" ;;
     esac
 done
 

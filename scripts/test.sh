@@ -4,7 +4,8 @@
 # AMQP_URL/DATABASE_URL when both are set, and REDIS_URL when set; otherwise installs what is
 # missing (a C compiler, and Debian's rabbitmq-server, postgresql and redis-server packages,
 # through sudo when not root; scripts/prerequisites.sh says what and why) and starts
-# project-private services on loopback.
+# project-private services on loopback. Debian's chromium and chromium-driver are installed in
+# either case when missing: a test drives the student's page in headless Chromium.
 #
 # A passing run prints the test results, not the workers' logs: worker processes log to files under
 # target/test-logs/<module>/<test>/, in-process workers through libtest's captured output (and to
@@ -25,9 +26,9 @@ if [ -n "${AMQP_URL:-}" ] && [ -n "${DATABASE_URL:-}" ]; then
     # The private Redis still runs unless REDIS_URL names one.
     redis=redis
     if [ -n "${REDIS_URL:-}" ]; then redis=; fi
-    scripts/prerequisites.sh compiler $redis || fail "could not install the prerequisites (see above)"
+    scripts/prerequisites.sh compiler $redis browser || fail "could not install the prerequisites (see above)"
 else
-    scripts/prerequisites.sh compiler services || fail "could not install the prerequisites (see above)"
+    scripts/prerequisites.sh compiler services browser || fail "could not install the prerequisites (see above)"
 fi
 
 # The exports are captured first: a failure inside `eval "$(...)"` would not stop the script.

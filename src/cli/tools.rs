@@ -96,6 +96,25 @@ pub struct RushArgs {
     /// groups a minute apart), each in a fresh database (the role needs CREATEDB).
     #[arg(long, conflicts_with = "opening")]
     registry: bool,
+    /// `http`: run the crowd over AMQP and then through a `seatrush gateway` by HTTP clients
+    /// with keep-alive, each in a fresh database (the role needs CREATEDB), compare the
+    /// throughputs, and measure the gateway (CPU per request, memory per event stream).
+    #[arg(long, value_enum, default_value = "amqp", conflicts_with_all = ["opening", "registry", "external"])]
+    via: Via,
+    /// With --via http: HTTP connections the crowd keeps open and uses at once.
+    #[arg(long, default_value_t = 1000, value_parser = at_least::<usize>(1))]
+    http_connections: usize,
+    /// With --via http: event streams to open and hold on the gateway afterwards.
+    #[arg(long, default_value_t = 10_000)]
+    streams: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Via {
+    /// Publish over AMQP, as a producer would.
+    Amqp,
+    /// Through the web gateway, by HTTP (and over AMQP first, to compare).
+    Http,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -275,11 +294,24 @@ pub async fn rush(common: &Common, args: RushArgs) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.timeout_secs),
         log_dir: std::env::temp_dir().join("seatrush-rush"),
         rules: None,
+        via: None,
     };
     if args.registry {
         use seatrush_tools::rush::rules;
         let compared = rules::compare(config, true).await?;
         print!("{}", rules::describe(&compared));
+        write_json(args.json.as_ref(), &compared)?;
+        return Ok(exit_code(compared.passed()));
+    }
+    if args.via == Via::Http {
+        use seatrush_tools::rush::http;
+        let options = http::HttpOptions {
+            exe: this_binary()?,
+            connections: args.http_connections,
+            streams: args.streams,
+        };
+        let compared = http::compare(config, options, true).await?;
+        print!("{}", http::describe(&compared));
         write_json(args.json.as_ref(), &compared)?;
         return Ok(exit_code(compared.passed()));
     }

@@ -8,6 +8,7 @@ mod bad_input;
 mod batches;
 mod bench_intake;
 mod bench_redis;
+mod browser;
 mod chaos;
 mod cli;
 mod crashes;

@@ -88,6 +88,17 @@ impl DevIssuer {
     }
 }
 
+/// A student's HS256 token signed with `secret`, valid for `ttl`, without issuer or audience:
+/// what a load generator or a small setup's own sign-on hands out.
+pub fn hs256_token(secret: &[u8], student: &str, ttl: Duration) -> anyhow::Result<String> {
+    DevIssuer {
+        key: EncodingKey::from_secret(secret),
+        issuer: None,
+        audience: None,
+    }
+    .issue(student, false, ttl)
+}
+
 /// `NAME` (true) or `NAME=VALUE` (equal, or an array holding it).
 #[derive(Debug, Clone)]
 struct AdminClaim {

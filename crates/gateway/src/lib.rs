@@ -31,7 +31,8 @@ mod openapi;
 mod page;
 pub mod server;
 
-pub use auth::{DevIssuer, TokenClaims};
+pub use auth::{DevIssuer, TokenClaims, hs256_token};
 pub use config::{AuthConfig, GatewayConfig, Limits};
+pub use keys::request_id as request_id_of_key;
 pub use openapi::openapi_json;
 pub use server::{Gateway, run};

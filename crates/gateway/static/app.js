@@ -162,7 +162,11 @@ function paintCourse(row, v) {
   const listNote = v.waitlist === 0 ? ' · no waitlist' : v.waiting >= v.waitlist ? ' · waitlist full' : '';
   $('.waitlist', row).textContent = `${v.waiting} waiting${listNote}`;
   const meta = [];
-  if (v.credits != null) meta.push(`${v.credits} credit${v.credits === 1 ? '' : 's'}`);
+  // Credits count only under the registrar's rules (the credit cap); elsewhere a "0 credits"
+  // on every course would be noise.
+  if (v.credits != null && (config.rules || v.credits > 0)) {
+    meta.push(`${v.credits} credit${v.credits === 1 ? '' : 's'}`);
+  }
   if (v.meetings) meta.push(v.meetings.split(';').map((m) => m.trim()).join(', '));
   $('.meta', row).textContent = meta.map((m) => ` · ${m}`).join('');
   const now = Date.now();
@@ -189,9 +193,11 @@ function paint(id, c) {
   const isBusy = busy(c);
   row.setAttribute('aria-busy', String(isBusy));
   for (const b of row.querySelectorAll('button')) b.disabled = isBusy;
-  // A swap gives up a seat held elsewhere for this one, so it needs such a seat.
+  // A swap gives up a seat held elsewhere for this one, so it needs such a seat. It matters only
+  // under the registrar's rules (a credit cap, time conflicts); without them enrolling, then
+  // dropping, does the same, and the gateway says so in its configuration.
   const others = held().filter((h) => h !== id);
-  const canSwap = others.length > 0 && !c.holds;
+  const canSwap = config.rules && others.length > 0 && !c.holds;
   $('.swap', row).hidden = !canSwap;
   if (!canSwap) openSwap(row, false);
   const select = $('.swap-from', row);

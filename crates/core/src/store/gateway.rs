@@ -142,21 +142,28 @@ impl Store {
 
     /// The final answer stored for a request id, as the worker would replay it.
     pub async fn stored_answer(&self, request_id: &str) -> Result<Option<Answer>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT course_id, student_id, action, {VERDICT_COLUMNS} \
-               FROM answers WHERE request_id = $1"
+        Ok(self.stored_answers(&[request_id]).await?.pop())
+    }
+
+    /// The final answers stored for these request ids (those that have one, in no order).
+    pub async fn stored_answers(&self, request_ids: &[&str]) -> Result<Vec<Answer>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT request_id, course_id, student_id, action, {VERDICT_COLUMNS} \
+               FROM answers WHERE request_id = ANY($1)"
         )))
-        .bind(request_id)
-        .fetch_optional(&self.pool)
+        .bind(request_ids)
+        .fetch_all(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let verdict = verdict_from_row(&row)?;
-        let course: String = row.try_get("course_id")?;
-        let student: String = row.try_get("student_id")?;
-        let action: String = row.try_get("action")?;
-        Ok(Some(Answer::stored(
-            request_id, &course, &student, &action, &verdict,
-        )))
+        rows.iter()
+            .map(|row| {
+                let verdict = verdict_from_row(row)?;
+                let id: String = row.try_get("request_id")?;
+                let course: String = row.try_get("course_id")?;
+                let student: String = row.try_get("student_id")?;
+                let action: String = row.try_get("action")?;
+                Ok(Answer::stored(&id, &course, &student, &action, &verdict))
+            })
+            .collect()
     }
 
     /// Records final events, each once; returns how many were new.

@@ -2,6 +2,8 @@
 //! answer timed and the invariants checked at the end.
 
 pub mod fairness;
+mod fresh;
+pub mod http;
 mod plan;
 mod progress;
 pub mod rules;
@@ -80,6 +82,8 @@ pub struct RushConfig {
     pub log_dir: PathBuf,
     /// Courses with credits and meetings, swaps, and perhaps a student registry.
     pub rules: Option<RulesCrowd>,
+    /// Fire through a web gateway by HTTP instead of publishing over AMQP.
+    pub via: Option<http::HttpEdge>,
 }
 
 impl RushConfig {
@@ -108,6 +112,7 @@ impl RushConfig {
             timeout: Duration::from_secs(600),
             log_dir,
             rules: None,
+            via: None,
         }
     }
 }
@@ -359,18 +364,23 @@ async fn fire_showing_progress(
             done.clone(),
         ))
     });
-    let fired = load::fire_with(
-        &config.services.amqp_url,
-        &config.services.topology,
-        requests,
-        config.timeout,
-        load::Fire {
-            pace: config.pace,
-            batch: config.batch,
-        },
-        progress,
-    )
-    .await;
+    let fired = match &config.via {
+        Some(edge) => http::fire(edge, requests, config.timeout, progress).await,
+        None => {
+            load::fire_with(
+                &config.services.amqp_url,
+                &config.services.topology,
+                requests,
+                config.timeout,
+                load::Fire {
+                    pace: config.pace,
+                    batch: config.batch,
+                },
+                progress,
+            )
+            .await
+        }
+    };
     done.cancel();
     if let Some(display) = display {
         let _ = display.await;

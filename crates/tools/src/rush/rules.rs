@@ -3,7 +3,6 @@
 //! invocation, without a student registry and with one, each in a fresh database of its own
 //! (a registry, once loaded, stays on for its database), and the throughputs compared.
 
-use anyhow::Context;
 use serde::Serialize;
 
 use super::{RulesCrowd, Rush, RushConfig, RushReport};
@@ -39,47 +38,11 @@ pub async fn compare(config: RushConfig, show_progress: bool) -> anyhow::Result<
 /// One run, in a database created for it and dropped after.
 async fn phase(config: &RushConfig, registry: bool, show_progress: bool) -> anyhow::Result<Rush> {
     let suffix = if registry { "rules" } else { "plain" };
-    let name = format!("{}_{suffix}", config.tag.replace('-', "_")).to_lowercase();
-    let admin_url = config.services.database_url.clone();
-    admin(&admin_url, &format!("CREATE DATABASE {name}"))
-        .await
-        .context("creating a database for the run (the role needs CREATEDB)")?;
-    let mut config = config.clone();
-    config.services.database_url = with_database(&admin_url, &name);
-    config.tag = format!("{}-{suffix}", config.tag);
-    config.rules = Some(RulesCrowd { registry });
-    let rush = super::run(config, show_progress).await;
-    admin(
-        &admin_url,
-        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-    )
-    .await?;
-    rush
-}
-
-async fn admin(url: &str, statement: &str) -> anyhow::Result<()> {
-    use sqlx::Connection;
-    let mut connection = sqlx::PgConnection::connect(url).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
-        .execute(&mut connection)
-        .await?;
-    connection.close().await?;
-    Ok(())
-}
-
-/// `url` naming the database `name` instead of its own.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let base = match base.rfind('/') {
-        Some(slash) if slash > base.find("//").map_or(0, |i| i + 1) => &base[..slash],
-        _ => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
+    super::fresh::in_fresh_database(config, suffix, |mut config| {
+        config.rules = Some(RulesCrowd { registry });
+        super::run(config, show_progress)
+    })
+    .await
 }
 
 /// The comparison as a short text for people.
@@ -92,21 +55,4 @@ pub fn describe(c: &RulesComparison) -> String {
         super::describe(&c.with_registry),
         c.throughput_ratio
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_database_is_replaced_in_the_url() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/seatrush", "x_rules"),
-            "postgres://u@h:5432/x_rules"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/db?sslmode=disable", "y"),
-            "postgres://u@h/y?sslmode=disable"
-        );
-    }
 }

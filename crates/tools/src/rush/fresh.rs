@@ -1,0 +1,78 @@
+//! Runs of one comparison, each in a database created for it and dropped after: what one run
+//! leaves (a registry, recorded keys and events) must not weigh on the next.
+
+use std::future::Future;
+
+use anyhow::Context;
+
+use super::RushConfig;
+
+/// Runs `run` with `config` moved to a fresh database (and its tag suffixed), then drops the
+/// database, whatever `run` returned.
+pub async fn in_fresh_database<T, F, Fut>(
+    config: &RushConfig,
+    suffix: &str,
+    run: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(RushConfig) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let name = format!("{}_{suffix}", config.tag.replace('-', "_")).to_lowercase();
+    let admin_url = config.services.database_url.clone();
+    admin(&admin_url, &format!("CREATE DATABASE {name}"))
+        .await
+        .context("creating a database for the run (the role needs CREATEDB)")?;
+    let mut config = config.clone();
+    config.services.database_url = with_database(&admin_url, &name);
+    config.tag = format!("{}-{suffix}", config.tag);
+    let ran = run(config).await;
+    admin(
+        &admin_url,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await?;
+    ran
+}
+
+async fn admin(url: &str, statement: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(&mut connection)
+        .await?;
+    connection.close().await?;
+    Ok(())
+}
+
+/// `url` naming the database `name` instead of its own.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = match base.rfind('/') {
+        Some(slash) if slash > base.find("//").map_or(0, |i| i + 1) => &base[..slash],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_is_replaced_in_the_url() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/seatrush", "x_rules"),
+            "postgres://u@h:5432/x_rules"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "y"),
+            "postgres://u@h/y?sslmode=disable"
+        );
+    }
+}
