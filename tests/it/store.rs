@@ -5,27 +5,31 @@ use std::time::Duration;
 use sqlx::Connection;
 
 use seatrush_core::domain::Effect;
+use seatrush_core::domain::Request;
 use seatrush_core::domain::{Action, Outcome, Partition, Reason, StudentId, Verdict};
-use seatrush_core::store::Pending;
+use seatrush_core::store::{KeyClaim, KeyStanding, Lease, Pending};
 
 use crate::helpers::{TestEnv, enroll, request};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_knows_whether_its_final_answer_was_already_sent() {
-    // Arrange: this test owns every partition, as a worker would.
-    let env = TestEnv::new().await;
-    let courses = env.add_courses("st", 1, 5).await;
-    let leases = env
-        .store
-        .acquire_partitions("store-test", Duration::from_secs(30), 4)
+/// The first of every partition's leases, taken as a worker would.
+async fn first_lease(env: &TestEnv, worker: &str) -> Lease {
+    env.store
+        .acquire_partitions(worker, Duration::from_secs(30), 4)
         .await
-        .expect("acquire");
-    let lease = leases[0];
-    let request = enroll("st-r1", &courses[0], "s1");
-    let decided = Verdict::new(Outcome::Enrolled, None, 4);
-    let pending = |replay: bool, effect: Effect| Pending {
-        request: request.clone(),
-        provisional: decided.clone(),
+        .expect("acquire")[0]
+}
+
+/// An enrollment decided in memory, ready for the group commit.
+fn pending_enrollment(
+    request: Request,
+    provisional: Verdict,
+    effect: Effect,
+    replay: bool,
+    lease: Lease,
+) -> Pending {
+    Pending {
+        request,
+        provisional,
         effect,
         replay,
         partition: lease.partition,
@@ -33,6 +37,19 @@ async fn a_replay_knows_whether_its_final_answer_was_already_sent() {
         reply_to: None,
         ruled: false,
         skipped: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_knows_whether_its_final_answer_was_already_sent() {
+    // Arrange: this test owns every partition, as a worker would.
+    let env = TestEnv::new().await;
+    let courses = env.add_courses("st", 1, 5).await;
+    let lease = first_lease(&env, "store-test").await;
+    let request = enroll("st-r1", &courses[0], "s1");
+    let decided = Verdict::new(Outcome::Enrolled, None, 4);
+    let pending = |replay: bool, effect: Effect| {
+        pending_enrollment(request.clone(), decided.clone(), effect, replay, lease)
     };
 
     // Act
@@ -420,5 +437,63 @@ async fn a_worker_that_knows_no_draw_gives_no_seat_before_it() {
         .expect("course");
     assert_eq!((detail.course.enrolled, detail.course.waitlisted), (0, 0));
     db.close().await.expect("close");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_fresh_once_then_mismatched_decided_or_in_flight() {
+    // Arrange: a decided request whose key the gateway recorded, and one still in flight.
+    let env = TestEnv::new().await;
+    let courses = env.add_courses("gk", 1, 5).await;
+    let lease = first_lease(&env, "keys-test").await;
+    let claim = |id: &str, print: u8| KeyClaim {
+        request_id: id.to_owned(),
+        fingerprint: vec![print; 32],
+    };
+    let first = env
+        .store
+        .record_keys(&[claim("gk-decided", 1), claim("gk-flying", 2)])
+        .await
+        .expect("first offer");
+    let decided = pending_enrollment(
+        enroll("gk-decided", &courses[0], "s1"),
+        Verdict::new(Outcome::Enrolled, None, 4),
+        Effect::Enroll,
+        false,
+        lease,
+    );
+    env.store
+        .commit("keys-test", &[&decided])
+        .await
+        .expect("commit");
+
+    // Act: one batch with every case, a new key offered twice among them.
+    let again = env
+        .store
+        .record_keys(&[
+            claim("gk-decided", 1),
+            claim("gk-flying", 2),
+            claim("gk-flying", 3),
+            claim("gk-new", 4),
+            claim("gk-new", 4),
+        ])
+        .await
+        .expect("second offer");
+
+    // Assert
+    assert_eq!(first, [KeyStanding::Fresh, KeyStanding::Fresh]);
+    assert_eq!(again[0], KeyStanding::Decided);
+    assert!(
+        matches!(again[1], KeyStanding::Undecided { accepted_secs_ago } if (0.0..60.0).contains(&accepted_secs_ago)),
+        "{:?}",
+        again[1]
+    );
+    assert_eq!(again[2], KeyStanding::Mismatch);
+    assert_eq!(again[3], KeyStanding::Fresh);
+    assert!(
+        matches!(again[4], KeyStanding::Undecided { .. }),
+        "the second offer of a key in one batch waits on the first: {:?}",
+        again[4]
+    );
     env.cleanup().await;
 }

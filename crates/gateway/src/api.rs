@@ -365,10 +365,10 @@ async fn post_request(
     // From here on, this instance is waiting for the key's answers. If the request is not
     // published, it stops waiting on the way out; once published, it waits until the final
     // answer comes (a retry meanwhile is in flight: 409).
-    let waiting = Forget {
+    let mut waiting = Waiting {
         courier: &state.courier,
         request_id: &request_id,
-        armed: true,
+        published: false,
     };
     let claim = KeyClaim {
         request_id: request_id.clone(),
@@ -428,32 +428,30 @@ async fn post_request(
         };
         return Err(Problem::unavailable(e.to_string(), retry_after));
     }
-    waiting.disarm();
+    waiting.published = true;
 
     let progress = match wait {
         Some(wait) => await_final(&state, progress, &request_id, wait).await,
         None => await_first(progress, state.limits.provisional_wait).await,
     };
+    drop(waiting);
     Ok(RequestView::of(key, request_id, &progress).respond(wait.map(|w| w.as_secs())))
 }
 
-/// Stops waiting for a request's answers when its handler ends before publishing it, however
-/// it ends (an error, or the client going away).
-struct Forget<'a> {
+/// Ends this instance's wait for a request's answers when its handler ends, however it ends
+/// (an answer, an error, or the client going away): at once if the request was not published,
+/// otherwise once its final answer is here.
+struct Waiting<'a> {
     courier: &'a Courier,
     request_id: &'a str,
-    armed: bool,
+    published: bool,
 }
 
-impl Forget<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Forget<'_> {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if self.armed {
+        if self.published {
+            self.courier.release(self.request_id);
+        } else {
             self.courier.forget(self.request_id);
         }
     }

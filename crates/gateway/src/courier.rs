@@ -112,7 +112,20 @@ impl Courier {
         waiting.get(request_id).map(|w| w.progress.borrow().clone())
     }
 
-    /// Stops waiting (the request was answered, or could not be published).
+    /// Stops waiting once the final answer is here; until then the request stays in flight at
+    /// this instance, and its final answer, when it comes, ends the wait.
+    pub fn release(&self, request_id: &str) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if waiting
+            .get(request_id)
+            .is_some_and(|w| w.progress.borrow().final_answer.is_some())
+        {
+            waiting.remove(request_id);
+        }
+        metrics::gauge!("seatrush_gateway_waiting_requests").set(waiting.len() as f64);
+    }
+
+    /// Stops waiting (the request could not be published).
     pub fn forget(&self, request_id: &str) {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         waiting.remove(request_id);
@@ -192,6 +205,12 @@ impl Courier {
             let Some(waiter) = waiting.get(&answer.request_id) else {
                 continue;
             };
+            let last = answer.stage == Stage::Final && waiter.progress.receiver_count() == 0;
+            if last {
+                // Its request's handler has gone: nothing more is waited for.
+                waiting.remove(&answer.request_id);
+                continue;
+            }
             waiter.progress.send_modify(|p| match answer.stage {
                 // A provisional answer never overrides the final one.
                 Stage::Provisional if p.final_answer.is_none() => p.provisional = Some(answer),
@@ -199,9 +218,7 @@ impl Courier {
                 Stage::Final => p.final_answer = Some(answer),
             });
         }
-        waiting.retain(|_, w| {
-            w.progress.borrow().final_answer.is_none() || w.progress.receiver_count() > 0
-        });
+
         metrics::gauge!("seatrush_gateway_waiting_requests").set(waiting.len() as f64);
     }
 

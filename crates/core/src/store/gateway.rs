@@ -71,51 +71,68 @@ impl Store {
     pub async fn record_keys(&self, claims: &[KeyClaim]) -> Result<Vec<KeyStanding>> {
         let ids: Vec<&str> = claims.iter().map(|c| c.request_id.as_str()).collect();
         let prints: Vec<&[u8]> = claims.iter().map(|c| c.fingerprint.as_slice()).collect();
-        // The main query sees the table as it was before the insert, so a key recorded
-        // earlier shows its first fingerprint, and a key recorded now shows none.
-        let rows = sqlx::query(
-            "WITH offered AS ( \
-                 SELECT * FROM unnest($1::text[], $2::bytea[]) AS o(request_id, fingerprint)), \
-             fresh AS ( \
-                 INSERT INTO gateway_keys (request_id, fingerprint) \
-                 SELECT request_id, fingerprint FROM offered \
-                 ON CONFLICT (request_id) DO NOTHING RETURNING request_id) \
-             SELECT o.request_id, f.request_id IS NOT NULL AS fresh, \
-                    k.fingerprint = o.fingerprint AS same, \
-                    EXTRACT(EPOCH FROM now() - k.accepted_at)::float8 AS age, \
-                    EXISTS (SELECT 1 FROM outcomes d WHERE d.request_id = o.request_id) AS decided \
-               FROM offered o \
-               LEFT JOIN fresh f USING (request_id) \
-               LEFT JOIN gateway_keys k ON k.request_id = o.request_id",
+        // Two statements, so that the common case (every key new) touches nothing but the
+        // insert's own unique index. One statement that also read the keys and outcomes back
+        // was planned, on tables a rush had just filled and whose statistics still called
+        // them small, as scans of both whole tables for every batch.
+        let mut fresh: std::collections::HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO gateway_keys (request_id, fingerprint) \
+             SELECT * FROM unnest($1::text[], $2::bytea[]) \
+             ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
         )
         .bind(&ids)
         .bind(&prints)
         .fetch_all(&self.pool)
-        .await?;
-        let mut by_id = std::collections::HashMap::with_capacity(rows.len());
-        for row in rows {
-            let standing = if row.try_get("fresh")? {
+        .await?
+        .into_iter()
+        .collect();
+        let seen: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !fresh.contains(*id))
+            .collect();
+        let mut earlier = std::collections::HashMap::with_capacity(seen.len());
+        if !seen.is_empty() {
+            let rows = sqlx::query(
+                "SELECT k.request_id, k.fingerprint, \
+                        EXTRACT(EPOCH FROM now() - k.accepted_at)::float8 AS age, \
+                        EXISTS (SELECT 1 FROM outcomes d WHERE d.request_id = k.request_id) \
+                          AS decided \
+                   FROM gateway_keys k WHERE k.request_id = ANY($1)",
+            )
+            .bind(&seen)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in rows {
+                let id: String = row.try_get("request_id")?;
+                let print: Vec<u8> = row.try_get("fingerprint")?;
+                let age: f64 = row.try_get("age")?;
+                let decided: bool = row.try_get("decided")?;
+                earlier.insert(id, (print, age, decided));
+            }
+        }
+        let mut standings = Vec::with_capacity(claims.len());
+        for c in claims {
+            // A key offered twice in one batch is fresh for its first offer only.
+            let standing = if fresh.remove(&c.request_id) {
                 KeyStanding::Fresh
-            } else if !row.try_get::<Option<bool>, _>("same")?.unwrap_or(false) {
-                KeyStanding::Mismatch
-            } else if row.try_get("decided")? {
-                KeyStanding::Decided
             } else {
-                KeyStanding::Undecided {
-                    accepted_secs_ago: row.try_get::<Option<f64>, _>("age")?.unwrap_or(0.0),
+                match earlier.get(&c.request_id) {
+                    Some((print, _, _)) if *print != c.fingerprint => KeyStanding::Mismatch,
+                    Some((_, _, true)) => KeyStanding::Decided,
+                    Some((_, age, false)) => KeyStanding::Undecided {
+                        accepted_secs_ago: *age,
+                    },
+                    // Taken by an earlier offer of this batch, or forgotten between the two
+                    // statements: another offer holds the key.
+                    None => KeyStanding::Undecided {
+                        accepted_secs_ago: 0.0,
+                    },
                 }
             };
-            by_id.insert(row.try_get::<String, _>("request_id")?, standing);
+            standings.push(standing);
         }
-        Ok(claims
-            .iter()
-            .map(|c| {
-                by_id
-                    .get(&c.request_id)
-                    .copied()
-                    .unwrap_or(KeyStanding::Mismatch)
-            })
-            .collect())
+        Ok(standings)
     }
 
     /// Forgets a key whose request could not be published, so that a retry may go.
