@@ -398,3 +398,59 @@ async fn the_registry_rush_runs_one_crowd_without_and_with_the_rules_and_compare
     assert!(report["throughput_ratio"].as_f64().is_some_and(|r| r > 0.0));
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_rush_runs_one_crowd_over_amqp_and_through_a_gateway_and_compares() {
+    // Arrange: a small crowd, few connections and streams.
+    let env = TestEnv::new().await;
+    let json = env.log_dir().join("http.json");
+
+    // Act
+    let output = env
+        .seatrush()
+        .args(["rush", "--via", "http", "--courses", "20", "--seats", "5"])
+        .args(["--students", "400", "--choices", "2"])
+        .args(["--http-connections", "50", "--streams", "200", "--json"])
+        .arg(&json)
+        .output()
+        .await
+        .expect("run seatrush rush --via http");
+
+    // Assert: both runs keep every invariant, every HTTP answer matches Postgres, the streams
+    // were held, and the ratio and the gateway's CPU are reported.
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
+    for run in ["over_amqp", "over_http"] {
+        let r = &report[run];
+        assert_eq!(r["requests"], 800, "400 students, two choices: {r:#}");
+        for check in ["lost", "duplicated", "contradicted", "violations"] {
+            assert_eq!(r[check], 0, "{run} {check}: {r:#}");
+        }
+        assert!(
+            r["cpu_us_per_request"]["broker"]
+                .as_f64()
+                .is_some_and(|c| c > 0.0),
+            "{r:#}"
+        );
+    }
+    let check = &report["postgres_check"];
+    assert_eq!(check["request_ids"], 800, "{check:#}");
+    for miss in ["unanswered", "without_outcome", "disagreeing"] {
+        assert_eq!(check[miss], 0, "{miss}: {check:#}");
+    }
+    let gateway = &report["gateway"];
+    assert_eq!(gateway["streams"]["opened"], 200, "{gateway:#}");
+    assert!(
+        gateway["cpu_us_per_request"]
+            .as_f64()
+            .is_some_and(|c| c > 0.0)
+    );
+    assert!(report["throughput_ratio"].as_f64().is_some_and(|r| r > 0.0));
+    env.cleanup().await;
+}

@@ -96,10 +96,17 @@ pub struct PostgresCheck {
 
 /// Runs the crowd over AMQP, then over HTTP, each in a fresh database.
 pub async fn compare(
-    config: RushConfig,
+    mut config: RushConfig,
     options: HttpOptions,
     show_progress: bool,
 ) -> anyhow::Result<HttpComparison> {
+    // Every process on the machine shares its cores: the broker's and the database's CPU per
+    // request in each run say where the difference goes.
+    config.servers = Some(crate::cpu::Servers::of(
+        &config.services.amqp_url,
+        &config.services.database_url,
+        "",
+    ));
     let amqp =
         super::fresh::in_fresh_database(&config, "amqp", |c| super::run(c, show_progress)).await?;
     let (http, gateway, postgres_check) = super::fresh::in_fresh_database(&config, "http", |c| {
@@ -503,6 +510,7 @@ pub fn describe(c: &HttpComparison) -> String {
     format!(
         "over AMQP:\n{}\nover HTTP (one gateway, {} keep-alive connections):\n{}\n\
          throughput over HTTP: {:.2} of the throughput over AMQP (target at least 0.80)\n\
+         CPU per request, µs: over AMQP {}; over HTTP {}, gateway {:.0}\n\
          gateway CPU: {:.1} µs per request; peak memory {:.1} MiB\n\
          event streams: {} of {} opened and held; memory {:.1} → {:.1} MiB, {:.1} KiB per stream\n\
          checked against Postgres: {} request ids, {} unanswered, {} without an outcome, {} disagreeing\n",
@@ -510,6 +518,9 @@ pub fn describe(c: &HttpComparison) -> String {
         g.connections,
         super::describe(&c.over_http),
         c.throughput_ratio,
+        cpu_line(&c.over_amqp),
+        cpu_line(&c.over_http),
+        g.cpu_us_per_request,
         g.cpu_us_per_request,
         g.peak_rss_mib,
         g.streams.opened,
@@ -522,4 +533,15 @@ pub fn describe(c: &HttpComparison) -> String {
         p.without_outcome,
         p.disagreeing,
     )
+}
+
+/// A run's CPU per request by process, as `broker B, database D, crowd C, worker W`.
+fn cpu_line(r: &RushReport) -> String {
+    match r.cpu_us_per_request {
+        Some(c) => format!(
+            "broker {:.0}, database {:.0}, crowd {:.0}, worker {:.0}",
+            c.broker, c.database, c.bench, c.workers
+        ),
+        None => "not measured".to_owned(),
+    }
 }
