@@ -351,32 +351,50 @@ async fn the_junk_scenario_answers_every_unknown_course_and_reports_memory() {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_registry_rush_runs_one_crowd_without_and_with_the_rules_and_compares() {
-    // Arrange: a small crowd of the rules' shape, five choices each.
-    let env = TestEnv::new().await;
-    let json = env.log_dir().join("rules.json");
-
-    // Act
+/// Runs `seatrush rush` with these arguments (a comparison of two runs, each in a fresh
+/// database), requires it to pass, and returns its JSON report.
+async fn compared_rush(
+    env: &TestEnv,
+    name: &str,
+    mode: &[&str],
+    crowd: &[&str],
+) -> serde_json::Value {
+    let json = env.log_dir().join(format!("{name}.json"));
     let output = env
         .seatrush()
-        .args(["rush", "--registry", "--courses", "40", "--seats", "10"])
-        .args(["--students", "600", "--choices", "5", "--json"])
+        .arg("rush")
+        .args(mode)
+        .args(crowd)
+        .arg("--json")
         .arg(&json)
         .output()
         .await
-        .expect("run seatrush rush --registry");
-
-    // Assert: both runs keep every invariant, the rules refused what they should, every
-    // refused swap kept its old seat, and the ratio is reported.
+        .expect("run seatrush rush");
     assert!(
         output.status.success(),
         "{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
+    serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_rush_runs_one_crowd_without_and_with_the_rules_and_compares() {
+    // Arrange: a small crowd of the rules' shape, five choices each.
+    let env = TestEnv::new().await;
+
+    // Act
+    let report = compared_rush(
+        &env,
+        "rules",
+        &["--registry", "--courses", "40", "--seats", "10"],
+        &["--students", "600", "--choices", "5"],
+    )
+    .await;
+
+    // Assert: both runs keep every invariant, the rules refused what they should, every
+    // refused swap kept its old seat, and the ratio is reported.
     for run in ["without_registry", "with_registry"] {
         let r = &report[run];
         assert_eq!(
@@ -403,29 +421,27 @@ async fn the_registry_rush_runs_one_crowd_without_and_with_the_rules_and_compare
 async fn the_http_rush_runs_one_crowd_over_amqp_and_through_a_gateway_and_compares() {
     // Arrange: a small crowd, few connections and streams.
     let env = TestEnv::new().await;
-    let json = env.log_dir().join("http.json");
 
     // Act
-    let output = env
-        .seatrush()
-        .args(["rush", "--via", "http", "--courses", "20", "--seats", "5"])
-        .args(["--students", "400", "--choices", "2"])
-        .args(["--http-connections", "50", "--streams", "200", "--json"])
-        .arg(&json)
-        .output()
-        .await
-        .expect("run seatrush rush --via http");
+    let report = compared_rush(
+        &env,
+        "http",
+        &["--via", "http", "--courses", "20", "--seats", "5"],
+        &[
+            "--students",
+            "400",
+            "--choices",
+            "2",
+            "--http-connections",
+            "50",
+            "--streams",
+            "200",
+        ],
+    )
+    .await;
 
     // Assert: both runs keep every invariant, every HTTP answer matches Postgres, the streams
     // were held, and the ratio and the gateway's CPU are reported.
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
     for run in ["over_amqp", "over_http"] {
         let r = &report[run];
         assert_eq!(r["requests"], 800, "400 students, two choices: {r:#}");
