@@ -12,7 +12,10 @@
 #
 # Usage: scripts/services.sh [start|stop|status|env|start-db|restart-db|stop-db|
 #                             start-broker|restart-broker|stop-broker|
-#                             start-redis|restart-redis|stop-redis|kill-redis]
+#                             start-redis|restart-redis|stop-redis|kill-redis|
+#                             kill-broker-node N|start-broker-node N|
+#                             stop-broker-node N|isolate-broker-node N|
+#                             heal-broker-node N|queue-leaders]
 #   start   (default) install packages if missing, start the three instances
 #           if not running, wait until they accept connections, then print
 #           `export AMQP_URL=...` / `export DATABASE_URL=...` /
@@ -57,6 +60,27 @@
 #           the server replays its append-only file. For fault tests, on an
 #           instance of their own (SEATRUSH_REDIS_PORT, SEATRUSH_SERVICES_DIR).
 #
+# A RabbitMQ cluster (SEATRUSH_BROKER_NODES=3, or any count above 1):
+#   start, start-broker, restart-broker, stop, stop-broker and status then
+#           address every node of a cluster on loopback: node i listens on
+#           the base port + i - 1 (base 25681 unless SEATRUSH_AMQP_PORT says
+#           otherwise; distribution 20000 above), with its own state under
+#           rabbitmq-<port>/ and the first node's cookie. Nodes 2..N join
+#           node 1 once; a member rejoins by itself when it restarts. Nodes
+#           run with cluster_partition_handling = pause_minority. AMQP_URL
+#           lists every node, comma-separated. Quorum queues declared on it
+#           get a replica on every node. (TLS is for a single node only.)
+#   kill-broker-node N
+#           SIGKILL node N's VM by its recorded pid, as a machine lost.
+#   start-broker-node N, stop-broker-node N
+#           start node N again (it rejoins), or stop it gracefully.
+#   isolate-broker-node N, heal-broker-node N
+#           cut node N off from the others, as a network partition would
+#           (each side is given a wrong cookie for the other and their
+#           links are dropped; pause_minority pauses node N), and heal it.
+#   queue-leaders
+#           each quorum queue and the node leading it, tab-separated.
+#
 #   eval "$(scripts/services.sh start)"
 #
 # For start/env, human-readable messages go to stderr and stdout carries only
@@ -65,7 +89,9 @@
 # Environment:
 #   SEATRUSH_SERVICES_DIR    state dir (default: <repo>/.services)
 #   SEATRUSH_AMQP_PORT       AMQP port (default 25673; 25672 is taken by the
-#                            system RabbitMQ's Erlang distribution listener)
+#                            system RabbitMQ's Erlang distribution listener);
+#                            of a cluster, the first node's (default 25681)
+#   SEATRUSH_BROKER_NODES    RabbitMQ nodes to run as one cluster (default 1)
 #   SEATRUSH_AMQP_DIST_PORT  Erlang distribution port (default AMQP port+20000)
 #   SEATRUSH_PG_PORT         PostgreSQL port (default 25432)
 #   SEATRUSH_REDIS_PORT      Redis port (default 26379)
@@ -90,11 +116,31 @@ pg_port=${SEATRUSH_PG_PORT:-25432}
 redis_port=${SEATRUSH_REDIS_PORT:-26379}
 redis_fsync=${SEATRUSH_REDIS_FSYNC:-everysec}
 
+# A cluster (SEATRUSH_BROKER_NODES > 1) has its own ports, from 25681 unless
+# SEATRUSH_AMQP_PORT says otherwise: node i listens on the base + i - 1.
+broker_nodes=${SEATRUSH_BROKER_NODES:-1}
+case "$broker_nodes" in
+    '' | *[!0-9]* | 0) echo "[services] SEATRUSH_BROKER_NODES must be a positive number" >&2; exit 2 ;;
+esac
+if [ "$broker_nodes" -gt 1 ] && [ -z "${SEATRUSH_AMQP_PORT:-}" ]; then
+    amqp_port=25681
+    dist_port=$((amqp_port + 20000))
+fi
+cluster_base=$amqp_port
+
 rmq_node="seatrush-${amqp_port}@localhost"
 rmq_dir="$state/rabbitmq-$amqp_port"
 rmq_bin=/usr/lib/rabbitmq/bin
 
 private_amqp_url="amqp://guest:guest@127.0.0.1:${amqp_port}/%2f"
+if [ "$broker_nodes" -gt 1 ]; then
+    # Every node of the cluster, comma-separated: clients connect to any live one.
+    private_amqp_url=$(
+        for i in $(seq 0 $((broker_nodes - 1))); do
+            printf 'amqp://guest:guest@127.0.0.1:%s/%%2f\n' $((cluster_base + i))
+        done | paste -sd, -
+    )
+fi
 tls=${SEATRUSH_TLS:-0}
 tls_dir="$state/tls"
 amqps_port=$((amqp_port + 1))
@@ -273,25 +319,29 @@ ensure_redis_package() {
 # private node. The scripts under /usr/lib/rabbitmq/bin are used directly:
 # Debian's /usr/sbin wrappers switch to the rabbitmq user when run as root,
 # which would drop HOME and pick up the system node's cookie.
-rmq_vars=(
-    HOME="$rmq_dir/home" # private .erlang.cookie
-    RABBITMQ_NODENAME="$rmq_node"
-    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-    RABBITMQ_NODE_PORT="$amqp_port"
-    RABBITMQ_DIST_PORT="$dist_port"
-    RABBITMQ_MNESIA_BASE="$rmq_dir/mnesia"
-    RABBITMQ_LOG_BASE="$rmq_dir/log"
-    RABBITMQ_PID_FILE="$rmq_dir/rabbitmq.pid"
-    RABBITMQ_ENABLED_PLUGINS_FILE="$rmq_dir/enabled_plugins"
-    RABBITMQ_CONFIG_FILE="$rmq_dir/rabbitmq.conf"
-    RABBITMQ_ADVANCED_CONFIG_FILE="$rmq_dir/advanced.config"
-    # Our own (empty) env file instead of /etc/rabbitmq/rabbitmq-env.conf,
-    # which names the system node.
-    RABBITMQ_CONF_ENV_FILE="$rmq_dir/rabbitmq-env.conf"
-    # Keep epmd and Erlang distribution on loopback.
-    ERL_EPMD_ADDRESS=127.0.0.1
-    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
-)
+# The environment of the selected node (see rmq_select_node for a cluster's).
+rmq_set_vars() {
+    rmq_vars=(
+        HOME="$rmq_dir/home" # private .erlang.cookie
+        RABBITMQ_NODENAME="$rmq_node"
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+        RABBITMQ_NODE_PORT="$amqp_port"
+        RABBITMQ_DIST_PORT="$dist_port"
+        RABBITMQ_MNESIA_BASE="$rmq_dir/mnesia"
+        RABBITMQ_LOG_BASE="$rmq_dir/log"
+        RABBITMQ_PID_FILE="$rmq_dir/rabbitmq.pid"
+        RABBITMQ_ENABLED_PLUGINS_FILE="$rmq_dir/enabled_plugins"
+        RABBITMQ_CONFIG_FILE="$rmq_dir/rabbitmq.conf"
+        RABBITMQ_ADVANCED_CONFIG_FILE="$rmq_dir/advanced.config"
+        # Our own (empty) env file instead of /etc/rabbitmq/rabbitmq-env.conf,
+        # which names the system node.
+        RABBITMQ_CONF_ENV_FILE="$rmq_dir/rabbitmq-env.conf"
+        # Keep epmd and Erlang distribution on loopback.
+        ERL_EPMD_ADDRESS=127.0.0.1
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    )
+}
+rmq_set_vars
 
 rmq_env() {
     (
@@ -327,11 +377,21 @@ ssl_options.verify = verify_none
 ssl_options.fail_if_no_peer_cert = false
 EOF
     fi
+    if [ "$broker_nodes" -gt 1 ]; then
+        # A node cut off from the others stops serving (its clients go to the
+        # majority's nodes) and rejoins when the network heals.
+        echo 'cluster_partition_handling = pause_minority' >>"$rmq_dir/rabbitmq.conf"
+    fi
     echo '# Intentionally empty: keeps /etc/rabbitmq/rabbitmq-env.conf out.' \
         >"$rmq_dir/rabbitmq-env.conf"
     # Create the cookie up front so server and rabbitmqctl agree on it and do
-    # not race to generate it.
+    # not race to generate it. A cluster's nodes share the first node's.
     local cookie="$rmq_dir/home/.erlang.cookie"
+    local first_cookie="$state/rabbitmq-$cluster_base/home/.erlang.cookie"
+    if [ ! -s "$cookie" ] && [ "$cookie" != "$first_cookie" ] && [ -s "$first_cookie" ]; then
+        (umask 077 && cp "$first_cookie" "$cookie")
+        chmod 400 "$cookie"
+    fi
     if [ ! -s "$cookie" ]; then
         (umask 077 && od -An -tx1 -N20 /dev/urandom | tr -d ' \n' | tr a-f A-F >"$cookie")
         chmod 400 "$cookie"
@@ -473,6 +533,126 @@ rmq_status() {
     fi
     echo "rabbitmq: not running (node $rmq_node, port $amqp_port)"
     return 1
+}
+
+# ---------------------------------------------------------------- RabbitMQ cluster
+
+# Selects node i (1-based) of the cluster for the rmq_* functions.
+rmq_select_node() {
+    local i=$1
+    case "$i" in
+        '' | *[!0-9]*) die "rabbitmq: a node number is required (1 to $broker_nodes)" ;;
+    esac
+    [ "$i" -ge 1 ] && [ "$i" -le "$broker_nodes" ] ||
+        die "rabbitmq: no node $i in a cluster of $broker_nodes (SEATRUSH_BROKER_NODES)"
+    amqp_port=$((cluster_base + i - 1))
+    dist_port=$((amqp_port + 20000))
+    rmq_node="seatrush-${amqp_port}@localhost"
+    rmq_dir="$state/rabbitmq-$amqp_port"
+    rmq_set_vars
+}
+
+# Starts every node that is not running, then joins nodes 2..N to node 1
+# (once: a node that was a member rejoins by itself when it restarts).
+rmq_cluster_start() {
+    local i first="seatrush-${cluster_base}@localhost"
+    for i in $(seq 1 "$broker_nodes"); do
+        rmq_select_node "$i"
+        rmq_start
+    done
+    for i in $(seq 2 "$broker_nodes"); do
+        rmq_select_node "$i"
+        if rmqctl cluster_status 2>/dev/null | grep -q "$first"; then
+            continue
+        fi
+        say "rabbitmq: joining $rmq_node to $first"
+        rmqctl stop_app >&2
+        rmqctl join_cluster "$first" >&2 || die "rabbitmq: $rmq_node could not join $first"
+        rmqctl start_app >&2
+        rmqctl await_startup --timeout 60 >/dev/null 2>&1 || die "rabbitmq: $rmq_node did not come back after joining"
+    done
+    say "rabbitmq: cluster of $broker_nodes nodes ready on 127.0.0.1:$cluster_base-$((cluster_base + broker_nodes - 1))"
+}
+
+rmq_cluster_stop() {
+    local i
+    for i in $(seq "$broker_nodes" -1 1); do
+        rmq_select_node "$i"
+        rmq_stop
+    done
+}
+
+rmq_cluster_status() {
+    local i rc=0
+    for i in $(seq 1 "$broker_nodes"); do
+        rmq_select_node "$i"
+        rmq_status || rc=1
+    done
+    return "$rc"
+}
+
+# SIGKILL of one node's VM by its recorded pid: no shutdown, as a machine lost.
+rmq_kill_node() {
+    rmq_select_node "$1"
+    local beam server
+    beam=$(rmq_beam_pid)
+    server=$(read_pid "$rmq_dir/server.pid")
+    rmq_running || die "rabbitmq: node $1 ($rmq_node) is not running; nothing killed"
+    say "rabbitmq: SIGKILL to $rmq_node (pid $beam)"
+    local pid
+    for pid in "$beam" "$server"; do
+        if [ -n "$pid" ] && rmq_alive "$pid" "$pid"; then kill -s KILL "$pid" 2>/dev/null || true; fi
+    done
+    local n
+    for n in $(seq 1 100); do
+        rmq_alive "$beam" "$server" || break
+        sleep 0.1
+    done
+    rm -f "$rmq_dir/rabbitmq.pid" "$rmq_dir/server.pid"
+    say "rabbitmq: $rmq_node killed"
+}
+
+# Cuts a node off from the others, as a network partition would: each side is
+# told a different wrong cookie for the other (the same one on both sides
+# would let them reconnect), and their links are dropped, so neither can
+# reconnect (pause_minority then pauses the node cut off). The nodes' own
+# cookie stays, so rabbitmqctl still reaches every node. `heal` restores the
+# cookies and reconnects.
+rmq_cut() {
+    local node=$1 cookie=$2 theirs=$3 i target others=""
+    rmq_select_node "$node"
+    target=$rmq_node
+    for i in $(seq 1 "$broker_nodes"); do
+        [ "$i" = "$node" ] || others="$others'seatrush-$((cluster_base + i - 1))@localhost',"
+    done
+    others=${others%,}
+    rmqctl eval "[begin erlang:set_cookie(N, '$cookie'), erlang:disconnect_node(N) end || N <- [$others]], ok." >&2 ||
+        die "rabbitmq: could not reach $target"
+    for i in $(seq 1 "$broker_nodes"); do
+        [ "$i" = "$node" ] && continue
+        rmq_select_node "$i"
+        rmq_running || continue
+        rmqctl eval "erlang:set_cookie('$target', '$theirs'), erlang:disconnect_node('$target'), ok." >&2 || true
+    done
+}
+
+rmq_isolate_node() {
+    say "rabbitmq: cutting node $1 off from the other nodes"
+    rmq_cut "$1" seatrush_cut_off_inside seatrush_cut_off_outside
+}
+
+rmq_heal_node() {
+    rmq_select_node "$1"
+    local cookie
+    cookie=$(cat "$rmq_dir/home/.erlang.cookie")
+    say "rabbitmq: reconnecting node $1 to the other nodes"
+    rmq_cut "$1" "$cookie" "$cookie"
+    rmq_select_node "$1"
+    local i others=""
+    for i in $(seq 1 "$broker_nodes"); do
+        [ "$i" = "$1" ] || others="$others'seatrush-$((cluster_base + i - 1))@localhost',"
+    done
+    rmqctl eval "[net_adm:ping(N) || N <- [${others%,}]]." >&2
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -818,7 +998,7 @@ cmd_start() {
         take_lock
         ensure_packages
         pg_start
-        rmq_start
+        if [ "$broker_nodes" -gt 1 ]; then rmq_cluster_start; else rmq_start; fi
     fi
     if redis_external; then
         say "REDIS_URL already set; using that server"
@@ -838,9 +1018,11 @@ cmd_env() {
 cmd_stop() {
     take_lock
     if have_redis; then redis_stop; else say "redis: not installed"; fi
-    if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_stop; else say "rabbitmq: not installed"; fi
+    if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_any_stop; else say "rabbitmq: not installed"; fi
     if [ -n "$(pg_bindir)" ]; then pg_stop; else say "postgres: not installed"; fi
 }
+
+rmq_any_stop() { if [ "$broker_nodes" -gt 1 ]; then rmq_cluster_stop; else rmq_stop; fi; }
 
 cmd_start_db() {
     take_lock
@@ -869,8 +1051,13 @@ cmd_stop_db() {
 cmd_start_broker() {
     take_lock
     ensure_packages
-    tls_ensure
-    rmq_start
+    if [ "$broker_nodes" -gt 1 ]; then
+        [ "$tls" = 1 ] && die "rabbitmq: SEATRUSH_TLS is for a single node, not a cluster"
+        rmq_cluster_start
+    else
+        tls_ensure
+        rmq_start
+    fi
     echo "export AMQP_URL=$private_amqp_url"
     if [ "$tls" = 1 ]; then echo "export AMQPS_URL=$private_amqps_url"; fi
     tls_exports
@@ -878,13 +1065,55 @@ cmd_start_broker() {
 
 cmd_restart_broker() {
     take_lock
-    rmq_stop
-    rmq_start
+    if [ "$broker_nodes" -gt 1 ]; then
+        rmq_cluster_stop
+        rmq_cluster_start
+    else
+        rmq_stop
+        rmq_start
+    fi
 }
 
 cmd_stop_broker() {
     take_lock
-    if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_stop; else say "rabbitmq: not installed"; fi
+    if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_any_stop; else say "rabbitmq: not installed"; fi
+}
+
+cluster_only() {
+    [ "$broker_nodes" -gt 1 ] || die "$1 is for a cluster: set SEATRUSH_BROKER_NODES (for example 3)"
+}
+
+# No lock for the faults: a test injects them at moments of its choosing, and
+# each addresses one node by its recorded pid or its name.
+cmd_kill_broker_node() { cluster_only kill-broker-node; rmq_kill_node "${1:-}"; }
+cmd_isolate_broker_node() { cluster_only isolate-broker-node; rmq_isolate_node "${1:-}"; }
+cmd_heal_broker_node() { cluster_only heal-broker-node; rmq_heal_node "${1:-}"; }
+
+# The leader of each quorum queue, `queue<TAB>node` per line, as the first
+# running node sees them.
+cmd_queue_leaders() {
+    cluster_only queue-leaders
+    local i
+    for i in $(seq 1 "$broker_nodes"); do
+        rmq_select_node "$i"
+        rmq_running || continue
+        rmqctl list_queues name leader --no-table-headers && return 0
+    done
+    die "rabbitmq: no node of the cluster answers"
+}
+
+cmd_start_broker_node() {
+    cluster_only start-broker-node
+    take_lock
+    rmq_select_node "${1:-}"
+    rmq_start
+}
+
+cmd_stop_broker_node() {
+    cluster_only stop-broker-node
+    take_lock
+    rmq_select_node "${1:-}"
+    rmq_stop
 }
 
 cmd_start_redis() {
@@ -912,7 +1141,14 @@ cmd_restart_redis() {
 
 cmd_status() {
     local rc=0
-    if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_status || rc=1; else echo "rabbitmq: not installed"; rc=1; fi
+    if [ ! -x "$rmq_bin/rabbitmqctl" ]; then
+        echo "rabbitmq: not installed"
+        rc=1
+    elif [ "$broker_nodes" -gt 1 ]; then
+        rmq_cluster_status || rc=1
+    else
+        rmq_status || rc=1
+    fi
     if [ -n "$(pg_bindir)" ]; then pg_status || rc=1; else echo "postgres: not installed"; rc=1; fi
     if have_redis; then redis_status || rc=1; else echo "redis: not installed"; rc=1; fi
     return "$rc"
@@ -933,9 +1169,15 @@ case "${1:-start}" in
     restart-redis) cmd_restart_redis ;;
     stop-redis) cmd_stop_redis ;;
     kill-redis) cmd_kill_redis ;;
+    kill-broker-node) cmd_kill_broker_node "${2:-}" ;;
+    start-broker-node) cmd_start_broker_node "${2:-}" ;;
+    stop-broker-node) cmd_stop_broker_node "${2:-}" ;;
+    isolate-broker-node) cmd_isolate_broker_node "${2:-}" ;;
+    heal-broker-node) cmd_heal_broker_node "${2:-}" ;;
+    queue-leaders) cmd_queue_leaders ;;
     -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2 ;;
     *)
-        say "unknown command: $1 (expected start|stop|status|env|start-db|restart-db|stop-db|start-broker|restart-broker|stop-broker|start-redis|restart-redis|stop-redis|kill-redis)"
+        say "unknown command: $1 (expected start|stop|status|env|start-db|restart-db|stop-db|start-broker|restart-broker|stop-broker|start-redis|restart-redis|stop-redis|kill-redis|kill-broker-node|start-broker-node|stop-broker-node|isolate-broker-node|heal-broker-node|queue-leaders)"
         exit 2
         ;;
 esac

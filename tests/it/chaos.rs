@@ -13,7 +13,7 @@ use crate::servers::{Kind, OwnServer, free_port, wait_ready};
 
 /// Thirty courses of 20 seats with a 5-place waitlist for the crowd, and a roomy course for the
 /// probes.
-async fn courses_and_probe(env: &TestEnv, prefix: &str) -> (Vec<CourseId>, CourseId) {
+pub(crate) async fn courses_and_probe(env: &TestEnv, prefix: &str) -> (Vec<CourseId>, CourseId) {
     let settings = CourseSettings {
         capacity: 20,
         waitlist: 5,

@@ -11,6 +11,7 @@ mod bench_redis;
 mod browser;
 mod chaos;
 mod cli;
+mod cluster;
 mod crashes;
 mod crowd;
 mod deadletters;

@@ -197,3 +197,143 @@ impl Drop for OwnServer {
         }
     }
 }
+
+/// A RabbitMQ cluster of this test's own (`SEATRUSH_BROKER_NODES`), on consecutive free ports
+/// and a state directory of its own, whose nodes the test kills, restarts and cuts off.
+pub struct OwnCluster {
+    place: ClusterPlace,
+    /// Every node's URL, comma-separated, as `AMQP_URL` takes them.
+    pub url: String,
+}
+
+/// Where a test's cluster runs, and how `scripts/services.sh` is told so.
+#[derive(Clone)]
+struct ClusterPlace {
+    nodes: usize,
+    base: u16,
+    dir: std::path::PathBuf,
+}
+
+impl ClusterPlace {
+    fn script(&self, args: &[&str]) -> std::process::Output {
+        let out =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+                .args(args)
+                .env_remove("AMQP_URL")
+                .env_remove("DATABASE_URL")
+                .env("SEATRUSH_SERVICES_DIR", &self.dir)
+                .env("SEATRUSH_BROKER_NODES", self.nodes.to_string())
+                .env("SEATRUSH_AMQP_PORT", self.base.to_string())
+                .output()
+                .unwrap_or_else(|e| panic!("scripts/services.sh {args:?}: {e}"));
+        assert!(
+            out.status.success() || args[0] == "stop-broker",
+            "{args:?}: {out:?}"
+        );
+        out
+    }
+
+    fn node_name(&self, node: usize) -> String {
+        format!("seatrush-{}@localhost", self.base as usize + node - 1)
+    }
+}
+
+impl OwnCluster {
+    pub fn start(nodes: usize) -> Self {
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        let base = (0..200)
+            .map(|_| rand::random_range(21000u16..40000))
+            .find(|&base| (0..nodes as u16).all(|i| free(base + i) && free(base + i + 20000)))
+            .expect("no free run of ports for a cluster");
+        let place = ClusterPlace {
+            nodes,
+            base,
+            dir: std::env::temp_dir().join(format!("seatrush-it/own-cluster-{base}")),
+        };
+        let out = place.script(&["start-broker"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let url = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export AMQP_URL="))
+            .unwrap_or_else(|| panic!("no URL from the start command: {stdout}"))
+            .to_owned();
+        Self { place, url }
+    }
+
+    async fn script(&self, args: &[&str]) -> std::process::Output {
+        let place = self.place.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            place.script(&args)
+        })
+        .await
+        .expect("script task")
+    }
+
+    /// The node (1-based) that leads the most queues.
+    pub async fn busiest_leader(&self) -> usize {
+        let out = self.script(&["queue-leaders"]).await;
+        let mut led = vec![0usize; self.place.nodes];
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some((_, leader)) = line.split_once('\t') else {
+                continue;
+            };
+            if let Some(node) =
+                (1..=self.place.nodes).find(|&n| leader.trim() == self.place.node_name(n))
+            {
+                led[node - 1] += 1;
+            }
+        }
+        let (busiest, count) = led
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, n)| **n)
+            .expect("a node");
+        assert!(*count > 0, "no queue has a leader: {out:?}");
+        busiest + 1
+    }
+
+    /// SIGKILL of node `node`'s VM (1-based), as a machine lost.
+    pub async fn kill(&self, node: usize) {
+        self.script(&["kill-broker-node", &node.to_string()]).await;
+    }
+
+    /// Starts node `node` again; it rejoins the cluster. Returns how long that took.
+    pub async fn start_node(&self, node: usize) -> Duration {
+        let began = Instant::now();
+        self.script(&["start-broker-node", &node.to_string()]).await;
+        began.elapsed()
+    }
+
+    /// Stops node `node` gracefully.
+    pub async fn stop_node(&self, node: usize) {
+        self.script(&["stop-broker-node", &node.to_string()]).await;
+    }
+
+    /// Cuts node `node` off from the others.
+    pub async fn isolate(&self, node: usize) {
+        self.script(&["isolate-broker-node", &node.to_string()])
+            .await;
+    }
+
+    /// Reconnects node `node` to the others.
+    pub async fn heal(&self, node: usize) {
+        self.script(&["heal-broker-node", &node.to_string()]).await;
+    }
+}
+
+impl Drop for OwnCluster {
+    /// Stops every node and removes the state, except after a failure (see [`OwnServer`]).
+    fn drop(&mut self) {
+        self.place.script(&["stop-broker"]);
+        if std::thread::panicking() {
+            eprintln!(
+                "this test's own cluster kept its state and logs in {}",
+                self.place.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.place.dir);
+        }
+    }
+}

@@ -6,6 +6,7 @@
 
 mod consumer;
 mod dead;
+mod nodes;
 mod outbox;
 mod publisher;
 mod topology;
@@ -14,6 +15,7 @@ use lapin::{Connection, ConnectionProperties};
 
 pub use consumer::{AckHandle, Deliveries, Incoming};
 pub use dead::DeadLetter;
+pub use nodes::node_urls;
 pub use outbox::{Outbox, Posted};
 pub use publisher::{Batch, DeadCopy, Kind, Outgoing, PendingConfirm, Publisher, ReplyTo};
 pub use topology::Topology;
@@ -31,14 +33,21 @@ pub enum AmqpError {
     NotSettled,
     #[error("the outbox is closed: the worker is stopping")]
     OutboxClosed,
+    #[error("no broker URL given")]
+    NoNode,
+    #[error("no broker node could be reached ({0})")]
+    NoLiveNode(String),
 }
 
 pub type Result<T, E = AmqpError> = std::result::Result<T, E>;
 
 /// The user an AMQP URL authenticates as (`guest` when it names none); `None` if the URL does
-/// not parse.
+/// not parse. Of a list of nodes, the first names the user: every node of a cluster shares its
+/// users.
 pub fn url_user(url: &str) -> Option<String> {
-    url.parse::<lapin::uri::AMQPUri>()
+    node_urls(url)
+        .first()?
+        .parse::<lapin::uri::AMQPUri>()
         .ok()
         .map(|uri| uri.authority.userinfo.username)
 }
@@ -82,10 +91,14 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects; `name` shows up in the broker's connection list.
+    /// Connects to a live node of `url` (one URL, or a cluster's nodes separated by commas);
+    /// `name` shows up in the broker's connection list.
     pub async fn connect(url: &str, name: &str) -> Result<Self> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let connection = Connection::connect(url, properties).await?;
+        let (connection, node) = nodes::connect_any(url, properties).await?;
+        if node_urls(url).len() > 1 {
+            tracing::info!(node = %crate::telemetry::redact(node_urls(url)[node]), "connected to a broker node");
+        }
         Ok(Self { connection })
     }
 

@@ -8,6 +8,7 @@ mod audit;
 mod commit;
 mod courses;
 mod gateway;
+mod hosts;
 mod ownership;
 mod student_seats;
 mod students;
@@ -46,6 +47,8 @@ pub enum StoreError {
     Inconsistent(String),
     #[error("course {0} already exists")]
     CourseExists(String),
+    #[error("none of the database hosts {0} takes writes (each is down or a standby)")]
+    NoWritableHost(String),
 }
 
 impl StoreError {
@@ -68,7 +71,10 @@ impl StoreError {
                 // 53 insufficient resources, 57 operator intervention (shutdown), 58 system;
                 // and 25P03, the server ending a transaction that sat idle (this worker was
                 // paused or cut off mid-commit): the batch can be retried on a new connection.
+                // 25006, a write refused as read-only: the host was a primary and is now a
+                // standby; the store moves to the new primary (`hosts`).
                 code == "25P03"
+                    || code == "25006"
                     || ["08", "40", "53", "57", "58"]
                         .iter()
                         .any(|class| code.starts_with(class))
@@ -100,7 +106,6 @@ impl Store {
     /// Connects a pool. `max_connections` bounds what one process holds open.
     /// The group commit has [`COMMIT_CONNECTIONS`] more of its own.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        let options: PgConnectOptions = url.parse()?;
         // A worker paused mid-transaction (stopped, swapped out, cut off) must not hold its
         // row locks past its lease: the server ends such a transaction after this long, so
         // another worker can take the partitions over, and the paused one's commit fails and
@@ -111,14 +116,36 @@ impl Store {
         // a plan cached then (a scan of the whole table, cheap while it is empty) was seen to
         // be kept for a prepared statement as the table grew, making a lookup of a batch's
         // ids by key take a second.
-        let options = options.application_name("seatrush").options([
-            ("idle_in_transaction_session_timeout", "2000"),
-            ("plan_cache_mode", "force_custom_plan"),
-        ]);
-        let pool = pool_options(max_connections)
-            .connect_with(options.clone())
+        let hosts = hosts::host_urls(url)
+            .iter()
+            .map(|u| {
+                let options: PgConnectOptions = u.parse()?;
+                Ok(options.application_name("seatrush").options([
+                    ("idle_in_transaction_session_timeout", "2000"),
+                    ("plan_cache_mode", "force_custom_plan"),
+                ]))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let at = if hosts.len() > 1 {
+            hosts::writable(&hosts)
+                .await
+                .ok_or_else(|| StoreError::NoWritableHost(crate::telemetry::redact(url)))?
+        } else {
+            0
+        };
+        let moved = hosts::Moved::default();
+        let pool = pool_options(max_connections, &moved)
+            .connect_with(hosts[at].clone())
             .await?;
-        let commits = pool_options(COMMIT_CONNECTIONS).connect_lazy_with(options);
+        let commits = pool_options(COMMIT_CONNECTIONS, &moved).connect_lazy_with(hosts[at].clone());
+        if hosts.len() > 1 {
+            tokio::spawn(hosts::follow(
+                [pool.clone(), commits.clone()],
+                hosts,
+                at,
+                moved,
+            ));
+        }
         Ok(Self { pool, commits })
     }
 
@@ -195,8 +222,14 @@ impl Store {
     }
 }
 
-fn pool_options(max_connections: u32) -> PgPoolOptions {
+fn pool_options(max_connections: u32, moved: &hosts::Moved) -> PgPoolOptions {
+    let moved = moved.clone();
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // A connection to the host the pool left (a demoted primary) is closed, not reused.
+        .before_acquire(move |_, meta| {
+            let keep = moved.keeps(meta.age);
+            Box::pin(async move { Ok(keep) })
+        })
 }

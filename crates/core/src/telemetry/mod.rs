@@ -32,6 +32,10 @@ pub fn init(format: LogFormat, default_filter: &str) {
 
 /// A URL with its password replaced, for logs and messages.
 pub fn redact(url: &str) -> String {
+    // A list of nodes (`AMQP_URL` of a cluster) is redacted node by node.
+    if url.contains(',') {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
             Some((credentials, host)) => {
@@ -85,6 +89,14 @@ mod tests {
         assert_eq!(
             super::redact("postgres://127.0.0.1/db"),
             "postgres://127.0.0.1/db"
+        );
+        assert_eq!(
+            super::redact("amqp://u:a@n1:5672/%2f,amqp://u:b@n2:5672/%2f"),
+            "amqp://u:***@n1:5672/%2f,amqp://u:***@n2:5672/%2f"
+        );
+        assert_eq!(
+            super::redact("postgres://u:secret@h1:5432,h2:5433/db"),
+            "postgres://u:***@h1:5432,h2:5433/db"
         );
     }
 }
