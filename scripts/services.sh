@@ -146,6 +146,13 @@ tls_dir="$state/tls"
 amqps_port=$((amqp_port + 1))
 private_amqps_url="amqps://guest:guest@localhost:${amqps_port}/%2f"
 private_database_url="postgres://seatrush@127.0.0.1:${pg_port}/seatrush"
+# A primary with a streaming standby (SEATRUSH_PG_STANDBY=1): member 1 on
+# the PostgreSQL port, member 2 on the next; either may be the primary.
+pg_standby=${SEATRUSH_PG_STANDBY:-0}
+pg_pair_base=$pg_port
+if [ "$pg_standby" = 1 ]; then
+    private_database_url="postgres://seatrush@127.0.0.1:${pg_port},127.0.0.1:$((pg_port + 1))/seatrush"
+fi
 
 redis_dir="$state/redis-$redis_port"
 redis_bin=/usr/bin/redis-server
@@ -760,14 +767,18 @@ pg_start() {
             ssl_opts="-c ssl=on -c ssl_cert_file=$pg_base_dir/server.pem -c ssl_key_file=$pg_base_dir/server.key"
         fi
         if ! pg pg_ctl -D "$pg_data" -l "$pg_log" \
-            -o "-p $pg_port -k $pg_sock -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200 $ssl_opts" \
+            -o "-p $pg_port -k $pg_sock -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200 $ssl_opts ${pg_pair_opts:-}" \
             start -w -t "$wait_secs" >&2; then
             log_tail "$pg_log"
             die "postgres: failed to start within ${wait_secs}s"
         fi
     fi
     pg_wait
-    pg_bootstrap
+    if [ "$(psql_admin -tAc 'select pg_is_in_recovery()')" = t ]; then
+        say "postgres: standby ready on 127.0.0.1:$pg_port (following the primary)"
+    else
+        pg_bootstrap
+    fi
 }
 
 pg_wait() {
@@ -823,6 +834,137 @@ pg_status() {
     fi
     echo "postgres: not running (port $pg_port, $pg_data)"
     return 1
+}
+
+# ---------------------------------------------------------------- PostgreSQL pair
+
+# Every commit waits until a standby has it on disk; WAL is kept for a standby
+# that falls behind.
+pg_pair_opts="-c wal_level=replica -c max_wal_senders=10 -c wal_keep_size=1GB -c hot_standby=on -c synchronous_commit=on"
+
+# Selects member i (1 or 2) for the pg_* functions.
+pg_select_member() {
+    case "${1:-}" in
+        1 | 2) ;;
+        *) die "postgres: a member number is required (1 or 2)" ;;
+    esac
+    pg_port=$((pg_pair_base + $1 - 1))
+    pg_base_dir=
+    pg_paths
+}
+
+# Whether the selected member runs and takes writes.
+pg_is_primary() {
+    pg_running && [ "$(psql_admin -tAc 'select pg_is_in_recovery()' 2>/dev/null)" = f ]
+}
+
+# The member that takes writes, or nothing.
+pg_primary_member() {
+    local i
+    for i in 1 2; do
+        pg_select_member "$i"
+        if pg_is_primary; then
+            echo "$i"
+            return 0
+        fi
+    done
+}
+
+# Makes the selected (stopped, empty) member a standby of member $1: a base
+# backup that also writes the standby's connection settings.
+pg_clone_from() {
+    local from_port=$((pg_pair_base + $1 - 1))
+    say "postgres: cloning 127.0.0.1:$pg_port from the primary on 127.0.0.1:$from_port"
+    mkdir -p "$pg_base_dir"
+    if pg_as_postgres; then
+        chown postgres: "$pg_base_dir"
+        chmod 700 "$pg_base_dir"
+    fi
+    pg pg_basebackup -h 127.0.0.1 -p "$from_port" -U postgres -D "$pg_data" -R -X stream -c fast \
+        -d "application_name=member$((pg_port - pg_pair_base + 1))" >&2 ||
+        die "postgres: the base backup from 127.0.0.1:$from_port failed"
+}
+
+# Commits wait for a standby while one is attached, and not otherwise: a
+# primary left alone after a failover keeps taking commits (the standby that
+# comes back catches up, and the waits resume).
+pg_require_standby() {
+    local names=$1
+    psql_admin -c "alter system set synchronous_standby_names = '$names'" -c 'select pg_reload_conf()' >/dev/null
+}
+
+pg_pair_start() {
+    local primary
+    primary=$(pg_primary_member)
+    if [ -z "$primary" ]; then
+        pg_select_member 1
+        if [ -f "$pg_data/PG_VERSION" ] && [ -f "$pg_data/standby.signal" ]; then
+            pg_select_member 2
+        fi
+        primary=$((pg_port - pg_pair_base + 1))
+        pg_start
+    fi
+    local standby=$((3 - primary))
+    pg_select_member "$standby"
+    if ! pg_running; then
+        [ -f "$pg_data/PG_VERSION" ] || pg_clone_from "$primary"
+        pg_start
+    fi
+    pg_select_member "$primary"
+    pg_require_standby '*'
+    say "postgres: member $primary is the primary, member $standby its synchronous standby"
+}
+
+pg_pair_stop() {
+    local i
+    for i in 2 1; do
+        pg_select_member "$i"
+        pg_stop
+    done
+}
+
+# SIGKILL of a member's postmaster and every process below it, as a machine
+# lost: no shutdown checkpoint, the clients' connections cut.
+pg_kill_member() {
+    pg_select_member "$1"
+    pg_running || die "postgres: member $1 is not running; nothing killed"
+    local postmaster children
+    postmaster=$(head -n 1 "$pg_data/postmaster.pid")
+    children=$(ps -o pid= --ppid "$postmaster" || true)
+    say "postgres: SIGKILL to member $1 (postmaster $postmaster and its processes)"
+    # shellcheck disable=SC2086
+    kill -s KILL "$postmaster" $children 2>/dev/null || true
+    local i
+    for i in $(seq 1 100); do
+        kill -0 "$postmaster" 2>/dev/null || break
+        sleep 0.1
+    done
+    say "postgres: member $1 killed"
+}
+
+# Promotes a standby; alone, it takes commits without waiting for a standby.
+pg_promote_member() {
+    pg_select_member "$1"
+    say "postgres: promoting member $1"
+    pg pg_ctl -D "$pg_data" promote -w -t "$wait_secs" >&2 || die "postgres: member $1 was not promoted"
+    pg_require_standby ''
+}
+
+# Makes a member (the old primary after a failover) a standby of the current
+# primary again: its data is replaced by a fresh base backup.
+pg_rejoin_member() {
+    local primary
+    primary=$(pg_primary_member)
+    [ -n "$primary" ] || die "postgres: no primary to rejoin"
+    [ "$primary" != "$1" ] || die "postgres: member $1 is the primary"
+    pg_select_member "$1"
+    if pg_running; then pg_stop; fi
+    say "postgres: member $1 rejoins as a standby of member $primary"
+    rm -rf "$pg_data"
+    pg_clone_from "$primary"
+    pg_start
+    pg_select_member "$primary"
+    pg_require_standby '*'
 }
 
 # ---------------------------------------------------------------- Redis
@@ -997,7 +1139,7 @@ cmd_start() {
     else
         take_lock
         ensure_packages
-        pg_start
+        pg_any_start
         if [ "$broker_nodes" -gt 1 ]; then rmq_cluster_start; else rmq_start; fi
     fi
     if redis_external; then
@@ -1019,18 +1161,53 @@ cmd_stop() {
     take_lock
     if have_redis; then redis_stop; else say "redis: not installed"; fi
     if [ -x "$rmq_bin/rabbitmqctl" ]; then rmq_any_stop; else say "rabbitmq: not installed"; fi
-    if [ -n "$(pg_bindir)" ]; then pg_stop; else say "postgres: not installed"; fi
+    if [ -n "$(pg_bindir)" ]; then pg_any_stop; else say "postgres: not installed"; fi
 }
+
+pg_any_start() { if [ "$pg_standby" = 1 ]; then pg_pair_start; else pg_start; fi; }
+pg_any_stop() { if [ "$pg_standby" = 1 ]; then pg_pair_stop; else pg_stop; fi; }
 
 rmq_any_stop() { if [ "$broker_nodes" -gt 1 ]; then rmq_cluster_stop; else rmq_stop; fi; }
 
 cmd_start_db() {
     take_lock
     ensure_packages
-    tls_ensure
-    pg_start
+    if [ "$pg_standby" = 1 ]; then
+        [ "$tls" = 1 ] && die "postgres: SEATRUSH_TLS is for a single server, not a pair"
+        pg_pair_start
+    else
+        tls_ensure
+        pg_start
+    fi
     echo "export DATABASE_URL=$private_database_url"
     tls_exports
+}
+
+pair_only() {
+    [ "$pg_standby" = 1 ] || die "$1 is for a primary with a standby: set SEATRUSH_PG_STANDBY=1"
+}
+
+# No lock for the faults (see the broker's).
+cmd_kill_db_member() { pair_only kill-db-member; pg_kill_member "${1:-}"; }
+
+cmd_promote_db_member() {
+    pair_only promote-db-member
+    take_lock
+    pg_promote_member "${1:-}"
+}
+
+cmd_rejoin_db_member() {
+    pair_only rejoin-db-member
+    take_lock
+    pg_rejoin_member "${1:-}"
+}
+
+cmd_db_primary() {
+    pair_only db-primary
+    local primary
+    primary=$(pg_primary_member)
+    [ -n "$primary" ] || die "postgres: no member takes writes"
+    echo "$primary"
 }
 
 cmd_restart_db() {
@@ -1045,7 +1222,7 @@ cmd_restart_db() {
 
 cmd_stop_db() {
     take_lock
-    if [ -n "$(pg_bindir)" ]; then pg_stop; else say "postgres: not installed"; fi
+    if [ -n "$(pg_bindir)" ]; then pg_any_stop; else say "postgres: not installed"; fi
 }
 
 cmd_start_broker() {
@@ -1149,7 +1326,18 @@ cmd_status() {
     else
         rmq_status || rc=1
     fi
-    if [ -n "$(pg_bindir)" ]; then pg_status || rc=1; else echo "postgres: not installed"; rc=1; fi
+    if [ -z "$(pg_bindir)" ]; then
+        echo "postgres: not installed"
+        rc=1
+    elif [ "$pg_standby" = 1 ]; then
+        local i
+        for i in 1 2; do
+            pg_select_member "$i"
+            pg_status || rc=1
+        done
+    else
+        pg_status || rc=1
+    fi
     if have_redis; then redis_status || rc=1; else echo "redis: not installed"; rc=1; fi
     return "$rc"
 }
@@ -1175,9 +1363,13 @@ case "${1:-start}" in
     isolate-broker-node) cmd_isolate_broker_node "${2:-}" ;;
     heal-broker-node) cmd_heal_broker_node "${2:-}" ;;
     queue-leaders) cmd_queue_leaders ;;
+    kill-db-member) cmd_kill_db_member "${2:-}" ;;
+    promote-db-member) cmd_promote_db_member "${2:-}" ;;
+    rejoin-db-member) cmd_rejoin_db_member "${2:-}" ;;
+    db-primary) cmd_db_primary ;;
     -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2 ;;
     *)
-        say "unknown command: $1 (expected start|stop|status|env|start-db|restart-db|stop-db|start-broker|restart-broker|stop-broker|start-redis|restart-redis|stop-redis|kill-redis|kill-broker-node|start-broker-node|stop-broker-node|isolate-broker-node|heal-broker-node|queue-leaders)"
+        say "unknown command: $1 (expected start|stop|status|env|start-db|restart-db|stop-db|start-broker|restart-broker|stop-broker|start-redis|restart-redis|stop-redis|kill-redis|kill-broker-node|start-broker-node|stop-broker-node|isolate-broker-node|heal-broker-node|queue-leaders|kill-db-member|promote-db-member|rejoin-db-member|db-primary)"
         exit 2
         ;;
 esac

@@ -1,9 +1,10 @@
-//! Faults of a replicated broker mid-rush, on a three-node RabbitMQ cluster of each test's own
-//! (quorum queues with a replica on every node): the node leading the partition queues killed
-//! and restarted, a node cut off from the others and healed, every node restarted in turn. The
-//! worker knows every node (`AMQP_URL` lists them) and moves to a live one at once. Nothing is
-//! lost, nothing doubled, no course oversold, and the wait of a student asking meanwhile is
-//! reported.
+//! Faults of a replicated broker and database mid-rush. On a three-node RabbitMQ cluster of
+//! each test's own (quorum queues with a replica on every node): the node leading the partition
+//! queues killed and restarted, a node cut off from the others and healed, every node restarted
+//! in turn. On a PostgreSQL primary with a synchronous standby of the test's own: the primary
+//! killed and the standby promoted. The worker knows every node and host (`AMQP_URL` and
+//! `DATABASE_URL` list them) and moves to a live one. Nothing is lost, nothing doubled, no
+//! course oversold, and the wait of a student asking meanwhile is reported.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use seatrush_core::client::Client;
 use crate::chaos::courses_and_probe;
 use crate::helpers::TestEnv;
 use crate::helpers::enroll;
-use crate::servers::{OwnCluster, free_port, wait_ready};
+use crate::servers::{OwnCluster, OwnPgPair, free_port, wait_ready};
 
 /// A cluster, a worker on it with its health endpoint, and a paced crowd under way.
 struct Rush {
@@ -27,12 +28,8 @@ struct Rush {
     first_try: tokio::task::JoinHandle<anyhow::Result<seatrush_tools::load::Report>>,
 }
 
-async fn rush_on(cluster: &OwnCluster, seed: u64, rate: f64) -> Rush {
-    let mut env = TestEnv::on(
-        cluster.url.clone(),
-        crate::helpers::required("DATABASE_URL"),
-    )
-    .await;
+async fn rush_on(amqp_url: &str, database_url: &str, seed: u64, rate: f64) -> Rush {
+    let mut env = TestEnv::on(amqp_url.to_owned(), database_url.to_owned()).await;
     let prefix = format!("{}k", env.topology.prefix);
     let (courses, probe_course) = courses_and_probe(&env, &prefix).await;
     let requests = TestEnv::crowd_with_duplicates(&courses, 1000, 2, &prefix, seed);
@@ -106,7 +103,13 @@ impl Rush {
 async fn the_node_leading_the_partitions_killed_mid_rush_loses_nothing() {
     // Arrange
     let cluster = OwnCluster::start(3);
-    let rush = rush_on(&cluster, 31, 300.0).await;
+    let rush = rush_on(
+        &cluster.url,
+        &crate::helpers::required("DATABASE_URL"),
+        31,
+        300.0,
+    )
+    .await;
     let leader = cluster.busiest_leader().await;
 
     // Act: SIGKILL of the node that leads most partition queues; a student asks at once.
@@ -129,7 +132,13 @@ async fn the_node_leading_the_partitions_killed_mid_rush_loses_nothing() {
 async fn a_node_cut_off_from_the_others_mid_rush_then_healed_loses_nothing() {
     // Arrange
     let cluster = OwnCluster::start(3);
-    let rush = rush_on(&cluster, 37, 200.0).await;
+    let rush = rush_on(
+        &cluster.url,
+        &crate::helpers::required("DATABASE_URL"),
+        37,
+        200.0,
+    )
+    .await;
     let leader = cluster.busiest_leader().await;
 
     // Act: the node leading most queues is cut off (it pauses, as the minority); a student
@@ -156,7 +165,13 @@ async fn a_node_cut_off_from_the_others_mid_rush_then_healed_loses_nothing() {
 async fn a_rolling_restart_of_every_node_mid_rush_loses_nothing() {
     // Arrange: a slower crowd, so that it lasts through the restarts.
     let cluster = OwnCluster::start(3);
-    let rush = rush_on(&cluster, 41, 100.0).await;
+    let rush = rush_on(
+        &cluster.url,
+        &crate::helpers::required("DATABASE_URL"),
+        41,
+        100.0,
+    )
+    .await;
 
     // Act: each node in turn stops (as for an upgrade) and starts again; a student asks while
     // it is down.
@@ -172,4 +187,31 @@ async fn a_rolling_restart_of_every_node_mid_rush_loses_nothing() {
     eprintln!("rolling restart: a student asking while each node was down waited {waits:?}");
     rush.finish().await;
     drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_primary_killed_mid_rush_and_its_standby_promoted_loses_nothing() {
+    // Arrange: a primary with a synchronous standby; the worker is given both hosts.
+    let pair = OwnPgPair::start();
+    let rush = rush_on(&crate::helpers::required("AMQP_URL"), &pair.url, 43, 300.0).await;
+    let primary = pair.primary().await;
+    let standby = 3 - primary;
+
+    // Act: SIGKILL of the primary with commits in flight, the standby promoted at once (as a
+    // failover manager would), a student asking then; the old primary rejoins as a standby.
+    pair.kill(primary).await;
+    let promoted = pair.promote(standby).await;
+    let waited = probe(&rush.env, &rush.probe_course, 1).await;
+    wait_ready(rush.health, true).await;
+    pair.rejoin(primary).await;
+    let waited_after_rejoin = probe(&rush.env, &rush.probe_course, 2).await;
+
+    // Assert
+    assert_eq!(pair.primary().await, standby);
+    eprintln!(
+        "database primary killed: the standby promoted in {promoted:?}; a student asking then \
+         waited {waited:?}; after the old primary rejoined as a standby, {waited_after_rejoin:?}"
+    );
+    rush.finish().await;
+    drop(pair);
 }

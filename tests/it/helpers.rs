@@ -141,7 +141,11 @@ fn with_database(url: &str, name: &str) -> String {
 /// Runs one statement on the server's admin connection (database creation and removal, which
 /// cannot run inside the test database itself).
 async fn admin(admin_url: &str, statement: String) {
-    let mut admin = sqlx::PgConnection::connect(admin_url)
+    // A URL of a primary and its standbys: the statement goes to the primary.
+    let admin_url = seatrush_core::store::writable_url(admin_url)
+        .await
+        .expect("a database host that takes writes");
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
         .expect("connect to DATABASE_URL");
     sqlx::query(sqlx::AssertSqlSafe(statement.clone()))

@@ -201,20 +201,21 @@ impl Drop for OwnServer {
 /// A RabbitMQ cluster of this test's own (`SEATRUSH_BROKER_NODES`), on consecutive free ports
 /// and a state directory of its own, whose nodes the test kills, restarts and cuts off.
 pub struct OwnCluster {
-    place: ClusterPlace,
+    place: Scripted,
+    nodes: usize,
+    base: u16,
     /// Every node's URL, comma-separated, as `AMQP_URL` takes them.
     pub url: String,
 }
 
-/// Where a test's cluster runs, and how `scripts/services.sh` is told so.
+/// Where a test's cluster or database pair runs, and how `scripts/services.sh` is told so.
 #[derive(Clone)]
-struct ClusterPlace {
-    nodes: usize,
-    base: u16,
+struct Scripted {
     dir: std::path::PathBuf,
+    env: Vec<(&'static str, String)>,
 }
 
-impl ClusterPlace {
+impl Scripted {
     fn script(&self, args: &[&str]) -> std::process::Output {
         let out =
             std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
@@ -222,46 +223,18 @@ impl ClusterPlace {
                 .env_remove("AMQP_URL")
                 .env_remove("DATABASE_URL")
                 .env("SEATRUSH_SERVICES_DIR", &self.dir)
-                .env("SEATRUSH_BROKER_NODES", self.nodes.to_string())
-                .env("SEATRUSH_AMQP_PORT", self.base.to_string())
+                .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
                 .output()
                 .unwrap_or_else(|e| panic!("scripts/services.sh {args:?}: {e}"));
         assert!(
-            out.status.success() || args[0] == "stop-broker",
+            out.status.success() || args[0].starts_with("stop-"),
             "{args:?}: {out:?}"
         );
         out
     }
 
-    fn node_name(&self, node: usize) -> String {
-        format!("seatrush-{}@localhost", self.base as usize + node - 1)
-    }
-}
-
-impl OwnCluster {
-    pub fn start(nodes: usize) -> Self {
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        let base = (0..200)
-            .map(|_| rand::random_range(21000u16..40000))
-            .find(|&base| (0..nodes as u16).all(|i| free(base + i) && free(base + i + 20000)))
-            .expect("no free run of ports for a cluster");
-        let place = ClusterPlace {
-            nodes,
-            base,
-            dir: std::env::temp_dir().join(format!("seatrush-it/own-cluster-{base}")),
-        };
-        let out = place.script(&["start-broker"]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let url = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("export AMQP_URL="))
-            .unwrap_or_else(|| panic!("no URL from the start command: {stdout}"))
-            .to_owned();
-        Self { place, url }
-    }
-
-    async fn script(&self, args: &[&str]) -> std::process::Output {
-        let place = self.place.clone();
+    async fn run(&self, args: &[&str]) -> std::process::Output {
+        let place = self.clone();
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -271,17 +244,80 @@ impl OwnCluster {
         .expect("script task")
     }
 
+    /// Starts with `verb` and returns the URL exported as `var`.
+    fn start(&self, verb: &str, var: &str) -> String {
+        let out = self.script(&[verb]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("export {var}=")))
+            .unwrap_or_else(|| panic!("no {var} from {verb}: {stdout}"))
+            .to_owned()
+    }
+
+    /// Stops with `verb` and removes the state, except after a failure: then its logs stay
+    /// and the test's output says where.
+    fn stop_and_remove(&self, verb: &str) {
+        self.script(&[verb]);
+        if std::thread::panicking() {
+            eprintln!(
+                "this test's own servers kept their state and logs in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A run of `count` consecutive free ports, each with its Erlang distribution port (20000
+/// above) free too when `distribution`.
+fn free_run(count: u16, distribution: bool) -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    (0..200)
+        .map(|_| rand::random_range(21000u16..40000))
+        .find(|&base| {
+            (0..count).all(|i| free(base + i) && (!distribution || free(base + i + 20000)))
+        })
+        .expect("no free run of ports")
+}
+
+impl OwnCluster {
+    pub fn start(nodes: usize) -> Self {
+        let base = free_run(nodes as u16, true);
+        let place = Scripted {
+            dir: std::env::temp_dir().join(format!("seatrush-it/own-cluster-{base}")),
+            env: vec![
+                ("SEATRUSH_BROKER_NODES", nodes.to_string()),
+                ("SEATRUSH_AMQP_PORT", base.to_string()),
+            ],
+        };
+        let url = place.start("start-broker", "AMQP_URL");
+        Self {
+            place,
+            nodes,
+            base,
+            url,
+        }
+    }
+
+    async fn script(&self, args: &[&str]) -> std::process::Output {
+        self.place.run(args).await
+    }
+
+    fn node_name(&self, node: usize) -> String {
+        format!("seatrush-{}@localhost", self.base as usize + node - 1)
+    }
+
     /// The node (1-based) that leads the most queues.
     pub async fn busiest_leader(&self) -> usize {
         let out = self.script(&["queue-leaders"]).await;
-        let mut led = vec![0usize; self.place.nodes];
+        let mut led = vec![0usize; self.nodes];
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let Some((_, leader)) = line.split_once('\t') else {
                 continue;
             };
-            if let Some(node) =
-                (1..=self.place.nodes).find(|&n| leader.trim() == self.place.node_name(n))
-            {
+            if let Some(node) = (1..=self.nodes).find(|&n| leader.trim() == self.node_name(n)) {
                 led[node - 1] += 1;
             }
         }
@@ -324,16 +360,68 @@ impl OwnCluster {
 }
 
 impl Drop for OwnCluster {
-    /// Stops every node and removes the state, except after a failure (see [`OwnServer`]).
     fn drop(&mut self) {
-        self.place.script(&["stop-broker"]);
-        if std::thread::panicking() {
-            eprintln!(
-                "this test's own cluster kept its state and logs in {}",
-                self.place.dir.display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.place.dir);
-        }
+        self.place.stop_and_remove("stop-broker");
+    }
+}
+
+/// A PostgreSQL primary with a synchronous streaming standby of this test's own
+/// (`SEATRUSH_PG_STANDBY=1`), whose members the test kills, promotes and rejoins.
+pub struct OwnPgPair {
+    place: Scripted,
+    /// Both members, in libpq's multi-host form, as `DATABASE_URL` takes them.
+    pub url: String,
+}
+
+impl OwnPgPair {
+    pub fn start() -> Self {
+        let base = free_run(2, false);
+        let place = Scripted {
+            dir: std::env::temp_dir().join(format!("seatrush-it/own-pg-pair-{base}")),
+            env: vec![
+                ("SEATRUSH_PG_STANDBY", "1".to_owned()),
+                ("SEATRUSH_PG_PORT", base.to_string()),
+            ],
+        };
+        let url = place.start("start-db", "DATABASE_URL");
+        Self { place, url }
+    }
+
+    /// The member (1 or 2) that takes writes.
+    pub async fn primary(&self) -> usize {
+        let out = self.place.run(&["db-primary"]).await;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a member number")
+    }
+
+    /// SIGKILL of a member's postmaster and its processes.
+    pub async fn kill(&self, member: usize) {
+        self.place
+            .run(&["kill-db-member", &member.to_string()])
+            .await;
+    }
+
+    /// Promotes a standby; returns how long that took.
+    pub async fn promote(&self, member: usize) -> Duration {
+        let began = Instant::now();
+        self.place
+            .run(&["promote-db-member", &member.to_string()])
+            .await;
+        began.elapsed()
+    }
+
+    /// Makes a member a standby of the current primary again.
+    pub async fn rejoin(&self, member: usize) {
+        self.place
+            .run(&["rejoin-db-member", &member.to_string()])
+            .await;
+    }
+}
+
+impl Drop for OwnPgPair {
+    fn drop(&mut self) {
+        self.place.stop_and_remove("stop-db");
     }
 }

@@ -38,6 +38,22 @@ pub(super) fn host_urls(url: &str) -> Vec<String> {
         .collect()
 }
 
+/// The URL of the host of `url` that takes writes: `url` itself when it names one host.
+pub async fn writable_url(url: &str) -> super::Result<String> {
+    let urls = host_urls(url);
+    if urls.len() == 1 {
+        return Ok(url.to_owned());
+    }
+    for u in &urls {
+        if takes_writes(&u.parse()?).await {
+            return Ok(u.clone());
+        }
+    }
+    Err(super::StoreError::NoWritableHost(crate::telemetry::redact(
+        url,
+    )))
+}
+
 /// The index of the first host that answers and takes writes.
 pub(super) async fn writable(hosts: &[PgConnectOptions]) -> Option<usize> {
     for (at, options) in hosts.iter().enumerate() {

@@ -21,6 +21,7 @@ pub use audit::Violation;
 pub use commit::{Committed, Pending};
 pub use courses::{CourseDetail, CourseRow, DrawView, Entrant};
 pub use gateway::{KeyClaim, KeyStanding, NewEvent, Standing, StudentEvent, WaitlistPlace};
+pub use hosts::writable_url;
 pub use ownership::{Lease, Membership, PartitionRow, WorkerRow};
 pub use students::{HeldCourse, StudentDetail, WaitingFor};
 
