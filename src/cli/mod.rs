@@ -75,6 +75,10 @@ enum Command {
     /// The demo: two workers, a flash crowd with progress, the report and the audit.
     #[cfg(feature = "tools")]
     Demo(tools::DemoArgs),
+    /// Hold a steady load for minutes, sampling memory, queue depths and the final p99; exit 1
+    /// if memory grows, the latency drifts or a request goes unanswered.
+    #[cfg(feature = "tools")]
+    Soak(tools::SoakArgs),
 }
 
 /// The async runtime the command runs on: the worker's may be given a number of threads.
@@ -113,5 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chaos(args) => tools::chaos(common, args).await,
         #[cfg(feature = "tools")]
         Command::Demo(args) => tools::demo(common, args).await,
+        #[cfg(feature = "tools")]
+        Command::Soak(args) => tools::soak(common, args).await,
     }
 }

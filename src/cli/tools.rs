@@ -228,6 +228,32 @@ pub struct ChaosArgs {
 }
 
 #[derive(Args)]
+pub struct SoakArgs {
+    /// How long to hold the load, in minutes.
+    #[arg(long, default_value_t = 20.0, value_parser = positive_rate)]
+    minutes: f64,
+    /// Requests per second: half of them enrolls of new students, half drops of the
+    /// enrollments a window before.
+    #[arg(long, default_value_t = 2000.0, value_parser = positive_rate)]
+    rate: f64,
+    /// Seconds between samples (each starts a window of requests).
+    #[arg(long, default_value_t = 5, value_parser = at_least::<u64>(1))]
+    sample_secs: u64,
+    /// Courses to create.
+    #[arg(long, default_value_t = 300, value_parser = at_least::<usize>(1))]
+    courses: usize,
+    /// Seats per course.
+    #[arg(long, default_value_t = 30)]
+    seats: u32,
+    /// Worker processes.
+    #[arg(long, default_value_t = 1, value_parser = at_least::<usize>(1))]
+    workers: usize,
+    /// Directory for soak.json and the charts (soak-memory.svg, soak-latency.svg).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
 pub struct DemoArgs {
     #[command(flatten)]
     crowd: CrowdArgs,
@@ -422,4 +448,35 @@ pub async fn demo(common: &Common, args: DemoArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `seatrush soak`: a steady load for minutes; fails on memory growth, latency drift or a
+/// request left unanswered.
+pub async fn soak(common: &Common, args: SoakArgs) -> anyhow::Result<ExitCode> {
+    use seatrush_tools::soak;
+    let crowd = Crowd {
+        courses: args.courses,
+        seats: args.seats,
+        waitlist: 0,
+        students: 1,
+        choices: 1,
+    };
+    let rush = RushConfig::burst(
+        services(common)?,
+        crowd,
+        args.workers,
+        this_binary()?,
+        seatrush_tools::rush::fresh_tag("soak"),
+        std::env::temp_dir().join("seatrush-soak"),
+    );
+    let report = soak::run(soak::SoakConfig {
+        rush,
+        duration: Duration::from_secs_f64(args.minutes * 60.0),
+        rate: args.rate,
+        window: Duration::from_secs(args.sample_secs),
+        out: args.out,
+    })
+    .await?;
+    print!("{}", soak::describe(&report));
+    Ok(exit_code(report.passed()))
 }

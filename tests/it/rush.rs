@@ -470,3 +470,60 @@ async fn the_http_rush_runs_one_crowd_over_amqp_and_through_a_gateway_and_compar
     assert!(report["throughput_ratio"].as_f64().is_some_and(|r| r > 0.0));
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_minute_soak_keeps_memory_and_latency_flat_and_answers_everything() {
+    // Arrange
+    let env = TestEnv::new().await;
+    let out = env.log_dir().join("soak");
+
+    // Act: the soak's short form, at a rate this shared machine holds beside the suite.
+    let output = env
+        .seatrush()
+        .args([
+            "soak",
+            "--minutes",
+            "1",
+            "--rate",
+            "400",
+            "--sample-secs",
+            "3",
+        ])
+        .args(["--courses", "30", "--seats", "10", "--out"])
+        .arg(&out)
+        .output()
+        .await
+        .expect("run seatrush soak");
+
+    // Assert: it passed its own checks, sampled all along, and drew its charts.
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("soak.json")).expect("soak.json"))
+            .expect("JSON");
+    assert_eq!(report["unanswered"], 0, "{report:#}");
+    assert!(
+        report["requests"].as_u64().is_some_and(|n| n >= 20_000),
+        "{report:#}"
+    );
+    let samples = report["samples"].as_array().expect("samples");
+    assert!(samples.len() >= 15, "a sample every 3 s: {}", samples.len());
+    assert!(
+        samples
+            .iter()
+            .all(|s| s["worker_rss_mib"].as_f64().is_some_and(|m| m > 0.0)),
+        "{samples:#?}"
+    );
+    for (chart, line) in [("soak-memory.svg", "workers"), ("soak-latency.svg", "p99")] {
+        let svg = std::fs::read_to_string(out.join(chart)).expect(chart);
+        assert!(
+            svg.contains("<svg") && svg.contains(line),
+            "{chart} draws {line}"
+        );
+    }
+    env.cleanup().await;
+}

@@ -226,6 +226,44 @@ fn bucket_counts(completions: &[Duration]) -> anyhow::Result<Vec<u64>> {
     Ok(counts)
 }
 
+/// Values over time (x: minutes), one line per named series, from zero up.
+pub fn timeline_chart(
+    title: &str,
+    y_desc: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+    path: &Path,
+) -> anyhow::Result<()> {
+    let x_end = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
+        .fold(0.0f64, f64::max)
+        .max(0.1);
+    let y_end = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
+        .fold(0.0f64, f64::max)
+        .max(1.0)
+        * 1.1;
+    let lines: Vec<Line<'_>> = series
+        .iter()
+        .enumerate()
+        .map(|(i, (name, points))| Line {
+            name,
+            color: color(i),
+            points: points.clone(),
+        })
+        .collect();
+    let layout = Layout {
+        title,
+        x_desc: "minutes",
+        y_desc,
+        x_range: 0.0..x_end,
+        y_range: 0.0..y_end,
+        legend: SeriesLabelPosition::LowerRight,
+    };
+    draw(&layout, &lines, path)
+}
+
 /// Draws `lines` on a chart described by `layout` and writes it as SVG to `path`.
 fn draw(layout: &Layout<'_>, lines: &[Line<'_>], path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();

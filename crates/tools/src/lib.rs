@@ -7,6 +7,7 @@
 //! - [`bench`]: the same burst through the broker alone, a naive Postgres design and seatrush.
 //! - [`chaos`]: a rush with faults on a schedule, and the proof that nothing was lost.
 //! - [`demo`]: a narrated rush on two workers.
+//! - [`soak`]: a steady load for minutes, watching memory, latency and queues.
 //! - [`charts`] and [`stats`]: the benchmark's SVG charts and latency summaries.
 //!
 //! It depends on `seatrush-core` and uses only its public interface; nothing in the core
@@ -19,4 +20,5 @@ pub mod cpu;
 pub mod demo;
 pub mod load;
 pub mod rush;
+pub mod soak;
 pub mod stats;

@@ -14,7 +14,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 
 pub use decision::{
-    CourseSnapshot, Decision, DrawEffect, DrawnEntrant, Effect, Eligibility, Skipped,
+    CourseSnapshot, DECIDED_KEPT, Decision, DrawEffect, DrawnEntrant, Effect, Eligibility, Skipped,
 };
 pub use draw::{DrawSeed, Opening, draw_actor, draw_request_id, wake_request_id};
 pub use meetings::{Day, MAX_SLOTS, Meetings, MeetingsError, Slot};

@@ -167,5 +167,103 @@ mod tests {
         fn parsing_never_panics(id in proptest::option::of(".{0,80}"), body in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             let _ = parse_request(id.as_deref(), None, &body);
         }
+
+        /// Hostile but well-formed JSON (every field of a request with values of any type,
+        /// nested arrays and objects, ids breaking every rule) is refused with a reason or
+        /// parsed into a request that round-trips; nothing panics.
+        #[test]
+        fn hostile_json_is_refused_with_a_reason_or_round_trips(
+            id in proptest::option::of(proptest::prop_oneof![
+                "[A-Za-z0-9_-]{1,64}".boxed(),
+                ".{0,100}".boxed(),
+                "draw-.{0,20}".boxed(),
+            ]),
+            user in proptest::option::of("[a-z]{1,12}"),
+            body in hostile_body(),
+        ) {
+            let bytes = serde_json::to_vec(&body).expect("a JSON value serializes");
+            match parse_request(id.as_deref(), user.as_deref(), &bytes) {
+                Ok(request) => {
+                    let again = parse_request(id.as_deref(), user.as_deref(), &request_body(&request));
+                    proptest::prop_assert_eq!(again.ok(), Some(request));
+                }
+                Err(invalid) => proptest::prop_assert!(!invalid.why.is_empty()),
+            }
+        }
+
+        /// Any bytes on a reply queue: answers or an error, never a panic.
+        #[test]
+        fn answers_in_any_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = answers_in(&body);
+        }
+    }
+
+    use proptest::prelude::{BoxedStrategy, Just, Strategy};
+
+    /// A JSON value of any type, up to a few levels deep.
+    fn any_json() -> BoxedStrategy<serde_json::Value> {
+        use serde_json::Value;
+        let leaf = proptest::prop_oneof![
+            Just(Value::Null),
+            proptest::bool::ANY.prop_map(Value::Bool),
+            proptest::num::i64::ANY.prop_map(Value::from),
+            proptest::num::f64::NORMAL.prop_map(Value::from),
+            ".{0,40}".prop_map(Value::String),
+            "[A-Za-z0-9_-]{1,70}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            proptest::prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,12}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+        .boxed()
+    }
+
+    /// An object with the request's fields, each missing, of the right kind, or of any type.
+    fn hostile_body() -> impl Strategy<Value = serde_json::Value> {
+        let field = |good: BoxedStrategy<serde_json::Value>| {
+            proptest::option::of(proptest::prop_oneof![good, any_json()])
+        };
+        let action = proptest::prop_oneof![
+            Just("enroll"),
+            Just("drop"),
+            Just("swap"),
+            Just("configure"),
+            Just("draw"),
+            Just("release"),
+            Just("ENROLL"),
+            Just(""),
+        ]
+        .prop_map(serde_json::Value::from)
+        .boxed();
+        let id = "[A-Za-z0-9_-]{0,70}"
+            .prop_map(serde_json::Value::from)
+            .boxed();
+        (
+            field(action),
+            field(id.clone()),
+            field(id.clone()),
+            field(id),
+            field((0u32..100_000).prop_map(serde_json::Value::from).boxed()),
+            proptest::collection::btree_map(".{0,12}", any_json(), 0..3),
+        )
+            .prop_map(|(action, course, student, drop_course, seats, extra)| {
+                let mut object: serde_json::Map<String, serde_json::Value> =
+                    extra.into_iter().collect();
+                for (name, value) in [
+                    ("action", action),
+                    ("course_id", course),
+                    ("student_id", student),
+                    ("drop_course_id", drop_course),
+                    ("seats", seats),
+                ] {
+                    if let Some(value) = value {
+                        object.insert(name.to_owned(), value);
+                    }
+                }
+                serde_json::Value::Object(object)
+            })
     }
 }

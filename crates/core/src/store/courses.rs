@@ -327,12 +327,30 @@ impl Store {
         .bind(course.as_str())
         .fetch_all(&mut *tx)
         .await?;
-        let decided = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT request_id, {VERDICT_COLUMNS} FROM answers WHERE course_id = $1"
+        // The most recent verdicts, as many as the actor keeps (oldest first), and the draw
+        // record whatever its age: a course's memory of its ids is bounded
+        // (`domain::DECIDED_KEPT`); the rest are the database's to replay.
+        let mut decided = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT request_id, {VERDICT_COLUMNS} FROM ( \
+                 SELECT * FROM answers WHERE course_id = $1 \
+                  ORDER BY batch_id DESC, decided_at DESC LIMIT $2) recent \
+              ORDER BY batch_id, decided_at"
         )))
         .bind(course.as_str())
+        .bind(i64::try_from(crate::domain::DECIDED_KEPT).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await?;
+        let draw_record = crate::domain::draw_request_id(course);
+        decided.extend(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT request_id, {VERDICT_COLUMNS} FROM answers \
+                  WHERE course_id = $1 AND request_id = $2"
+            )))
+            .bind(course.as_str())
+            .bind(draw_record.as_str())
+            .fetch_optional(&mut *tx)
+            .await?,
+        );
         // Entries not yet drawn (a drawn course's entries answer through `answers`).
         let entrants = sqlx::query(
             "SELECT student_id, request_id FROM draw_entries \

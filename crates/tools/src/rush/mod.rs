@@ -323,7 +323,10 @@ pub async fn prepared_store(services: &Services) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-async fn start_workers(config: &RushConfig, store: &Store) -> anyhow::Result<Vec<WorkerProcess>> {
+pub async fn start_workers(
+    config: &RushConfig,
+    store: &Store,
+) -> anyhow::Result<Vec<WorkerProcess>> {
     let services = &config.services;
     let mut started = Vec::new();
     if let Workers::Spawn { count, exe, args } = &config.workers {

@@ -11,9 +11,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Action, CourseId, CoursePatch, CourseSettings, CourseSnapshot, Decision, DrawEffect, DrawNote,
-    DrawnEntrant, Effect, Eligibility, Opening, Outcome, Reason, Request, RequestId, Ruling,
-    Skipped, StudentId, Verdict, draw_actor, draw_request_id,
+    Action, CourseId, CoursePatch, CourseSettings, CourseSnapshot, DECIDED_KEPT, Decision,
+    DrawEffect, DrawNote, DrawnEntrant, Effect, Eligibility, Opening, Outcome, Reason, Request,
+    RequestId, Ruling, Skipped, StudentId, Verdict, draw_actor, draw_request_id,
 };
 
 /// Entries a draw course takes by default before it answers `entries_full`: the bound on what
@@ -31,9 +31,12 @@ pub struct CourseState {
     waitlist: VecDeque<StudentId>,
     waiting: HashSet<StudentId>,
     /// Verdicts by request id, so that a duplicate or a redelivery replays instead of deciding
-    /// twice. Only ids of requests for this existing course land here; the map is dropped with
-    /// the actor when the course goes idle.
+    /// twice: the [`DECIDED_KEPT`] most recent, and the course's draw record. Only ids of
+    /// requests for this existing course land here; the map is dropped with the actor when the
+    /// course goes idle.
     decided: HashMap<RequestId, Verdict>,
+    /// The ids in `decided` other than the draw record, oldest first: the next to forget.
+    decided_order: VecDeque<RequestId>,
     /// Under `draw`, before the draw: the students entered and their entry requests.
     entrants: HashMap<StudentId, RequestId>,
     /// The course's draw has been performed.
@@ -71,6 +74,13 @@ impl CourseState {
     /// replay, for the caller to take: committing it announces the results once more.
     pub fn from_snapshot(course_id: CourseId, snapshot: CourseSnapshot) -> Self {
         let unannounced = snapshot.drawn && !snapshot.draw_announced;
+        let draw_record = draw_request_id(&course_id);
+        let decided_order = snapshot
+            .decided
+            .iter()
+            .map(|(id, _)| id.clone())
+            .filter(|id| *id != draw_record)
+            .collect();
         let mut state = Self {
             course_id,
             settings: snapshot.settings,
@@ -78,6 +88,7 @@ impl CourseState {
             waiting: snapshot.waitlist.iter().cloned().collect(),
             waitlist: snapshot.waitlist.into(),
             decided: snapshot.decided.into_iter().collect(),
+            decided_order,
             entrants: snapshot.entrants.into_iter().collect(),
             drawn: snapshot.drawn,
             entries_limit: DEFAULT_ENTRIES_LIMIT,
@@ -284,13 +295,26 @@ impl CourseState {
                 None => self.drop_student(&request.student_id, promotion),
             },
         };
-        self.decided
-            .insert(request.request_id.clone(), verdict.clone());
+        self.remember(request.request_id.clone(), verdict.clone());
         Decision {
             verdict,
             effect,
             replay: false,
             skipped: std::mem::take(&mut self.skipped),
+        }
+    }
+
+    /// Keeps a verdict for replays, forgetting the oldest past [`DECIDED_KEPT`]; the draw
+    /// record is never forgotten (a reloaded course announces its draw from it).
+    fn remember(&mut self, id: RequestId, verdict: Verdict) {
+        let is_draw_record = id == draw_request_id(&self.course_id);
+        if self.decided.insert(id.clone(), verdict).is_none() && !is_draw_record {
+            self.decided_order.push_back(id);
+        }
+        while self.decided_order.len() > DECIDED_KEPT {
+            if let Some(old) = self.decided_order.pop_front() {
+                self.decided.remove(&old);
+            }
         }
     }
 
@@ -374,7 +398,7 @@ impl CourseState {
                 position: Some(count(rank + 1)),
                 ..DrawNote::default()
             }));
-            self.decided.insert(request_id.clone(), verdict.clone());
+            self.remember(request_id.clone(), verdict.clone());
             entrants.push(DrawnEntrant {
                 student_id,
                 request_id,
@@ -384,8 +408,7 @@ impl CourseState {
         self.drawn = true;
         let request = self.draw_request();
         let verdict = self.verdict(Outcome::Drawn, None);
-        self.decided
-            .insert(request.request_id.clone(), verdict.clone());
+        self.remember(request.request_id.clone(), verdict.clone());
         let decision = Decision {
             verdict,
             effect: Effect::Draw(Box::new(DrawEffect { entrants })),

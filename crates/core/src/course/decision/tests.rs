@@ -45,6 +45,37 @@ fn configure(id: &str, patch: CoursePatch) -> Request {
 }
 
 #[test]
+fn a_course_remembers_its_most_recent_verdicts_only() {
+    // Arrange: more requests than a course keeps verdicts of.
+    let mut state = course(1, 0);
+    let total = DECIDED_KEPT + 10;
+    for n in 0..total {
+        state.decide(
+            &request(&format!("r{n}"), Action::Enroll, &format!("s{n}")),
+            now(),
+        );
+    }
+
+    // Act: the first request again (forgotten), and the last (remembered).
+    let oldest = state.decide(&request("r0", Action::Enroll, "s0"), now());
+    let newest = state.decide(
+        &request(
+            &format!("r{}", total - 1),
+            Action::Enroll,
+            &format!("s{}", total - 1),
+        ),
+        now(),
+    );
+
+    // Assert: the last is a replay; the first is decided afresh (the group commit will find
+    // its stored outcome), without a second seat: s0 holds the one seat already.
+    assert!(newest.replay);
+    assert!(!oldest.replay);
+    assert_eq!(oldest.effect, Effect::None);
+    assert_eq!(state.decided.len(), DECIDED_KEPT);
+}
+
+#[test]
 fn the_last_seat_goes_to_the_first_asker() {
     let mut state = course(1, 0);
     let first = state.decide(&request("r1", Action::Enroll, "s1"), now());
