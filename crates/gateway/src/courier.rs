@@ -218,7 +218,6 @@ impl Courier {
                 Stage::Final => p.final_answer = Some(answer),
             });
         }
-
         metrics::gauge!("seatrush_gateway_waiting_requests").set(waiting.len() as f64);
     }
 

@@ -95,10 +95,7 @@ impl Broker {
     /// `name` shows up in the broker's connection list.
     pub async fn connect(url: &str, name: &str) -> Result<Self> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let (connection, node) = nodes::connect_any(url, properties).await?;
-        if node_urls(url).len() > 1 {
-            tracing::info!(node = %crate::telemetry::redact(node_urls(url)[node]), "connected to a broker node");
-        }
+        let connection = nodes::connect_any(url, properties).await?;
         Ok(Self { connection })
     }
 

@@ -27,11 +27,11 @@ pub fn node_urls(urls: &str) -> Vec<&str> {
 }
 
 /// Connects to the first node that answers, trying each once, starting after the node this
-/// process last connected to. Returns the connection and the node's index in the list.
+/// process last connected to.
 pub(super) async fn connect_any(
     urls: &str,
     properties: ConnectionProperties,
-) -> Result<(Connection, usize)> {
+) -> Result<Connection> {
     let nodes = node_urls(urls);
     if nodes.is_empty() {
         return Err(AmqpError::NoNode);
@@ -47,7 +47,11 @@ pub(super) async fn connect_any(
         match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
             Ok(Ok(connection)) => {
                 NEXT.store(at + 1, Ordering::Relaxed);
-                return Ok((connection, at));
+                if nodes.len() > 1 {
+                    let node = crate::telemetry::redact(nodes[at]);
+                    tracing::info!(%node, "connected to a broker node");
+                }
+                return Ok(connection);
             }
             Ok(Err(e)) if nodes.len() == 1 => return Err(e.into()),
             Ok(Err(e)) => failures.push(format!("{}: {e}", crate::telemetry::redact(nodes[at]))),

@@ -44,14 +44,16 @@ pub async fn writable_url(url: &str) -> super::Result<String> {
     if urls.len() == 1 {
         return Ok(url.to_owned());
     }
-    for u in &urls {
-        if takes_writes(&u.parse()?).await {
-            return Ok(u.clone());
-        }
+    let hosts = urls
+        .iter()
+        .map(|u| u.parse())
+        .collect::<Result<Vec<PgConnectOptions>, _>>()?;
+    match writable(&hosts).await {
+        Some(at) => Ok(urls[at].clone()),
+        None => Err(super::StoreError::NoWritableHost(crate::telemetry::redact(
+            url,
+        ))),
     }
-    Err(super::StoreError::NoWritableHost(crate::telemetry::redact(
-        url,
-    )))
 }
 
 /// The index of the first host that answers and takes writes.

@@ -134,12 +134,14 @@ impl Store {
         } else {
             0
         };
-        let moved = hosts::Moved::default();
-        let pool = pool_options(max_connections, &moved)
+        // Only pools that may move to another host check each connection's age on acquire.
+        let moved = (hosts.len() > 1).then(hosts::Moved::default);
+        let pool = pool_options(max_connections, moved.as_ref())
             .connect_with(hosts[at].clone())
             .await?;
-        let commits = pool_options(COMMIT_CONNECTIONS, &moved).connect_lazy_with(hosts[at].clone());
-        if hosts.len() > 1 {
+        let commits =
+            pool_options(COMMIT_CONNECTIONS, moved.as_ref()).connect_lazy_with(hosts[at].clone());
+        if let Some(moved) = moved {
             tokio::spawn(hosts::follow(
                 [pool.clone(), commits.clone()],
                 hosts,
@@ -223,14 +225,16 @@ impl Store {
     }
 }
 
-fn pool_options(max_connections: u32, moved: &hosts::Moved) -> PgPoolOptions {
-    let moved = moved.clone();
-    PgPoolOptions::new()
+fn pool_options(max_connections: u32, moved: Option<&hosts::Moved>) -> PgPoolOptions {
+    let options = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        // A connection to the host the pool left (a demoted primary) is closed, not reused.
-        .before_acquire(move |_, meta| {
-            let keep = moved.keeps(meta.age);
-            Box::pin(async move { Ok(keep) })
-        })
+        .acquire_timeout(Duration::from_secs(10));
+    let Some(moved) = moved.cloned() else {
+        return options;
+    };
+    // A connection to the host the pool left (a demoted primary) is closed, not reused.
+    options.before_acquire(move |_, meta| {
+        let keep = moved.keeps(meta.age);
+        Box::pin(async move { Ok(keep) })
+    })
 }

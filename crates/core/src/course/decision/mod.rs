@@ -304,11 +304,10 @@ impl CourseState {
         }
     }
 
-    /// Keeps a verdict for replays, forgetting the oldest past [`DECIDED_KEPT`]; the draw
-    /// record is never forgotten (a reloaded course announces its draw from it).
+    /// Keeps a verdict for replays, forgetting the oldest past [`DECIDED_KEPT`]. The draw
+    /// record does not come through here (`draw_if_due` keeps it apart): it is never forgotten.
     fn remember(&mut self, id: RequestId, verdict: Verdict) {
-        let is_draw_record = id == draw_request_id(&self.course_id);
-        if self.decided.insert(id.clone(), verdict).is_none() && !is_draw_record {
+        if self.decided.insert(id.clone(), verdict).is_none() {
             self.decided_order.push_back(id);
         }
         while self.decided_order.len() > DECIDED_KEPT {
@@ -408,7 +407,9 @@ impl CourseState {
         self.drawn = true;
         let request = self.draw_request();
         let verdict = self.verdict(Outcome::Drawn, None);
-        self.remember(request.request_id.clone(), verdict.clone());
+        // Kept outside the forgetting order: a reloaded course announces its draw from it.
+        self.decided
+            .insert(request.request_id.clone(), verdict.clone());
         let decision = Decision {
             verdict,
             effect: Effect::Draw(Box::new(DrawEffect { entrants })),
