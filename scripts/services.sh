@@ -15,7 +15,8 @@
 #                             start-redis|restart-redis|stop-redis|kill-redis|
 #                             kill-broker-node N|start-broker-node N|
 #                             stop-broker-node N|isolate-broker-node N|
-#                             heal-broker-node N|queue-leaders]
+#                             heal-broker-node N|queue-leaders|
+#                             busiest-broker-node]
 #   start   (default) install packages if missing, start the three instances
 #           if not running, wait until they accept connections, then print
 #           `export AMQP_URL=...` / `export DATABASE_URL=...` /
@@ -80,6 +81,8 @@
 #           links are dropped; pause_minority pauses node N), and heal it.
 #   queue-leaders
 #           each quorum queue and the node leading it, tab-separated.
+#   busiest-broker-node
+#           the number of the node leading the most quorum queues.
 #
 #   eval "$(scripts/services.sh start)"
 #
@@ -1279,6 +1282,21 @@ cmd_queue_leaders() {
     die "rabbitmq: no node of the cluster answers"
 }
 
+cmd_busiest_broker_node() {
+    local leaders i best=0 most=-1 led
+    leaders=$(cmd_queue_leaders) || exit 1
+    for i in $(seq 1 "$broker_nodes"); do
+        led=$(printf '%s\n' "$leaders" | awk -F'\t' -v n="seatrush-$((cluster_base + i - 1))@localhost" \
+            '{ gsub(/[[:space:]]+$/, "", $2) } $2 == n { c++ } END { print c + 0 }')
+        if [ "$led" -gt "$most" ]; then
+            most=$led
+            best=$i
+        fi
+    done
+    [ "$most" -gt 0 ] || die "rabbitmq: no queue has a leader"
+    echo "$best"
+}
+
 cmd_start_broker_node() {
     cluster_only start-broker-node
     take_lock
@@ -1363,13 +1381,14 @@ case "${1:-start}" in
     isolate-broker-node) cmd_isolate_broker_node "${2:-}" ;;
     heal-broker-node) cmd_heal_broker_node "${2:-}" ;;
     queue-leaders) cmd_queue_leaders ;;
+    busiest-broker-node) cmd_busiest_broker_node ;;
     kill-db-member) cmd_kill_db_member "${2:-}" ;;
     promote-db-member) cmd_promote_db_member "${2:-}" ;;
     rejoin-db-member) cmd_rejoin_db_member "${2:-}" ;;
     db-primary) cmd_db_primary ;;
     -h | --help | help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2 ;;
     *)
-        say "unknown command: $1 (expected start|stop|status|env|start-db|restart-db|stop-db|start-broker|restart-broker|stop-broker|start-redis|restart-redis|stop-redis|kill-redis|kill-broker-node|start-broker-node|stop-broker-node|isolate-broker-node|heal-broker-node|queue-leaders|kill-db-member|promote-db-member|rejoin-db-member|db-primary)"
+        say "unknown command: $1 (expected start|stop|status|env|start-db|restart-db|stop-db|start-broker|restart-broker|stop-broker|start-redis|restart-redis|stop-redis|kill-redis|kill-broker-node|start-broker-node|stop-broker-node|isolate-broker-node|heal-broker-node|queue-leaders|busiest-broker-node|kill-db-member|promote-db-member|rejoin-db-member|db-primary)"
         exit 2
         ;;
 esac

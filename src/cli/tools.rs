@@ -130,13 +130,17 @@ enum Scenario {
     Crash,
     /// Requests naming random unknown courses: the worker's memory must stay flat.
     Junk,
+    /// Malformed, oversized, forged and duplicate messages beside valid students: each
+    /// answered or dead-lettered with its reason, the worker's memory flat, the students
+    /// unaffected.
+    Hostile,
 }
 
 #[derive(Args)]
 pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "burst")]
     scenario: Scenario,
-    /// Where report.md, bench.json (or junk.json) and the charts go.
+    /// Where report.md, bench.json (or junk.json, crash.json, hostile.json) and the charts go.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
     /// Rounds; every design runs once per round, alternated, and the medians are reported.
@@ -167,6 +171,9 @@ pub struct BenchArgs {
     /// Requests of the junk scenario.
     #[arg(long, default_value_t = 1_000_000, value_parser = at_least::<usize>(1))]
     junk_requests: usize,
+    /// Messages of the hostile scenario (the valid students beside them are --students).
+    #[arg(long, default_value_t = 100_000, value_parser = at_least::<usize>(1))]
+    hostile_messages: usize,
     /// The services script the crash scenario starts, kills and stops its own Redis server
     /// with.
     #[arg(long, default_value = "scripts/services.sh")]
@@ -219,6 +226,18 @@ pub struct ChaosArgs {
     /// Shell command that restarts the broker; without it, no restart.
     #[arg(long)]
     restart_broker: Option<String>,
+    /// Control command of the broker cluster whose nodes AMQP_URL lists (for example
+    /// `SEATRUSH_BROKER_NODES=3 scripts/services.sh`): run with a verb and a node number to
+    /// kill, start, stop, cut off and heal nodes (docs/faults.md gives the verbs). With it (or
+    /// --database-control) the workers reach the servers directly and the links' faults are
+    /// left out.
+    #[arg(long)]
+    broker_control: Option<String>,
+    /// Control command of the database cluster whose hosts DATABASE_URL lists (for example
+    /// `SEATRUSH_PG_STANDBY=1 scripts/services.sh`): kills the primary, promotes a standby and
+    /// rejoins the old primary.
+    #[arg(long)]
+    database_control: Option<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -374,7 +393,9 @@ async fn fairness(common: &Common, args: RushArgs, opening: Opening) -> anyhow::
 pub async fn bench(common: &Common, args: BenchArgs) -> anyhow::Result<ExitCode> {
     use seatrush_tools::bench;
     let scenario = match args.scenario {
-        Scenario::Burst | Scenario::Junk | Scenario::Crash => bench::Scenario::Burst,
+        Scenario::Burst | Scenario::Junk | Scenario::Crash | Scenario::Hostile => {
+            bench::Scenario::Burst
+        }
         Scenario::Hot => bench::Scenario::Hot,
         Scenario::Opening => bench::Scenario::Opening,
     };
@@ -395,6 +416,12 @@ pub async fn bench(common: &Common, args: BenchArgs) -> anyhow::Result<ExitCode>
         bench::write_junk(&args.out, &report)?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(exit_code(report.answered == report.requests));
+    }
+    if args.scenario == Scenario::Hostile {
+        let report = bench::hostile::run(&config, args.hostile_messages).await?;
+        bench::write_hostile(&args.out, &report)?;
+        print!("{}", bench::report::hostile_markdown(&report));
+        return Ok(exit_code(report.passed()));
     }
     if args.scenario == Scenario::Crash {
         let report = bench::crash::run(&config, args.services_script.clone()).await?;
@@ -430,6 +457,8 @@ pub async fn chaos(common: &Common, args: ChaosArgs) -> anyhow::Result<ExitCode>
         log_dir: std::env::temp_dir().join("seatrush-chaos"),
         restart_database: args.restart_database,
         restart_broker: args.restart_broker,
+        broker_control: args.broker_control,
+        database_control: args.database_control,
         timeout: Duration::from_secs(args.timeout_secs),
     };
     let report = seatrush_tools::chaos::run(config).await?;

@@ -137,3 +137,77 @@ async fn bad_input_is_answered_or_dead_lettered_and_the_worker_goes_on() {
     broker.close().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_flood_is_answered_or_dead_lettered_beside_valid_students() {
+    // Arrange
+    let env = TestEnv::new().await;
+    let out = env
+        .log_dir()
+        .join(format!("{}-hostile", env.topology.prefix));
+
+    // Act: the bench's hostile scenario, small: every kind of bad message, valid students
+    // alone and then beside them.
+    let run = env
+        .seatrush()
+        .args([
+            "bench",
+            "--scenario",
+            "hostile",
+            "--hostile-messages",
+            "3000",
+            "--courses",
+            "10",
+            "--students",
+            "400",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .await
+        .expect("run seatrush bench");
+
+    // Assert
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "hostile failed: {stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("hostile.json")).expect("the JSON report"))
+            .expect("JSON");
+    assert_eq!(report["messages"], 3000);
+    assert_eq!(report["unaccounted"], 0, "{report:#}");
+    assert_eq!(report["dead_without_reason"], 0, "{report:#}");
+    assert_eq!(report["worker_alive"], true);
+    let answered = report["answered"].as_u64().expect("answered");
+    let dead = report["dead_lettered"].as_u64().expect("dead letters");
+    assert!(answered + dead >= 3000, "{report:#}");
+    let kinds = report["by_kind"].as_object().expect("kinds");
+    assert_eq!(kinds.len(), 10, "{kinds:?}");
+    for (kind, figures) in kinds {
+        assert!(figures["sent"].as_u64() > Some(0), "{kind}");
+    }
+    assert_eq!(
+        kinds["huge_headers"]["answered"],
+        kinds["huge_headers"]["sent"]
+    );
+    for kind in [
+        "oversized",
+        "random_bytes",
+        "unknown_action",
+        "forged",
+        "wrong_types",
+    ] {
+        assert_eq!(kinds[kind]["dead_lettered"], kinds[kind]["sent"], "{kind}");
+    }
+    for valid in ["valid_alone", "valid_beside"] {
+        assert_eq!(report[valid]["requests"], 400, "{valid}");
+        for field in ["lost", "duplicated", "contradicted", "mismatched_seats"] {
+            assert_eq!(report[valid][field], 0, "{valid}.{field} in {report:#}");
+        }
+    }
+    assert_eq!(report["violations"], 0);
+    env.cleanup().await;
+}

@@ -215,3 +215,51 @@ async fn the_database_primary_killed_mid_rush_and_its_standby_promoted_loses_not
     rush.finish().await;
     drop(pair);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seatrush_chaos_on_a_cluster_and_a_replicated_database_finds_nothing_lost() {
+    // Arrange: a three-node cluster and a primary with its standby, each with its control
+    // command, and the command's environment naming every node and host.
+    let cluster = OwnCluster::start(3);
+    let pair = OwnPgPair::start();
+    let env = TestEnv::on(cluster.url.clone(), pair.url.clone()).await;
+
+    // Act: the command's cluster schedule (the leading node killed and restarted, a node cut
+    // off and healed, a rolling restart, the primary killed and the standby promoted, a worker
+    // killed), on a slow crowd that lasts through them.
+    let (broker, database) = (cluster.control_command(), pair.control_command());
+    let (report, faults) = crate::chaos::run_chaos(
+        &env,
+        &[
+            "--courses",
+            "20",
+            "--students",
+            "500",
+            "--rate",
+            "40",
+            "--broker-control",
+            &broker,
+            "--database-control",
+            &database,
+        ],
+    )
+    .await;
+
+    // Assert
+    assert_eq!(report["request_ids"], 1000);
+    for expected in [
+        "killed with SIGKILL",
+        "cut off from the others",
+        "rolling restart: broker node 3 of 3",
+        "promoted",
+        "rejoined as a standby",
+    ] {
+        assert!(
+            faults.iter().any(|f| f.contains(expected)),
+            "no fault \"{expected}\" in {faults:?}"
+        );
+    }
+    assert!(!faults.iter().any(|f| f.contains("stalled")), "{faults:?}");
+    env.cleanup().await;
+    drop((cluster, pair));
+}

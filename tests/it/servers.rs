@@ -202,8 +202,6 @@ impl Drop for OwnServer {
 /// and a state directory of its own, whose nodes the test kills, restarts and cuts off.
 pub struct OwnCluster {
     place: Scripted,
-    nodes: usize,
-    base: u16,
     /// Every node's URL, comma-separated, as `AMQP_URL` takes them.
     pub url: String,
 }
@@ -242,6 +240,24 @@ impl Scripted {
         })
         .await
         .expect("script task")
+    }
+
+    /// The command line that runs the script on these servers, as `seatrush chaos` is given
+    /// it (`--broker-control`, `--database-control`).
+    fn control_command(&self) -> String {
+        let mut line = format!(
+            "env -u AMQP_URL -u DATABASE_URL SEATRUSH_SERVICES_DIR={}",
+            self.dir.display()
+        );
+        for (var, value) in &self.env {
+            line.push_str(&format!(" {var}={value}"));
+        }
+        line.push_str(concat!(
+            " ",
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/services.sh"
+        ));
+        line
     }
 
     /// Starts with `verb` and returns the URL exported as `var`.
@@ -293,41 +309,25 @@ impl OwnCluster {
             ],
         };
         let url = place.start("start-broker", "AMQP_URL");
-        Self {
-            place,
-            nodes,
-            base,
-            url,
-        }
+        Self { place, url }
     }
 
     async fn script(&self, args: &[&str]) -> std::process::Output {
         self.place.run(args).await
     }
 
-    fn node_name(&self, node: usize) -> String {
-        format!("seatrush-{}@localhost", self.base as usize + node - 1)
-    }
-
     /// The node (1-based) that leads the most queues.
     pub async fn busiest_leader(&self) -> usize {
-        let out = self.script(&["queue-leaders"]).await;
-        let mut led = vec![0usize; self.nodes];
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some((_, leader)) = line.split_once('\t') else {
-                continue;
-            };
-            if let Some(node) = (1..=self.nodes).find(|&n| leader.trim() == self.node_name(n)) {
-                led[node - 1] += 1;
-            }
-        }
-        let (busiest, count) = led
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, n)| **n)
-            .expect("a node");
-        assert!(*count > 0, "no queue has a leader: {out:?}");
-        busiest + 1
+        let out = self.script(&["busiest-broker-node"]).await;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no node number: {out:?}"))
+    }
+
+    /// The command that controls this cluster's nodes, for `seatrush chaos --broker-control`.
+    pub fn control_command(&self) -> String {
+        self.place.control_command()
     }
 
     /// SIGKILL of node `node`'s VM (1-based), as a machine lost.
@@ -385,6 +385,11 @@ impl OwnPgPair {
         };
         let url = place.start("start-db", "DATABASE_URL");
         Self { place, url }
+    }
+
+    /// The command that controls this pair, for `seatrush chaos --database-control`.
+    pub fn control_command(&self) -> String {
+        self.place.control_command()
     }
 
     /// The member (1 or 2) that takes writes.

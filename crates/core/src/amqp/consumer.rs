@@ -26,6 +26,7 @@ pub struct Incoming {
     pub routing_key: String,
     pub redelivered: bool,
     pub body: Vec<u8>,
+    /// The headers seatrush reads (see [`is_read`]), as text.
     pub headers: Vec<(String, String)>,
     pub ack: AckHandle,
 }
@@ -38,6 +39,13 @@ impl Incoming {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// Whether seatrush reads a header: its own (`x-seatrush-*`) and the broker's reason for a
+/// dead letter. Others are not copied: a message held in flight costs its body and these, not
+/// whatever a producer piled into its headers.
+fn is_read(name: &str) -> bool {
+    name.starts_with("x-seatrush-") || name == "x-first-death-reason"
 }
 
 /// A header value as text: strings as they are, booleans and integers as they print (clients
@@ -332,6 +340,7 @@ impl Deliveries {
                 table
                     .inner()
                     .iter()
+                    .filter(|(k, _)| is_read(k.as_str()))
                     .filter_map(|(k, v)| header_text(v).map(|text| (k.as_str().to_owned(), text)))
                     .collect()
             })
@@ -376,7 +385,17 @@ impl Deliveries {
 
 #[cfg(test)]
 mod tests {
-    use super::Settled;
+    use super::{Settled, is_read};
+
+    #[test]
+    fn only_the_headers_seatrush_reads_are_kept() {
+        assert!(is_read(crate::protocol::BATCH_HEADER));
+        assert!(is_read(crate::protocol::REASON_HEADER));
+        assert!(is_read(crate::protocol::COUNT_HEADER));
+        assert!(is_read("x-first-death-reason"));
+        assert!(!is_read("x-junk-1"));
+        assert!(!is_read("authorization"));
+    }
 
     #[test]
     fn acks_wait_for_every_earlier_delivery_then_go_out_as_one() {

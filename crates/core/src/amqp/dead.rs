@@ -32,7 +32,8 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    fn of(incoming: &Incoming) -> Self {
+    /// A message read from the dead-letter queue.
+    pub fn of(incoming: &Incoming) -> Self {
         let header = |name: &str| {
             incoming
                 .headers

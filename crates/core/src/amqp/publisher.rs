@@ -162,6 +162,12 @@ impl Outgoing {
         self
     }
 
+    /// Replaces the message's headers, as a tool sending hostile input does.
+    pub fn with_headers(mut self, headers: FieldTable) -> Self {
+        self.properties = self.properties.with_headers(headers);
+        self
+    }
+
     /// A request, as any producer publishes it: persistent, to the consistent-hash exchange,
     /// routed by course id, with the request id as `message_id`.
     pub fn request(

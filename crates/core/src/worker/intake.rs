@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::fault::Fault;
@@ -50,6 +52,12 @@ enum Taken {
     Judged(Vec<(Incoming, InFlightGuard)>),
 }
 
+/// An invalid delivery on its way out: its dead letter posted, waiting for the broker's confirm
+/// before it is answered and acked. The intake polls these beside its next deliveries, so a
+/// flood of bad messages costs each a place in the broker's pipeline, not a round trip that
+/// the valid requests behind it wait for.
+type Settling<'a> = BoxFuture<'a, ()>;
+
 /// Deliveries judged under the registration rules in one transaction at most: what the
 /// broker has already handed over is taken together, never waited for.
 const JUDGED_AT_ONCE: usize = 256;
@@ -76,9 +84,12 @@ impl Intake {
             }
         };
         tracing::info!(partition = %lease.partition, epoch = lease.epoch, "consuming partition");
+        // Bounded by the prefetch: each holds a delivery not yet acked.
+        let mut settling: FuturesUnordered<Settling<'_>> = FuturesUnordered::new();
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => break,
+                Some(()) = settling.next(), if !settling.is_empty() => continue,
                 next = deliveries.next() => next,
             };
             match next {
@@ -103,18 +114,20 @@ impl Intake {
                     } else {
                         Taken::One(incoming, guard)
                     };
+                    let mut rejected = Vec::new();
                     tokio::select! {
                         // The deliveries first: on the usual path they are routed at once,
                         // and the halt's token is then never polled (polling it registers a
                         // waiter).
                         biased;
-                        () = self.handle(taken, lease) => {}
+                        () = self.handle(taken, lease, &mut rejected) => {}
                         // Routing waits while the catalog cannot be read or a mailbox is
                         // full, judging while the database does not answer, dead-lettering
                         // while the broker does not confirm; past the halt, the deliveries
                         // are dropped unacked and return to the broker.
                         _ = self.halt.cancelled() => break,
                     }
+                    settling.extend(rejected);
                     if let Some(e) = failed {
                         self.fault
                             .raise(anyhow::Error::new(e).context(format!("consuming {queue}")));
@@ -135,6 +148,13 @@ impl Intake {
                 }
             }
         }
+        // The invalid deliveries dead-lettered so far are settled; past the halt they are
+        // dropped unacked and return to the broker.
+        tokio::select! {
+            () = async { while settling.next().await.is_some() {} } => {}
+            _ = self.halt.cancelled() => {}
+        }
+        drop(settling);
         // Stop the flow but keep the channel: what is in flight is still acked on it. A broker
         // that stalls never confirms the cancel; the channel's close then stops the flow.
         tokio::select! {
@@ -147,10 +167,10 @@ impl Intake {
 
     /// Parses what was taken and hands it forward in order; deliveries taken together under
     /// the registration rules are judged first, all at once.
-    async fn handle(&self, taken: Taken, lease: Lease) {
+    async fn handle<'a>(&'a self, taken: Taken, lease: Lease, rejected: &mut Vec<Settling<'a>>) {
         let batch = match taken {
             Taken::One(incoming, guard) => {
-                if let Some(envelope) = self.parse(incoming, lease, guard).await {
+                if let Some(envelope) = self.parse(incoming, lease, guard, rejected).await {
                     self.forward(envelope).await;
                 }
                 return;
@@ -159,7 +179,7 @@ impl Intake {
         };
         let mut envelopes = Vec::with_capacity(batch.len());
         for (incoming, guard) in batch {
-            if let Some(envelope) = self.parse(incoming, lease, guard).await {
+            if let Some(envelope) = self.parse(incoming, lease, guard, rejected).await {
                 envelopes.push(envelope);
             }
         }
@@ -204,12 +224,14 @@ impl Intake {
         };
     }
 
-    /// The delivery as an envelope; an invalid one is dead-lettered and answered here.
-    async fn parse(
-        &self,
+    /// The delivery as an envelope; an invalid one is dead-lettered, and what remains of it
+    /// (the answer and the ack, after the broker's confirm) joins `rejected`.
+    async fn parse<'a>(
+        &'a self,
         incoming: Incoming,
         lease: Lease,
         guard: InFlightGuard,
+        rejected: &mut Vec<Settling<'a>>,
     ) -> Option<Envelope> {
         if incoming.redelivered {
             metrics::redelivered();
@@ -241,7 +263,7 @@ impl Intake {
                 })
             }
             Err(invalid) => {
-                self.reject(incoming, invalid, guard).await;
+                rejected.extend(self.reject(incoming, invalid, guard).await);
                 None
             }
         }
@@ -258,37 +280,50 @@ impl Intake {
         !self.admin_users.iter().any(|u| u == user.as_str())
     }
 
-    /// Dead-letters a message that is not a valid request, with the reason in a header, answers
-    /// it if it can be answered, and only then acks it.
-    async fn reject(&self, incoming: Incoming, invalid: Box<Invalid>, guard: InFlightGuard) {
+    /// Dead-letters a message that is not a valid request, with the reason in a header; the
+    /// returned future waits for the broker's confirm, then answers the message if it can be
+    /// answered, and only then acks it. `None` if the dead letter could not be posted (the
+    /// session is failing: the delivery returns to the broker).
+    async fn reject<'a>(
+        &'a self,
+        incoming: Incoming,
+        invalid: Box<Invalid>,
+        guard: InFlightGuard,
+    ) -> Option<Settling<'a>> {
         tracing::debug!(why = %invalid.why, message_id = ?incoming.message_id, "invalid request");
         metrics::dead_lettered(metrics::DeadReason::Invalid);
         let dead = Outgoing::dead_letter(&self.topology, &DeadCopy::of(&incoming), &invalid.why);
-        let confirmed = match self.outbox.post_confirmed(dead).await {
-            Ok(posted) => posted.confirmed().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = confirmed {
-            self.fault
-                .raise(anyhow::Error::new(e).context("dead-lettering an invalid request"));
-            return;
-        }
-        if let (true, Some(queue)) = (invalid.answerable, &incoming.reply_to) {
-            let to = ReplyTo {
-                queue: queue.clone(),
-                correlation_id: incoming.correlation_id.clone(),
-                batch: takes_batches(&incoming),
-            };
-            let mut answer = Answer::invalid(&invalid);
-            if let Err(e) = self.outbox.post(Outgoing::answer(&to, &mut answer)).await {
-                tracing::debug!(error = %crate::telemetry::chain(&e), "answer to an invalid request not sent");
+        let posted = match self.outbox.post_confirmed(dead).await {
+            Ok(posted) => posted,
+            Err(e) => {
+                self.fault
+                    .raise(anyhow::Error::new(e).context("dead-lettering an invalid request"));
+                return None;
             }
-        }
-        if let Err(e) = incoming.ack.ack().await {
-            self.fault
-                .raise(anyhow::Error::new(e).context("acking an invalid request"));
-        }
-        drop(guard);
+        };
+        Some(Box::pin(async move {
+            if let Err(e) = posted.confirmed().await {
+                self.fault
+                    .raise(anyhow::Error::new(e).context("dead-lettering an invalid request"));
+                return;
+            }
+            if let (true, Some(queue)) = (invalid.answerable, &incoming.reply_to) {
+                let to = ReplyTo {
+                    queue: queue.clone(),
+                    correlation_id: incoming.correlation_id.clone(),
+                    batch: takes_batches(&incoming),
+                };
+                let mut answer = Answer::invalid(&invalid);
+                if let Err(e) = self.outbox.post(Outgoing::answer(&to, &mut answer)).await {
+                    tracing::debug!(error = %crate::telemetry::chain(&e), "answer to an invalid request not sent");
+                }
+            }
+            if let Err(e) = incoming.ack.ack().await {
+                self.fault
+                    .raise(anyhow::Error::new(e).context("acking an invalid request"));
+            }
+            drop(guard);
+        }))
     }
 }
 

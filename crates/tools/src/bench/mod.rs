@@ -3,10 +3,13 @@
 //! Postgres design, through the forum's Redis design (two fsync settings), and through
 //! seatrush (batched answers, and one message per answer), alternated over several rounds on the
 //! same broker and database, reported as ratios within each round and their medians. The junk
-//! scenario floods a worker with requests for random unknown courses and reports its memory.
+//! scenario floods a worker with requests for random unknown courses and reports its memory; the
+//! hostile scenario floods one with malformed, oversized and forged messages beside valid
+//! students and accounts for every message.
 
 pub mod ceiling;
 pub mod crash;
+pub mod hostile;
 pub mod intake;
 mod naive;
 mod naive_sql;
@@ -22,7 +25,7 @@ use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-pub use report::{markdown, write_crash, write_junk, write_outputs};
+pub use report::{markdown, write_crash, write_hostile, write_junk, write_outputs};
 pub use round::Round;
 
 use crate::load;

@@ -127,6 +127,84 @@ pub fn write_junk(out: &Path, report: &JunkReport) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `hostile.json` and `hostile.md` into `out`.
+pub fn write_hostile(out: &Path, report: &super::hostile::HostileReport) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("hostile.json"), serde_json::to_vec_pretty(report)?)?;
+    std::fs::write(out.join("hostile.md"), hostile_markdown(report))?;
+    Ok(())
+}
+
+/// The hostile scenario's report in Markdown.
+pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
+    let mut md = format!(
+        "# Hostile scenario\n\n{} hostile messages ({} of them a warm-up), published at {:.0}/s \
+         beside valid students: {} answered, {} dead-lettered ({} without a reason), {} neither. A \
+         message that is not a valid request is dead-lettered, and answered too when it has a \
+         valid id and a reply address.\n\n\
+         | kind | sent | answered | dead-lettered | neither |\n|---|---:|---:|---:|---:|\n",
+        r.messages,
+        r.warmup_messages,
+        r.publish_rps,
+        r.answered,
+        r.dead_lettered,
+        r.dead_without_reason,
+        r.unaccounted
+    );
+    for (kind, k) in &r.by_kind {
+        let _ = writeln!(
+            md,
+            "| {kind} | {} | {} | {} | {} |",
+            k.sent, k.answered, k.dead_lettered, k.unaccounted
+        );
+    }
+    let _ = write!(
+        md,
+        "\n| worker memory | MiB |\n|---|---:|\n| after the warm-up | {:.1} |\n\
+         | half-way through the flood | {:.1} |\n| after the flood | {:.1} |\n\
+         | growth over the second half (must stay under {:.0}) | {:.1} |\n\
+         | growth since the warm-up | {:.1} |\n| peak | {:.1} |\n\nWorker CPU {:.1} µs per \
+         hostile message; the worker {} at the end.\n\n| valid students | alone | beside the \
+         flood |\n|---|---:|---:|\n",
+        r.rss_before_mib,
+        r.rss_mid_mib,
+        r.rss_after_mib,
+        super::hostile::RSS_GROWTH_LIMIT_MIB,
+        r.rss_growth_mib,
+        r.rss_growth_from_warmup_mib,
+        r.peak_rss_mib,
+        r.worker_cpu_us_per_message,
+        if r.worker_alive {
+            "was running"
+        } else {
+            "had died"
+        }
+    );
+    let (a, b) = (&r.valid_alone, &r.valid_beside);
+    for (name, x, y) in [
+        ("requests", a.requests as f64, b.requests as f64),
+        ("lost", a.lost as f64, b.lost as f64),
+        ("duplicated", a.duplicated as f64, b.duplicated as f64),
+        ("contradicted", a.contradicted as f64, b.contradicted as f64),
+        (
+            "seats not matching",
+            a.mismatched_seats as f64,
+            b.mismatched_seats as f64,
+        ),
+        ("final p50 (ms)", a.final_p50_ms, b.final_p50_ms),
+        ("final p99 (ms)", a.final_p99_ms, b.final_p99_ms),
+    ] {
+        let _ = writeln!(md, "| {name} | {x:.0} | {y:.0} |");
+    }
+    let _ = writeln!(
+        md,
+        "\nAudit violations: {}. {}",
+        r.violations,
+        if r.passed() { "Passed." } else { "FAILED." }
+    );
+    md
+}
+
 pub fn markdown(r: &BenchReport) -> String {
     let s = &r.seatrush;
     let mut md = String::new();

@@ -1,12 +1,16 @@
 //! `seatrush chaos`: a rush with faults injected on a schedule, and the proof that nothing was
 //! lost.
 //!
-//! Worker processes reach the broker and the database through loopback proxies, so the links
+//! Worker processes reach a single broker and database through loopback proxies, so the links
 //! can be cut, stalled and refused for real. On top of that a worker is killed with SIGKILL and
 //! started again, and, when the operator passes the commands for them, the database and the
-//! broker are restarted. After each fault a probe request measures how long a student asking at
-//! that moment waits for a final answer. At the end every request id must have one outcome, the
-//! same on every answer and in Postgres, and the audit must be clean.
+//! broker are restarted. On clusters, given their control commands (see [`super::cluster`]),
+//! the workers connect to the nodes themselves and the clusters' own faults replace the links':
+//! the broker node leading the most queues killed and restarted, a node cut off and healed,
+//! every node restarted in turn, the database primary killed and its standby promoted. After
+//! each fault a probe request measures how long a student asking at that moment waits for a
+//! final answer. At the end every request id must have one outcome, the same on every answer
+//! and in Postgres, and the audit must be clean.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -18,6 +22,7 @@ use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
+use super::cluster::{Control, host_count};
 use super::proxy::Proxy;
 use crate::load::{self, Pace, Report};
 use crate::rush::{self, Crowd, Services, WorkerProcess};
@@ -39,6 +44,10 @@ pub struct ChaosConfig {
     pub restart_database: Option<String>,
     /// A shell command that restarts the broker, if it may be restarted.
     pub restart_broker: Option<String>,
+    /// The broker cluster's control command, when `AMQP_URL` lists its nodes.
+    pub broker_control: Option<String>,
+    /// The database cluster's control command, when `DATABASE_URL` lists its hosts.
+    pub database_control: Option<String>,
     pub timeout: Duration,
 }
 
@@ -122,6 +131,11 @@ pub async fn proxy_for(url: &str) -> anyhow::Result<Proxy> {
     Ok(Proxy::start(target).await?)
 }
 
+/// How long a probe keeps asking before the run gives up on the service.
+const PROBE_PATIENCE: Duration = Duration::from_secs(120);
+/// How long one attempt of a probe waits for its final answer.
+const PROBE_ATTEMPT: Duration = Duration::from_secs(30);
+
 struct Run {
     config: ChaosConfig,
     store: Store,
@@ -132,7 +146,9 @@ struct Run {
 }
 
 impl Run {
-    /// Publishes one enroll as a student would, now, and measures the wait for its final answer;
+    /// Publishes one enroll as a student would, now, and measures the wait for its final answer,
+    /// asking again under the same id while the service cannot take it yet (a refused
+    /// connection, a publish nacked while a queue elects a new leader), as a web back end does;
     /// the fault's window runs from `began` until that answer.
     async fn probe(&mut self, fault: &str, began: Option<Instant>) -> anyhow::Result<()> {
         self.probes += 1;
@@ -144,16 +160,31 @@ impl Run {
             student_id: StudentId::parse(id.as_str())?,
         };
         let start = Instant::now();
-        let client = Client::connect(
-            &self.config.services.amqp_url,
-            self.config.services.topology.clone(),
-        )
-        .await?;
-        let answered = client
-            .request(&request, false, Duration::from_secs(120))
-            .await;
-        client.close().await;
-        answered.with_context(|| format!("the probe after \"{fault}\" got no final answer"))?;
+        let services = &self.config.services;
+        let mut last_error = None;
+        while start.elapsed() < PROBE_PATIENCE {
+            let asked = async {
+                let client = Client::connect(&services.amqp_url, services.topology.clone()).await?;
+                let answered = client.request(&request, false, PROBE_ATTEMPT).await;
+                client.close().await;
+                answered
+            };
+            match asked.await {
+                Ok(_) => {
+                    last_error = None;
+                    break;
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        if let Some(e) = last_error {
+            return Err(e.context(format!(
+                "the probe after \"{fault}\" got no final answer in {PROBE_PATIENCE:?}"
+            )));
+        }
         let waited = start.elapsed();
         println!("  {fault}: a student asking then waited {waited:.2?}");
         self.faults.push(Recovery {
@@ -253,15 +284,27 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         requests,
     } = prepare(&config).await?;
     let services = config.services.clone();
-    let amqp = proxy_for(&services.amqp_url).await?;
-    let db = proxy_for(&services.database_url).await?;
+    let clusters = Clusters::from_config(&config)?;
+    // The proxies stand for one server each; the workers connect to a cluster's nodes
+    // themselves, and the cluster's own faults replace the links'.
+    let proxies = if clusters.any() {
+        None
+    } else {
+        Some((
+            proxy_for(&services.amqp_url).await?,
+            proxy_for(&services.database_url).await?,
+        ))
+    };
     std::fs::create_dir_all(&config.log_dir)?;
     let launcher = Launcher {
         exe: config.exe.clone(),
-        proxied: Services {
-            amqp_url: through(&services.amqp_url, amqp.addr()),
-            database_url: through(&services.database_url, db.addr()),
-            topology: services.topology.clone(),
+        proxied: match &proxies {
+            Some((amqp, db)) => Services {
+                amqp_url: through(&services.amqp_url, amqp.addr()),
+                database_url: through(&services.database_url, db.addr()),
+                topology: services.topology.clone(),
+            },
+            None => services.clone(),
         },
         log_dir: config.log_dir.clone(),
         tag: tag.clone(),
@@ -301,7 +344,13 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         faults: Vec::new(),
     };
     run.probe("before any fault", None).await?;
-    run.link_faults(&amqp, &db).await?;
+    match &proxies {
+        Some((amqp, db)) => run.link_faults(amqp, db).await?,
+        None => println!(
+            "  (no link faults: the workers reach the clusters' nodes directly, and the \
+             clusters' own faults follow)"
+        ),
+    }
 
     let began = Instant::now();
     let victim = workers.remove(0);
@@ -315,6 +364,12 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
 
     // The server restarts come before the crash points, while the crowd is still publishing.
     run.restart_servers().await?;
+    if let Some(broker) = &clusters.broker {
+        run.broker_node_faults(broker).await?;
+    }
+    if let Some(database) = &clusters.database {
+        run.database_failover(database).await?;
+    }
     if seatrush_core::failpoint::ENABLED {
         workers = run.crash_points(&launcher, workers).await?;
     }
@@ -327,9 +382,146 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             println!("  a worker did not stop cleanly: {e:#}");
         }
     }
-    drop((amqp, db));
+    drop(proxies);
     check(&mut run, &courses, &requests, &report).await
 }
+
+/// A cluster under the run's faults: its control command and how many members the URL lists.
+struct Cluster {
+    control: Control,
+    members: usize,
+}
+
+/// The clusters whose control commands the operator gave.
+struct Clusters {
+    broker: Option<Cluster>,
+    database: Option<Cluster>,
+}
+
+impl Clusters {
+    fn from_config(config: &ChaosConfig) -> anyhow::Result<Self> {
+        let services = &config.services;
+        let cluster = |command: &Option<String>, members: usize, what: &str| match command {
+            Some(_) if members < 2 => bail!(
+                "a control command for the {what} needs its URL to list every member (a \
+                 comma-separated list), not one"
+            ),
+            Some(command) => Ok(Some(Cluster {
+                control: Control::new(command.as_str()),
+                members,
+            })),
+            None => Ok(None),
+        };
+        Ok(Self {
+            broker: cluster(
+                &config.broker_control,
+                seatrush_core::amqp::node_urls(&services.amqp_url).len(),
+                "broker (AMQP_URL)",
+            )?,
+            database: cluster(
+                &config.database_control,
+                host_count(&services.database_url),
+                "database (DATABASE_URL)",
+            )?,
+        })
+    }
+
+    fn any(&self) -> bool {
+        self.broker.is_some() || self.database.is_some()
+    }
+}
+
+impl Run {
+    /// The broker cluster's faults: the node leading the most partition queues killed with
+    /// SIGKILL, then started again; the node then leading the most cut off from the others,
+    /// then healed; every node stopped and started again in turn, a student asking while each
+    /// is down.
+    async fn broker_node_faults(&mut self, broker: &Cluster) -> anyhow::Result<()> {
+        let control = &broker.control;
+        let leader = control.member("busiest-broker-node").await?;
+        let began = Instant::now();
+        control.run("kill-broker-node", Some(leader)).await?;
+        self.probe(
+            &format!("broker node {leader}, leading the most queues, killed with SIGKILL"),
+            Some(began),
+        )
+        .await?;
+        let began = Instant::now();
+        control.run("start-broker-node", Some(leader)).await?;
+        println!("  broker node {leader} rejoined in {:.2?}", began.elapsed());
+        self.probe(&format!("broker node {leader} restarted"), Some(began))
+            .await?;
+
+        let leader = control.member("busiest-broker-node").await?;
+        let began = Instant::now();
+        control.run("isolate-broker-node", Some(leader)).await?;
+        self.probe(
+            &format!("broker node {leader}, leading the most queues, cut off from the others"),
+            Some(began),
+        )
+        .await?;
+        tokio::time::sleep(PARTITION_HELD).await;
+        let began = Instant::now();
+        control.run("heal-broker-node", Some(leader)).await?;
+        self.probe(
+            &format!("broker node {leader} reconnected to the others"),
+            Some(began),
+        )
+        .await?;
+
+        for node in 1..=broker.members {
+            let began = Instant::now();
+            control.run("stop-broker-node", Some(node)).await?;
+            self.probe(
+                &format!(
+                    "rolling restart: broker node {node} of {} stopped, as for an upgrade",
+                    broker.members
+                ),
+                Some(began),
+            )
+            .await?;
+            let started = Instant::now();
+            control.run("start-broker-node", Some(node)).await?;
+            println!("  broker node {node} rejoined in {:.2?}", started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// The database primary killed with SIGKILL and a standby promoted, then the old primary
+    /// made a standby of the new one.
+    async fn database_failover(&mut self, database: &Cluster) -> anyhow::Result<()> {
+        let control = &database.control;
+        let primary = control.member("db-primary").await?;
+        let standby = (1..=database.members)
+            .find(|&m| m != primary)
+            .context("the database cluster has no standby")?;
+        let began = Instant::now();
+        control.run("kill-db-member", Some(primary)).await?;
+        control.run("promote-db-member", Some(standby)).await?;
+        println!(
+            "  database member {standby} promoted {:.2?} after the primary died",
+            began.elapsed()
+        );
+        self.probe(
+            &format!(
+                "database primary (member {primary}) killed with SIGKILL, member {standby} \
+                 promoted"
+            ),
+            Some(began),
+        )
+        .await?;
+        let began = Instant::now();
+        control.run("rejoin-db-member", Some(primary)).await?;
+        self.probe(
+            &format!("database member {primary} rejoined as a standby"),
+            Some(began),
+        )
+        .await
+    }
+}
+
+/// How long a node stays cut off from the others.
+const PARTITION_HELD: Duration = Duration::from_secs(5);
 
 impl Run {
     /// The links' faults: every broker connection cut, the database stalled, then refused.
@@ -405,10 +597,11 @@ impl Run {
         Ok(workers)
     }
 
-    /// The crowd's client dies with a broker restart. What it was answered until then is kept;
-    /// like a web back end, it then publishes every request id it has no final answer for
-    /// again, under the same id. Those requests were caught in the restart, whose window
-    /// therefore lasts until they are answered.
+    /// The crowd's client dies with its broker node (a restart, a node killed or cut off). What
+    /// it was answered until then is kept; like a web back end, it then publishes every request
+    /// id it has no final answer for again, under the same id. Those requests were caught in
+    /// the fault under way when publishing stopped, whose window therefore lasts until they
+    /// are answered.
     async fn publish_unanswered_again(
         &mut self,
         first: Report,
@@ -434,11 +627,13 @@ impl Run {
             self.config.timeout,
         )
         .await?;
+        let stopped = first.started + first.publish_time;
         if let Some(window) = self
             .faults
-            .last_mut()
-            .filter(|f| f.fault == "broker restarted")
-            .and_then(|f| f.window.as_mut())
+            .iter_mut()
+            .filter_map(|f| f.window.as_mut())
+            .filter(|(start, _)| *start <= stopped)
+            .last()
         {
             window.1 = Instant::now();
         }

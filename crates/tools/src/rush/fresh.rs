@@ -20,19 +20,30 @@ where
 {
     let name = format!("{}_{suffix}", config.tag.replace('-', "_")).to_lowercase();
     let admin_url = config.services.database_url.clone();
-    admin(&admin_url, &format!("CREATE DATABASE {name}"))
-        .await
-        .context("creating a database for the run (the role needs CREATEDB)")?;
     let mut config = config.clone();
-    config.services.database_url = with_database(&admin_url, &name);
+    config.services.database_url = create_database(&admin_url, &name).await?;
     config.tag = format!("{}-{suffix}", config.tag);
     let ran = run(config).await;
+    drop_database(&admin_url, &name).await?;
+    ran
+}
+
+/// Creates the database `name` on the server `admin_url` names; returns its URL.
+pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    admin(admin_url, &format!("CREATE DATABASE {name}"))
+        .await
+        .context("creating a database for the run (the role needs CREATEDB)")?;
+    Ok(with_database(admin_url, name))
+}
+
+/// Drops the database `name`, closing whatever connections it still has.
+pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
     admin(
-        &admin_url,
+        admin_url,
         &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
     )
-    .await?;
-    ran
+    .await
+    .with_context(|| format!("dropping the run's database {name}"))
 }
 
 async fn admin(url: &str, statement: &str) -> anyhow::Result<()> {

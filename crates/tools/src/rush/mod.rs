@@ -2,7 +2,7 @@
 //! answer timed and the invariants checked at the end.
 
 pub mod fairness;
-mod fresh;
+pub mod fresh;
 pub mod http;
 mod plan;
 mod progress;
