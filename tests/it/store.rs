@@ -6,7 +6,7 @@ use sqlx::Connection;
 
 use seatrush_core::domain::Effect;
 use seatrush_core::domain::Request;
-use seatrush_core::domain::{Action, Outcome, Partition, Reason, StudentId, Verdict};
+use seatrush_core::domain::{Action, Outcome, Partition, Reason, ReplyTo, StudentId, Verdict};
 use seatrush_core::store::{KeyClaim, KeyStanding, Lease, Pending};
 
 use crate::helpers::{TestEnv, enroll, request};
@@ -95,6 +95,48 @@ async fn a_replay_knows_whether_its_final_answer_was_already_sent() {
         "a commit under an old epoch is refused: {stale:?}"
     );
     assert!(env.store.audit().await.expect("audit").is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_published_again_to_another_address_is_answered_there() {
+    // Arrange: a request decided, committed and answered at its client's queue.
+    let env = TestEnv::new().await;
+    let courses = env.add_courses("sk", 1, 5).await;
+    let lease = first_lease(&env, "store-test").await;
+    let request = enroll("sk-r1", &courses[0], "s1");
+    let decided = Verdict::new(Outcome::Enrolled, None, 4);
+    let at = |queue: &str, correlation: &str, replay: bool, effect: Effect| Pending {
+        reply_to: Some(ReplyTo::single(queue, Some(correlation.to_owned()))),
+        ..pending_enrollment(request.clone(), decided.clone(), effect, replay, lease)
+    };
+    let first = env
+        .store
+        .commit("store-test", &[&at("q-first", "1", false, Effect::Enroll)])
+        .await
+        .expect("first commit");
+    let batch = first[0].batch_id.expect("a fresh outcome has its batch");
+    env.store
+        .mark_answered(&[batch])
+        .await
+        .expect("mark answered");
+
+    // Act: copies of the request redelivered, asking at the same address, at a new queue (its
+    // client lost the first and published again), and with another correlation id.
+    let mut replays = Vec::new();
+    for (queue, correlation) in [("q-first", "1"), ("q-second", "1"), ("q-first", "2")] {
+        let replayed = env
+            .store
+            .commit("store-test", &[&at(queue, correlation, true, Effect::None)])
+            .await
+            .expect("replay");
+        replays.push(replayed[0].clone());
+    }
+
+    // Assert: only the copy at the address already answered skips its answer.
+    assert!(replays.iter().all(|r| r.replayed && r.verdict == decided));
+    let answered: Vec<bool> = replays.iter().map(|r| r.answered).collect();
+    assert_eq!(answered, [true, false, false]);
     env.cleanup().await;
 }
 

@@ -564,6 +564,25 @@ impl ReplyTo {
             batch: false,
         }
     }
+
+    /// A fingerprint of the address (queue and correlation id), stored with an outcome: a
+    /// redelivered copy of a request skips a final answer already confirmed only when it asks
+    /// at the same address. A copy published again by a client that lost its queue (the same
+    /// request id, a new queue) is then still answered.
+    pub fn key(&self) -> i64 {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(self.queue.as_bytes());
+        hasher.update([0]);
+        if let Some(id) = &self.correlation_id {
+            hasher.update([1]);
+            hasher.update(id.as_bytes());
+        }
+        let digest = hasher.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        i64::from_be_bytes(first)
+    }
 }
 
 /// A partition of the request exchange, numbered from 0.
@@ -579,6 +598,26 @@ impl fmt::Display for Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_address_fingerprint_tells_queues_and_correlation_ids_apart() {
+        let key =
+            |queue: &str, id: Option<&str>| ReplyTo::single(queue, id.map(str::to_owned)).key();
+        assert_eq!(key("amq.gen-a", Some("7")), key("amq.gen-a", Some("7")));
+        assert_ne!(key("amq.gen-a", Some("7")), key("amq.gen-b", Some("7")));
+        assert_ne!(key("amq.gen-a", Some("7")), key("amq.gen-a", Some("8")));
+        assert_ne!(key("amq.gen-a", None), key("amq.gen-a", Some("")));
+        assert_ne!(key("ab", Some("c")), key("a", Some("bc")));
+        let batched = ReplyTo {
+            batch: true,
+            ..ReplyTo::single("amq.gen-a", None)
+        };
+        assert_eq!(
+            batched.key(),
+            key("amq.gen-a", None),
+            "the same address either way"
+        );
+    }
 
     #[test]
     fn ids_accept_the_documented_alphabet() {

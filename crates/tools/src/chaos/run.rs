@@ -446,9 +446,14 @@ impl Run {
             Some(began),
         )
         .await?;
-        let began = Instant::now();
+        // The fault lasts until the node is back: a request in flight until then may still be
+        // caught in it (its worker's connection dies late, its queue's leader moves again).
+        let started = Instant::now();
         control.run("start-broker-node", Some(leader)).await?;
-        println!("  broker node {leader} rejoined in {:.2?}", began.elapsed());
+        println!(
+            "  broker node {leader} rejoined in {:.2?}",
+            started.elapsed()
+        );
         self.probe(&format!("broker node {leader} restarted"), Some(began))
             .await?;
 
@@ -461,7 +466,6 @@ impl Run {
         )
         .await?;
         tokio::time::sleep(PARTITION_HELD).await;
-        let began = Instant::now();
         control.run("heal-broker-node", Some(leader)).await?;
         self.probe(
             &format!("broker node {leader} reconnected to the others"),
@@ -483,12 +487,14 @@ impl Run {
             let started = Instant::now();
             control.run("start-broker-node", Some(node)).await?;
             println!("  broker node {node} rejoined in {:.2?}", started.elapsed());
+            self.last_fault_lasted_until_now();
         }
         Ok(())
     }
 
     /// The database primary killed with SIGKILL and a standby promoted, then the old primary
-    /// made a standby of the new one.
+    /// made a standby of the new one. Each fault's window runs from the kill, the cut or the
+    /// stop until the member is back and a student asking then is answered.
     async fn database_failover(&mut self, database: &Cluster) -> anyhow::Result<()> {
         let control = &database.control;
         let primary = control.member("db-primary").await?;
@@ -510,13 +516,21 @@ impl Run {
             Some(began),
         )
         .await?;
-        let began = Instant::now();
         control.run("rejoin-db-member", Some(primary)).await?;
         self.probe(
             &format!("database member {primary} rejoined as a standby"),
             Some(began),
         )
         .await
+    }
+}
+
+impl Run {
+    /// The last fault went on until now (a node stopped for a rolling restart is back).
+    fn last_fault_lasted_until_now(&mut self) {
+        if let Some(window) = self.faults.last_mut().and_then(|f| f.window.as_mut()) {
+            window.1 = Instant::now();
+        }
     }
 }
 

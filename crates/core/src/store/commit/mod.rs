@@ -63,7 +63,8 @@ pub struct Committed {
     /// The database did not do what the actor decided (a different verdict, an effect not
     /// applied, other students promoted): the actor's memory is out of step and must reload.
     pub diverged: bool,
-    /// A replayed outcome whose final answer the broker has already confirmed once.
+    /// A replayed outcome whose final answer the broker has already confirmed once, to the
+    /// address this copy of the request asks at.
     pub answered: bool,
     /// The batch that wrote this outcome, for a fresh one: the finalizer records it as answered.
     pub batch_id: Option<i64>,
@@ -234,7 +235,10 @@ impl Entry<'_> {
                 replayed: true,
                 revised,
                 diverged: revised || unapplied,
-                answered: stored.answered,
+                // Confirmed to this very address: a copy of the request published again to
+                // another queue (its client lost the first) is answered there.
+                answered: stored.answered
+                    && stored.reply_key == self.pending.reply_to.as_ref().map(ReplyTo::key),
                 batch_id: None,
                 promotions: earlier.promotions.remove(id).unwrap_or_default(),
                 draws: earlier.draws.remove(id).unwrap_or_default(),

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Entry, Pending, to_i32};
-use crate::domain::{Reason, RuleFacts};
+use crate::domain::{Reason, ReplyTo, RuleFacts};
 use crate::store::Result;
 
 /// Records the batch in `decision_batches` and the final verdict of each fresh entry in
@@ -29,10 +29,12 @@ pub(super) async fn insert(
     sqlx::query(
         "INSERT INTO outcomes \
            (request_id, course_id, student_id, action, outcome, reason, seats_left, \
-            waitlist_position, window_at, draw_commitment, entries_open_at, rule, batch_id) \
-         SELECT r.*, $13 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+            waitlist_position, window_at, draw_commitment, entries_open_at, rule, reply_key, \
+            batch_id) \
+         SELECT r.*, $14 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
                                     $6::text[], $7::int[], $8::int[], $9::timestamptz[], \
-                                    $10::text[], $11::timestamptz[], $12::jsonb[]) AS r",
+                                    $10::text[], $11::timestamptz[], $12::jsonb[], \
+                                    $13::int8[]) AS r",
     )
     .bind(&rows.request_ids)
     .bind(&rows.course_ids)
@@ -46,6 +48,7 @@ pub(super) async fn insert(
     .bind(&rows.commitments)
     .bind(&rows.entries_open)
     .bind(&rows.rules)
+    .bind(&rows.reply_keys)
     .bind(batch_id)
     .execute(&mut *tx)
     .await?;
@@ -67,6 +70,7 @@ struct Columns<'a> {
     commitments: Vec<Option<&'a str>>,
     entries_open: Vec<Option<DateTime<Utc>>>,
     rules: Vec<Option<sqlx::types::Json<RuleFacts>>>,
+    reply_keys: Vec<Option<i64>>,
 }
 
 impl<'a> Columns<'a> {
@@ -100,6 +104,9 @@ impl<'a> Columns<'a> {
             columns
                 .rules
                 .push(verdict.rule.as_ref().map(|r| sqlx::types::Json(r.facts())));
+            columns
+                .reply_keys
+                .push(pending.reply_to.as_ref().map(ReplyTo::key));
         }
         columns
     }

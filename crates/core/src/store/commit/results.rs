@@ -169,7 +169,10 @@ pub(super) async fn place_on_waitlist(
 /// An outcome as stored.
 pub(super) struct Stored {
     pub verdict: Verdict,
+    /// The final answers of the batch that wrote it were confirmed by the broker.
     pub answered: bool,
+    /// The fingerprint of the address its final answer went to ([`crate::domain::ReplyTo::key`]).
+    pub reply_key: Option<i64>,
 }
 
 /// What earlier batches stored for the requests this batch did not decide afresh.
@@ -243,7 +246,7 @@ async fn fetch_stored(
     }
     // `decision_batches` shares no column name with a verdict but `batch_id`, joined on.
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT request_id, {VERDICT_COLUMNS}, answered \
+        "SELECT request_id, {VERDICT_COLUMNS}, answered, reply_key \
          FROM answers JOIN decision_batches USING (batch_id) \
          WHERE request_id = ANY($1)"
     )))
@@ -255,6 +258,7 @@ async fn fetch_stored(
             let stored = Stored {
                 verdict: verdict_from_row(row)?,
                 answered: row.try_get("answered")?,
+                reply_key: row.try_get("reply_key")?,
             };
             Ok((row.try_get("request_id")?, stored))
         })

@@ -147,7 +147,7 @@ impl<'a> Answers<'a> {
 
     /// Posts (or gathers) one request's final answer, to its reply address and as an event,
     /// and posts the promotions it made. A redelivered request whose answer was already
-    /// confirmed gets none.
+    /// confirmed to the address it asks at gets none.
     async fn post(&mut self, decided: &Decided, committed: &Committed) {
         if decided.redelivered && committed.answered {
             return;
