@@ -131,6 +131,56 @@ pub async fn proxy_for(url: &str) -> anyhow::Result<Proxy> {
     Ok(Proxy::start(target).await?)
 }
 
+/// How many times the crowd connects again after its connection died, before the run leaves
+/// what is left to the last publish at the end.
+const CROWD_RECONNECTS: usize = 20;
+
+/// The crowd as a web back end runs it: when its connection dies with a broker node (or a
+/// broker restart), it connects again at once and publishes every request id without a final
+/// answer (those never published included) again under its id, at the same pace, so the rush
+/// goes on through the faults that follow.
+fn spawn_crowd(
+    services: &Services,
+    requests: Vec<Request>,
+    timeout: Duration,
+    rate: f64,
+) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
+    let services = services.clone();
+    tokio::spawn(async move {
+        let fire = |requests: Vec<Request>| {
+            load::fire_with(
+                &services.amqp_url,
+                &services.topology,
+                requests,
+                timeout,
+                Pace::Rate(rate),
+                Default::default(),
+            )
+        };
+        let mut report = fire(requests.clone()).await?;
+        for _ in 0..CROWD_RECONNECTS {
+            let Some(why) = report.interrupted.clone() else {
+                break;
+            };
+            let again = report.unanswered(&requests);
+            if again.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            println!(
+                "  the crowd's connection died ({why}); it publishes again the {} request ids \
+                 without a final answer",
+                again.len()
+            );
+            match fire(again).await {
+                Ok(later) => report = report.then(later),
+                Err(e) => println!("  the crowd could not connect again yet: {e:#}"),
+            }
+        }
+        Ok(report)
+    })
+}
+
 /// How long a probe keeps asking before the run gives up on the service.
 const PROBE_PATIENCE: Duration = Duration::from_secs(120);
 /// How long one attempt of a probe waits for its final answer.
@@ -325,13 +375,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         config.rate,
         workers.len()
     );
-    let crowd = load::spawn(
-        &services.amqp_url,
-        &services.topology,
-        requests.clone(),
-        config.timeout,
-        Pace::Rate(config.rate),
-    );
+    let crowd = spawn_crowd(&services, requests.clone(), config.timeout, config.rate);
     while store.decision_batches().await? == 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
