@@ -273,9 +273,32 @@ pub fn install() -> Option<PrometheusHandle> {
             for counter in per_request().published.iter().chain(&per_request().stages) {
                 counter.absolute(0);
             }
+            start_upkeep(handle.clone());
             Some(handle)
         })
         .clone()
+}
+
+/// How often the histograms' recorded samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the histograms' samples into their buckets every few seconds, for as long as the
+/// process (and so its recorder) lives. The recorder keeps every sample a histogram records
+/// until an upkeep: without one, a process nobody scrapes grew by every decision and commit it
+/// timed (8 MiB a minute at 6,000 requests/s). On a thread of its own, like the recorder it
+/// serves, so it needs no runtime and outlives none.
+fn start_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "metrics upkeep not started: histograms grow until scraped");
+    }
 }
 
 /// The current values, in Prometheus text format.
