@@ -9,7 +9,7 @@
 //! no course oversold. The run has a database and a broker topology of its own, so the dead
 //! letters it reads are its own, and both are removed at the end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -63,14 +63,22 @@ enum Kind {
 }
 
 /// One hostile message, and where its answer would go.
+#[derive(Clone)]
 struct Hostile {
     kind: Kind,
     message_id: Option<String>,
-    /// Whether it asks for its answer on the run's reply queue (others name no queue, or one
-    /// nobody listens on).
-    reply_to: Option<String>,
+    reply_to: Reply,
     headers: FieldTable,
     body: Vec<u8>,
+}
+
+/// Where a hostile message asks for its answer.
+#[derive(Clone)]
+enum Reply {
+    /// The run's reply queue, where its answers are counted.
+    Ours,
+    /// A queue nobody listens on, or one only the broker may name.
+    Elsewhere(String),
 }
 
 /// How the messages of one kind fared. A message the worker cannot turn into a request is
@@ -235,7 +243,7 @@ async fn run_in(
     // In two halves: the worker's memory half-way and at the end say whether it grows with
     // the number of messages, or only fills its buffers once.
     let half = warmup + (messages - warmup) / 2;
-    let mut mid = before;
+    let mut mid = None;
     for part in [&plan[warmup..half], &plan[half..]] {
         let sending = flood.send(part);
         tokio::pin!(sending);
@@ -248,10 +256,9 @@ async fn run_in(
                 }
             }
         }
-        if part.len() == half - warmup {
-            mid = worker.usage().unwrap_or(mid);
-        }
+        mid = mid.or_else(|| worker.usage());
     }
+    let mid = mid.unwrap_or(before);
     let publish = started.elapsed();
     let beside_report = crowd.await.context("the valid crowd failed")??;
     flood.settle(&plan).await;
@@ -269,7 +276,7 @@ async fn run_in(
     }
     store.close().await;
 
-    let by_kind = flood.account(&plan);
+    let by_kind = flood.figures(&plan);
     let total = |f: fn(&KindFigures) -> usize| by_kind.values().map(f).sum::<usize>();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let main = messages - warmup;
@@ -338,7 +345,8 @@ struct Flood {
     dead: seatrush_core::amqp::Deliveries,
     tag: String,
     answers: HashMap<String, usize>,
-    dead_by_index: HashMap<usize, usize>,
+    /// The messages dead-lettered, by index.
+    dead_indexes: HashSet<usize>,
     dead_without_reason: usize,
 }
 
@@ -363,7 +371,7 @@ impl Flood {
             dead,
             tag: tag.to_owned(),
             answers: HashMap::new(),
-            dead_by_index: HashMap::new(),
+            dead_indexes: HashSet::new(),
             dead_without_reason: 0,
         })
     }
@@ -374,20 +382,18 @@ impl Flood {
         let (outbox, sending) = Outbox::start(publisher, WINDOW);
         let mut confirms = FuturesUnordered::new();
         for (index, hostile) in plan {
-            let to = hostile.reply_to.as_ref().map(|queue| ReplyTo {
-                queue: if queue.is_empty() {
-                    self.reply_queue.clone()
-                } else {
-                    queue.clone()
+            let to = ReplyTo::single(
+                match &hostile.reply_to {
+                    Reply::Ours => self.reply_queue.as_str(),
+                    Reply::Elsewhere(queue) => queue.as_str(),
                 },
-                correlation_id: None,
-                batch: false,
-            });
+                None,
+            );
             let message = Outgoing::raw_request(
                 &self.topology,
                 &format!("{}-{index}", self.tag),
                 hostile.message_id.as_deref(),
-                to.as_ref(),
+                Some(&to),
                 hostile.body.clone(),
             )
             .with_headers(hostile.headers.clone());
@@ -407,48 +413,31 @@ impl Flood {
     }
 
     /// Reads answers and dead letters until every message of `plan` is accounted for, or
-    /// nothing more arrives for a while. The accounting is redone after every few thousand
-    /// messages read and whenever the queues go quiet for a moment, not per message.
+    /// nothing more arrives for a while. The accounting is redone once a second, not per
+    /// message.
     async fn settle(&mut self, plan: &[(usize, Hostile)]) {
-        let mut last_progress = Instant::now();
-        let mut read_since_check = 0usize;
+        let mut last_read = Instant::now();
+        let mut check = tokio::time::interval(Duration::from_secs(1));
         loop {
-            if read_since_check >= 4096 || read_since_check == 0 {
-                if self.unaccounted(plan) == 0 {
-                    return;
-                }
-                read_since_check = 1;
-            }
-            if last_progress.elapsed() > QUIET {
-                return;
-            }
-            let pause = Duration::from_millis(500);
             tokio::select! {
-                reply = tokio::time::timeout(pause, self.replies.next()) => match reply {
-                    Ok(Some(Ok(message))) => {
-                        for answer in parse_answers(&message.body).unwrap_or_default() {
-                            if answer.stage == Stage::Final {
-                                *self.answers.entry(answer.request_id).or_default() += 1;
-                            }
+                Some(Ok(message)) = self.replies.next() => {
+                    for answer in parse_answers(&message.body).unwrap_or_default() {
+                        if answer.stage == Stage::Final {
+                            *self.answers.entry(answer.request_id).or_default() += 1;
                         }
                     }
-                    Ok(_) => return,
-                    Err(_) => {
-                        read_since_check = 0;
-                        continue;
+                    last_read = Instant::now();
+                }
+                Some(Ok(message)) = self.dead.next() => {
+                    self.dead_letter(message).await;
+                    last_read = Instant::now();
+                }
+                _ = check.tick() => {
+                    if self.unaccounted(plan) == 0 || last_read.elapsed() > QUIET {
+                        return;
                     }
-                },
-                dead = tokio::time::timeout(pause, self.dead.next()) => match dead {
-                    Ok(Some(Ok(message))) => self.dead_letter(message).await,
-                    Ok(_) => return,
-                    Err(_) => {
-                        read_since_check = 0;
-                        continue;
-                    }
-                },
+                }
             }
-            read_since_check += 1;
-            last_progress = Instant::now();
         }
     }
 
@@ -467,16 +456,12 @@ impl Flood {
             .strip_prefix(&format!("{}-", self.tag))
             .and_then(|i| i.parse().ok());
         if let Some(index) = index {
-            *self.dead_by_index.entry(index).or_default() += 1;
+            self.dead_indexes.insert(index);
         }
     }
 
     fn unaccounted(&self, plan: &[(usize, Hostile)]) -> usize {
         self.figures(plan).values().map(|k| k.unaccounted).sum()
-    }
-
-    fn account(&self, plan: &[(usize, Hostile)]) -> BTreeMap<Kind, KindFigures> {
-        self.figures(plan)
     }
 
     /// Whether each message was dead-lettered (its own routing key says which) and whether it
@@ -487,7 +472,7 @@ impl Flood {
         for (index, hostile) in plan {
             let figures = by_kind.entry(hostile.kind).or_default();
             figures.sent += 1;
-            let dead = self.dead_by_index.contains_key(index);
+            let dead = self.dead_indexes.contains(index);
             let answered = hostile
                 .message_id
                 .as_ref()
@@ -524,10 +509,7 @@ fn plan(tag: &str, count: usize) -> Vec<(usize, Hostile)> {
         let hostile = match (kind, previous) {
             (Kind::Duplicate, Some(previous)) => Hostile {
                 kind,
-                message_id: previous.message_id.clone(),
-                reply_to: previous.reply_to.clone(),
-                headers: previous.headers.clone(),
-                body: previous.body.clone(),
+                ..previous.clone()
             },
             _ => hostile(kind, &format!("{tag}-{index}"), &mut rng),
         };
@@ -538,11 +520,10 @@ fn plan(tag: &str, count: usize) -> Vec<(usize, Hostile)> {
 
 /// One message of `kind`; `id` is a valid request id of its own.
 fn hostile(kind: Kind, id: &str, rng: &mut impl Rng) -> Hostile {
-    let ours = Some(String::new());
     let mut message = Hostile {
         kind,
         message_id: Some(id.to_owned()),
-        reply_to: ours,
+        reply_to: Reply::Ours,
         headers: FieldTable::default(),
         body: Vec::new(),
     };
@@ -654,10 +635,10 @@ fn hostile(kind: Kind, id: &str, rng: &mut impl Rng) -> Hostile {
             // address of a channel that does not exist. (A plain `amq.rabbitmq.reply-to` is
             // refused by the broker at the publish, before any worker sees it.)
             message.reply_to = match n {
-                2 => Some("amq.rabbitmq.reply-to.garbage".to_owned()),
-                3 => Some("amq.rabbitmq.reply-to.g2dkAAZub2JvZHkAAAAB".to_owned()),
-                4 => Some(format!("nobody-listens-{id}")),
-                _ => message.reply_to,
+                2 => Reply::Elsewhere("amq.rabbitmq.reply-to.garbage".to_owned()),
+                3 => Reply::Elsewhere("amq.rabbitmq.reply-to.g2dkAAZub2JvZHkAAAAB".to_owned()),
+                4 => Reply::Elsewhere(format!("nobody-listens-{id}")),
+                _ => Reply::Ours,
             };
             message.headers.insert(
                 seatrush_core::protocol::BATCH_HEADER.into(),

@@ -211,8 +211,7 @@ impl Run {
         };
         let start = Instant::now();
         let services = &self.config.services;
-        let mut last_error = None;
-        while start.elapsed() < PROBE_PATIENCE {
+        let waited = loop {
             let asked = async {
                 let client = Client::connect(&services.amqp_url, services.topology.clone()).await?;
                 let answered = client.request(&request, false, PROBE_ATTEMPT).await;
@@ -220,22 +219,15 @@ impl Run {
                 answered
             };
             match asked.await {
-                Ok(_) => {
-                    last_error = None;
-                    break;
+                Ok(_) => break start.elapsed(),
+                Err(e) if start.elapsed() >= PROBE_PATIENCE => {
+                    return Err(e.context(format!(
+                        "the probe after \"{fault}\" got no final answer in {PROBE_PATIENCE:?}"
+                    )));
                 }
-                Err(e) => {
-                    last_error = Some(e);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
-        }
-        if let Some(e) = last_error {
-            return Err(e.context(format!(
-                "the probe after \"{fault}\" got no final answer in {PROBE_PATIENCE:?}"
-            )));
-        }
-        let waited = start.elapsed();
+        };
         println!("  {fault}: a student asking then waited {waited:.2?}");
         self.faults.push(Recovery {
             fault: fault.to_owned(),
@@ -567,9 +559,7 @@ impl Run {
         )
         .await
     }
-}
 
-impl Run {
     /// The last fault went on until now (a node stopped for a rolling restart is back).
     fn last_fault_lasted_until_now(&mut self) {
         if let Some(window) = self.faults.last_mut().and_then(|f| f.window.as_mut()) {
