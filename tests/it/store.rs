@@ -539,3 +539,88 @@ async fn an_idempotency_key_is_fresh_once_then_mismatched_decided_or_in_flight()
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_and_commits_over_the_same_partitions_never_deadlock() {
+    // Arrange: one worker holds 48 partitions; its heartbeat renews them all while two group
+    // commits, each spanning every partition, fence on them. Both lock the same rows, so they
+    // must lock them in the same order, or PostgreSQL breaks the cycle by failing one.
+    const PARTITIONS: u16 = 48;
+    const ROUNDS: usize = 150;
+    let env = TestEnv::with_partitions(PARTITIONS).await;
+    let courses = env.add_courses("dl", 1, 5).await;
+    let leases = env
+        .store
+        .acquire_partitions("dl-worker", Duration::from_secs(60), PARTITIONS)
+        .await
+        .expect("acquire");
+    assert_eq!(leases.len(), usize::from(PARTITIONS));
+    let unacked: Vec<(Partition, usize)> = leases.iter().map(|l| (l.partition, 1)).collect();
+    // Rows rewritten out of order, as a long run leaves them: a scan of the table now meets
+    // them in another order than the partition numbers.
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("connect");
+    for partition in (0..i32::from(PARTITIONS)).rev() {
+        sqlx::query("UPDATE partitions SET unacked = 0 WHERE partition = $1")
+            .bind(partition)
+            .execute(&mut db)
+            .await
+            .expect("rewrite a row");
+    }
+    let full = Verdict::new(Outcome::Rejected, Some(Reason::Full), 0);
+    let committer = |name: &'static str| {
+        let store = env.store.clone();
+        let leases = leases.clone();
+        let course = courses[0].clone();
+        let full = full.clone();
+        tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                // The batch's items in reverse partition order, as a burst may bring them.
+                let items: Vec<Pending> = leases
+                    .iter()
+                    .rev()
+                    .map(|lease| {
+                        let id = format!("dl-{name}-{round}-{}", lease.partition.0);
+                        pending_enrollment(
+                            enroll(&id, &course, &format!("{name}{round}")),
+                            full.clone(),
+                            Effect::None,
+                            false,
+                            *lease,
+                        )
+                    })
+                    .collect();
+                let refs: Vec<&Pending> = items.iter().collect();
+                store.commit("dl-worker", &refs).await?;
+            }
+            Ok::<(), seatrush_core::store::StoreError>(())
+        })
+    };
+    let heartbeats = {
+        let store = env.store.clone();
+        tokio::spawn(async move {
+            for _ in 0..ROUNDS * 4 {
+                let membership = store
+                    .heartbeat("dl-worker", Duration::from_secs(60), &unacked)
+                    .await?;
+                assert_eq!(membership.held.len(), usize::from(PARTITIONS));
+            }
+            Ok::<(), seatrush_core::store::StoreError>(())
+        })
+    };
+
+    // Act
+    let (first, second) = (committer("a"), committer("b"));
+    let results = [
+        first.await.expect("join"),
+        second.await.expect("join"),
+        heartbeats.await.expect("join"),
+    ];
+
+    // Assert
+    for result in results {
+        assert!(result.is_ok(), "no heartbeat or commit fails: {result:?}");
+    }
+    env.cleanup().await;
+}

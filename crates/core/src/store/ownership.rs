@@ -144,12 +144,17 @@ impl Store {
         // A lease that lapsed while the database was unreachable is renewed as long as no
         // other worker took the partition meanwhile: a takeover changes the owner and bumps the
         // epoch, so this cannot revive a lease someone else holds, and the epoch this worker's
-        // commits carry stays valid.
+        // commits carry stays valid. The rows are locked in partition order first, the order
+        // the commits' fence locks them in: an update alone locks them in the table's physical
+        // order, which a long run shuffles, and two orders over the same rows deadlock.
         let rows = sqlx::query(
-            "UPDATE partitions p SET lease_until = now() + $2 * interval '1 millisecond', \
+            "WITH held AS (SELECT partition FROM partitions WHERE owner = $1 \
+                           ORDER BY partition FOR UPDATE) \
+             UPDATE partitions p SET lease_until = now() + $2 * interval '1 millisecond', \
                     unacked = COALESCE((SELECT u.n FROM unnest($3::int[], $4::int[]) \
                                         AS u(partition, n) WHERE u.partition = p.partition), 0) \
-             WHERE p.owner = $1 RETURNING p.partition, p.epoch",
+             FROM held WHERE p.partition = held.partition AND p.owner = $1 \
+             RETURNING p.partition, p.epoch",
         )
         .bind(worker_id)
         .bind(millis(lease))
@@ -222,9 +227,13 @@ impl Store {
         partitions: &[Partition],
     ) -> Result<()> {
         let ids: Vec<i32> = partitions.iter().map(|p| i32::from(p.0)).collect();
+        // Locked in partition order, as the heartbeat and the commits' fence lock them.
         sqlx::query(
-            "UPDATE partitions SET owner = NULL, lease_until = NULL, unacked = 0 \
-             WHERE owner = $1 AND partition = ANY($2)",
+            "WITH released AS (SELECT partition FROM partitions \
+                               WHERE owner = $1 AND partition = ANY($2) \
+                               ORDER BY partition FOR UPDATE) \
+             UPDATE partitions p SET owner = NULL, lease_until = NULL, unacked = 0 \
+             FROM released WHERE p.partition = released.partition AND p.owner = $1",
         )
         .bind(worker_id)
         .bind(&ids)

@@ -9,7 +9,8 @@ use crate::store::{Result, StoreError};
 /// Fails with [`StoreError::Fenced`], naming the partitions lost, unless this worker holds
 /// every partition of the batch at the items' epochs. The rows are read `FOR SHARE`: a
 /// takeover (which updates the row) waits for this commit, and a commit that starts after a
-/// takeover sees the new epoch and is refused.
+/// takeover sees the new epoch and is refused. They are locked in partition order, as the
+/// heartbeat locks them (`Store::heartbeat`), so the two never wait on each other in a cycle.
 pub(super) async fn check(
     tx: &mut sqlx::PgConnection,
     worker_id: &str,
@@ -22,7 +23,7 @@ pub(super) async fn check(
         "SELECT p.partition FROM partitions p \
          JOIN UNNEST($1::int[], $2::bigint[]) AS b(partition, epoch) \
            ON p.partition = b.partition AND p.epoch = b.epoch \
-         WHERE p.owner = $3 FOR SHARE OF p",
+         WHERE p.owner = $3 ORDER BY p.partition FOR SHARE OF p",
     )
     .bind(&partitions)
     .bind(&epochs)
