@@ -293,6 +293,56 @@ async fn the_audit_finds_a_broken_waitlist() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_finds_an_outcome_outside_its_batch_log() {
+    // Arrange: one batch committed as a worker does, then an outcome written behind its back
+    // under a batch that does not exist, which no foreign key refuses.
+    let env = TestEnv::new().await;
+    let course = env.add_courses("sb", 1, 5).await.remove(0);
+    let lease = first_lease(&env, "store-test").await;
+    let committed = Verdict::new(Outcome::Enrolled, None, 4);
+    env.store
+        .commit(
+            "store-test",
+            &[&pending_enrollment(
+                enroll("sb-r1", &course, "s1"),
+                committed,
+                Effect::Enroll,
+                false,
+                lease,
+            )],
+        )
+        .await
+        .expect("commit");
+    let clean = env.store.audit().await.expect("audit");
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("connect");
+    sqlx::query(
+        "INSERT INTO outcomes (request_id, course_id, student_id, action, outcome, seats_left, \
+                               batch_id) \
+         VALUES ('sb-stray', $1, 's2', 'enroll', 'rejected', 0, 987654)",
+    )
+    .bind(course.as_str())
+    .execute(&mut db)
+    .await
+    .expect("a stray outcome");
+
+    // Act
+    let violations = env.store.audit().await.expect("audit");
+
+    // Assert
+    assert!(clean.is_empty(), "a committed batch is clean: {clean:#?}");
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.check == "batch_log_mismatch" && v.detail.contains("987654")),
+        "the stray outcome's batch is named: {violations:#?}"
+    );
+    db.close().await.expect("close");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_previous_release_still_commits_through_the_eleven_array_form() {
     // Arrange: one seat and one waitlist place, as a worker of the previous release finds them
     // during a rolling upgrade.

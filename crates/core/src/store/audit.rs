@@ -226,9 +226,15 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "batch_log_mismatch",
-        "SELECT format('decision batches record %s decisions, outcomes hold %s', b.n, o.n) \
-         FROM (SELECT coalesce(sum(requests), 0) AS n FROM decision_batches) b, \
-              (SELECT count(*) AS n FROM outcomes) o WHERE b.n <> o.n",
+        // Per batch, so an outcome naming a batch that does not exist is found too (no
+        // foreign key checks it: see migration 20261206000009).
+        "SELECT format('decision batch %s records %s decisions, outcomes hold %s', \
+                       coalesce(b.batch_id, o.batch_id), coalesce(b.requests, 0), \
+                       coalesce(o.n, 0)) \
+         FROM decision_batches b \
+         FULL JOIN (SELECT batch_id, count(*) AS n FROM outcomes GROUP BY batch_id) o \
+           ON o.batch_id = b.batch_id \
+         WHERE coalesce(b.requests, 0) <> coalesce(o.n, 0)",
     ),
 ];
 
