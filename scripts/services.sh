@@ -65,7 +65,7 @@
 #   start, start-broker, restart-broker, stop, stop-broker and status then
 #           address every node of a cluster on loopback: node i listens on
 #           the base port + i - 1 (base 25681 unless SEATRUSH_AMQP_PORT says
-#           otherwise; distribution 20000 above), with its own state under
+#           otherwise; distribution 10000 below), with its own state under
 #           rabbitmq-<port>/ and the first node's cookie. Nodes 2..N join
 #           node 1 once; a member rejoins by itself when it restarts. Nodes
 #           run with cluster_partition_handling = pause_minority. AMQP_URL
@@ -95,7 +95,9 @@
 #                            system RabbitMQ's Erlang distribution listener);
 #                            of a cluster, the first node's (default 25681)
 #   SEATRUSH_BROKER_NODES    RabbitMQ nodes to run as one cluster (default 1)
-#   SEATRUSH_AMQP_DIST_PORT  Erlang distribution port (default AMQP port+20000)
+#   SEATRUSH_AMQP_DIST_PORT  Erlang distribution port (default AMQP port-10000:
+#                            below the kernel's ephemeral ports, which an
+#                            outgoing connection may hold when a node starts)
 #   SEATRUSH_PG_PORT         PostgreSQL port (default 25432)
 #   SEATRUSH_REDIS_PORT      Redis port (default 26379)
 #   SEATRUSH_REDIS_FSYNC     Redis appendfsync when a server is started:
@@ -114,7 +116,19 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 state=${SEATRUSH_SERVICES_DIR:-$root/.services}
 
 amqp_port=${SEATRUSH_AMQP_PORT:-25673}
-dist_port=${SEATRUSH_AMQP_DIST_PORT:-$((amqp_port + 20000))}
+
+# A node's Erlang distribution port: 10000 below its AMQP port, outside the
+# kernel's range of ephemeral ports (32768 and up by default), so no outgoing
+# connection can hold it when the node starts or restarts.
+dist_of() {
+    local port=$(($1 - 10000))
+    if [ "$port" -lt 1024 ]; then
+        echo "[services] the AMQP port $1 leaves no distribution port 10000 below it; set SEATRUSH_AMQP_DIST_PORT" >&2
+        exit 2
+    fi
+    echo "$port"
+}
+dist_port=${SEATRUSH_AMQP_DIST_PORT:-$(dist_of "$amqp_port")}
 pg_port=${SEATRUSH_PG_PORT:-25432}
 redis_port=${SEATRUSH_REDIS_PORT:-26379}
 redis_fsync=${SEATRUSH_REDIS_FSYNC:-everysec}
@@ -127,7 +141,7 @@ case "$broker_nodes" in
 esac
 if [ "$broker_nodes" -gt 1 ] && [ -z "${SEATRUSH_AMQP_PORT:-}" ]; then
     amqp_port=25681
-    dist_port=$((amqp_port + 20000))
+    dist_port=$(dist_of "$amqp_port")
 fi
 cluster_base=$amqp_port
 
@@ -556,7 +570,7 @@ rmq_select_node() {
     [ "$i" -ge 1 ] && [ "$i" -le "$broker_nodes" ] ||
         die "rabbitmq: no node $i in a cluster of $broker_nodes (SEATRUSH_BROKER_NODES)"
     amqp_port=$((cluster_base + i - 1))
-    dist_port=$((amqp_port + 20000))
+    dist_port=$(dist_of "$amqp_port")
     rmq_node="seatrush-${amqp_port}@localhost"
     rmq_dir="$state/rabbitmq-$amqp_port"
     rmq_set_vars

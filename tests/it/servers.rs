@@ -6,6 +6,13 @@ use std::time::{Duration, Instant};
 
 use seatrush_core::worker::health::Readiness;
 
+/// Where the servers of a test listen: below the kernel's ephemeral ports (32768 and up), which
+/// an outgoing connection may hold by the time a server starts or restarts.
+const PORTS: std::ops::Range<u16> = 21000..32000;
+/// How far under its AMQP port a broker node's Erlang distribution listens
+/// (`scripts/services.sh`).
+const DISTRIBUTION_BELOW: u16 = 10000;
+
 /// A loopback address with a port nobody listens on (a moment ago).
 pub fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -97,16 +104,16 @@ impl OwnServer {
         self.place.script(verb)
     }
 
-    /// A port that is free, and (for a broker) whose Erlang distribution port, 20000 above,
-    /// is free too.
+    /// A port that is free, and (for a broker) whose Erlang distribution port,
+    /// [`DISTRIBUTION_BELOW`] under it, is free too.
     fn pick_port(kind: Kind) -> u16 {
         let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         for _ in 0..200 {
-            let port: u16 = rand::random_range(21000..40000);
-            // A broker also takes port + 1 (its TLS listener) and port + 20000 (Erlang
-            // distribution).
+            let port: u16 = rand::random_range(PORTS);
+            // A broker also takes port + 1 (its TLS listener) and its Erlang distribution port.
             if free(port)
-                && (matches!(kind, Kind::Database) || (free(port + 1) && free(port + 20000)))
+                && (matches!(kind, Kind::Database)
+                    || (free(port + 1) && free(port - DISTRIBUTION_BELOW)))
             {
                 return port;
             }
@@ -286,14 +293,15 @@ impl Scripted {
     }
 }
 
-/// A run of `count` consecutive free ports, each with its Erlang distribution port (20000
-/// above) free too when `distribution`.
+/// A run of `count` consecutive free ports, each with its Erlang distribution port
+/// ([`DISTRIBUTION_BELOW`] under it) free too when `distribution`.
 fn free_run(count: u16, distribution: bool) -> u16 {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     (0..200)
-        .map(|_| rand::random_range(21000u16..40000))
+        .map(|_| rand::random_range(PORTS))
         .find(|&base| {
-            (0..count).all(|i| free(base + i) && (!distribution || free(base + i + 20000)))
+            (0..count)
+                .all(|i| free(base + i) && (!distribution || free(base + i - DISTRIBUTION_BELOW)))
         })
         .expect("no free run of ports")
 }
