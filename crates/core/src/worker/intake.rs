@@ -62,6 +62,12 @@ type Settling<'a> = BoxFuture<'a, ()>;
 /// broker has already handed over is taken together, never waited for.
 const JUDGED_AT_ONCE: usize = 256;
 
+/// Invalid deliveries of one partition whose dead copies may await the broker's confirm at
+/// once. Enough to keep the dead-letter publishes pipelined; beyond it the partition takes no
+/// more deliveries until one settles. Without it only the prefetch bounded them, and a flood
+/// of large invalid messages held partitions × prefetch bodies in memory.
+const SETTLING_AT_ONCE: usize = 128;
+
 impl Intake {
     /// Consumes the partition held by `lease` until `stop`, counting each delivery in
     /// `in_flight` until it is settled. Deliveries are handled one at a time, which keeps each
@@ -84,13 +90,15 @@ impl Intake {
             }
         };
         tracing::info!(partition = %lease.partition, epoch = lease.epoch, "consuming partition");
-        // Bounded by the prefetch: each holds a delivery not yet acked.
+        // Each holds a delivery not yet acked, with its dead copy and its answer: at most
+        // SETTLING_AT_ONCE, so a flood of invalid messages that the broker confirms slowly
+        // waits in the broker, not in this worker's memory.
         let mut settling: FuturesUnordered<Settling<'_>> = FuturesUnordered::new();
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(()) = settling.next(), if !settling.is_empty() => continue,
-                next = deliveries.next() => next,
+                next = deliveries.next(), if settling.len() < SETTLING_AT_ONCE => next,
             };
             match next {
                 Some(Ok(incoming)) => {
