@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use seatrush_core::amqp::{Broker, Topology};
+use seatrush_core::amqp::Broker;
 use seatrush_core::domain::{Action, CourseId, Partition, Request, RequestId};
 
 use crate::load::{self, Pace};
@@ -87,29 +87,15 @@ impl SoakReport {
 /// Runs the soak in a database and a topology of its own, removed after: a steady state is
 /// measured from empty, not on what earlier runs left (millions of outcomes, or a backlog in
 /// the partition queues). Errors only when it could not run.
-pub async fn run(mut config: SoakConfig) -> anyhow::Result<SoakReport> {
-    let admin_url = config.rush.services.database_url.clone();
+pub async fn run(config: SoakConfig) -> anyhow::Result<SoakReport> {
     let name = config.rush.tag.to_lowercase();
-    let services = &mut config.rush.services;
-    services.database_url = rush::fresh::create_database(&admin_url, &name).await?;
-    services.topology = Topology::new(name.clone(), services.topology.partitions);
-    let topology = services.topology.clone();
-    let amqp_url = services.amqp_url.clone();
-    let ran = run_in(config).await;
-    let removed = remove_topology(&amqp_url, &topology).await;
-    rush::fresh::drop_database(&admin_url, &name).await?;
-    let report = ran?;
-    removed?;
-    Ok(report)
-}
-
-async fn remove_topology(amqp_url: &str, topology: &Topology) -> anyhow::Result<()> {
-    let broker = Broker::connect(amqp_url, "seatrush-soak-cleanup")
-        .await
-        .context("connecting to RabbitMQ to remove the soak's queues")?;
-    broker.delete_topology(topology).await?;
-    broker.close().await;
-    Ok(())
+    let services = config.rush.services.clone();
+    rush::fresh::on_own_services(&services, &name, |own| {
+        let mut config = config;
+        config.rush.services = own;
+        run_in(config)
+    })
+    .await
 }
 
 async fn run_in(config: SoakConfig) -> anyhow::Result<SoakReport> {

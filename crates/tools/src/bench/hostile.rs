@@ -158,25 +158,11 @@ impl HostileReport {
 /// Runs the scenario with `messages` hostile messages; `config.crowd` is the valid students'.
 pub async fn run(config: &BenchConfig, messages: usize) -> anyhow::Result<HostileReport> {
     let tag = rush::fresh_tag("hostile");
-    let admin_url = config.services.database_url.clone();
-    let services = Services {
-        amqp_url: config.services.amqp_url.clone(),
-        database_url: rush::fresh::create_database(&admin_url, &tag).await?,
-        topology: Topology::new(tag.clone(), config.services.topology.partitions),
-    };
-    let ran = run_in(config, &services, &tag, messages).await;
-    let removed = remove_topology(&services).await;
-    rush::fresh::drop_database(&admin_url, &tag).await?;
-    let report = ran?;
-    removed?;
-    Ok(report)
-}
-
-async fn remove_topology(services: &Services) -> anyhow::Result<()> {
-    let broker = Broker::connect(&services.amqp_url, "seatrush-hostile-cleanup").await?;
-    broker.delete_topology(&services.topology).await?;
-    broker.close().await;
-    Ok(())
+    let tag = tag.as_str();
+    rush::fresh::on_own_services(&config.services, tag, |services| async move {
+        run_in(config, &services, tag, messages).await
+    })
+    .await
 }
 
 async fn run_in(

@@ -5,7 +5,9 @@ use std::future::Future;
 
 use anyhow::Context;
 
-use super::RushConfig;
+use seatrush_core::amqp::{Broker, Topology};
+
+use super::{RushConfig, Services};
 
 /// Runs `run` with `config` moved to a fresh database (and its tag suffixed), then drops the
 /// database, whatever `run` returned.
@@ -26,6 +28,40 @@ where
     let ran = run(config).await;
     drop_database(&admin_url, &name).await?;
     ran
+}
+
+/// Runs `run` on services of its own: a database and a broker topology named `name` beside
+/// `services`, both removed after, whatever `run` returned. What a run leaves (outcomes, a
+/// backlog in the partition queues) then never weighs on it or on the next.
+pub async fn on_own_services<T, F, Fut>(
+    services: &Services,
+    name: &str,
+    run: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(Services) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let own = Services {
+        amqp_url: services.amqp_url.clone(),
+        database_url: create_database(&services.database_url, name).await?,
+        topology: Topology::new(name, services.topology.partitions),
+    };
+    let ran = run(own.clone()).await;
+    let removed = remove_topology(&own).await;
+    drop_database(&services.database_url, name).await?;
+    let report = ran?;
+    removed?;
+    Ok(report)
+}
+
+async fn remove_topology(services: &Services) -> anyhow::Result<()> {
+    let broker = Broker::connect(&services.amqp_url, "seatrush-cleanup")
+        .await
+        .context("connecting to RabbitMQ to remove a run's queues")?;
+    broker.delete_topology(&services.topology).await?;
+    broker.close().await;
+    Ok(())
 }
 
 /// Creates the database `name` on the server `admin_url` names; returns its URL.
