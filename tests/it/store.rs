@@ -65,7 +65,7 @@ async fn a_replay_knows_whether_its_final_answer_was_already_sent() {
         .expect("replay before the answer is recorded");
     let batch = first[0].batch_id.expect("a fresh outcome has its batch");
     env.store
-        .mark_answered(&[batch])
+        .mark_answered(&[batch], &[])
         .await
         .expect("mark answered");
     let after_marking = env
@@ -117,7 +117,7 @@ async fn a_copy_published_again_to_another_address_is_answered_there() {
         .expect("first commit");
     let batch = first[0].batch_id.expect("a fresh outcome has its batch");
     env.store
-        .mark_answered(&[batch])
+        .mark_answered(&[batch], &[])
         .await
         .expect("mark answered");
 
@@ -137,6 +137,72 @@ async fn a_copy_published_again_to_another_address_is_answered_there() {
     assert!(replays.iter().all(|r| r.replayed && r.verdict == decided));
     let answered: Vec<bool> = replays.iter().map(|r| r.answered).collect();
     assert_eq!(answered, [true, false, false]);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_copy_answered_from_the_stored_outcome_is_not_answered_again() {
+    // Arrange: a request id published twice under two correlation ids. The first copy is
+    // decided and answered; the second is answered from the stored outcome, and that answer
+    // is confirmed and recorded, as the finalizer does before it acks.
+    let env = TestEnv::new().await;
+    let courses = env.add_courses("sd", 1, 5).await;
+    let lease = first_lease(&env, "store-test").await;
+    let request = enroll("sd-r1", &courses[0], "s1");
+    let decided = Verdict::new(Outcome::Enrolled, None, 4);
+    let at = |correlation: &str, replay: bool, effect: Effect| Pending {
+        reply_to: Some(ReplyTo::single("q", Some(correlation.to_owned()))),
+        ..pending_enrollment(request.clone(), decided.clone(), effect, replay, lease)
+    };
+    let first = env
+        .store
+        .commit(
+            "store-test",
+            &[
+                &at("1", false, Effect::Enroll),
+                &at("2", false, Effect::Enroll),
+            ],
+        )
+        .await
+        .expect("both copies in one commit");
+    let batch = first[0].batch_id.expect("a fresh outcome has its batch");
+    assert!(
+        first[1].replayed && !first[1].answered,
+        "the second copy replays the first"
+    );
+    let second = ReplyTo::single("q", Some("2".to_owned())).key();
+    let unrecorded = env
+        .store
+        .commit("store-test", &[&at("2", true, Effect::None)])
+        .await
+        .expect("a redelivery before the copy's answer is recorded");
+    env.store
+        .mark_answered(&[batch], &[("sd-r1", second)])
+        .await
+        .expect("mark answered");
+
+    // Act: the worker died before its acks; the broker redelivers both copies, and a third
+    // copy arrives at a new address.
+    let mut redelivered = Vec::new();
+    for correlation in ["1", "2", "3"] {
+        let replayed = env
+            .store
+            .commit("store-test", &[&at(correlation, true, Effect::None)])
+            .await
+            .expect("replay");
+        redelivered.push(replayed[0].clone());
+    }
+
+    // Assert: both answered copies skip their answer; the new one is answered.
+    assert!(!unrecorded[0].answered);
+    assert!(
+        redelivered
+            .iter()
+            .all(|r| r.replayed && r.verdict == decided)
+    );
+    let answered: Vec<bool> = redelivered.iter().map(|r| r.answered).collect();
+    assert_eq!(answered, [true, true, false]);
+    assert!(env.store.audit().await.expect("audit").is_empty());
     env.cleanup().await;
 }
 

@@ -147,7 +147,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records that the final answers of these batches were confirmed by the broker.
+    /// Records that the final answers of these batches, and of these replayed copies (request
+    /// id and the fingerprint of the address it was answered at), were confirmed by the broker.
     ///
     /// The record is a hint for redeliveries, so its commit does not wait for the disk
     /// (`synchronous_commit = off`): it is visible to every worker at once, and only a crash of
@@ -155,15 +156,28 @@ impl Store {
     /// worker also dies before its acks (a redelivered request is then answered twice, as when
     /// the record cannot be written at all). Waiting for the flush cost one more disk sync per
     /// batch, shared with the broker's own.
-    pub async fn mark_answered(&self, batch_ids: &[i64]) -> Result<()> {
+    pub async fn mark_answered(&self, batch_ids: &[i64], copies: &[(&str, i64)]) -> Result<()> {
         let mut tx = self.commits.begin().await?;
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE decision_batches SET answered = true WHERE batch_id = ANY($1)")
-            .bind(batch_ids)
+        if !batch_ids.is_empty() {
+            sqlx::query("UPDATE decision_batches SET answered = true WHERE batch_id = ANY($1)")
+                .bind(batch_ids)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !copies.is_empty() {
+            let (ids, keys): (Vec<&str>, Vec<i64>) = copies.iter().copied().unzip();
+            sqlx::query(
+                "INSERT INTO answered_copies (request_id, reply_key) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(ids)
+            .bind(keys)
             .execute(&mut *tx)
             .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -237,8 +251,7 @@ impl Entry<'_> {
                 diverged: revised || unapplied,
                 // Confirmed to this very address: a copy of the request published again to
                 // another queue (its client lost the first) is answered there.
-                answered: stored.answered
-                    && stored.reply_key == self.pending.reply_to.as_ref().map(ReplyTo::key),
+                answered: stored.answered_at(self.pending.reply_to.as_ref().map(ReplyTo::key)),
                 batch_id: None,
                 promotions: earlier.promotions.remove(id).unwrap_or_default(),
                 draws: earlier.draws.remove(id).unwrap_or_default(),

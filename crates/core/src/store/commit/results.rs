@@ -173,6 +173,16 @@ pub(super) struct Stored {
     pub answered: bool,
     /// The fingerprint of the address its final answer went to ([`crate::domain::ReplyTo::key`]).
     pub reply_key: Option<i64>,
+    /// The fingerprints of the other addresses a replay of it was confirmed answered at.
+    pub copies: Vec<i64>,
+}
+
+impl Stored {
+    /// Its final answer was confirmed to the address with this fingerprint: the address the
+    /// outcome was decided for, once its batch is answered, or one a replay was answered at.
+    pub fn answered_at(&self, key: Option<i64>) -> bool {
+        (self.answered && self.reply_key == key) || key.is_some_and(|k| self.copies.contains(&k))
+    }
 }
 
 /// What earlier batches stored for the requests this batch did not decide afresh.
@@ -253,16 +263,38 @@ async fn fetch_stored(
     .bind(ids)
     .fetch_all(&mut *tx)
     .await?;
+    let mut copies = answered_copies(tx, ids).await?;
     rows.iter()
         .map(|row| {
+            let id: String = row.try_get("request_id")?;
             let stored = Stored {
                 verdict: verdict_from_row(row)?,
                 answered: row.try_get("answered")?,
                 reply_key: row.try_get("reply_key")?,
+                copies: copies.remove(&id).unwrap_or_default(),
             };
-            Ok((row.try_get("request_id")?, stored))
+            Ok((id, stored))
         })
         .collect()
+}
+
+/// The fingerprints of the addresses replays of these requests were confirmed answered at,
+/// by request id.
+async fn answered_copies(
+    tx: &mut sqlx::PgConnection,
+    ids: &[&str],
+) -> Result<HashMap<String, Vec<i64>>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT request_id, reply_key FROM answered_copies WHERE request_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut copies: HashMap<String, Vec<i64>> = HashMap::new();
+    for (id, key) in rows {
+        copies.entry(id).or_default().push(key);
+    }
+    Ok(copies)
 }
 
 /// The promotions made by the given requests, by request, each request's in the order they

@@ -75,6 +75,7 @@ async fn finalize_batch(
     let Answers {
         confirms,
         answered_batches,
+        answered_copies,
         drawn_courses,
         ..
     } = answers;
@@ -86,8 +87,12 @@ async fn finalize_batch(
     crate::failpoint::crash_point(crate::failpoint::AFTER_PUBLISH);
     // Only a hint for redeliveries: if it cannot be written, a redelivered request is
     // answered twice, which is better than not acking what is committed and answered.
-    if !answered_batches.is_empty()
-        && let Err(e) = store.mark_answered(&answered_batches).await
+    let copies: Vec<(&str, i64)> = answered_copies
+        .iter()
+        .map(|(id, key)| (id.as_str(), *key))
+        .collect();
+    if !(answered_batches.is_empty() && copies.is_empty())
+        && let Err(e) = store.mark_answered(&answered_batches, &copies).await
     {
         tracing::warn!(error = %crate::telemetry::chain(&e), "could not record final answers as sent");
     }
@@ -122,6 +127,9 @@ struct Answers<'a> {
     confirms: Vec<Result<Posted, crate::amqp::AmqpError>>,
     /// The decision batches whose answers these are, to record as answered.
     answered_batches: Vec<i64>,
+    /// Replayed outcomes answered at an address (request id, the address's fingerprint), to
+    /// record so a redelivery of that copy is not answered again.
+    answered_copies: Vec<(String, i64)>,
     /// The courses whose draw results these are, to record as announced.
     drawn_courses: Vec<String>,
     /// Final answers for reply queues that take batches, by queue, in the order first seen.
@@ -139,6 +147,7 @@ impl<'a> Answers<'a> {
             broker_user: publishing.broker_user.as_deref(),
             confirms: Vec::new(),
             answered_batches: Vec::new(),
+            answered_copies: Vec::new(),
             drawn_courses: Vec::new(),
             replies: Vec::new(),
             events: Batch::new(),
@@ -157,6 +166,12 @@ impl<'a> Answers<'a> {
             && !self.answered_batches.contains(&id)
         {
             self.answered_batches.push(id);
+        }
+        if committed.replayed
+            && let Some(to) = &decided.pending.reply_to
+        {
+            self.answered_copies
+                .push((request.request_id.to_string(), to.key()));
         }
         let mut answer = DecidedAnswer::new(request, &committed.verdict, Stage::Final);
         answer.replayed = committed.replayed;
