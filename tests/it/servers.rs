@@ -221,21 +221,25 @@ struct Scripted {
 }
 
 impl Scripted {
+    /// Runs the script; a failure of anything but a stop fails the test.
     fn script(&self, args: &[&str]) -> std::process::Output {
-        let out =
-            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-                .args(args)
-                .env_remove("AMQP_URL")
-                .env_remove("DATABASE_URL")
-                .env("SEATRUSH_SERVICES_DIR", &self.dir)
-                .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-                .output()
-                .unwrap_or_else(|e| panic!("scripts/services.sh {args:?}: {e}"));
+        let out = self.output(args);
         assert!(
             out.status.success() || args[0].starts_with("stop-"),
             "{args:?}: {out:?}"
         );
         out
+    }
+
+    fn output(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+            .args(args)
+            .env_remove("AMQP_URL")
+            .env_remove("DATABASE_URL")
+            .env("SEATRUSH_SERVICES_DIR", &self.dir)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap_or_else(|e| panic!("scripts/services.sh {args:?}: {e}"))
     }
 
     async fn run(&self, args: &[&str]) -> std::process::Output {
@@ -267,15 +271,26 @@ impl Scripted {
         line
     }
 
-    /// Starts with `verb` and returns the URL exported as `var`.
-    fn start(&self, verb: &str, var: &str) -> String {
-        let out = self.script(&[verb]);
+    /// Starts with `verb` and returns the URL exported as `var`. If the start fails part-way,
+    /// what it did start is stopped with `stop` before the test fails (its state and logs
+    /// stay for the failure's cause).
+    fn start(&self, verb: &str, stop: &str, var: &str) -> String {
+        let out = self.output(&[verb]);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        stdout
+        let url = stdout
             .lines()
             .find_map(|l| l.strip_prefix(&format!("export {var}=")))
-            .unwrap_or_else(|| panic!("no {var} from {verb}: {stdout}"))
-            .to_owned()
+            .filter(|_| out.status.success());
+        match url {
+            Some(url) => url.to_owned(),
+            None => {
+                self.output(&[stop]);
+                panic!(
+                    "{verb} failed, what it started is stopped, its state and logs are in {}: {out:?}",
+                    self.dir.display()
+                )
+            }
+        }
     }
 
     /// Stops with `verb` and removes the state, except after a failure: then its logs stay
@@ -316,7 +331,7 @@ impl OwnCluster {
                 ("SEATRUSH_AMQP_PORT", base.to_string()),
             ],
         };
-        let url = place.start("start-broker", "AMQP_URL");
+        let url = place.start("start-broker", "stop-broker", "AMQP_URL");
         Self { place, url }
     }
 
@@ -391,7 +406,7 @@ impl OwnPgPair {
                 ("SEATRUSH_PG_PORT", base.to_string()),
             ],
         };
-        let url = place.start("start-db", "DATABASE_URL");
+        let url = place.start("start-db", "stop-db", "DATABASE_URL");
         Self { place, url }
     }
 
