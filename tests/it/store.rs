@@ -359,6 +359,73 @@ async fn the_audit_finds_a_broken_waitlist() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_course_with_students_in_its_seats_cannot_go_and_a_seat_without_a_course_is_found() {
+    // Arrange: one course with a student in a seat, one without.
+    let env = TestEnv::new().await;
+    let courses = env.add_courses("sg", 2, 5).await;
+    let (held, empty) = (courses[0].as_str(), courses[1].as_str());
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("connect");
+    sqlx::query(
+        "INSERT INTO enrollments (course_id, student_id, request_id) VALUES ($1, 's1', 'x1')",
+    )
+    .bind(held)
+    .execute(&mut db)
+    .await
+    .expect("a seat");
+
+    // Act: an operator deletes or renames the held course by hand; a seat is written for a
+    // course that does not exist.
+    let deleted = sqlx::query("DELETE FROM courses WHERE course_id = $1")
+        .bind(held)
+        .execute(&mut db)
+        .await;
+    let renamed =
+        sqlx::query("UPDATE courses SET course_id = course_id || 'x' WHERE course_id = $1")
+            .bind(held)
+            .execute(&mut db)
+            .await;
+    let counted = sqlx::query("UPDATE courses SET enrolled = 1 WHERE course_id = $1")
+        .bind(held)
+        .execute(&mut db)
+        .await;
+    let gone = sqlx::query("DELETE FROM courses WHERE course_id = $1")
+        .bind(empty)
+        .execute(&mut db)
+        .await;
+    sqlx::query(
+        "INSERT INTO enrollments (course_id, student_id, request_id) VALUES ($1, 's2', 'x2')",
+    )
+    .bind(empty)
+    .execute(&mut db)
+    .await
+    .expect("a seat in a course that is gone");
+    let violations = env.store.audit().await.expect("audit");
+
+    // Assert: the course with a seat stays, its counter still moves; the seat without a course
+    // is reported.
+    for refused in [&deleted, &renamed] {
+        let code = refused
+            .as_ref()
+            .err()
+            .and_then(|e| e.as_database_error())
+            .and_then(|e| e.code().map(|c| c.into_owned()));
+        assert_eq!(code.as_deref(), Some("23503"), "{refused:?}");
+    }
+    assert!(counted.is_ok() && gone.is_ok(), "{counted:?} {gone:?}");
+    let seatless: Vec<&str> = violations
+        .iter()
+        .filter(|v| v.check == "seat_without_course")
+        .map(|v| v.detail.as_str())
+        .collect();
+    assert_eq!(seatless.len(), 1, "{violations:#?}");
+    assert!(seatless[0].contains(empty), "{seatless:?}");
+    db.close().await.expect("close");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_finds_an_outcome_outside_its_batch_log() {
     // Arrange: one batch committed as a worker does, then an outcome written behind its back
     // under a batch that does not exist, which no foreign key refuses.

@@ -26,6 +26,13 @@ const CHECKS: &[(&str, &str)] = &[
          GROUP BY c.course_id, c.enrolled HAVING c.enrolled <> count(e.student_id)",
     ),
     (
+        "seat_without_course",
+        "SELECT format('student %s holds a seat in %s, which is not a course', \
+                       e.student_id, e.course_id) \
+         FROM enrollments e LEFT JOIN courses c ON c.course_id = e.course_id \
+         WHERE c.course_id IS NULL",
+    ),
+    (
         "student_twice",
         "SELECT format('student %s holds %s seats in course %s', student_id, count(*), course_id) \
          FROM enrollments GROUP BY course_id, student_id HAVING count(*) > 1",
