@@ -136,6 +136,32 @@ async fn course_in(
         .await?)
 }
 
+/// A course's row with who holds its seats, who waits in order, and the entries not yet drawn
+/// (a drawn course's entries answer through `answers`), as arrays: one statement for all.
+async fn course_with_people(
+    tx: &mut sqlx::PgConnection,
+    course: &CourseId,
+) -> Result<Option<sqlx::postgres::PgRow>> {
+    let sql = format!(
+        "SELECT {COURSE_COLUMNS}, \
+                ARRAY(SELECT e.student_id FROM enrollments e \
+                       WHERE e.course_id = courses.course_id) AS seated, \
+                ARRAY(SELECT w.student_id FROM waitlist w \
+                       WHERE w.course_id = courses.course_id ORDER BY w.position) AS waiting, \
+                ARRAY(SELECT d.student_id FROM draw_entries d \
+                       WHERE d.course_id = courses.course_id AND d.outcome IS NULL \
+                       ORDER BY d.request_id) AS entrant_students, \
+                ARRAY(SELECT d.request_id FROM draw_entries d \
+                       WHERE d.course_id = courses.course_id AND d.outcome IS NULL \
+                       ORDER BY d.request_id) AS entrant_requests \
+           FROM courses WHERE course_id = $1"
+    );
+    Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(course.as_str())
+        .fetch_optional(tx)
+        .await?)
+}
+
 fn settings_from_row(row: &sqlx::postgres::PgRow) -> Result<CourseSettings> {
     Ok(CourseSettings {
         capacity: to_u32(row.try_get("capacity")?),
@@ -310,53 +336,33 @@ impl Store {
     /// Loads what a course actor needs: settings, enrolled students, the waitlist in order and
     /// every stored verdict. Returns `None` when the course does not exist.
     pub async fn load_course(&self, course: &CourseId) -> Result<Option<CourseSnapshot>> {
-        // One snapshot for the reads, so the counters, the rows and the outcomes agree.
+        // One snapshot for the reads, so the counters, the rows and the outcomes agree; two
+        // statements in it, since a rush's first second loads hundreds of courses at once.
         let mut tx = self.snapshot().await?;
-        let Some(row) = course_in(&mut tx, course).await? else {
+        let Some(row) = course_with_people(&mut tx, course).await? else {
             return Ok(None);
         };
         let settings = settings_from_row(&row)?;
-        let students: Vec<String> =
-            sqlx::query_scalar("SELECT student_id FROM enrollments WHERE course_id = $1")
-                .bind(course.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
-        let waiting: Vec<String> = sqlx::query_scalar(
-            "SELECT student_id FROM waitlist WHERE course_id = $1 ORDER BY position",
-        )
-        .bind(course.as_str())
-        .fetch_all(&mut *tx)
-        .await?;
+        let students: Vec<String> = row.try_get("seated")?;
+        let waiting: Vec<String> = row.try_get("waiting")?;
+        let entrant_students: Vec<String> = row.try_get("entrant_students")?;
+        let entrant_requests: Vec<String> = row.try_get("entrant_requests")?;
         // The most recent verdicts, as many as the actor keeps (oldest first), and the draw
-        // record whatever its age: a course's memory of its ids is bounded
+        // record whatever its age, last: a course's memory of its ids is bounded
         // (`domain::DECIDED_KEPT`); the rest are the database's to replay.
-        let mut decided = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let draw_record = crate::domain::draw_request_id(course);
+        let decided = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT request_id, {VERDICT_COLUMNS} FROM ( \
-                 SELECT * FROM answers WHERE course_id = $1 \
-                  ORDER BY batch_id DESC, decided_at DESC LIMIT $2) recent \
-              ORDER BY batch_id, decided_at"
+                 SELECT 0 AS part, * FROM ( \
+                     SELECT * FROM answers WHERE course_id = $1 \
+                      ORDER BY batch_id DESC, decided_at DESC LIMIT $2) recent \
+                 UNION ALL \
+                 SELECT 1, * FROM answers WHERE course_id = $1 AND request_id = $3) kept \
+              ORDER BY part, batch_id, decided_at"
         )))
         .bind(course.as_str())
         .bind(i64::try_from(crate::domain::DECIDED_KEPT).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
-        let draw_record = crate::domain::draw_request_id(course);
-        decided.extend(
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT request_id, {VERDICT_COLUMNS} FROM answers \
-                  WHERE course_id = $1 AND request_id = $2"
-            )))
-            .bind(course.as_str())
-            .bind(draw_record.as_str())
-            .fetch_optional(&mut *tx)
-            .await?,
-        );
-        // Entries not yet drawn (a drawn course's entries answer through `answers`).
-        let entrants = sqlx::query(
-            "SELECT student_id, request_id FROM draw_entries \
-             WHERE course_id = $1 AND outcome IS NULL",
-        )
-        .bind(course.as_str())
+        .bind(draw_record.as_str())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -374,13 +380,12 @@ impl Store {
                 Ok((id, verdict_from_row(row)?))
             })
             .collect::<Result<_>>()?;
-        let entrants = entrants
-            .iter()
-            .map(|row| {
-                let student = StudentId::parse(row.try_get::<String, _>("student_id")?)
-                    .map_err(|e| corrupt(course, &e))?;
-                let request = RequestId::parse(row.try_get::<String, _>("request_id")?)
-                    .map_err(|e| corrupt(course, &e))?;
+        let entrants = entrant_students
+            .into_iter()
+            .zip(entrant_requests)
+            .map(|(student, request)| {
+                let student = StudentId::parse(student).map_err(|e| corrupt(course, &e))?;
+                let request = RequestId::parse(request).map_err(|e| corrupt(course, &e))?;
                 Ok((student, request))
             })
             .collect::<Result<_>>()?;
