@@ -207,6 +207,63 @@ async fn a_second_copy_answered_from_the_stored_outcome_is_not_answered_again() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn courses_loaded_together_are_what_each_loads_alone() {
+    // Arrange: two courses with seats taken and verdicts stored, one untouched, and an id
+    // that names no course.
+    let env = TestEnv::new().await;
+    let courses = env.add_courses("sl", 3, 2).await;
+    let lease = first_lease(&env, "store-test").await;
+    let mut items = Vec::new();
+    for (i, student) in ["s1", "s2", "s3"].iter().enumerate() {
+        for course in &courses[..2] {
+            let id = format!("sl-r{i}-{course}");
+            let outcome = if i < 2 {
+                Outcome::Enrolled
+            } else {
+                Outcome::Rejected
+            };
+            let (reason, effect) = if i < 2 {
+                (None, Effect::Enroll)
+            } else {
+                (Some(Reason::Full), Effect::None)
+            };
+            items.push(pending_enrollment(
+                enroll(&id, course, student),
+                Verdict::new(outcome, reason, u32::try_from(1 - i.min(1)).unwrap_or(0)),
+                effect,
+                false,
+                lease,
+            ));
+        }
+    }
+    let refs: Vec<&Pending> = items.iter().collect();
+    env.store.commit("store-test", &refs).await.expect("commit");
+    let missing = seatrush_core::domain::CourseId::parse("sl-nowhere").expect("id");
+    let mut asked = courses.clone();
+    asked.push(missing.clone());
+
+    // Act
+    let together = env.store.load_courses(&asked).await.expect("load together");
+    let mut alone = Vec::new();
+    for course in &asked {
+        alone.push(env.store.load_course(course).await.expect("load alone"));
+    }
+
+    // Assert: the same snapshot either way; the missing course is absent.
+    for (course, one) in asked.iter().zip(&alone) {
+        assert_eq!(
+            format!("{:?}", together.get(course)),
+            format!("{one:?}"),
+            "course {course}"
+        );
+    }
+    assert!(alone[3].is_none() && !together.contains_key(&missing));
+    let first = together.get(&courses[0]).expect("the first course");
+    assert_eq!((first.enrolled.len(), first.decided.len()), (2, 3));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_decides_promotions_and_refuses_what_memory_got_wrong() {
     // Arrange: one seat held by s1, s2 and s3 waiting, no other waitlist place.
     let env = TestEnv::new().await;

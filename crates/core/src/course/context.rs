@@ -1,8 +1,9 @@
-//! What every course actor of a session shares: the store it loads from, where its decisions
+//! What every course actor of a session shares: the store and the loader it loads from, where its decisions
 //! go, and how it restarts.
 
 use std::time::Duration;
 
+use super::Loads;
 use crate::amqp::{Outbox, Topology};
 use crate::pipeline::CommitQueue;
 use crate::store::Store;
@@ -17,6 +18,9 @@ pub struct RestartPolicy {
 /// What every course actor of a session needs from the rest of the worker.
 pub struct ActorContext {
     pub store: Store,
+    /// Where an actor's course is loaded from, gathered with the loads of the actors starting
+    /// beside it.
+    pub loads: Loads,
     /// Dead letters of messages an actor gave up on (confirmed by the broker before the ack).
     pub outbox: Outbox,
     pub topology: Topology,

@@ -10,9 +10,9 @@ use tracing::Instrument;
 
 use super::context::ActorContext;
 use super::decision::{CourseState, Rules};
+use super::loads::Loads;
 use crate::domain::{CourseId, Decision, Eligibility, Refusal, StudentId};
 use crate::pipeline::{CourseTicket, Envelope};
-use crate::store::Store;
 
 /// The message being decided, kept outside the instance so a panic does not lose it.
 pub(super) type InHand = Arc<Mutex<Option<Envelope>>>;
@@ -39,7 +39,7 @@ pub(super) struct Instance {
 impl Instance {
     pub(super) async fn run(self) -> Stop {
         self.ticket.all_committed().await;
-        let mut state = load(&self.ctx.store, &self.course, self.ctx.draw_entries).await;
+        let mut state = load(&self.ctx.loads, &self.course, self.ctx.draw_entries).await;
         // The ownership epoch of the partition this state was loaded under: the first request's.
         let mut loaded_under: Option<i64> = None;
         loop {
@@ -244,11 +244,11 @@ impl Instance {
 /// Loads the course, retrying while the database is unreachable; `None` if it does not exist.
 /// It retries for as long as it takes: an instance has nothing else to do before its course is
 /// loaded. Its supervisor aborts it when the session halts (see `CourseActor::supervise`).
-async fn load(store: &Store, course: &CourseId, entries_limit: usize) -> Option<CourseState> {
+async fn load(loads: &Loads, course: &CourseId, entries_limit: usize) -> Option<CourseState> {
     let mut delays = crate::retry::delays(Duration::from_millis(50), Duration::from_secs(1));
     let mut failures = 0u32;
     loop {
-        match store.load_course(course).await {
+        match loads.load(course).await {
             Ok(snapshot) => {
                 if failures > 0 {
                     tracing::info!(course_id = %course, failures, "course loaded after the database came back");

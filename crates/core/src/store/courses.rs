@@ -1,4 +1,6 @@
-//! Courses: administration, the catalog of known ids, and loading one course for its actor.
+//! Courses: administration, the catalog of known ids, and loading courses for their actors.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -136,12 +138,13 @@ async fn course_in(
         .await?)
 }
 
-/// A course's row with who holds its seats, who waits in order, and the entries not yet drawn
-/// (a drawn course's entries answer through `answers`), as arrays: one statement for all.
-async fn course_with_people(
+/// The rows of these courses, each with who holds its seats, who waits in order, and the
+/// entries not yet drawn (a drawn course's entries answer through `answers`), as arrays: one
+/// statement for all.
+async fn courses_with_people(
     tx: &mut sqlx::PgConnection,
-    course: &CourseId,
-) -> Result<Option<sqlx::postgres::PgRow>> {
+    courses: &[&str],
+) -> Result<Vec<sqlx::postgres::PgRow>> {
     let sql = format!(
         "SELECT {COURSE_COLUMNS}, \
                 ARRAY(SELECT e.student_id FROM enrollments e \
@@ -154,11 +157,11 @@ async fn course_with_people(
                 ARRAY(SELECT d.request_id FROM draw_entries d \
                        WHERE d.course_id = courses.course_id AND d.outcome IS NULL \
                        ORDER BY d.request_id) AS entrant_requests \
-           FROM courses WHERE course_id = $1"
+           FROM courses WHERE course_id = ANY($1)"
     );
     Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(course.as_str())
-        .fetch_optional(tx)
+        .bind(courses)
+        .fetch_all(tx)
         .await?)
 }
 
@@ -336,71 +339,100 @@ impl Store {
     /// Loads what a course actor needs: settings, enrolled students, the waitlist in order and
     /// every stored verdict. Returns `None` when the course does not exist.
     pub async fn load_course(&self, course: &CourseId) -> Result<Option<CourseSnapshot>> {
-        // One snapshot for the reads, so the counters, the rows and the outcomes agree; two
-        // statements in it, since a rush's first second loads hundreds of courses at once.
+        let mut loaded = self.load_courses(std::slice::from_ref(course)).await?;
+        Ok(loaded.remove(course))
+    }
+
+    /// [`Store::load_course`] for several courses at once, in one read-only snapshot of two
+    /// statements whatever their number: a rush's first second starts hundreds of actors. A
+    /// course that does not exist is absent from the map.
+    pub async fn load_courses(
+        &self,
+        courses: &[CourseId],
+    ) -> Result<HashMap<CourseId, CourseSnapshot>> {
+        let ids: Vec<&str> = courses.iter().map(CourseId::as_str).collect();
+        // The draw record of each course, whatever its age: kept beside the recent verdicts.
+        let records: Vec<RequestId> = courses.iter().map(crate::domain::draw_request_id).collect();
+        let records: Vec<&str> = records.iter().map(RequestId::as_str).collect();
+        // One snapshot for the reads, so the counters, the rows and the outcomes agree.
         let mut tx = self.snapshot().await?;
-        let Some(row) = course_with_people(&mut tx, course).await? else {
-            return Ok(None);
-        };
-        let settings = settings_from_row(&row)?;
-        let students: Vec<String> = row.try_get("seated")?;
-        let waiting: Vec<String> = row.try_get("waiting")?;
-        let entrant_students: Vec<String> = row.try_get("entrant_students")?;
-        let entrant_requests: Vec<String> = row.try_get("entrant_requests")?;
-        // The most recent verdicts, as many as the actor keeps (oldest first), and the draw
-        // record whatever its age, last: a course's memory of its ids is bounded
+        let rows = courses_with_people(&mut tx, &ids).await?;
+        // The most recent verdicts of each course, as many as the actor keeps (oldest first),
+        // then its draw record: a course's memory of its ids is bounded
         // (`domain::DECIDED_KEPT`); the rest are the database's to replay.
-        let draw_record = crate::domain::draw_request_id(course);
         let decided = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT request_id, {VERDICT_COLUMNS} FROM ( \
-                 SELECT 0 AS part, * FROM ( \
-                     SELECT * FROM answers WHERE course_id = $1 \
-                      ORDER BY batch_id DESC, decided_at DESC LIMIT $2) recent \
+            "SELECT course_id, request_id, {VERDICT_COLUMNS} FROM ( \
+                 SELECT 0 AS part, recent.* FROM UNNEST($1::text[]) AS c(id) \
+                 CROSS JOIN LATERAL ( \
+                     SELECT * FROM answers a WHERE a.course_id = c.id \
+                      ORDER BY a.batch_id DESC, a.decided_at DESC LIMIT $2) recent \
                  UNION ALL \
-                 SELECT 1, * FROM answers WHERE course_id = $1 AND request_id = $3) kept \
-              ORDER BY part, batch_id, decided_at"
+                 SELECT 1, a.* FROM UNNEST($1::text[], $3::text[]) AS d(id, record) \
+                 JOIN answers a ON a.course_id = d.id AND a.request_id = d.record) kept \
+              ORDER BY course_id, part, batch_id, decided_at"
         )))
-        .bind(course.as_str())
+        .bind(&ids)
         .bind(i64::try_from(crate::domain::DECIDED_KEPT).unwrap_or(i64::MAX))
-        .bind(draw_record.as_str())
+        .bind(&records)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
 
-        let parse_students = |ids: Vec<String>| -> Result<Vec<StudentId>> {
-            ids.into_iter()
-                .map(|s| StudentId::parse(s).map_err(|e| corrupt(course, &e)))
-                .collect()
-        };
-        let decided = decided
-            .iter()
+        let mut verdicts: HashMap<String, Vec<(RequestId, Verdict)>> = HashMap::new();
+        for row in &decided {
+            let course: String = row.try_get("course_id")?;
+            let id = RequestId::parse(row.try_get::<String, _>("request_id")?)
+                .map_err(|e| corrupt_in(&course, &e))?;
+            verdicts
+                .entry(course)
+                .or_default()
+                .push((id, verdict_from_row(row)?));
+        }
+        rows.iter()
             .map(|row| {
-                let id = RequestId::parse(row.try_get::<String, _>("request_id")?)
-                    .map_err(|e| corrupt(course, &e))?;
-                Ok((id, verdict_from_row(row)?))
+                let course = CourseId::parse(row.try_get::<String, _>("course_id")?)
+                    .map_err(|e| StoreError::Inconsistent(format!("a stored course id: {e}")))?;
+                let decided = verdicts.remove(course.as_str()).unwrap_or_default();
+                let snapshot = snapshot_from_row(&course, row, decided)?;
+                Ok((course, snapshot))
             })
-            .collect::<Result<_>>()?;
-        let entrants = entrant_students
-            .into_iter()
-            .zip(entrant_requests)
-            .map(|(student, request)| {
-                let student = StudentId::parse(student).map_err(|e| corrupt(course, &e))?;
-                let request = RequestId::parse(request).map_err(|e| corrupt(course, &e))?;
-                Ok((student, request))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Some(CourseSnapshot {
-            settings,
-            enrolled: parse_students(students)?,
-            waitlist: parse_students(waiting)?,
-            decided,
-            entrants,
-            drawn: row
-                .try_get::<Option<DateTime<Utc>>, _>("drawn_at")?
-                .is_some(),
-            draw_announced: row.try_get("draw_announced")?,
-        }))
+            .collect()
     }
+}
+
+/// A course's snapshot from its row of [`courses_with_people`] and its kept verdicts.
+fn snapshot_from_row(
+    course: &CourseId,
+    row: &sqlx::postgres::PgRow,
+    decided: Vec<(RequestId, Verdict)>,
+) -> Result<CourseSnapshot> {
+    let parse_students = |ids: Vec<String>| -> Result<Vec<StudentId>> {
+        ids.into_iter()
+            .map(|s| StudentId::parse(s).map_err(|e| corrupt(course, &e)))
+            .collect()
+    };
+    let entrant_students: Vec<String> = row.try_get("entrant_students")?;
+    let entrant_requests: Vec<String> = row.try_get("entrant_requests")?;
+    let entrants = entrant_students
+        .into_iter()
+        .zip(entrant_requests)
+        .map(|(student, request)| {
+            let student = StudentId::parse(student).map_err(|e| corrupt(course, &e))?;
+            let request = RequestId::parse(request).map_err(|e| corrupt(course, &e))?;
+            Ok((student, request))
+        })
+        .collect::<Result<_>>()?;
+    Ok(CourseSnapshot {
+        settings: settings_from_row(row)?,
+        enrolled: parse_students(row.try_get("seated")?)?,
+        waitlist: parse_students(row.try_get("waiting")?)?,
+        decided,
+        entrants,
+        drawn: row
+            .try_get::<Option<DateTime<Utc>>, _>("drawn_at")?
+            .is_some(),
+        draw_announced: row.try_get("draw_announced")?,
+    })
 }
 
 /// The columns of the `answers` view a verdict is read from.
@@ -440,6 +472,10 @@ pub(super) fn verdict_from_row(row: &sqlx::postgres::PgRow) -> Result<Verdict> {
 }
 
 fn corrupt(course: &CourseId, e: &dyn std::fmt::Display) -> StoreError {
+    corrupt_in(course.as_str(), e)
+}
+
+fn corrupt_in(course: &str, e: &dyn std::fmt::Display) -> StoreError {
     StoreError::Inconsistent(format!("course {course} holds an invalid id: {e}"))
 }
 

@@ -181,6 +181,7 @@ impl Session {
             Catalog::new(store.clone(), config.catalog_refresh),
             Arc::new(ActorContext {
                 store: store.clone(),
+                loads: crate::course::Loads::start(store.clone()),
                 outbox: self.outbox.clone(),
                 topology: config.topology.clone(),
                 commit: commit.clone(),
