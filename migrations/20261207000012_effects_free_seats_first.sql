@@ -2,7 +2,7 @@
 -- seats meet its effects. They were joined to the effects that survive the "already holds a
 -- seat" lookup, which the planner estimates at a row or two whatever the batch: it then
 -- compared every such effect with every locked course in a nested loop (465 effects against
--- 170 courses, 78,585 rows thrown away, 47 ms of an 85 ms commit). They are now joined to the
+-- 170 courses, 78,585 rows thrown away, 47 ms of an 85 ms statement). They are now joined to the
 -- batch's effects as they come in, whose count the planner knows, so the join is a hash.
 CREATE OR REPLACE FUNCTION apply_course_effects(p_effects course_effect[])
 RETURNS TABLE (r_ord integer, r_applied boolean, r_student text, r_request text,

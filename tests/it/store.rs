@@ -7,6 +7,7 @@ use sqlx::Connection;
 use seatrush_core::domain::Effect;
 use seatrush_core::domain::Request;
 use seatrush_core::domain::{Action, Outcome, Partition, Reason, ReplyTo, StudentId, Verdict};
+use seatrush_core::domain::{CourseId, CourseSnapshot};
 use seatrush_core::store::{KeyClaim, KeyStanding, Lease, Pending};
 
 use crate::helpers::{TestEnv, enroll, request};
@@ -38,6 +39,24 @@ fn pending_enrollment(
         ruled: false,
         skipped: Vec::new(),
     }
+}
+
+/// `pending`, asking for its final answer at `queue` under `correlation`.
+fn answering_at(pending: Pending, queue: &str, correlation: &str) -> Pending {
+    Pending {
+        reply_to: Some(ReplyTo::single(queue, Some(correlation.to_owned()))),
+        ..pending
+    }
+}
+
+/// What a load found, with its verdicts in id order: verdicts written by one transaction
+/// share their batch and instant, so the order of such ties is the database's choice.
+fn comparable(snapshot: Option<CourseSnapshot>) -> String {
+    let mut snapshot = snapshot;
+    if let Some(s) = snapshot.as_mut() {
+        s.decided.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    }
+    format!("{snapshot:?}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,9 +125,9 @@ async fn a_copy_published_again_to_another_address_is_answered_there() {
     let lease = first_lease(&env, "store-test").await;
     let request = enroll("sk-r1", &courses[0], "s1");
     let decided = Verdict::new(Outcome::Enrolled, None, 4);
-    let at = |queue: &str, correlation: &str, replay: bool, effect: Effect| Pending {
-        reply_to: Some(ReplyTo::single(queue, Some(correlation.to_owned()))),
-        ..pending_enrollment(request.clone(), decided.clone(), effect, replay, lease)
+    let at = |queue: &str, correlation: &str, replay: bool, effect: Effect| {
+        let pending = pending_enrollment(request.clone(), decided.clone(), effect, replay, lease);
+        answering_at(pending, queue, correlation)
     };
     let first = env
         .store
@@ -150,9 +169,9 @@ async fn a_second_copy_answered_from_the_stored_outcome_is_not_answered_again() 
     let lease = first_lease(&env, "store-test").await;
     let request = enroll("sd-r1", &courses[0], "s1");
     let decided = Verdict::new(Outcome::Enrolled, None, 4);
-    let at = |correlation: &str, replay: bool, effect: Effect| Pending {
-        reply_to: Some(ReplyTo::single("q", Some(correlation.to_owned()))),
-        ..pending_enrollment(request.clone(), decided.clone(), effect, replay, lease)
+    let at = |correlation: &str, replay: bool, effect: Effect| {
+        let pending = pending_enrollment(request.clone(), decided.clone(), effect, replay, lease);
+        answering_at(pending, "q", correlation)
     };
     let first = env
         .store
@@ -177,7 +196,7 @@ async fn a_second_copy_answered_from_the_stored_outcome_is_not_answered_again() 
         .await
         .expect("a redelivery before the copy's answer is recorded");
     env.store
-        .mark_answered(&[batch], &[("sd-r1", second)])
+        .mark_answered(&[batch], &[("sd-r1".to_owned(), second)])
         .await
         .expect("mark answered");
 
@@ -208,29 +227,23 @@ async fn a_second_copy_answered_from_the_stored_outcome_is_not_answered_again() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn courses_loaded_together_are_what_each_loads_alone() {
-    // Arrange: two courses with seats taken and verdicts stored, one untouched, and an id
-    // that names no course.
+    // Arrange: s1 and s2 take the two seats of each of two courses and s3 is refused, a third
+    // course untouched, and an id that names no course.
     let env = TestEnv::new().await;
     let courses = env.add_courses("sl", 3, 2).await;
     let lease = first_lease(&env, "store-test").await;
+    let asks = [
+        ("s1", Outcome::Enrolled, None, Effect::Enroll, 1),
+        ("s2", Outcome::Enrolled, None, Effect::Enroll, 0),
+        ("s3", Outcome::Rejected, Some(Reason::Full), Effect::None, 0),
+    ];
     let mut items = Vec::new();
-    for (i, student) in ["s1", "s2", "s3"].iter().enumerate() {
+    for (i, (student, outcome, reason, effect, left)) in asks.into_iter().enumerate() {
         for course in &courses[..2] {
-            let id = format!("sl-r{i}-{course}");
-            let outcome = if i < 2 {
-                Outcome::Enrolled
-            } else {
-                Outcome::Rejected
-            };
-            let (reason, effect) = if i < 2 {
-                (None, Effect::Enroll)
-            } else {
-                (Some(Reason::Full), Effect::None)
-            };
             items.push(pending_enrollment(
-                enroll(&id, course, student),
-                Verdict::new(outcome, reason, u32::try_from(1 - i.min(1)).unwrap_or(0)),
-                effect,
+                enroll(&format!("sl-r{i}-{course}"), course, student),
+                Verdict::new(outcome, reason, left),
+                effect.clone(),
                 false,
                 lease,
             ));
@@ -238,7 +251,7 @@ async fn courses_loaded_together_are_what_each_loads_alone() {
     }
     let refs: Vec<&Pending> = items.iter().collect();
     env.store.commit("store-test", &refs).await.expect("commit");
-    let missing = seatrush_core::domain::CourseId::parse("sl-nowhere").expect("id");
+    let missing = CourseId::parse("sl-nowhere").expect("id");
     let mut asked = courses.clone();
     asked.push(missing.clone());
 
@@ -249,17 +262,84 @@ async fn courses_loaded_together_are_what_each_loads_alone() {
         alone.push(env.store.load_course(course).await.expect("load alone"));
     }
 
-    // Assert: the same snapshot either way; the missing course is absent.
+    // Assert: each course holds its own seats and verdicts, the same either way; the missing
+    // course is absent.
     for (course, one) in asked.iter().zip(&alone) {
         assert_eq!(
-            format!("{:?}", together.get(course)),
-            format!("{one:?}"),
+            comparable(together.get(course).cloned()),
+            comparable(one.clone()),
             "course {course}"
         );
     }
     assert!(alone[3].is_none() && !together.contains_key(&missing));
+    for course in &courses[..2] {
+        let loaded = together.get(course).expect("a course with seats");
+        let mut seated: Vec<&str> = loaded.enrolled.iter().map(StudentId::as_str).collect();
+        seated.sort_unstable();
+        let mut ids: Vec<String> = loaded
+            .decided
+            .iter()
+            .map(|(id, _)| id.to_string())
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(seated, ["s1", "s2"], "course {course}");
+        assert_eq!(
+            ids,
+            (0..3)
+                .map(|i| format!("sl-r{i}-{course}"))
+                .collect::<Vec<_>>()
+        );
+    }
+    let untouched = together.get(&courses[2]).expect("the untouched course");
+    assert!(untouched.enrolled.is_empty() && untouched.decided.is_empty());
     let first = together.get(&courses[0]).expect("the first course");
     assert_eq!((first.enrolled.len(), first.decided.len()), (2, 3));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loader_answers_every_load_asked_together_or_twice() {
+    // Arrange: a course with a seat taken, one untouched, an id that names no course; loads
+    // asked at once, two of them twice.
+    let env = TestEnv::new().await;
+    let courses = env.add_courses("sq", 2, 2).await;
+    let lease = first_lease(&env, "store-test").await;
+    let seat = pending_enrollment(
+        enroll("sq-r1", &courses[0], "s1"),
+        Verdict::new(Outcome::Enrolled, None, 1),
+        Effect::Enroll,
+        false,
+        lease,
+    );
+    env.store
+        .commit("store-test", &[&seat])
+        .await
+        .expect("commit");
+    let missing = CourseId::parse("sq-nowhere").expect("id");
+    let asked = [
+        courses[0].clone(),
+        courses[1].clone(),
+        courses[0].clone(),
+        missing.clone(),
+        missing,
+    ];
+    let loads = seatrush_core::course::Loads::start(env.store.clone());
+
+    // Act
+    let answers = futures::future::join_all(asked.iter().map(|c| loads.load(c))).await;
+
+    // Assert: every asker gets what a load of its course alone finds.
+    for (course, answer) in asked.iter().zip(answers) {
+        let alone = env.store.load_course(course).await.expect("load alone");
+        let answer = answer.expect("loaded");
+        assert_eq!(comparable(answer), comparable(alone), "course {course}");
+    }
+    let first = loads
+        .load(&courses[0])
+        .await
+        .expect("loaded")
+        .expect("a course");
+    assert_eq!(first.enrolled.len(), 1);
     env.cleanup().await;
 }
 

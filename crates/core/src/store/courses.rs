@@ -151,13 +151,13 @@ async fn courses_with_people(
                        WHERE e.course_id = courses.course_id) AS seated, \
                 ARRAY(SELECT w.student_id FROM waitlist w \
                        WHERE w.course_id = courses.course_id ORDER BY w.position) AS waiting, \
-                ARRAY(SELECT d.student_id FROM draw_entries d \
-                       WHERE d.course_id = courses.course_id AND d.outcome IS NULL \
-                       ORDER BY d.request_id) AS entrant_students, \
-                ARRAY(SELECT d.request_id FROM draw_entries d \
-                       WHERE d.course_id = courses.course_id AND d.outcome IS NULL \
-                       ORDER BY d.request_id) AS entrant_requests \
-           FROM courses WHERE course_id = ANY($1)"
+                entrants.students AS entrant_students, entrants.requests AS entrant_requests \
+           FROM courses CROSS JOIN LATERAL ( \
+                SELECT coalesce(array_agg(d.student_id ORDER BY d.request_id), '{{}}') AS students, \
+                       coalesce(array_agg(d.request_id ORDER BY d.request_id), '{{}}') AS requests \
+                  FROM draw_entries d \
+                 WHERE d.course_id = courses.course_id AND d.outcome IS NULL) entrants \
+          WHERE course_id = ANY($1)"
     );
     Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(courses)
@@ -382,7 +382,7 @@ impl Store {
         for row in &decided {
             let course: String = row.try_get("course_id")?;
             let id = RequestId::parse(row.try_get::<String, _>("request_id")?)
-                .map_err(|e| corrupt_in(&course, &e))?;
+                .map_err(|e| corrupt(&course, &e))?;
             verdicts
                 .entry(course)
                 .or_default()
@@ -471,11 +471,7 @@ pub(super) fn verdict_from_row(row: &sqlx::postgres::PgRow) -> Result<Verdict> {
     })
 }
 
-fn corrupt(course: &CourseId, e: &dyn std::fmt::Display) -> StoreError {
-    corrupt_in(course.as_str(), e)
-}
-
-fn corrupt_in(course: &str, e: &dyn std::fmt::Display) -> StoreError {
+fn corrupt(course: &dyn std::fmt::Display, e: &dyn std::fmt::Display) -> StoreError {
     StoreError::Inconsistent(format!("course {course} holds an invalid id: {e}"))
 }
 

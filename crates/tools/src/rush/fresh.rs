@@ -21,13 +21,14 @@ where
     Fut: Future<Output = anyhow::Result<T>>,
 {
     let name = format!("{}_{suffix}", config.tag.replace('-', "_")).to_lowercase();
-    let admin_url = config.services.database_url.clone();
     let mut config = config.clone();
-    config.services.database_url = create_database(&admin_url, &name).await?;
     config.tag = format!("{}-{suffix}", config.tag);
-    let ran = run(config).await;
-    drop_database(&admin_url, &name).await?;
-    ran
+    let admin_url = config.services.database_url.clone();
+    in_database(&admin_url, &name, |url| {
+        config.services.database_url = url;
+        run(config)
+    })
+    .await
 }
 
 /// Runs `run` on services of its own: a database and a broker topology named `name` beside
@@ -42,17 +43,31 @@ where
     F: FnOnce(Services) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let own = Services {
-        amqp_url: services.amqp_url.clone(),
-        database_url: create_database(&services.database_url, name).await?,
-        topology: Topology::new(name, services.topology.partitions),
-    };
-    let ran = run(own.clone()).await;
-    let removed = remove_topology(&own).await;
-    drop_database(&services.database_url, name).await?;
-    let report = ran?;
-    removed?;
-    Ok(report)
+    in_database(&services.database_url, name, |database_url| async move {
+        let own = Services {
+            amqp_url: services.amqp_url.clone(),
+            database_url,
+            topology: Topology::new(name, services.topology.partitions),
+        };
+        let ran = run(own.clone()).await;
+        let removed = remove_topology(&own).await;
+        let report = ran?;
+        removed?;
+        Ok(report)
+    })
+    .await
+}
+
+/// Runs `run` on the database `name`, created on the server `admin_url` names and given to it
+/// by URL, then drops the database, whatever `run` returned.
+async fn in_database<T, F, Fut>(admin_url: &str, name: &str, run: F) -> anyhow::Result<T>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let ran = run(create_database(admin_url, name).await?).await;
+    drop_database(admin_url, name).await?;
+    ran
 }
 
 async fn remove_topology(services: &Services) -> anyhow::Result<()> {

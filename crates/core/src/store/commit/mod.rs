@@ -156,7 +156,7 @@ impl Store {
     /// worker also dies before its acks (a redelivered request is then answered twice, as when
     /// the record cannot be written at all). Waiting for the flush cost one more disk sync per
     /// batch, shared with the broker's own.
-    pub async fn mark_answered(&self, batch_ids: &[i64], copies: &[(&str, i64)]) -> Result<()> {
+    pub async fn mark_answered(&self, batch_ids: &[i64], copies: &[(String, i64)]) -> Result<()> {
         let mut tx = self.commits.begin().await?;
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
@@ -168,7 +168,8 @@ impl Store {
                 .await?;
         }
         if !copies.is_empty() {
-            let (ids, keys): (Vec<&str>, Vec<i64>) = copies.iter().copied().unzip();
+            let (ids, keys): (Vec<&str>, Vec<i64>) =
+                copies.iter().map(|(id, key)| (id.as_str(), *key)).unzip();
             sqlx::query(
                 "INSERT INTO answered_copies (request_id, reply_key) \
                  SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",

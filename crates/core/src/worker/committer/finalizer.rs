@@ -87,12 +87,10 @@ async fn finalize_batch(
     crate::failpoint::crash_point(crate::failpoint::AFTER_PUBLISH);
     // Only a hint for redeliveries: if it cannot be written, a redelivered request is
     // answered twice, which is better than not acking what is committed and answered.
-    let copies: Vec<(&str, i64)> = answered_copies
-        .iter()
-        .map(|(id, key)| (id.as_str(), *key))
-        .collect();
-    if !(answered_batches.is_empty() && copies.is_empty())
-        && let Err(e) = store.mark_answered(&answered_batches, &copies).await
+    if !(answered_batches.is_empty() && answered_copies.is_empty())
+        && let Err(e) = store
+            .mark_answered(&answered_batches, &answered_copies)
+            .await
     {
         tracing::warn!(error = %crate::telemetry::chain(&e), "could not record final answers as sent");
     }
