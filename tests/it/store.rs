@@ -496,6 +496,41 @@ async fn the_audit_finds_a_broken_waitlist() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_id_column_compares_as_bytes() {
+    // Arrange: the migrated schema.
+    let env = TestEnv::new().await;
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("connect");
+
+    // Act: the text columns of the tables that hold ids (a request's, a course's, a
+    // student's, a worker's) and are not in the "C" collation.
+    let linguistic: Vec<String> = sqlx::query_scalar(
+        "SELECT c.table_name || '.' || c.column_name \
+         FROM information_schema.columns c \
+         JOIN information_schema.tables t USING (table_schema, table_name) \
+         WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' \
+           AND c.data_type = 'text' \
+           AND (c.column_name LIKE '%\\_id' OR c.column_name IN ('owner', 'released_by')) \
+           AND c.column_name <> 'correlation_id' \
+           AND c.collation_name IS DISTINCT FROM 'C' \
+         ORDER BY 1",
+    )
+    .fetch_all(&mut db)
+    .await
+    .expect("the id columns");
+
+    // Assert: none; an id column in another collation would also keep joins with the others
+    // off their indexes.
+    assert!(
+        linguistic.is_empty(),
+        "id columns not in the \"C\" collation: {linguistic:?}"
+    );
+    db.close().await.expect("close");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_course_with_students_in_its_seats_cannot_go_and_a_seat_without_a_course_is_found() {
     // Arrange: one course with a student in a seat, one without.
     let env = TestEnv::new().await;

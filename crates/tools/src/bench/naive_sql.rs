@@ -40,10 +40,12 @@ impl Naive {
         for statement in [
             "DROP SCHEMA IF EXISTS bench_naive CASCADE",
             "CREATE SCHEMA bench_naive",
-            "CREATE TABLE bench_naive.courses (course_id text PRIMARY KEY, \
+            // Ids compare as bytes, as in seatrush's own tables: the comparison is one of
+            // designs, not of collations.
+            "CREATE TABLE bench_naive.courses (course_id text COLLATE \"C\" PRIMARY KEY, \
              capacity integer NOT NULL, enrolled integer NOT NULL DEFAULT 0)",
-            "CREATE TABLE bench_naive.enrollments (course_id text NOT NULL, \
-             student_id text NOT NULL, PRIMARY KEY (course_id, student_id))",
+            "CREATE TABLE bench_naive.enrollments (course_id text COLLATE \"C\" NOT NULL, \
+             student_id text COLLATE \"C\" NOT NULL, PRIMARY KEY (course_id, student_id))",
         ] {
             sqlx::query(statement).execute(&mut *tx).await?;
         }

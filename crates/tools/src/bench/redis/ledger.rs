@@ -55,13 +55,14 @@ impl Ledger {
         for statement in [
             "DROP SCHEMA IF EXISTS bench_redis CASCADE",
             "CREATE SCHEMA bench_redis",
-            "CREATE TABLE bench_redis.courses (course_id text PRIMARY KEY, \
+            // Ids compare as bytes, as in seatrush's own tables.
+            "CREATE TABLE bench_redis.courses (course_id text COLLATE \"C\" PRIMARY KEY, \
              capacity integer NOT NULL)",
-            "CREATE TABLE bench_redis.decisions (request_id text PRIMARY KEY, \
-             course_id text NOT NULL, student_id text NOT NULL, outcome text NOT NULL, \
-             stream_id text NOT NULL)",
-            "CREATE TABLE bench_redis.enrollments (course_id text NOT NULL, \
-             student_id text NOT NULL, request_id text NOT NULL, \
+            "CREATE TABLE bench_redis.decisions (request_id text COLLATE \"C\" PRIMARY KEY, \
+             course_id text COLLATE \"C\" NOT NULL, student_id text COLLATE \"C\" NOT NULL, \
+             outcome text NOT NULL, stream_id text NOT NULL)",
+            "CREATE TABLE bench_redis.enrollments (course_id text COLLATE \"C\" NOT NULL, \
+             student_id text COLLATE \"C\" NOT NULL, request_id text COLLATE \"C\" NOT NULL, \
              PRIMARY KEY (course_id, student_id))",
         ] {
             sqlx::query(statement).execute(&mut *tx).await?;
