@@ -196,8 +196,22 @@ pub struct Samples {
 }
 
 /// Runs every design on the same stream, `rounds` times alternated; writes nothing (see
-/// [`write_outputs`]).
+/// [`write_outputs`]). The run has a database and a broker topology of its own, removed after:
+/// what earlier runs left (their courses, outcomes and seats) would otherwise weigh on
+/// seatrush's rounds alone, since the peer designs make their tables afresh each round.
 pub async fn run(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples)> {
+    let tag = rush::fresh_tag("bench");
+    rush::fresh::on_own_services(&config.services, &tag, |services| async move {
+        let config = BenchConfig {
+            services,
+            ..config.clone()
+        };
+        run_rounds(&config).await
+    })
+    .await
+}
+
+async fn run_rounds(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples)> {
     let store = Store::connect(&config.services.database_url, 4)
         .await
         .context("connecting to PostgreSQL")?;
