@@ -211,15 +211,9 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples)>
     .await
 }
 
+/// The rounds, one after the other. Each of seatrush's rushes migrates the run's database and
+/// records its partitions itself (`rush::prepared_store`).
 async fn run_rounds(config: &BenchConfig) -> anyhow::Result<(BenchReport, Samples)> {
-    let store = Store::connect(&config.services.database_url, 4)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
-    store
-        .ensure_partitions(config.services.topology.partitions)
-        .await?;
-    store.close().await;
     let mut rounds = Vec::with_capacity(config.rounds);
     let mut last = None;
     for n in 1..=config.rounds.max(1) {
