@@ -35,6 +35,19 @@ pub struct Common {
         global = true
     )]
     pub partitions: u16,
+    /// Named lanes beside the default one, comma-separated (`web,batch`): each has its own
+    /// exchange (`<prefix>.lanes.<name>`) and its own queue per partition, which the
+    /// partition's owner consumes in turn with the others, so a producer that floods its lane
+    /// delays only that lane. Every worker of a deployment must name the same lanes.
+    #[arg(
+        long,
+        env = "SEATRUSH_LANES",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = lane_names,
+        global = true
+    )]
+    pub lanes: LaneNames,
     /// Log line format.
     #[arg(
         long,
@@ -44,6 +57,14 @@ pub struct Common {
         global = true
     )]
     pub log_format: LogFormat,
+}
+
+/// The named lanes given on the command line, checked.
+#[derive(Clone, Debug, Default)]
+pub struct LaneNames(pub Vec<String>);
+
+fn lane_names(list: &str) -> Result<LaneNames, String> {
+    seatrush_core::amqp::lane_list(list).map(LaneNames)
 }
 
 impl Common {
@@ -61,7 +82,11 @@ impl Common {
 
     /// The topology with the default queue limits; a worker sets its own.
     pub fn topology(&self) -> Topology {
-        Topology::new(self.prefix.clone(), self.partitions)
+        Topology {
+            // Checked when parsed.
+            lanes: self.lanes.0.clone(),
+            ..Topology::new(self.prefix.clone(), self.partitions)
+        }
     }
 
     pub async fn store(&self) -> anyhow::Result<Store> {

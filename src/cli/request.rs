@@ -28,6 +28,9 @@ pub struct RequestArgs {
     /// Ask for the answers in batches (`x-seatrush-batch`), as a web back end would.
     #[arg(long)]
     batch: bool,
+    /// Publish on this named lane (one of the workers' `--lanes`) instead of the default one.
+    #[arg(long, value_parser = seatrush_core::amqp::lane_name)]
+    lane: Option<String>,
 }
 
 #[derive(Args)]
@@ -57,7 +60,9 @@ pub async fn request(
         course_id: CourseId::parse(args.course)?,
         student_id: StudentId::parse(args.student)?,
     };
-    let client = Client::connect(&common.amqp_url()?, common.topology()).await?;
+    let client = Client::connect(&common.amqp_url()?, common.topology())
+        .await?
+        .on_lane(args.lane);
     let answers = client
         .request(&request, args.batch, Duration::from_secs(args.timeout_secs))
         .await;

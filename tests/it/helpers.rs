@@ -199,6 +199,7 @@ impl TestEnv {
             partitions,
             delivery_limit: 20,
             max_queue_length: 1_000_000,
+            lanes: Vec::new(),
         };
         store
             .ensure_partitions(topology.partitions)
@@ -551,6 +552,8 @@ pub struct Listener {
     events: Option<(seatrush_core::amqp::Deliveries, EventFilter)>,
     /// Ask for answers in batches (`x-seatrush-batch`).
     pub batch: bool,
+    /// The named lane requests are published on; `None` for the default one.
+    pub lane: Option<String>,
     /// How many messages arrived on the reply queue, and how many of them were batches.
     pub reply_messages: usize,
     pub reply_batches: usize,
@@ -588,6 +591,7 @@ impl Listener {
             replies,
             events,
             batch: false,
+            lane: None,
             reply_messages: 0,
             reply_batches: 0,
             received: Vec::new(),
@@ -611,6 +615,10 @@ impl Listener {
                 Some(&to),
                 request_body(request),
             );
+            let message = match &self.lane {
+                Some(lane) => message.on_lane(&self.topology, lane),
+                None => message,
+            };
             confirms.push(self.publisher.send(message).await.expect("publish"));
         }
         for confirm in confirms {

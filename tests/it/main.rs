@@ -21,6 +21,7 @@ mod equivalence;
 mod gateway;
 mod harness;
 mod helpers;
+mod lanes;
 mod operability;
 mod restarts;
 mod rules;

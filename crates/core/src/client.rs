@@ -25,6 +25,8 @@ pub struct Client {
     topology: Topology,
     /// The broker user this client connects as, named on course changes.
     user: Option<String>,
+    /// The named lane requests are published on; `None` for the default one.
+    lane: Option<String>,
 }
 
 impl Client {
@@ -38,7 +40,15 @@ impl Client {
             publisher,
             topology,
             user: crate::amqp::url_user(amqp_url),
+            lane: None,
         })
+    }
+
+    /// Publishes requests on the named `lane` (see [`Topology::lanes`]); `None`, the default.
+    #[must_use]
+    pub fn on_lane(mut self, lane: Option<String>) -> Self {
+        self.lane = lane;
+        self
     }
 
     /// Publishes `request` and waits up to `timeout` for its final answer; with `batch`, asks
@@ -65,6 +75,9 @@ impl Client {
         );
         if let (Action::Configure(_), Some(user)) = (&request.action, &self.user) {
             message = message.with_user_id(user);
+        }
+        if let Some(lane) = &self.lane {
+            message = message.on_lane(&self.topology, lane);
         }
         self.publisher
             .send_confirmed(message)

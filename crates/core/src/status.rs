@@ -64,12 +64,26 @@ pub async fn gather(
         .collect();
     let mut with_queues = Vec::with_capacity(partitions.len());
     for ownership in partitions {
-        let queue = topology.partition_queue(Partition(ownership.partition));
-        let depth = broker.queue_depth(&queue).await?;
+        // Over the partition's lanes: what waits in all of them, and the consumers of the
+        // least consumed (a lane nobody consumes is a partition not wholly served). Unknown if
+        // one of its queues is.
+        let mut depths = Some(Vec::new());
+        for queue in topology.partition_queues(Partition(ownership.partition)) {
+            let depth = broker.queue_depth(&queue).await?;
+            depths = depths.zip(depth).map(|(mut all, d)| {
+                all.push(d);
+                all
+            });
+            if depths.is_none() {
+                break;
+            }
+        }
         with_queues.push(PartitionStatus {
             ownership,
-            ready: depth.map(|d| d.ready),
-            consumers: depth.map(|d| d.consumers),
+            ready: depths.as_ref().map(|all| all.iter().map(|d| d.ready).sum()),
+            consumers: depths
+                .as_ref()
+                .and_then(|all| all.iter().map(|d| d.consumers).min()),
         });
     }
     let dead_letters = broker

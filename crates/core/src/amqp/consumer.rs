@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures::StreamExt;
 use lapin::options::{
@@ -326,10 +327,21 @@ impl Deliveries {
 
     /// The next delivery; `None` once the consumer was cancelled or the channel closed.
     pub async fn next(&mut self) -> Option<Result<Incoming>> {
-        let delivery = match self.consumer.next().await? {
-            Ok(delivery) => delivery,
-            Err(e) => return Some(Err(AmqpError::Broker(e))),
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`Self::next`] as a poll, so several consumers can be polled in turn without a future
+    /// (and an allocation) per delivery.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Incoming>>> {
+        let delivery = match std::task::ready!(self.consumer.poll_next_unpin(cx)) {
+            None => return Poll::Ready(None),
+            Some(Ok(delivery)) => delivery,
+            Some(Err(e)) => return Poll::Ready(Some(Err(AmqpError::Broker(e)))),
         };
+        Poll::Ready(Some(self.incoming(delivery)))
+    }
+
+    fn incoming(&self, delivery: lapin::message::Delivery) -> Result<Incoming> {
         let props = &delivery.properties;
         let text =
             |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
@@ -345,7 +357,7 @@ impl Deliveries {
                     .collect()
             })
             .unwrap_or_default();
-        Some(Ok(Incoming {
+        Ok(Incoming {
             message_id: text(props.message_id()),
             reply_to: text(props.reply_to()),
             correlation_id: text(props.correlation_id()),
@@ -360,7 +372,7 @@ impl Deliveries {
                     .clone()
                     .map(|settler| (delivery.acker, delivery.delivery_tag, settler)),
             },
-        }))
+        })
     }
 
     /// Closes the channel: deliveries not acked return to the queue.
@@ -380,6 +392,77 @@ impl Deliveries {
         {
             tracing::debug!(error = %crate::telemetry::chain(&e), "consumer cancel failed");
         }
+    }
+}
+
+/// The consumers of one partition's queues, one per lane, taken in turn: a lane with a backlog
+/// yields one delivery, then each other lane with one ready gets its turn, so a producer that
+/// floods its lane does not hold back the requests of the others.
+pub struct Lanes {
+    lanes: Vec<(String, Deliveries)>,
+    /// The lane polled first next time.
+    turn: usize,
+}
+
+impl Lanes {
+    /// Consumes each of `queues`, each on a channel of its own; the tag of the consumer of the
+    /// n-th is `tag` with `.n` appended past the first. Fails, closing what it opened, if any
+    /// consumer cannot start.
+    pub async fn start(
+        broker: &super::Broker,
+        queues: &[String],
+        tag: &str,
+        prefetch: u16,
+    ) -> std::result::Result<Self, (String, AmqpError)> {
+        let mut lanes = Vec::with_capacity(queues.len());
+        for (n, queue) in queues.iter().enumerate() {
+            let tag = if n == 0 {
+                tag.to_owned()
+            } else {
+                format!("{tag}.{n}")
+            };
+            match broker.consume(queue, &tag, prefetch).await {
+                Ok(deliveries) => lanes.push((queue.clone(), deliveries)),
+                Err(e) => {
+                    Self { lanes, turn: 0 }.close().await;
+                    return Err((queue.clone(), e));
+                }
+            }
+        }
+        Ok(Self { lanes, turn: 0 })
+    }
+
+    /// The next delivery of whichever lane has one, each in turn, with the lane it came from
+    /// (see [`Self::queue`]); `None` as the item once that lane's consumer was cancelled or
+    /// its channel closed.
+    pub async fn next(&mut self) -> (usize, Option<Result<Incoming>>) {
+        let count = self.lanes.len();
+        std::future::poll_fn(|cx| {
+            for k in 0..count {
+                let lane = (self.turn + k) % count;
+                if let Poll::Ready(item) = self.lanes[lane].1.poll_next(cx) {
+                    self.turn = (lane + 1) % count;
+                    return Poll::Ready((lane, item));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The queue of a lane that [`Self::next`] named.
+    pub fn queue(&self, lane: usize) -> &str {
+        self.lanes.get(lane).map_or("", |(queue, _)| queue.as_str())
+    }
+
+    /// Stops the flow of every lane (see [`Deliveries::cancel`]).
+    pub async fn cancel(&self) {
+        futures::future::join_all(self.lanes.iter().map(|(_, d)| d.cancel())).await;
+    }
+
+    /// Closes every lane's channel: deliveries not acked return to their queues.
+    pub async fn close(self) {
+        futures::future::join_all(self.lanes.into_iter().map(|(_, d)| d.close())).await;
     }
 }
 

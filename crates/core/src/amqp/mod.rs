@@ -13,12 +13,12 @@ mod topology;
 
 use lapin::{Connection, ConnectionProperties};
 
-pub use consumer::{AckHandle, Deliveries, Incoming};
+pub use consumer::{AckHandle, Deliveries, Incoming, Lanes};
 pub use dead::DeadLetter;
 pub use nodes::node_urls;
 pub use outbox::{Outbox, Posted};
 pub use publisher::{Batch, DeadCopy, Kind, Outgoing, PendingConfirm, Publisher, ReplyTo};
-pub use topology::Topology;
+pub use topology::{MAX_LANES, Topology, lane_list, lane_name};
 
 /// Errors at the broker's edge.
 #[derive(Debug, thiserror::Error)]

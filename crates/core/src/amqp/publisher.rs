@@ -201,6 +201,14 @@ impl Outgoing {
         }
     }
 
+    /// The same request on a named lane of `topology` (see [`Topology::lanes`]): published to
+    /// that lane's exchange instead of the default one.
+    #[must_use]
+    pub fn on_lane(mut self, topology: &Topology, lane: &str) -> Self {
+        self.exchange = topology.lane_exchange(Some(lane));
+        self
+    }
+
     /// A raw message to the request exchange, for tests and tools that must send malformed
     /// input exactly as a broken producer would.
     pub fn raw_request(

@@ -16,6 +16,58 @@ pub struct Topology {
     pub delivery_limit: u32,
     /// Messages a partition queue holds before it refuses publishes (producers get a nack).
     pub max_queue_length: u32,
+    /// Named lanes beside the default one: each has its own exchange and its own queue per
+    /// partition, so that a producer that floods its lane delays only the requests queued
+    /// behind it there. The worker that owns a partition consumes every lane's queue of it.
+    pub lanes: Vec<String>,
+}
+
+/// Most named lanes a topology takes: each adds a queue per partition.
+pub const MAX_LANES: usize = 8;
+/// Longest lane name.
+pub const MAX_LANE_LEN: usize = 32;
+
+/// Checks a lane name: 1 to 32 of `a-z`, `0-9`, `-` and `_`, starting with a letter or digit.
+pub fn lane_name(name: &str) -> Result<String, String> {
+    let well_formed = name.len() <= MAX_LANE_LEN
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if well_formed {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "lane {name:?}: 1 to {MAX_LANE_LEN} characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        ))
+    }
+}
+
+/// The named lanes of a comma-separated list (`"web,batch"`; blanks around names and empty
+/// entries ignored): each must pass [`lane_name`], a repeated name counts once, at most
+/// [`MAX_LANES`].
+pub fn lane_list(list: &str) -> Result<Vec<String>, String> {
+    checked_lanes(list.split(',').map(str::trim).filter(|n| !n.is_empty()))
+}
+
+fn checked_lanes<'a>(names: impl Iterator<Item = &'a str>) -> Result<Vec<String>, String> {
+    let mut kept: Vec<String> = Vec::new();
+    for name in names {
+        let lane = lane_name(name)?;
+        if !kept.contains(&lane) {
+            kept.push(lane);
+        }
+    }
+    if kept.len() > MAX_LANES {
+        return Err(format!(
+            "{} lanes: at most {MAX_LANES} beside the default one",
+            kept.len()
+        ));
+    }
+    Ok(kept)
 }
 
 impl Topology {
@@ -32,7 +84,43 @@ impl Topology {
             partitions,
             delivery_limit: Self::DEFAULT_DELIVERY_LIMIT,
             max_queue_length: Self::DEFAULT_MAX_QUEUE_LENGTH,
+            lanes: Vec::new(),
         }
+    }
+
+    /// The same layout with these named lanes beside the default one (see [`lane_list`]).
+    pub fn with_lanes(mut self, lanes: &[String]) -> Result<Self, String> {
+        self.lanes = checked_lanes(lanes.iter().map(String::as_str))?;
+        Ok(self)
+    }
+
+    /// Every lane, the default one (`None`) first.
+    pub fn every_lane(&self) -> impl Iterator<Item = Option<&str>> {
+        std::iter::once(None).chain(self.lanes.iter().map(|l| Some(l.as_str())))
+    }
+
+    /// The exchange the producers of `lane` publish to; the default lane's is
+    /// [`Self::requests_exchange`].
+    pub fn lane_exchange(&self, lane: Option<&str>) -> String {
+        match lane {
+            None => self.requests_exchange(),
+            Some(lane) => format!("{}.lanes.{lane}", self.prefix),
+        }
+    }
+
+    /// The queue of `partition` in `lane`; the default lane's is [`Self::partition_queue`].
+    pub fn lane_queue(&self, lane: Option<&str>, partition: Partition) -> String {
+        match lane {
+            None => self.partition_queue(partition),
+            Some(lane) => format!("{}.lanes.{lane}.{}", self.prefix, partition.0),
+        }
+    }
+
+    /// Every queue of `partition`, the default lane's first.
+    pub fn partition_queues(&self, partition: Partition) -> Vec<String> {
+        self.every_lane()
+            .map(|lane| self.lane_queue(lane, partition))
+            .collect()
     }
 
     /// The consistent-hash exchange producers publish requests to.
@@ -77,14 +165,16 @@ impl Topology {
             durable: true,
             ..ExchangeDeclareOptions::default()
         };
-        channel
-            .exchange_declare(
-                self.requests_exchange().into(),
-                ExchangeKind::Custom("x-consistent-hash".into()),
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
+        for lane in self.every_lane() {
+            channel
+                .exchange_declare(
+                    self.lane_exchange(lane).into(),
+                    ExchangeKind::Custom("x-consistent-hash".into()),
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         channel
             .exchange_declare(
                 self.events_exchange().into(),
@@ -121,22 +211,25 @@ impl Topology {
             )
             .await?;
 
-        for p in 0..self.partitions {
-            let queue = self.partition_queue(Partition(p));
-            channel
-                .queue_declare(queue.clone().into(), queue_options, self.partition_args())
-                .await?;
-            // With the consistent-hash exchange the binding key is the weight: every partition
-            // gets an equal share of the hash ring.
-            channel
-                .queue_bind(
-                    queue.into(),
-                    self.requests_exchange().into(),
-                    "1".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+        for lane in self.every_lane() {
+            for p in 0..self.partitions {
+                let queue = self.lane_queue(lane, Partition(p));
+                channel
+                    .queue_declare(queue.clone().into(), queue_options, self.partition_args())
+                    .await?;
+                // With the consistent-hash exchange the binding key is the weight: every
+                // partition gets an equal share of the hash ring, and the same course hashes
+                // to the same partition in every lane.
+                channel
+                    .queue_bind(
+                        queue.into(),
+                        self.lane_exchange(lane).into(),
+                        "1".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -189,12 +282,11 @@ impl Topology {
     pub(super) async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
         use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
         for p in 0..self.partitions {
-            channel
-                .queue_delete(
-                    self.partition_queue(Partition(p)).into(),
-                    QueueDeleteOptions::default(),
-                )
-                .await?;
+            for queue in self.partition_queues(Partition(p)) {
+                channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await?;
+            }
         }
         // Deleting a queue that does not exist succeeds, so the gateways' queue goes too.
         for queue in [self.dead_queue(), self.gateway_events_queue()] {
@@ -202,11 +294,8 @@ impl Topology {
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;
         }
-        for exchange in [
-            self.requests_exchange(),
-            self.events_exchange(),
-            self.dead_exchange(),
-        ] {
+        let lanes = self.every_lane().map(|lane| self.lane_exchange(lane));
+        for exchange in lanes.chain([self.events_exchange(), self.dead_exchange()]) {
             channel
                 .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
                 .await?;
@@ -236,4 +325,69 @@ impl Topology {
 
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_LANE_LEN, MAX_LANES, Topology, lane_list, lane_name};
+    use crate::domain::Partition;
+
+    #[test]
+    fn a_lane_name_is_short_lowercase_and_safe_in_a_queue_name() {
+        for good in [
+            "web",
+            "batch-import",
+            "a",
+            "2nd_office",
+            &"x".repeat(MAX_LANE_LEN),
+        ] {
+            assert_eq!(lane_name(good).as_deref(), Ok(good));
+        }
+        let too_long = "x".repeat(MAX_LANE_LEN + 1);
+        for bad in [
+            "",
+            "Web",
+            "-web",
+            "_x",
+            "a.b",
+            "a b",
+            "é",
+            "a*",
+            too_long.as_str(),
+        ] {
+            assert!(lane_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_lane_list_ignores_blanks_and_repeats_and_is_bounded() {
+        assert_eq!(lane_list(""), Ok(Vec::new()));
+        assert_eq!(
+            lane_list(" web, batch,,web "),
+            Ok(vec!["web".to_owned(), "batch".to_owned()])
+        );
+        assert!(lane_list("web,Batch").is_err());
+        let most: Vec<String> = (0..MAX_LANES).map(|i| format!("l{i}")).collect();
+        assert_eq!(lane_list(&most.join(",")), Ok(most.clone()));
+        assert!(lane_list(&format!("{},extra", most.join(","))).is_err());
+    }
+
+    #[test]
+    fn every_lane_has_its_own_exchange_and_queues_the_default_first() {
+        let lanes = ["web".to_owned(), "batch".to_owned()];
+        let topology = Topology::new("t", 3)
+            .with_lanes(&lanes)
+            .expect("valid lanes");
+        assert_eq!(
+            topology.every_lane().collect::<Vec<_>>(),
+            [None, Some("web"), Some("batch")]
+        );
+        assert_eq!(topology.lane_exchange(None), topology.requests_exchange());
+        assert_eq!(topology.lane_exchange(Some("web")), "t.lanes.web");
+        assert_eq!(
+            topology.partition_queues(Partition(2)),
+            ["t.requests.2", "t.lanes.web.2", "t.lanes.batch.2"]
+        );
+        assert!(Topology::new("t", 3).with_lanes(&["B".into()]).is_err());
+    }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::fault::Fault;
 use super::judge::Judge;
 use super::registry_watch::RegistryWatch;
-use crate::amqp::{Broker, DeadCopy, Deliveries, Incoming, Outbox, Outgoing, ReplyTo, Topology};
+use crate::amqp::{Broker, DeadCopy, Incoming, Lanes, Outbox, Outgoing, ReplyTo, Topology};
 use crate::course::Registry;
 use crate::domain::{Action, Reason, Request, Ruling};
 use crate::pipeline::{CommitQueue, Envelope, InFlight, InFlightGuard};
@@ -69,21 +69,22 @@ const JUDGED_AT_ONCE: usize = 256;
 const SETTLING_AT_ONCE: usize = 128;
 
 impl Intake {
-    /// Consumes the partition held by `lease` until `stop`, counting each delivery in
-    /// `in_flight` until it is settled. Deliveries are handled one at a time, which keeps each
-    /// course's requests in arrival order. Returns the cancelled consumer, whose channel must
-    /// stay open until what it delivered is settled.
+    /// Consumes the partition held by `lease`, every lane's queue of it, until `stop`,
+    /// counting each delivery in `in_flight` until it is settled. Deliveries are handled one at
+    /// a time, which keeps each course's requests in arrival order within a lane; the lanes
+    /// take turns. Returns the cancelled consumers, whose channels must stay open until what
+    /// they delivered is settled.
     pub(super) async fn consume(
         self,
         lease: Lease,
         stop: CancellationToken,
         in_flight: InFlight,
-    ) -> Option<Deliveries> {
-        let queue = self.topology.partition_queue(lease.partition);
+    ) -> Option<Lanes> {
+        let queues = self.topology.partition_queues(lease.partition);
         let tag = format!("p{}-e{}", lease.partition, lease.epoch);
-        let mut deliveries = match self.broker.consume(&queue, &tag, self.prefetch).await {
+        let mut deliveries = match Lanes::start(&self.broker, &queues, &tag, self.prefetch).await {
             Ok(deliveries) => deliveries,
-            Err(e) => {
+            Err((queue, e)) => {
                 self.fault
                     .raise(anyhow::Error::new(e).context(format!("consuming {queue}")));
                 return None;
@@ -100,6 +101,7 @@ impl Intake {
                 Some(()) = settling.next(), if !settling.is_empty() => continue,
                 next = deliveries.next(), if settling.len() < SETTLING_AT_ONCE => next,
             };
+            let (lane, next) = next;
             match next {
                 Some(Ok(incoming)) => {
                     let guard = in_flight.enter();
@@ -110,12 +112,12 @@ impl Intake {
                         let mut batch = vec![(incoming, guard)];
                         while batch.len() < JUDGED_AT_ONCE {
                             match deliveries.next().now_or_never() {
-                                Some(Some(Ok(more))) => batch.push((more, in_flight.enter())),
-                                Some(Some(Err(e))) => {
-                                    failed = Some(e);
+                                Some((_, Some(Ok(more)))) => batch.push((more, in_flight.enter())),
+                                Some((lane, Some(Err(e)))) => {
+                                    failed = Some((lane, e));
                                     break;
                                 }
-                                Some(None) | None => break,
+                                Some((_, None)) | None => break,
                             }
                         }
                         Taken::Judged(batch)
@@ -136,19 +138,22 @@ impl Intake {
                         _ = self.halt.cancelled() => break,
                     }
                     settling.extend(rejected);
-                    if let Some(e) = failed {
+                    if let Some((lane, e)) = failed {
+                        let queue = deliveries.queue(lane);
                         self.fault
                             .raise(anyhow::Error::new(e).context(format!("consuming {queue}")));
                         break;
                     }
                 }
                 Some(Err(e)) => {
+                    let queue = deliveries.queue(lane);
                     self.fault
                         .raise(anyhow::Error::new(e).context(format!("consuming {queue}")));
                     break;
                 }
                 None => {
                     if !stop.is_cancelled() {
+                        let queue = deliveries.queue(lane);
                         self.fault
                             .raise(anyhow!("the broker cancelled the consumer of {queue}"));
                     }

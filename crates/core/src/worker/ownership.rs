@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::intake::Intake;
 use super::shutdown::{CLOSE_HALTED_WITHIN, STORE_CALL_WITHIN, until_halted};
-use crate::amqp::Deliveries;
+use crate::amqp::Lanes;
 use crate::course::Registry;
 use crate::domain::Partition;
 use crate::pipeline::InFlight;
@@ -51,7 +51,7 @@ pub(super) struct Ownership {
 struct Held {
     lease: Lease,
     stop: CancellationToken,
-    consumer: JoinHandle<Option<Deliveries>>,
+    consumer: JoinHandle<Option<Lanes>>,
     in_flight: InFlight,
 }
 
@@ -61,7 +61,7 @@ struct Held {
 #[derive(Default)]
 pub(super) struct Stopped {
     pub partitions: Vec<Partition>,
-    pub channels: Vec<Deliveries>,
+    pub channels: Vec<Lanes>,
     /// Handed over but not released (the database did not answer): they lapse with their lease.
     pub unreleased: Vec<Partition>,
 }

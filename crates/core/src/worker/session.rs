@@ -24,7 +24,7 @@ use super::intake::Intake;
 use super::ownership::{Ownership, Stopped};
 use super::registry_watch::RegistryWatch;
 use super::shutdown::{CLOSE_HALTED_WITHIN, Halt, Left, STORE_CALL_WITHIN, Shutdown, until_halted};
-use crate::amqp::{Broker, Deliveries, Outbox};
+use crate::amqp::{Broker, Lanes, Outbox};
 use crate::course::{ActorContext, Catalog, Close, Registry, RegistryConfig};
 use crate::domain::Partition;
 use crate::pipeline::{CommitQueue, InFlight};
@@ -386,7 +386,7 @@ async fn stop_pipeline(
 async fn close_and_release(
     broker: &Broker,
     partitions: Vec<Partition>,
-    channels: Vec<Deliveries>,
+    channels: Vec<Lanes>,
     halt: &CancellationToken,
     config: &WorkerConfig,
     store: &Store,
@@ -395,7 +395,7 @@ async fn close_and_release(
     // Each close is bounded; closed together, they take one bound, not one per channel. Once
     // halted, a broker that does not confirm is not waited for: dropping the connection (at
     // the latest when the process exits) returns the deliveries all the same.
-    let closing = join_all(channels.into_iter().map(Deliveries::close));
+    let closing = join_all(channels.into_iter().map(Lanes::close));
     until_halted(closing, halt, CLOSE_HALTED_WITHIN).await;
     if until_halted(broker.close(), halt, CLOSE_HALTED_WITHIN)
         .await
