@@ -202,10 +202,24 @@ async fn a_hostile_flood_is_answered_or_dead_lettered_beside_valid_students() {
     ] {
         assert_eq!(kinds[kind]["dead_lettered"], kinds[kind]["sent"], "{kind}");
     }
-    for valid in ["valid_alone", "valid_beside"] {
-        assert_eq!(report[valid]["requests"], 400, "{valid}");
+    // The same flood again on the valid students' own lane (the first came on its own),
+    // accounted for as fully.
+    let same = &report["same_lane"];
+    assert_eq!(report["flood_lane"], "flood");
+    assert_eq!(
+        same["messages"],
+        3000 - report["warmup_messages"].as_u64().expect("warm-up")
+    );
+    assert_eq!(same["unaccounted"], 0, "{report:#}");
+    assert_eq!(same["dead_without_reason"], 0, "{report:#}");
+    for (name, valid) in [
+        ("alone", &report["valid_alone"]),
+        ("beside", &report["valid_beside"]),
+        ("beside on the same lane", &same["valid_beside"]),
+    ] {
+        assert_eq!(valid["requests"], 400, "{name}");
         for field in ["lost", "duplicated", "contradicted", "mismatched_seats"] {
-            assert_eq!(report[valid][field], 0, "{valid}.{field} in {report:#}");
+            assert_eq!(valid[field], 0, "{name}: {field} in {report:#}");
         }
     }
     assert_eq!(report["violations"], 0);

@@ -132,9 +132,28 @@ pub struct HostileReport {
     pub worker_cpu_us_per_message: f64,
     /// Whether the worker was still running at the end.
     pub worker_alive: bool,
+    /// The lane the flood came on, of its own (`--lanes`): the valid students' lane is the
+    /// default one.
+    pub flood_lane: &'static str,
     pub valid_alone: ValidFigures,
+    /// Beside the flood on its own lane.
     pub valid_beside: ValidFigures,
+    /// The flood again, as many messages, on the valid students' own lane: what a producer
+    /// that floods costs those who share its lane.
+    pub same_lane: SameLaneFigures,
     pub violations: usize,
+}
+
+/// The second flood, on the valid students' lane.
+#[derive(Debug, Clone, Serialize)]
+pub struct SameLaneFigures {
+    pub messages: usize,
+    pub answered: usize,
+    pub dead_lettered: usize,
+    pub dead_without_reason: usize,
+    pub unaccounted: usize,
+    pub publish_rps: f64,
+    pub valid_beside: ValidFigures,
 }
 
 /// The memory growth the second half of the flood may cause, as for the junk scenario.
@@ -145,21 +164,37 @@ impl HostileReport {
         let clean = |v: &ValidFigures| {
             v.lost == 0 && v.duplicated == 0 && v.contradicted == 0 && v.mismatched_seats == 0
         };
+        let same = &self.same_lane;
         self.unaccounted == 0
             && self.dead_without_reason == 0
+            && same.unaccounted == 0
+            && same.dead_without_reason == 0
             && self.worker_alive
             && self.rss_growth_mib < RSS_GROWTH_LIMIT_MIB
             && clean(&self.valid_alone)
             && clean(&self.valid_beside)
+            && clean(&same.valid_beside)
             && self.violations == 0
     }
 }
+
+/// The lane the hostile producer publishes on, declared by the run's worker beside the default.
+pub const FLOOD_LANE: &str = "flood";
 
 /// Runs the scenario with `messages` hostile messages; `config.crowd` is the valid students'.
 pub async fn run(config: &BenchConfig, messages: usize) -> anyhow::Result<HostileReport> {
     let tag = rush::fresh_tag("hostile");
     let tag = tag.as_str();
-    rush::fresh::on_own_services(&config.services, tag, |services| async move {
+    let services = Services {
+        topology: config
+            .services
+            .topology
+            .clone()
+            .with_lanes(&[FLOOD_LANE.to_owned()])
+            .map_err(anyhow::Error::msg)?,
+        ..config.services.clone()
+    };
+    rush::fresh::on_own_services(&services, tag, |services| async move {
         run_in(config, &services, tag, messages).await
     })
     .await
@@ -194,6 +229,7 @@ async fn run_in(
     };
     let (courses_alone, alone) = valid("a", 41).await?;
     let (courses_beside, beside) = valid("b", 43).await?;
+    let (courses_same, same) = valid("c", 47).await?;
 
     eprintln!(
         "[bench] hostile: {} valid requests alone, at {VALID_RATE}/s",
@@ -212,14 +248,14 @@ async fn run_in(
 
     let plan = plan(tag, messages);
     let warmup = (messages / 10).clamp(100, 10_000).min(messages);
-    eprintln!("[bench] hostile: warm-up with {warmup} hostile messages");
-    let mut flood = Flood::start(services, tag).await?;
+    eprintln!("[bench] hostile: warm-up with {warmup} hostile messages on lane {FLOOD_LANE}");
+    let mut flood = Flood::start(services, tag, Some(FLOOD_LANE)).await?;
     flood.send(&plan[..warmup]).await?;
     flood.settle(&plan[..warmup]).await;
     let before = worker.usage().context("reading the worker's memory")?;
 
     eprintln!(
-        "[bench] hostile: {} hostile messages beside {} valid requests",
+        "[bench] hostile: {} hostile messages on lane {FLOOD_LANE} beside {} valid requests",
         messages - warmup,
         beside.len()
     );
@@ -229,33 +265,43 @@ async fn run_in(
     // In two halves: the worker's memory half-way and at the end say whether it grows with
     // the number of messages, or only fills its buffers once.
     let half = warmup + (messages - warmup) / 2;
-    let mut mid = None;
-    for part in [&plan[warmup..half], &plan[half..]] {
-        let sending = flood.send(part);
-        tokio::pin!(sending);
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                sent = &mut sending => { sent?; break; }
-                _ = tick.tick() => {
-                    peak = peak.max(worker.usage().map_or(0, |u| u.rss));
-                }
-            }
-        }
-        mid = mid.or_else(|| worker.usage());
-    }
-    let mid = mid.unwrap_or(before);
+    flood
+        .send_watching(&plan[warmup..half], &worker, &mut peak)
+        .await?;
+    let mid = worker.usage().unwrap_or(before);
+    flood
+        .send_watching(&plan[half..], &worker, &mut peak)
+        .await?;
     let publish = started.elapsed();
     let beside_report = crowd.await.context("the valid crowd failed")??;
     flood.settle(&plan).await;
-    let after = worker.usage();
-    let worker_alive = after.is_some();
-    let after = after.unwrap_or(before);
+    let after = worker.usage().unwrap_or(before);
     peak = peak.max(after.rss);
     flood.close().await;
 
+    // The same flood again, on the lane the valid students use.
+    let main = messages - warmup;
+    let same_tag = format!("{tag}s");
+    let same_plan = self::plan(&same_tag, main);
+    eprintln!(
+        "[bench] hostile: {main} hostile messages on the valid students' lane beside {} valid requests",
+        same.len()
+    );
+    let mut same_flood = Flood::start(services, &same_tag, None).await?;
+    let crowd = paced(same);
+    let same_started = Instant::now();
+    same_flood
+        .send_watching(&same_plan, &worker, &mut peak)
+        .await?;
+    let same_publish = same_started.elapsed();
+    let same_report = crowd.await.context("the valid crowd failed")??;
+    same_flood.settle(&same_plan).await;
+    let worker_alive = worker.usage().is_some();
+    same_flood.close().await;
+
     let valid_alone = valid_figures(&store, &alone_report, &courses_alone).await?;
     let valid_beside = valid_figures(&store, &beside_report, &courses_beside).await?;
+    let same_beside = valid_figures(&store, &same_report, &courses_same).await?;
     let violations = store.audit().await?.len();
     if let Err(e) = worker.stop(Duration::from_secs(60)).await {
         eprintln!("[bench] hostile: the worker did not stop cleanly: {e:#}");
@@ -264,8 +310,9 @@ async fn run_in(
 
     let by_kind = flood.figures(&plan);
     let total = |f: fn(&KindFigures) -> usize| by_kind.values().map(f).sum::<usize>();
+    let same_by_kind = same_flood.figures(&same_plan);
+    let same_total = |f: fn(&KindFigures) -> usize| same_by_kind.values().map(f).sum::<usize>();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let main = messages - warmup;
     Ok(HostileReport {
         scenario: "hostile",
         messages,
@@ -289,8 +336,18 @@ async fn run_in(
         worker_cpu_us_per_message: after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e6
             / main.max(1) as f64,
         worker_alive,
+        flood_lane: FLOOD_LANE,
         valid_alone,
         valid_beside,
+        same_lane: SameLaneFigures {
+            messages: main,
+            answered: same_total(|k| k.answered),
+            dead_lettered: same_total(|k| k.dead_lettered),
+            dead_without_reason: same_flood.dead_without_reason,
+            unaccounted: same_total(|k| k.unaccounted),
+            publish_rps: main as f64 / same_publish.as_secs_f64().max(1e-9),
+            valid_beside: same_beside,
+        },
         violations,
     })
 }
@@ -330,6 +387,8 @@ struct Flood {
     replies: seatrush_core::amqp::Deliveries,
     dead: seatrush_core::amqp::Deliveries,
     tag: String,
+    /// The named lane it publishes on; `None` for the default one.
+    lane: Option<&'static str>,
     answers: HashMap<String, usize>,
     /// The messages dead-lettered, by index.
     dead_indexes: HashSet<usize>,
@@ -337,7 +396,11 @@ struct Flood {
 }
 
 impl Flood {
-    async fn start(services: &Services, tag: &str) -> anyhow::Result<Self> {
+    async fn start(
+        services: &Services,
+        tag: &str,
+        lane: Option<&'static str>,
+    ) -> anyhow::Result<Self> {
         let broker = Broker::connect(&services.amqp_url, "seatrush-hostile")
             .await
             .context("connecting to RabbitMQ")?;
@@ -356,6 +419,7 @@ impl Flood {
             replies,
             dead,
             tag: tag.to_owned(),
+            lane,
             answers: HashMap::new(),
             dead_indexes: HashSet::new(),
             dead_without_reason: 0,
@@ -383,6 +447,10 @@ impl Flood {
                 hostile.body.clone(),
             )
             .with_headers(hostile.headers.clone());
+            let message = match self.lane {
+                Some(lane) => message.on_lane(&self.topology, lane),
+                None => message,
+            };
             confirms.push(outbox.post_confirmed(message).await?.confirmed());
             while confirms.len() >= WINDOW {
                 if let Some(confirmed) = confirms.next().await {
@@ -396,6 +464,26 @@ impl Flood {
         drop(outbox);
         sending.await.context("the hostile outbox failed")?;
         Ok(())
+    }
+
+    /// Sends `part`, sampling the worker's memory into `peak` meanwhile.
+    async fn send_watching(
+        &self,
+        part: &[(usize, Hostile)],
+        worker: &WorkerProcess,
+        peak: &mut u64,
+    ) -> anyhow::Result<()> {
+        let sending = self.send(part);
+        tokio::pin!(sending);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                sent = &mut sending => return sent,
+                _ = tick.tick() => {
+                    *peak = (*peak).max(worker.usage().map_or(0, |u| u.rss));
+                }
+            }
+        }
     }
 
     /// Reads answers and dead letters until every message of `plan` is accounted for, or

@@ -164,8 +164,11 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
          | half-way through the flood | {:.1} |\n| after the flood | {:.1} |\n\
          | growth over the second half (must stay under {:.0}) | {:.1} |\n\
          | growth since the warm-up | {:.1} |\n| peak | {:.1} |\n\nWorker CPU {:.1} µs per \
-         hostile message; the worker {} at the end.\n\n| valid students | alone | beside the \
-         flood |\n|---|---:|---:|\n",
+         hostile message; the worker {} at the end.\n\nThe flood came on a lane of its own \
+         (`--lanes {}`), the valid students on the default one. Then the same flood again, {} \
+         messages published at {:.0}/s, on the valid students' own lane: {} answered, {} \
+         dead-lettered ({} without a reason), {} neither.\n\n| valid students | alone | beside \
+         the flood on its lane | beside the flood on theirs |\n|---|---:|---:|---:|\n",
         r.rss_before_mib,
         r.rss_mid_mib,
         r.rss_after_mib,
@@ -178,23 +181,32 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
             "was running"
         } else {
             "had died"
-        }
+        },
+        r.flood_lane,
+        r.same_lane.messages,
+        r.same_lane.publish_rps,
+        r.same_lane.answered,
+        r.same_lane.dead_lettered,
+        r.same_lane.dead_without_reason,
+        r.same_lane.unaccounted,
     );
-    let (a, b) = (&r.valid_alone, &r.valid_beside);
-    for (name, x, y) in [
-        ("requests", a.requests as f64, b.requests as f64),
-        ("lost", a.lost as f64, b.lost as f64),
-        ("duplicated", a.duplicated as f64, b.duplicated as f64),
-        ("contradicted", a.contradicted as f64, b.contradicted as f64),
-        (
-            "seats not matching",
-            a.mismatched_seats as f64,
-            b.mismatched_seats as f64,
-        ),
-        ("final p50 (ms)", a.final_p50_ms, b.final_p50_ms),
-        ("final p99 (ms)", a.final_p99_ms, b.final_p99_ms),
-    ] {
-        let _ = writeln!(md, "| {name} | {x:.0} | {y:.0} |");
+    let columns = [&r.valid_alone, &r.valid_beside, &r.same_lane.valid_beside];
+    type Figure = fn(&super::hostile::ValidFigures) -> f64;
+    let rows: [(&str, Figure); 7] = [
+        ("requests", |v| v.requests as f64),
+        ("lost", |v| v.lost as f64),
+        ("duplicated", |v| v.duplicated as f64),
+        ("contradicted", |v| v.contradicted as f64),
+        ("seats not matching", |v| v.mismatched_seats as f64),
+        ("final p50 (ms)", |v| v.final_p50_ms),
+        ("final p99 (ms)", |v| v.final_p99_ms),
+    ];
+    for (name, figure) in rows {
+        let _ = write!(md, "| {name} |");
+        for column in columns {
+            let _ = write!(md, " {:.0} |", figure(column));
+        }
+        md.push('\n');
     }
     let _ = writeln!(
         md,

@@ -47,7 +47,10 @@ where
         let own = Services {
             amqp_url: services.amqp_url.clone(),
             database_url,
-            topology: Topology::new(name, services.topology.partitions),
+            topology: Topology {
+                lanes: services.topology.lanes.clone(),
+                ..Topology::new(name, services.topology.partitions)
+            },
         };
         let ran = run(own.clone()).await;
         let removed = remove_topology(&own).await;

@@ -129,6 +129,7 @@ impl WorkerProcess {
                 "SEATRUSH_MAX_QUEUE_LENGTH",
                 services.topology.max_queue_length.to_string(),
             )
+            .env("SEATRUSH_LANES", services.topology.lanes.join(","))
             // Each worker of a rush would try to bind the same health address; a worker that
             // needs one is given `--http-addr` explicitly.
             .env_remove("SEATRUSH_HTTP_ADDR")
