@@ -432,14 +432,31 @@ impl Lanes {
         Ok(Self { lanes, turn: 0 })
     }
 
+    /// How many lanes there are; lanes are numbered from 0, the default lane first.
+    pub fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Whether there is no lane at all (never, for a partition's lanes).
+    pub fn is_empty(&self) -> bool {
+        self.lanes.is_empty()
+    }
+
     /// The next delivery of whichever lane has one, each in turn, with the lane it came from
     /// (see [`Self::queue`]); `None` as the item once that lane's consumer was cancelled or
-    /// its channel closed.
-    pub async fn next(&mut self) -> (usize, Option<Result<Incoming>>) {
+    /// its channel closed. Only the lanes `open` admits are polled: a lane closed for now
+    /// keeps its deliveries, in the client's buffer or the broker, and the others go on.
+    pub async fn next(
+        &mut self,
+        open: impl Fn(usize) -> bool,
+    ) -> (usize, Option<Result<Incoming>>) {
         let count = self.lanes.len();
         std::future::poll_fn(|cx| {
             for k in 0..count {
                 let lane = (self.turn + k) % count;
+                if !open(lane) {
+                    continue;
+                }
                 if let Poll::Ready(item) = self.lanes[lane].1.poll_next(cx) {
                     self.turn = (lane + 1) % count;
                     return Poll::Ready((lane, item));

@@ -48,24 +48,28 @@ pub(super) struct Intake {
 // on the usual path, which this type exists to keep free of allocations.
 #[allow(clippy::large_enum_variant)]
 enum Taken {
-    One(Incoming, InFlightGuard),
-    Judged(Vec<(Incoming, InFlightGuard)>),
+    One(Incoming, InFlightGuard, usize),
+    Judged(Vec<(Incoming, InFlightGuard, usize)>),
 }
 
 /// An invalid delivery on its way out: its dead letter posted, waiting for the broker's confirm
-/// before it is answered and acked. The intake polls these beside its next deliveries, so a
-/// flood of bad messages costs each a place in the broker's pipeline, not a round trip that
-/// the valid requests behind it wait for.
-type Settling<'a> = BoxFuture<'a, ()>;
+/// before it is answered and acked; it yields the lane the delivery came from. The intake
+/// polls these beside its next deliveries, so a flood of bad messages costs each a place in the
+/// broker's pipeline, not a round trip that the valid requests behind it wait for.
+type Settling<'a> = BoxFuture<'a, usize>;
+
+/// The invalid deliveries one handling dead-lettered, each with its lane.
+type Rejected<'a> = Vec<(usize, Settling<'a>)>;
 
 /// Deliveries judged under the registration rules in one transaction at most: what the
 /// broker has already handed over is taken together, never waited for.
 const JUDGED_AT_ONCE: usize = 256;
 
-/// Invalid deliveries of one partition whose dead copies may await the broker's confirm at
-/// once. Enough to keep the dead-letter publishes pipelined; beyond it the partition takes no
-/// more deliveries until one settles. Without it only the prefetch bounded them, and a flood
-/// of large invalid messages held partitions × prefetch bodies in memory.
+/// Invalid deliveries of one lane of a partition whose dead copies may await the broker's
+/// confirm at once. Enough to keep the dead-letter publishes pipelined; beyond it the lane
+/// takes no more deliveries until one settles, while the partition's other lanes go on.
+/// Without it only the prefetch bounded them, and a flood of large invalid messages held
+/// partitions × prefetch bodies in memory.
 const SETTLING_AT_ONCE: usize = 128;
 
 impl Intake {
@@ -95,11 +99,17 @@ impl Intake {
         // SETTLING_AT_ONCE, so a flood of invalid messages that the broker confirms slowly
         // waits in the broker, not in this worker's memory.
         let mut settling: FuturesUnordered<Settling<'_>> = FuturesUnordered::new();
+        // How many of `settling` came from each lane.
+        let mut unsettled = vec![0usize; deliveries.len()];
         loop {
+            let open = |lane: usize| unsettled[lane] < SETTLING_AT_ONCE;
             let next = tokio::select! {
                 _ = stop.cancelled() => break,
-                Some(()) = settling.next(), if !settling.is_empty() => continue,
-                next = deliveries.next(), if settling.len() < SETTLING_AT_ONCE => next,
+                Some(lane) = settling.next(), if !settling.is_empty() => {
+                    unsettled[lane] -= 1;
+                    continue;
+                }
+                next = deliveries.next(open) => next,
             };
             let (lane, next) = next;
             match next {
@@ -109,10 +119,13 @@ impl Intake {
                     // Under the rules, what the broker has already delivered is judged in one
                     // transaction; without them, each delivery goes on alone, as it came.
                     let taken = if self.registry.is_loaded() {
-                        let mut batch = vec![(incoming, guard)];
+                        let mut batch = vec![(incoming, guard, lane)];
                         while batch.len() < JUDGED_AT_ONCE {
-                            match deliveries.next().now_or_never() {
-                                Some((_, Some(Ok(more)))) => batch.push((more, in_flight.enter())),
+                            let open = |lane: usize| unsettled[lane] < SETTLING_AT_ONCE;
+                            match deliveries.next(open).now_or_never() {
+                                Some((lane, Some(Ok(more)))) => {
+                                    batch.push((more, in_flight.enter(), lane))
+                                }
                                 Some((lane, Some(Err(e)))) => {
                                     failed = Some((lane, e));
                                     break;
@@ -122,7 +135,7 @@ impl Intake {
                         }
                         Taken::Judged(batch)
                     } else {
-                        Taken::One(incoming, guard)
+                        Taken::One(incoming, guard, lane)
                     };
                     let mut rejected = Vec::new();
                     tokio::select! {
@@ -137,7 +150,10 @@ impl Intake {
                         // are dropped unacked and return to the broker.
                         _ = self.halt.cancelled() => break,
                     }
-                    settling.extend(rejected);
+                    for (lane, settle) in rejected {
+                        unsettled[lane] += 1;
+                        settling.push(settle);
+                    }
                     if let Some((lane, e)) = failed {
                         let queue = deliveries.queue(lane);
                         self.fault
@@ -180,10 +196,10 @@ impl Intake {
 
     /// Parses what was taken and hands it forward in order; deliveries taken together under
     /// the registration rules are judged first, all at once.
-    async fn handle<'a>(&'a self, taken: Taken, lease: Lease, rejected: &mut Vec<Settling<'a>>) {
+    async fn handle<'a>(&'a self, taken: Taken, lease: Lease, rejected: &mut Rejected<'a>) {
         let batch = match taken {
-            Taken::One(incoming, guard) => {
-                if let Some(envelope) = self.parse(incoming, lease, guard, rejected).await {
+            Taken::One(incoming, guard, lane) => {
+                if let Some(envelope) = self.parse(incoming, lease, guard, lane, rejected).await {
                     self.forward(envelope).await;
                 }
                 return;
@@ -191,8 +207,8 @@ impl Intake {
             Taken::Judged(batch) => batch,
         };
         let mut envelopes = Vec::with_capacity(batch.len());
-        for (incoming, guard) in batch {
-            if let Some(envelope) = self.parse(incoming, lease, guard, rejected).await {
+        for (incoming, guard, lane) in batch {
+            if let Some(envelope) = self.parse(incoming, lease, guard, lane, rejected).await {
                 envelopes.push(envelope);
             }
         }
@@ -237,14 +253,15 @@ impl Intake {
         };
     }
 
-    /// The delivery as an envelope; an invalid one is dead-lettered, and what remains of it
-    /// (the answer and the ack, after the broker's confirm) joins `rejected`.
+    /// The delivery (from `lane`) as an envelope; an invalid one is dead-lettered, and what
+    /// remains of it (the answer and the ack, after the broker's confirm) joins `rejected`.
     async fn parse<'a>(
         &'a self,
         incoming: Incoming,
         lease: Lease,
         guard: InFlightGuard,
-        rejected: &mut Vec<Settling<'a>>,
+        lane: usize,
+        rejected: &mut Rejected<'a>,
     ) -> Option<Envelope> {
         if incoming.redelivered {
             metrics::redelivered();
@@ -276,7 +293,9 @@ impl Intake {
                 })
             }
             Err(invalid) => {
-                rejected.extend(self.reject(incoming, invalid, guard).await);
+                if let Some(settle) = self.reject(incoming, invalid, guard, lane).await {
+                    rejected.push((lane, settle));
+                }
                 None
             }
         }
@@ -295,13 +314,14 @@ impl Intake {
 
     /// Dead-letters a message that is not a valid request, with the reason in a header; the
     /// returned future waits for the broker's confirm, then answers the message if it can be
-    /// answered, and only then acks it. `None` if the dead letter could not be posted (the
-    /// session is failing: the delivery returns to the broker).
+    /// answered, and only then acks it, and yields `lane`. `None` if the dead letter could not
+    /// be posted (the session is failing: the delivery returns to the broker).
     async fn reject<'a>(
         &'a self,
         incoming: Incoming,
         invalid: Box<Invalid>,
         guard: InFlightGuard,
+        lane: usize,
     ) -> Option<Settling<'a>> {
         tracing::debug!(why = %invalid.why, message_id = ?incoming.message_id, "invalid request");
         metrics::dead_lettered(metrics::DeadReason::Invalid);
@@ -318,7 +338,7 @@ impl Intake {
             if let Err(e) = posted.confirmed().await {
                 self.fault
                     .raise(anyhow::Error::new(e).context("dead-lettering an invalid request"));
-                return;
+                return lane;
             }
             if let (true, Some(queue)) = (invalid.answerable, &incoming.reply_to) {
                 let to = ReplyTo {
@@ -336,6 +356,7 @@ impl Intake {
                     .raise(anyhow::Error::new(e).context("acking an invalid request"));
             }
             drop(guard);
+            lane
         }))
     }
 }

@@ -35,6 +35,9 @@ use crate::store::Store;
 const OPEN_WITHIN: Duration = Duration::from_secs(15);
 /// How long the outbox may take to hand what it holds to the connection at the end.
 const OUTBOX_WITHIN: Duration = Duration::from_secs(10);
+/// Dead letters and answers to invalid deliveries queued for their outbox at most; each
+/// partition's lanes hold at most `SETTLING_AT_ONCE` of them each in any case.
+const REJECTS_QUEUED: usize = 1024;
 
 /// How long a stage may take to stop once the session is halted: every stage watches the
 /// halt, so this only bounds one that somehow does not.
@@ -96,12 +99,18 @@ struct Session {
     broker: Arc<Broker>,
     outbox: Outbox,
     outbox_task: JoinHandle<()>,
+    /// Dead letters of invalid deliveries and the answers to them, on a channel of their own:
+    /// a flood of them does not queue ahead of the valid requests' answers, in this worker or
+    /// in the broker's channel process.
+    rejects: Outbox,
+    rejects_task: JoinHandle<()>,
 }
 
 /// A session whose pipeline and consumers run.
 struct Running {
     broker: Arc<Broker>,
     outbox_task: JoinHandle<()>,
+    rejects_task: JoinHandle<()>,
     fault: Fault,
     tasks: TaskTracker,
     in_flight: InFlight,
@@ -147,10 +156,17 @@ impl Session {
         // Provisional and final answers share one outbox and one channel, so a client's queue
         // receives them in that order.
         let (outbox, outbox_task) = Outbox::start(publisher, config.batch_max * 4);
+        let rejects = broker
+            .confirmed_publisher()
+            .await
+            .context("opening the dead-letter channel")?;
+        let (rejects, rejects_task) = Outbox::start(rejects, REJECTS_QUEUED);
         Ok(Self {
             broker,
             outbox,
             outbox_task,
+            rejects,
+            rejects_task,
         })
     }
 
@@ -235,7 +251,7 @@ impl Session {
             registry: registry_watch,
             judge,
             commit,
-            outbox: self.outbox,
+            outbox: self.rejects,
             topology: config.topology.clone(),
             prefetch: config.prefetch,
             fault: fault.clone(),
@@ -258,6 +274,7 @@ impl Session {
         Running {
             broker: self.broker,
             outbox_task: self.outbox_task,
+            rejects_task: self.rejects_task,
             fault,
             tasks,
             in_flight,
@@ -304,7 +321,7 @@ impl Running {
         stop_pipeline(
             self.registry,
             &self.tasks,
-            self.outbox_task,
+            [self.outbox_task, self.rejects_task],
             self.halt.token(),
         )
         .await;
@@ -341,7 +358,7 @@ impl Running {
 async fn stop_pipeline(
     registry: Registry,
     tasks: &TaskTracker,
-    mut outbox_task: JoinHandle<()>,
+    outbox_tasks: [JoinHandle<()>; 2],
     halt: &CancellationToken,
 ) {
     tracing::debug!("session teardown: stopping the actors");
@@ -369,15 +386,19 @@ async fn stop_pipeline(
     } else {
         OUTBOX_WITHIN
     };
-    if tokio::time::timeout(outbox_within, &mut outbox_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "the outbox did not finish within {outbox_within:?}; dropping what it holds"
-        );
-        outbox_task.abort();
-    }
+    // Both finish together, within one bound.
+    let finishing = join_all(outbox_tasks.into_iter().map(|mut task| async move {
+        if tokio::time::timeout(outbox_within, &mut task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "an outbox did not finish within {outbox_within:?}; dropping what it holds"
+            );
+            task.abort();
+        }
+    }));
+    finishing.await;
 }
 
 /// Closes the channels and the connection, then releases the partitions a fault left held:

@@ -100,6 +100,10 @@ pub struct ValidFigures {
     pub duplicated: usize,
     pub contradicted: usize,
     pub mismatched_seats: usize,
+    /// The decision's answer, sent before the commit: how long the request waited to be taken
+    /// and decided.
+    pub provisional_p50_ms: f64,
+    pub provisional_p99_ms: f64,
     pub final_p50_ms: f64,
     pub final_p99_ms: f64,
 }
@@ -130,6 +134,11 @@ pub struct HostileReport {
     pub rss_growth_from_warmup_mib: f64,
     pub peak_rss_mib: f64,
     pub worker_cpu_us_per_message: f64,
+    /// From the start of the flood (after the warm-up) until its last message was settled.
+    pub flood_s: f64,
+    /// The CPU each process spent over `flood_s`, per hostile message: what the machine's
+    /// cores went to while the valid students waited.
+    pub cpu_us_per_message: crate::cpu::CpuShare,
     /// Whether the worker was still running at the end.
     pub worker_alive: bool,
     /// The lane the flood came on, of its own (`--lanes`): the valid students' lane is the
@@ -248,6 +257,7 @@ async fn run_in(
 
     let plan = plan(tag, messages);
     let warmup = (messages / 10).clamp(100, 10_000).min(messages);
+    let main = messages - warmup;
     eprintln!("[bench] hostile: warm-up with {warmup} hostile messages on lane {FLOOD_LANE}");
     let mut flood = Flood::start(services, tag, Some(FLOOD_LANE)).await?;
     flood.send(&plan[..warmup]).await?;
@@ -259,6 +269,8 @@ async fn run_in(
         messages - warmup,
         beside.len()
     );
+    let servers = crate::cpu::Servers::of(&services.amqp_url, &services.database_url, "");
+    let cpu_before = servers.before();
     let crowd = paced(beside);
     let started = Instant::now();
     let mut peak = before.rss;
@@ -276,11 +288,13 @@ async fn run_in(
     let beside_report = crowd.await.context("the valid crowd failed")??;
     flood.settle(&plan).await;
     let after = worker.usage().unwrap_or(before);
+    let flood_s = started.elapsed().as_secs_f64();
+    let worker_cpu = after.cpu.saturating_sub(before.cpu);
+    let cpu = cpu_before.per_request(main, Some(worker_cpu));
     peak = peak.max(after.rss);
     flood.close().await;
 
     // The same flood again, on the lane the valid students use.
-    let main = messages - warmup;
     let same_tag = format!("{tag}s");
     let same_plan = self::plan(&same_tag, main);
     eprintln!(
@@ -333,8 +347,9 @@ async fn run_in(
         rss_growth_mib: mib(after.rss) - mib(mid.rss),
         rss_growth_from_warmup_mib: mib(after.rss) - mib(before.rss),
         peak_rss_mib: mib(peak),
-        worker_cpu_us_per_message: after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e6
-            / main.max(1) as f64,
+        worker_cpu_us_per_message: worker_cpu.as_secs_f64() * 1e6 / main.max(1) as f64,
+        flood_s,
+        cpu_us_per_message: cpu,
         worker_alive,
         flood_lane: FLOOD_LANE,
         valid_alone,
@@ -366,12 +381,15 @@ async fn valid_figures(
 ) -> anyhow::Result<ValidFigures> {
     let held = store.seats_held(courses).await?;
     let latency = report.latency(Stage::Final);
+    let provisional = report.latency(Stage::Provisional);
     Ok(ValidFigures {
         requests: report.answered.len(),
         lost: report.lost(),
         duplicated: report.duplicated(),
         contradicted: report.contradicted(),
         mismatched_seats: rush::mismatched_seats(report, &held),
+        provisional_p50_ms: provisional.p50_ms,
+        provisional_p99_ms: provisional.p99_ms,
         final_p50_ms: latency.p50_ms,
         final_p99_ms: latency.p99_ms,
     })

@@ -167,8 +167,7 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
          hostile message; the worker {} at the end.\n\nThe flood came on a lane of its own \
          (`--lanes {}`), the valid students on the default one. Then the same flood again, {} \
          messages published at {:.0}/s, on the valid students' own lane: {} answered, {} \
-         dead-lettered ({} without a reason), {} neither.\n\n| valid students | alone | beside \
-         the flood on its lane | beside the flood on theirs |\n|---|---:|---:|---:|\n",
+         dead-lettered ({} without a reason), {} neither.\n\n",
         r.rss_before_mib,
         r.rss_mid_mib,
         r.rss_after_mib,
@@ -190,14 +189,35 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
         r.same_lane.dead_without_reason,
         r.same_lane.unaccounted,
     );
+    let c = &r.cpu_us_per_message;
+    let cores = |us: f64| us * (r.messages - r.warmup_messages) as f64 / 1e6 / r.flood_s.max(1e-9);
+    let _ = write!(
+        md,
+        "While the flood on its own lane lasted ({:.1} s, until its last message was settled), \
+         the machine's cores went to: the broker {:.2}, the worker {:.2}, the database {:.2}, \
+         the bench's publishers and crowd {:.2} (µs per hostile message: {:.0}, {:.0}, {:.0}, \
+         {:.0}).\n\n| valid students | alone | beside the flood on its lane | beside the flood \
+         on theirs |\n|---|---:|---:|---:|\n",
+        r.flood_s,
+        cores(c.broker),
+        cores(c.workers),
+        cores(c.database),
+        cores(c.bench),
+        c.broker,
+        c.workers,
+        c.database,
+        c.bench,
+    );
     let columns = [&r.valid_alone, &r.valid_beside, &r.same_lane.valid_beside];
     type Figure = fn(&super::hostile::ValidFigures) -> f64;
-    let rows: [(&str, Figure); 7] = [
+    let rows: [(&str, Figure); 9] = [
         ("requests", |v| v.requests as f64),
         ("lost", |v| v.lost as f64),
         ("duplicated", |v| v.duplicated as f64),
         ("contradicted", |v| v.contradicted as f64),
         ("seats not matching", |v| v.mismatched_seats as f64),
+        ("provisional p50 (ms)", |v| v.provisional_p50_ms),
+        ("provisional p99 (ms)", |v| v.provisional_p99_ms),
         ("final p50 (ms)", |v| v.final_p50_ms),
         ("final p99 (ms)", |v| v.final_p99_ms),
     ];
