@@ -405,11 +405,12 @@ pub struct Lanes {
 }
 
 impl Lanes {
-    /// Consumes each of `queues`, each on a channel of its own; the tag of the consumer of the
-    /// n-th is `tag` with `.n` appended past the first. Fails, closing what it opened, if any
-    /// consumer cannot start.
+    /// Consumes each of `queues`, each on a channel of its own: the first (the default lane)
+    /// on the first connection of `brokers`, the others on the second. The tag of the consumer
+    /// of the n-th is `tag` with `.n` appended past the first. Fails, closing what it opened,
+    /// if any consumer cannot start.
     pub async fn start(
-        broker: &super::Broker,
+        brokers: [&super::Broker; 2],
         queues: &[String],
         tag: &str,
         prefetch: u16,
@@ -421,6 +422,7 @@ impl Lanes {
             } else {
                 format!("{tag}.{n}")
             };
+            let broker = if n == 0 { brokers[0] } else { brokers[1] };
             match broker.consume(queue, &tag, prefetch).await {
                 Ok(deliveries) => lanes.push((queue.clone(), deliveries)),
                 Err(e) => {

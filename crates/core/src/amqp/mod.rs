@@ -150,6 +150,14 @@ impl Broker {
         Ok(())
     }
 
+    /// Declares the benchmark's probe queue (see [`Topology::probe_queue`]).
+    pub async fn declare_probe(&self, topology: &Topology) -> Result<()> {
+        let channel = self.connection.create_channel().await?;
+        topology.declare_probe(&channel).await?;
+        close_channel(&channel, "probe declared").await;
+        Ok(())
+    }
+
     /// Declares the web gateways' shared event queue and consumes it with manual acks: an event
     /// is acked once recorded, so none is lost to a gateway that stops.
     pub async fn gateway_events(&self, topology: &Topology, prefetch: u16) -> Result<Deliveries> {

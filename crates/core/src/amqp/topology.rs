@@ -156,6 +156,13 @@ impl Topology {
         format!("{}.gateway.events", self.prefix)
     }
 
+    /// A quorum queue that only the benchmark writes to, and nothing consumes: how long the
+    /// broker takes to confirm a write into it says what the traffic on the other queues
+    /// costs every queue of the node.
+    pub fn probe_queue(&self) -> String {
+        format!("{}.probe", self.prefix)
+    }
+
     pub fn event_key(course_id: &str, student_id: &str) -> String {
         format!("final.{course_id}.{student_id}")
     }
@@ -279,6 +286,25 @@ impl Topology {
         Ok(())
     }
 
+    /// Declares the probe queue (see [`Self::probe_queue`]), bounded to its last 10,000 writes.
+    pub(super) async fn declare_probe(&self, channel: &Channel) -> lapin::Result<()> {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text("quorum"));
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(10_000));
+        args.insert("x-overflow".into(), text("drop-head"));
+        channel
+            .queue_declare(
+                self.probe_queue().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await?;
+        Ok(())
+    }
+
     pub(super) async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
         use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
         for p in 0..self.partitions {
@@ -289,7 +315,11 @@ impl Topology {
             }
         }
         // Deleting a queue that does not exist succeeds, so the gateways' queue goes too.
-        for queue in [self.dead_queue(), self.gateway_events_queue()] {
+        for queue in [
+            self.dead_queue(),
+            self.gateway_events_queue(),
+            self.probe_queue(),
+        ] {
             channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;

@@ -25,6 +25,8 @@ use crate::telemetry::metrics::{self, Stage};
 #[derive(Clone)]
 pub(super) struct Intake {
     pub broker: Arc<Broker>,
+    /// The session's second connection, for the named lanes' consumers.
+    pub bulk: Arc<Broker>,
     pub courses: Registry,
     pub commit: CommitQueue,
     /// Dead letters of invalid messages, and answers to them.
@@ -86,14 +88,15 @@ impl Intake {
     ) -> Option<Lanes> {
         let queues = self.topology.partition_queues(lease.partition);
         let tag = format!("p{}-e{}", lease.partition, lease.epoch);
-        let mut deliveries = match Lanes::start(&self.broker, &queues, &tag, self.prefetch).await {
-            Ok(deliveries) => deliveries,
-            Err((queue, e)) => {
-                self.fault
-                    .raise(anyhow::Error::new(e).context(format!("consuming {queue}")));
-                return None;
-            }
-        };
+        let mut deliveries =
+            match Lanes::start([&self.broker, &self.bulk], &queues, &tag, self.prefetch).await {
+                Ok(deliveries) => deliveries,
+                Err((queue, e)) => {
+                    self.fault
+                        .raise(anyhow::Error::new(e).context(format!("consuming {queue}")));
+                    return None;
+                }
+            };
         tracing::info!(partition = %lease.partition, epoch = lease.epoch, "consuming partition");
         // Each holds a delivery not yet acked, with its dead copy and its answer: at most
         // SETTLING_AT_ONCE, so a flood of invalid messages that the broker confirms slowly
@@ -293,9 +296,7 @@ impl Intake {
                 })
             }
             Err(invalid) => {
-                if let Some(settle) = self.reject(incoming, invalid, guard, lane).await {
-                    rejected.push((lane, settle));
-                }
+                rejected.push((lane, self.reject(incoming, invalid, guard, lane)));
                 None
             }
         }
@@ -312,29 +313,33 @@ impl Intake {
         !self.admin_users.iter().any(|u| u == user.as_str())
     }
 
-    /// Dead-letters a message that is not a valid request, with the reason in a header; the
-    /// returned future waits for the broker's confirm, then answers the message if it can be
-    /// answered, and only then acks it, and yields `lane`. `None` if the dead letter could not
-    /// be posted (the session is failing: the delivery returns to the broker).
-    async fn reject<'a>(
+    /// Dead-letters a message that is not a valid request, with the reason in a header: the
+    /// returned future posts the dead letter, waits for the broker's confirm, then answers the
+    /// message if it can be answered, only then acks it, and yields `lane`. Nothing of it runs
+    /// in the intake's own loop, so a dead-letter channel the broker reads slowly holds up only
+    /// the lane whose invalid deliveries wait on it (up to [`SETTLING_AT_ONCE`]), not the
+    /// partition. If the dead letter cannot be posted (the session is failing), the delivery
+    /// is not acked: it returns to the broker.
+    fn reject<'a>(
         &'a self,
         incoming: Incoming,
         invalid: Box<Invalid>,
         guard: InFlightGuard,
         lane: usize,
-    ) -> Option<Settling<'a>> {
+    ) -> Settling<'a> {
         tracing::debug!(why = %invalid.why, message_id = ?incoming.message_id, "invalid request");
         metrics::dead_lettered(metrics::DeadReason::Invalid);
-        let dead = Outgoing::dead_letter(&self.topology, &DeadCopy::of(&incoming), &invalid.why);
-        let posted = match self.outbox.post_confirmed(dead).await {
-            Ok(posted) => posted,
-            Err(e) => {
-                self.fault
-                    .raise(anyhow::Error::new(e).context("dead-lettering an invalid request"));
-                return None;
-            }
-        };
-        Some(Box::pin(async move {
+        Box::pin(async move {
+            let dead =
+                Outgoing::dead_letter(&self.topology, &DeadCopy::of(&incoming), &invalid.why);
+            let posted = match self.outbox.post_confirmed(dead).await {
+                Ok(posted) => posted,
+                Err(e) => {
+                    self.fault
+                        .raise(anyhow::Error::new(e).context("dead-lettering an invalid request"));
+                    return lane;
+                }
+            };
             if let Err(e) = posted.confirmed().await {
                 self.fault
                     .raise(anyhow::Error::new(e).context("dead-lettering an invalid request"));
@@ -357,7 +362,7 @@ impl Intake {
             }
             drop(guard);
             lane
-        }))
+        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! One broker session: everything that lives as long as one AMQP connection.
+//! One broker session: everything that lives as long as its two AMQP connections (the first for
+//! the default lane and the answers, the second for the named lanes and the dead letters).
 //!
 //! Its lifecycle, in order: `Session::open` connects, declares the topology and starts the
 //! outbox; `start` wires the pipeline (committer, registry, sweeper, load sampler) and the
@@ -97,6 +98,11 @@ pub(super) async fn run(
 /// A connected session, before its pipeline starts.
 struct Session {
     broker: Arc<Broker>,
+    /// A second connection for what a flood fills: the dead letters of invalid deliveries
+    /// with their answers, and the consumers of the named lanes. The broker reads and writes
+    /// each connection in order, in one process each way, so on the first connection the
+    /// valid requests' deliveries and answers never queue behind a flood's.
+    bulk: Arc<Broker>,
     outbox: Outbox,
     outbox_task: JoinHandle<()>,
     /// Dead letters of invalid deliveries and the answers to them, on a channel of their own:
@@ -109,6 +115,7 @@ struct Session {
 /// A session whose pipeline and consumers run.
 struct Running {
     broker: Arc<Broker>,
+    bulk: Arc<Broker>,
     outbox_task: JoinHandle<()>,
     rejects_task: JoinHandle<()>,
     fault: Fault,
@@ -156,13 +163,19 @@ impl Session {
         // Provisional and final answers share one outbox and one channel, so a client's queue
         // receives them in that order.
         let (outbox, outbox_task) = Outbox::start(publisher, config.batch_max * 4);
-        let rejects = broker
+        let bulk = Arc::new(
+            Broker::connect(&config.amqp_url, &format!("{} (bulk)", config.worker_id))
+                .await
+                .context("connecting to RabbitMQ a second time")?,
+        );
+        let rejects = bulk
             .confirmed_publisher()
             .await
             .context("opening the dead-letter channel")?;
         let (rejects, rejects_task) = Outbox::start(rejects, REJECTS_QUEUED);
         Ok(Self {
             broker,
+            bulk,
             outbox,
             outbox_task,
             rejects,
@@ -247,6 +260,7 @@ impl Session {
         tasks.spawn(judging);
         let intake = Intake {
             broker: self.broker.clone(),
+            bulk: self.bulk.clone(),
             courses: registry.clone(),
             registry: registry_watch,
             judge,
@@ -273,6 +287,7 @@ impl Session {
         let owner = tokio::spawn(ownership.run(stop_intake.clone(), fault.token()));
         Running {
             broker: self.broker,
+            bulk: self.bulk,
             outbox_task: self.outbox_task,
             rejects_task: self.rejects_task,
             fault,
@@ -337,7 +352,7 @@ impl Running {
         } = stopped;
         left.unreleased.extend(
             close_and_release(
-                &self.broker,
+                [&self.broker, &self.bulk],
                 partitions,
                 channels,
                 self.halt.token(),
@@ -401,11 +416,11 @@ async fn stop_pipeline(
     finishing.await;
 }
 
-/// Closes the channels and the connection, then releases the partitions a fault left held:
-/// only after the connection is closed, so the next owner cannot get a delivery this worker
+/// Closes the channels and the connections, then releases the partitions a fault left held:
+/// only after the connections are closed, so the next owner cannot get a delivery this worker
 /// still holds unacked. Returns the partitions it could not release.
 async fn close_and_release(
-    broker: &Broker,
+    brokers: [&Broker; 2],
     partitions: Vec<Partition>,
     channels: Vec<Lanes>,
     halt: &CancellationToken,
@@ -418,11 +433,12 @@ async fn close_and_release(
     // the latest when the process exits) returns the deliveries all the same.
     let closing = join_all(channels.into_iter().map(Lanes::close));
     until_halted(closing, halt, CLOSE_HALTED_WITHIN).await;
-    if until_halted(broker.close(), halt, CLOSE_HALTED_WITHIN)
+    let closing = join_all(brokers.map(Broker::close));
+    if until_halted(closing, halt, CLOSE_HALTED_WITHIN)
         .await
         .is_none()
     {
-        tracing::debug!("closing the broker connection was not confirmed in time");
+        tracing::debug!("closing the broker connections was not confirmed in time");
     }
     if partitions.is_empty() {
         return partitions;

@@ -25,6 +25,9 @@ use crate::rush::{self, Services, WorkerProcess};
 use seatrush_core::amqp::{Broker, DeadLetter, Outbox, Outgoing, ReplyTo, Topology};
 use seatrush_core::client::parse_answers;
 use seatrush_core::protocol::Stage;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::Latency;
 
 /// The kinds of hostile message, and how many of every twenty messages are of each.
 const MIX: [(Kind, usize); 10] = [
@@ -150,7 +153,18 @@ pub struct HostileReport {
     /// The flood again, as many messages, on the valid students' own lane: what a producer
     /// that floods costs those who share its lane.
     pub same_lane: SameLaneFigures,
+    /// The broker's confirm time for a queue outside the traffic, alone and during each flood.
+    pub probe_confirm: ProbeFigures,
     pub violations: usize,
+}
+
+/// How long the broker took to confirm a write into a quorum queue of the run that nothing else
+/// touches, sampled every 50 ms, in each phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeFigures {
+    pub alone: Latency,
+    pub flood_own_lane: Latency,
+    pub flood_same_lane: Latency,
 }
 
 /// The second flood, on the valid students' lane.
@@ -253,7 +267,10 @@ async fn run_in(
             Pace::Rate(VALID_RATE),
         )
     };
+    let probe = Probe::start(services).await?;
+    let alone_started = Instant::now();
     let alone_report = paced(alone).await.context("the valid crowd failed")??;
+    let alone_phase = alone_started..Instant::now();
 
     let plan = plan(tag, messages);
     let warmup = (messages / 10).clamp(100, 10_000).min(messages);
@@ -289,6 +306,7 @@ async fn run_in(
     flood.settle(&plan).await;
     let after = worker.usage().unwrap_or(before);
     let flood_s = started.elapsed().as_secs_f64();
+    let flood_phase = started..Instant::now();
     let worker_cpu = after.cpu.saturating_sub(before.cpu);
     let cpu = cpu_before.per_request(main, Some(worker_cpu));
     peak = peak.max(after.rss);
@@ -310,6 +328,8 @@ async fn run_in(
     let same_publish = same_started.elapsed();
     let same_report = crowd.await.context("the valid crowd failed")??;
     same_flood.settle(&same_plan).await;
+    let same_phase = same_started..Instant::now();
+    let probed = probe.finish().await?;
     let worker_alive = worker.usage().is_some();
     same_flood.close().await;
 
@@ -363,8 +383,68 @@ async fn run_in(
             publish_rps: main as f64 / same_publish.as_secs_f64().max(1e-9),
             valid_beside: same_beside,
         },
+        probe_confirm: ProbeFigures {
+            alone: Probe::during(&probed, &alone_phase),
+            flood_own_lane: Probe::during(&probed, &flood_phase),
+            flood_same_lane: Probe::during(&probed, &same_phase),
+        },
         violations,
     })
+}
+
+/// Writes into the run's probe queue, one every 50 ms, each awaited, until finished.
+struct Probe {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<Vec<(Instant, Duration)>>>,
+}
+
+impl Probe {
+    async fn start(services: &Services) -> anyhow::Result<Self> {
+        let broker = Broker::connect(&services.amqp_url, "seatrush-probe")
+            .await
+            .context("connecting to RabbitMQ")?;
+        broker.declare_probe(&services.topology).await?;
+        let publisher = broker.confirmed_publisher().await?;
+        let to = ReplyTo::single(services.topology.probe_queue(), None);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let at = Instant::now();
+                publisher
+                    .send_confirmed(Outgoing::reply(&to, b"probe".to_vec()))
+                    .await
+                    .context("writing into the probe queue")?;
+                samples.push((at, at.elapsed()));
+            }
+            broker.close().await;
+            Ok(samples)
+        });
+        Ok(Self { stop, task })
+    }
+
+    async fn finish(self) -> anyhow::Result<Vec<(Instant, Duration)>> {
+        self.stop.cancel();
+        self.task.await.context("the probe failed")?
+    }
+
+    /// The confirm times of the writes started within `phase`.
+    fn during(samples: &[(Instant, Duration)], phase: &std::ops::Range<Instant>) -> Latency {
+        Latency::of(
+            samples
+                .iter()
+                .filter(|(at, _)| phase.contains(at))
+                .map(|(_, took)| *took)
+                .collect(),
+        )
+    }
 }
 
 fn kind_name(kind: Kind) -> String {

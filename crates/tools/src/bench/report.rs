@@ -196,7 +196,10 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
         "While the flood on its own lane lasted ({:.1} s, until its last message was settled), \
          the machine's cores went to: the broker {:.2}, the worker {:.2}, the database {:.2}, \
          the bench's publishers and crowd {:.2} (µs per hostile message: {:.0}, {:.0}, {:.0}, \
-         {:.0}).\n\n| valid students | alone | beside the flood on its lane | beside the flood \
+         {:.0}). A write into a quorum queue of the run that nothing else touches was confirmed \
+         in {:.0} ms at the median and {:.0} ms at the 99th percentile while the valid students \
+         were alone, {:.0} and {:.0} ms during the flood on its own lane, {:.0} and {:.0} ms \
+         during the flood on theirs.\n\n| valid students | alone | beside the flood on its lane | beside the flood \
          on theirs |\n|---|---:|---:|---:|\n",
         r.flood_s,
         cores(c.broker),
@@ -207,6 +210,12 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
         c.workers,
         c.database,
         c.bench,
+        r.probe_confirm.alone.p50_ms,
+        r.probe_confirm.alone.p99_ms,
+        r.probe_confirm.flood_own_lane.p50_ms,
+        r.probe_confirm.flood_own_lane.p99_ms,
+        r.probe_confirm.flood_same_lane.p50_ms,
+        r.probe_confirm.flood_same_lane.p99_ms,
     );
     let columns = [&r.valid_alone, &r.valid_beside, &r.same_lane.valid_beside];
     type Figure = fn(&super::hostile::ValidFigures) -> f64;
