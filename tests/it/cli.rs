@@ -170,8 +170,14 @@ async fn migrations_are_safe_when_several_processes_run_them_at_once() {
 #[tokio::test]
 async fn values_a_worker_cannot_run_with_are_refused_with_their_limit() {
     // Arrange: each bad value, and what the refusal must say.
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["worker", "--prefetch", "0"], "must be at least 1"),
+        (&["worker", "--lanes", "web,Batch"], "a-z, 0-9"),
+        (
+            &["worker", "--lanes", "a,b,c,d,e,f,g,h,i"],
+            "at most 8 beside the default one",
+        ),
+        (&["enroll", "--lane", "no.dots", "C1", "s1"], "a-z, 0-9"),
         (&["worker", "--runtime-threads", "0"], "must be at least 1"),
         (&["worker", "--lease-ms", "10"], "must be at least 300"),
         (&["worker", "--db-connections", "1"], "must be at least 2"),

@@ -254,9 +254,10 @@ async fn sample(report: &load::Report, watched: &Watched<'_>) -> Sample {
         .sum();
     let mut queued = 0u64;
     for p in 0..services.topology.partitions {
-        let queue = services.topology.partition_queue(Partition(p));
-        if let Ok(Some(depth)) = broker.queue_depth(&queue).await {
-            queued += u64::from(depth.ready);
+        for queue in services.topology.partition_queues(Partition(p)) {
+            if let Ok(Some(depth)) = broker.queue_depth(&queue).await {
+                queued += u64::from(depth.ready);
+            }
         }
     }
     Sample {
