@@ -614,11 +614,8 @@ impl Listener {
                 request.request_id.as_str(),
                 Some(&to),
                 request_body(request),
-            );
-            let message = match &self.lane {
-                Some(lane) => message.on_lane(&self.topology, lane),
-                None => message,
-            };
+            )
+            .on_lane(&self.topology, self.lane.as_deref());
             confirms.push(self.publisher.send(message).await.expect("publish"));
         }
         for confirm in confirms {

@@ -74,11 +74,8 @@ async fn a_course_lands_in_the_same_partition_in_every_lane() {
     // Act: every key once into each lane.
     for lane in env.topology.every_lane() {
         for key in &keys {
-            let message = Outgoing::raw_request(&env.topology, key, Some(key), None, Vec::new());
-            let message = match lane {
-                Some(lane) => message.on_lane(&env.topology, lane),
-                None => message,
-            };
+            let message = Outgoing::raw_request(&env.topology, key, Some(key), None, Vec::new())
+                .on_lane(&env.topology, lane);
             publisher.send_confirmed(message).await.expect("publish");
         }
     }
@@ -223,7 +220,7 @@ async fn a_flooded_lane_does_not_hold_back_the_others() {
             None,
             b"{not json".to_vec(),
         )
-        .on_lane(&env.topology, "flood");
+        .on_lane(&env.topology, Some("flood"));
         confirms.push(publisher.send(message).await.expect("publish"));
     }
     for confirm in confirms {

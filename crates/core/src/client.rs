@@ -76,9 +76,7 @@ impl Client {
         if let (Action::Configure(_), Some(user)) = (&request.action, &self.user) {
             message = message.with_user_id(user);
         }
-        if let Some(lane) = &self.lane {
-            message = message.on_lane(&self.topology, lane);
-        }
+        let message = message.on_lane(&self.topology, self.lane.as_deref());
         self.publisher
             .send_confirmed(message)
             .await

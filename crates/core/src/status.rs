@@ -67,17 +67,11 @@ pub async fn gather(
         // Over the partition's lanes: what waits in all of them, and the consumers of the
         // least consumed (a lane nobody consumes is a partition not wholly served). Unknown if
         // one of its queues is.
-        let mut depths = Some(Vec::new());
+        let mut depths = Vec::new();
         for queue in topology.partition_queues(Partition(ownership.partition)) {
-            let depth = broker.queue_depth(&queue).await?;
-            depths = depths.zip(depth).map(|(mut all, d)| {
-                all.push(d);
-                all
-            });
-            if depths.is_none() {
-                break;
-            }
+            depths.push(broker.queue_depth(&queue).await?);
         }
+        let depths: Option<Vec<_>> = depths.into_iter().collect();
         with_queues.push(PartitionStatus {
             ownership,
             ready: depths.as_ref().map(|all| all.iter().map(|d| d.ready).sum()),

@@ -406,11 +406,12 @@ pub struct Lanes {
 
 impl Lanes {
     /// Consumes each of `queues`, each on a channel of its own: the first (the default lane)
-    /// on the first connection of `brokers`, the others on the second. The tag of the consumer
-    /// of the n-th is `tag` with `.n` appended past the first. Fails, closing what it opened,
-    /// if any consumer cannot start.
+    /// on the connection `default`, the others (the named lanes) on `named`. The tag of the
+    /// consumer of the n-th is `tag` with `.n` appended past the first. Fails, closing what it
+    /// opened, if any consumer cannot start.
     pub async fn start(
-        brokers: [&super::Broker; 2],
+        default: &super::Broker,
+        named: &super::Broker,
         queues: &[String],
         tag: &str,
         prefetch: u16,
@@ -422,7 +423,7 @@ impl Lanes {
             } else {
                 format!("{tag}.{n}")
             };
-            let broker = if n == 0 { brokers[0] } else { brokers[1] };
+            let broker = if n == 0 { default } else { named };
             match broker.consume(queue, &tag, prefetch).await {
                 Ok(deliveries) => lanes.push((queue.clone(), deliveries)),
                 Err(e) => {
@@ -435,13 +436,8 @@ impl Lanes {
     }
 
     /// How many lanes there are; lanes are numbered from 0, the default lane first.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.lanes.len()
-    }
-
-    /// Whether there is no lane at all (never, for a partition's lanes).
-    pub fn is_empty(&self) -> bool {
-        self.lanes.is_empty()
     }
 
     /// The next delivery of whichever lane has one, each in turn, with the lane it came from

@@ -18,7 +18,7 @@ pub use dead::DeadLetter;
 pub use nodes::node_urls;
 pub use outbox::{Outbox, Posted};
 pub use publisher::{Batch, DeadCopy, Kind, Outgoing, PendingConfirm, Publisher, ReplyTo};
-pub use topology::{MAX_LANES, Topology, lane_list, lane_name};
+pub use topology::{Topology, lane_list, lane_name};
 
 /// Errors at the broker's edge.
 #[derive(Debug, thiserror::Error)]

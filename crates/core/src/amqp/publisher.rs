@@ -201,11 +201,13 @@ impl Outgoing {
         }
     }
 
-    /// The same request on a named lane of `topology` (see [`Topology::lanes`]): published to
-    /// that lane's exchange instead of the default one.
+    /// The same request on `lane` of `topology` (see [`Topology::lanes`]): a named lane's
+    /// exchange instead of the default one; unchanged for `None`, the default lane.
     #[must_use]
-    pub fn on_lane(mut self, topology: &Topology, lane: &str) -> Self {
-        self.exchange = topology.lane_exchange(Some(lane));
+    pub fn on_lane(mut self, topology: &Topology, lane: Option<&str>) -> Self {
+        if lane.is_some() {
+            self.exchange = topology.lane_exchange(lane);
+        }
         self
     }
 

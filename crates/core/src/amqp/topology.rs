@@ -257,21 +257,8 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), text("quorum"));
-        args.insert("x-max-length".into(), AMQPValue::LongLongInt(5_000_000));
-        args.insert("x-overflow".into(), text("drop-head"));
         let queue = self.gateway_events_queue();
-        channel
-            .queue_declare(
-                queue.clone().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            )
-            .await?;
+        declare_bounded(channel, &queue, 5_000_000).await?;
         for pattern in [Self::FINALS_KEY, "final.#"] {
             channel
                 .queue_bind(
@@ -288,21 +275,7 @@ impl Topology {
 
     /// Declares the probe queue (see [`Self::probe_queue`]), bounded to its last 10,000 writes.
     pub(super) async fn declare_probe(&self, channel: &Channel) -> lapin::Result<()> {
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), text("quorum"));
-        args.insert("x-max-length".into(), AMQPValue::LongLongInt(10_000));
-        args.insert("x-overflow".into(), text("drop-head"));
-        channel
-            .queue_declare(
-                self.probe_queue().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            )
-            .await?;
-        Ok(())
+        declare_bounded(channel, &self.probe_queue(), 10_000).await
     }
 
     pub(super) async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
@@ -351,6 +324,26 @@ impl Topology {
         args.insert("x-overflow".into(), text("reject-publish"));
         args
     }
+}
+
+/// Declares a durable quorum queue that keeps its last `max_length` messages, dropping the
+/// oldest beyond them.
+async fn declare_bounded(channel: &Channel, queue: &str, max_length: i64) -> lapin::Result<()> {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(max_length));
+    args.insert("x-overflow".into(), text("drop-head"));
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await?;
+    Ok(())
 }
 
 fn text(s: &str) -> AMQPValue {

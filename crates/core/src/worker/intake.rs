@@ -89,7 +89,7 @@ impl Intake {
         let queues = self.topology.partition_queues(lease.partition);
         let tag = format!("p{}-e{}", lease.partition, lease.epoch);
         let mut deliveries =
-            match Lanes::start([&self.broker, &self.bulk], &queues, &tag, self.prefetch).await {
+            match Lanes::start(&self.broker, &self.bulk, &queues, &tag, self.prefetch).await {
                 Ok(deliveries) => deliveries,
                 Err((queue, e)) => {
                     self.fault
@@ -103,7 +103,7 @@ impl Intake {
         // waits in the broker, not in this worker's memory.
         let mut settling: FuturesUnordered<Settling<'_>> = FuturesUnordered::new();
         // How many of `settling` came from each lane.
-        let mut unsettled = vec![0usize; deliveries.len()];
+        let mut unsettled = vec![0usize; deliveries.count()];
         loop {
             let open = |lane: usize| unsettled[lane] < SETTLING_AT_ONCE;
             let next = tokio::select! {
@@ -124,7 +124,6 @@ impl Intake {
                     let taken = if self.registry.is_loaded() {
                         let mut batch = vec![(incoming, guard, lane)];
                         while batch.len() < JUDGED_AT_ONCE {
-                            let open = |lane: usize| unsettled[lane] < SETTLING_AT_ONCE;
                             match deliveries.next(open).now_or_never() {
                                 Some((lane, Some(Ok(more)))) => {
                                     batch.push((more, in_flight.enter(), lane))

@@ -24,7 +24,9 @@ use super::health::Health;
 use super::intake::Intake;
 use super::ownership::{Ownership, Stopped};
 use super::registry_watch::RegistryWatch;
-use super::shutdown::{CLOSE_HALTED_WITHIN, Halt, Left, STORE_CALL_WITHIN, Shutdown, until_halted};
+use super::shutdown::{
+    CLOSE_HALTED_WITHIN, Halt, Left, STORE_CALL_WITHIN, Shutdown, finish_within, until_halted,
+};
 use crate::amqp::{Broker, Lanes, Outbox};
 use crate::course::{ActorContext, Catalog, Close, Registry, RegistryConfig};
 use crate::domain::Partition;
@@ -99,9 +101,10 @@ pub(super) async fn run(
 struct Session {
     broker: Arc<Broker>,
     /// A second connection for what a flood fills: the dead letters of invalid deliveries
-    /// with their answers, and the consumers of the named lanes. The broker reads and writes
-    /// each connection in order, in one process each way, so on the first connection the
-    /// valid requests' deliveries and answers never queue behind a flood's.
+    /// with their answers, and the consumers of the named lanes. A connection is one TCP
+    /// stream, read in order by one process in the broker and one I/O thread here, so on the
+    /// first connection the valid requests' deliveries and answers never queue behind a
+    /// flood's.
     bulk: Arc<Broker>,
     outbox: Outbox,
     outbox_task: JoinHandle<()>,
@@ -402,18 +405,10 @@ async fn stop_pipeline(
         OUTBOX_WITHIN
     };
     // Both finish together, within one bound.
-    let finishing = join_all(outbox_tasks.into_iter().map(|mut task| async move {
-        if tokio::time::timeout(outbox_within, &mut task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "an outbox did not finish within {outbox_within:?}; dropping what it holds"
-            );
-            task.abort();
-        }
-    }));
-    finishing.await;
+    let finished = join_all(outbox_tasks.map(|task| finish_within(task, outbox_within))).await;
+    if finished.contains(&false) {
+        tracing::warn!("an outbox did not finish within {outbox_within:?}; dropping what it holds");
+    }
 }
 
 /// Closes the channels and the connections, then releases the partitions a fault left held:

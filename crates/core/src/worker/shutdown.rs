@@ -171,6 +171,16 @@ pub(super) async fn until_halted<F: Future>(
     tokio::time::timeout(grace, step).await.ok()
 }
 
+/// Waits at most `within` for `task` to end, and aborts it if it has not: `false` then. For
+/// tasks that bound their own waits, where this only guards against one stuck anyway.
+pub(super) async fn finish_within(mut task: JoinHandle<()>, within: Duration) -> bool {
+    if tokio::time::timeout(within, &mut task).await.is_ok() {
+        return true;
+    }
+    task.abort();
+    false
+}
+
 /// What a stop left to the broker and to lease expiry. Empty after a clean drain: every
 /// delivery taken was committed and acked, every partition released.
 #[derive(Debug, Default)]

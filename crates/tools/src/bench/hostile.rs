@@ -282,8 +282,7 @@ async fn run_in(
     let before = worker.usage().context("reading the worker's memory")?;
 
     eprintln!(
-        "[bench] hostile: {} hostile messages on lane {FLOOD_LANE} beside {} valid requests",
-        messages - warmup,
+        "[bench] hostile: {main} hostile messages on lane {FLOOD_LANE} beside {} valid requests",
         beside.len()
     );
     let servers = crate::cpu::Servers::of(&services.amqp_url, &services.database_url, "");
@@ -293,7 +292,7 @@ async fn run_in(
     let mut peak = before.rss;
     // In two halves: the worker's memory half-way and at the end say whether it grows with
     // the number of messages, or only fills its buffers once.
-    let half = warmup + (messages - warmup) / 2;
+    let half = warmup + main / 2;
     flood
         .send_watching(&plan[warmup..half], &worker, &mut peak)
         .await?;
@@ -544,11 +543,8 @@ impl Flood {
                 Some(&to),
                 hostile.body.clone(),
             )
-            .with_headers(hostile.headers.clone());
-            let message = match self.lane {
-                Some(lane) => message.on_lane(&self.topology, lane),
-                None => message,
-            };
+            .with_headers(hostile.headers.clone())
+            .on_lane(&self.topology, self.lane);
             confirms.push(outbox.post_confirmed(message).await?.confirmed());
             while confirms.len() >= WINDOW {
                 if let Some(confirmed) = confirms.next().await {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::finalizer::{CommittedBatch, finalize};
 use super::fault::Fault;
+use super::shutdown::finish_within;
 use crate::amqp::{Outbox, Topology};
 use crate::pipeline::Decided;
 use crate::store::{Committed, Store, StoreError};
@@ -50,7 +51,7 @@ impl Committer {
     ) {
         // A couple of batches may wait for their confirms while the next one commits.
         let (to_finalizer, committed) = mpsc::channel::<CommittedBatch>(2);
-        let mut finalizer = tokio::spawn(finalize(
+        let finalizer = tokio::spawn(finalize(
             committed,
             self.outbox.clone(),
             self.store.clone(),
@@ -86,14 +87,10 @@ impl Committer {
         drop(to_finalizer);
         // The finalizer bounds its own waits; this bound only guards against a task that
         // somehow stays stuck, so the session can still end and start afresh.
-        if tokio::time::timeout(FINALIZER_WITHIN, &mut finalizer)
-            .await
-            .is_err()
-        {
+        if !finish_within(finalizer, FINALIZER_WITHIN).await {
             tracing::warn!(
                 "the finalizer did not finish; abandoning it (its requests are redelivered)"
             );
-            finalizer.abort();
         }
     }
 
