@@ -440,9 +440,22 @@ async fn idempotency_keys_follow_the_draft_across_gateways() {
     assert_eq!(decided.body["state"], "final");
     assert_eq!(decided.body["answer"]["outcome"], "enrolled");
     assert_eq!(decided.body["answer"]["student_id"], "s1");
-    // The same key and body replays the stored outcome, anywhere; nothing is taken twice.
+    // The same key and body replays the stored outcome, anywhere; nothing is taken twice. The
+    // gateway that published the request waits for its final answer, which leaves after the
+    // commit the state above read: until it is there, a retry there is in flight (409).
     for gateway in [&api, &other] {
-        let replay = gateway.post(&s1, Some("k-1"), &[], enroll(course)).await;
+        let replay = eventually(
+            "the replay is answered",
+            Duration::from_secs(10),
+            || async {
+                let replay = gateway.post(&s1, Some("k-1"), &[], enroll(course)).await;
+                if replay.status == StatusCode::CONFLICT {
+                    return None;
+                }
+                Some(replay)
+            },
+        )
+        .await;
         assert_eq!(replay.status, StatusCode::OK, "{}", replay.body);
         assert_eq!(replay.body["answer"], decided.body["answer"]);
     }

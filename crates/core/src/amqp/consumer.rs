@@ -362,7 +362,7 @@ impl Deliveries {
             reply_to: text(props.reply_to()),
             correlation_id: text(props.correlation_id()),
             user_id: text(props.user_id()),
-            routing_key: delivery.routing_key.as_str().to_owned(),
+            routing_key: delivery.routing_key.into(),
             redelivered: delivery.redelivered,
             headers,
             body: delivery.data,

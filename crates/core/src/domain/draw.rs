@@ -126,21 +126,21 @@ fn hex(bytes: &[u8]) -> String {
 pub fn draw_request_id(course: &CourseId) -> RequestId {
     let raw = format!("draw-{course}");
     if raw.len() <= super::MAX_ID_LEN {
-        return RequestId(raw);
+        return RequestId(raw.into());
     }
     let digest = hex(&Sha256::digest(course.as_str().as_bytes()));
-    RequestId(format!("draw-{}", &digest[..40]))
+    RequestId(format!("draw-{}", &digest[..40]).into())
 }
 
 /// A fresh id for a draw wake-up: each is recorded like any request, and one that arrived
 /// early must not answer a later one. Valid by construction (a prefix and 32 hex digits).
 pub fn wake_request_id() -> RequestId {
-    RequestId(format!("wake-{}", uuid::Uuid::new_v4().simple()))
+    RequestId(format!("wake-{}", uuid::Uuid::new_v4().simple()).into())
 }
 
 /// The student id a draw's own record carries (the draw acts for no student).
 pub fn draw_actor() -> StudentId {
-    StudentId(String::from("_draw"))
+    StudentId("_draw".into())
 }
 
 #[cfg(test)]

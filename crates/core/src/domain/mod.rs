@@ -59,15 +59,18 @@ fn check_id(kind: &'static str, raw: &str) -> Result<(), IdError> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
+        ///
+        /// Shared, not copied: an id travels with its request through the actor's memory of
+        /// verdicts, the commit and the answers, and a clone is a count, not an allocation.
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             /// Parses a client-supplied id.
-            pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
-                let raw = raw.into();
-                check_id($kind, &raw)?;
-                Ok(Self(raw))
+            pub fn parse(raw: impl AsRef<str>) -> Result<Self, IdError> {
+                let raw = raw.as_ref();
+                check_id($kind, raw)?;
+                Ok(Self(raw.into()))
             }
 
             pub fn as_str(&self) -> &str {

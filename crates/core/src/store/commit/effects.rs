@@ -41,18 +41,17 @@ enum EffectKind {
 
 /// One effect as `apply_course_effects` takes it: the SQL composite type `course_effect`, field for field
 /// in the same order.
-#[derive(Debug, sqlx::Type)]
-#[sqlx(type_name = "course_effect")]
-struct EffectRow {
+#[derive(Debug, sqlx::Encode)]
+struct EffectRow<'a> {
     /// The item's index in the batch: its decision order, and how result rows name it.
     ord: i32,
-    course_id: String,
-    student_id: String,
-    request_id: String,
+    course_id: &'a str,
+    student_id: &'a str,
+    request_id: &'a str,
     kind: EffectKind,
     /// Where the student listens, kept with a waitlist place to announce a promotion there.
-    reply_to: Option<String>,
-    correlation_id: Option<String>,
+    reply_to: Option<&'a str>,
+    correlation_id: Option<&'a str>,
     /// The new settings of a `configure`; `None` for every other kind.
     capacity: Option<i32>,
     waitlist: Option<i32>,
@@ -66,9 +65,24 @@ struct EffectRow {
     draw_order: Option<Vec<String>>,
 }
 
-impl EffectRow {
-    /// The row of the entry at `index`, or `None` when its decision changes nothing.
-    fn of(index: usize, entry: &Entry<'_>) -> Option<Self> {
+// Written out rather than derived with the encoding: the derive would also decode the row,
+// which a row of borrowed text cannot be, and the row is only ever sent.
+impl sqlx::Type<sqlx::Postgres> for EffectRow<'_> {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        sqlx::postgres::PgTypeInfo::with_name("course_effect")
+    }
+}
+
+impl sqlx::postgres::PgHasArrayType for EffectRow<'_> {
+    fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+        sqlx::postgres::PgTypeInfo::array_of("course_effect")
+    }
+}
+
+impl<'a> EffectRow<'a> {
+    /// The row of the entry at `index`, or `None` when its decision changes nothing. It
+    /// borrows the entry's ids rather than copying them.
+    fn of(index: usize, entry: &Entry<'a>) -> Option<Self> {
         let p = entry.pending;
         let (kind, settings) = match &p.effect {
             Effect::None => return None,
@@ -93,12 +107,12 @@ impl EffectRow {
         let reply_to = p.reply_to.as_ref();
         Some(Self {
             ord: i32::try_from(index).unwrap_or(i32::MAX),
-            course_id: p.request.course_id.to_string(),
-            student_id: p.request.student_id.to_string(),
-            request_id: p.request.request_id.to_string(),
+            course_id: p.request.course_id.as_str(),
+            student_id: p.request.student_id.as_str(),
+            request_id: p.request.request_id.as_str(),
             kind,
-            reply_to: reply_to.map(|r| r.queue.clone()),
-            correlation_id: reply_to.and_then(|r| r.correlation_id.clone()),
+            reply_to: reply_to.map(|r| r.queue.as_str()),
+            correlation_id: reply_to.and_then(|r| r.correlation_id.as_deref()),
             capacity: settings.map(|s| to_i32(s.capacity)),
             waitlist: settings.map(|s| to_i32(s.waitlist)),
             opens_at: settings.and_then(|s| s.opens_at),

@@ -143,10 +143,10 @@ mod tests {
 
     fn request(id: &str, student: &str) -> Request {
         Request {
-            request_id: RequestId::parse(id.to_owned()).unwrap(),
+            request_id: RequestId::parse(id).unwrap(),
             action: Action::Enroll,
-            course_id: CourseId::parse("c1".to_owned()).unwrap(),
-            student_id: StudentId::parse(student.to_owned()).unwrap(),
+            course_id: CourseId::parse("c1").unwrap(),
+            student_id: StudentId::parse(student).unwrap(),
         }
     }
 
