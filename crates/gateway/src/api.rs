@@ -96,6 +96,24 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// The same key is still in flight: its request is not decided yet.
+    fn in_flight() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "a request with this key is still in flight",
+        )
+    }
+
+    /// The key was recorded with another request.
+    fn key_reused() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Unprocessable Content",
+            "this idempotency key was used for another request",
+        )
+    }
+
     pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
         Self {
             kind: "about:blank",
@@ -356,11 +374,7 @@ async fn post_request(
     let (request, canonical, as_operator) = worker_request(&state, &caller, &request_id, &body)?;
 
     let Some(progress) = state.courier.track(&request_id) else {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "Conflict",
-            "a request with this key is still in flight",
-        ));
+        return decided_meanwhile(&state, key, &request_id, &canonical).await;
     };
     // From here on, this instance is waiting for the key's answers. If the request is not
     // published, it stops waiting on the way out; once published, it waits until the final
@@ -381,11 +395,7 @@ async fn post_request(
     match standing {
         KeyStanding::Fresh => {}
         KeyStanding::Mismatch => {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Unprocessable Content",
-                "this idempotency key was used for another request",
-            ));
+            return Err(Problem::key_reused());
         }
         KeyStanding::Decided => {
             let stored = state.store.stored_answer(&request_id).await.map_err(|_| {
@@ -398,11 +408,7 @@ async fn post_request(
             return Ok(RequestView::of(key, request_id.clone(), &progress).respond(None));
         }
         KeyStanding::Undecided { accepted_secs_ago } if accepted_secs_ago < REPUBLISH_AFTER => {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "Conflict",
-                "a request with this key is still in flight",
-            ));
+            return Err(Problem::in_flight());
         }
         KeyStanding::Undecided { .. } => {}
     }
@@ -436,6 +442,43 @@ async fn post_request(
     };
     drop(waiting);
     Ok(RequestView::of(key, request_id, &progress).respond(wait.map(|w| w.as_secs())))
+}
+
+/// A retry reaching the instance that still waits for its key's final answer. The answer leaves
+/// the worker after the commit, so the database may hold it already: the retry then gets it,
+/// as `GET` does, instead of a 409. Read only: the key was recorded by the request in flight.
+async fn decided_meanwhile(
+    state: &AppState,
+    key: String,
+    request_id: &str,
+    canonical: &[u8],
+) -> Result<Response, Problem> {
+    let unreachable =
+        |_| Problem::unavailable("the database is not reachable from this gateway", 2);
+    let Some(recorded) = state
+        .store
+        .key_fingerprint(request_id)
+        .await
+        .map_err(unreachable)?
+    else {
+        return Err(Problem::in_flight());
+    };
+    if recorded != keys::fingerprint(canonical) {
+        return Err(Problem::key_reused());
+    }
+    let Some(stored) = state
+        .store
+        .stored_answer(request_id)
+        .await
+        .map_err(unreachable)?
+    else {
+        return Err(Problem::in_flight());
+    };
+    let progress = Progress {
+        provisional: None,
+        final_answer: Some(stored),
+    };
+    Ok(RequestView::of(key, request_id.to_owned(), &progress).respond(None))
 }
 
 /// Ends this instance's wait for a request's answers when its handler ends, however it ends

@@ -157,6 +157,16 @@ impl Store {
         )
     }
 
+    /// The fingerprint recorded with a key, if the key was ever recorded.
+    pub async fn key_fingerprint(&self, request_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT fingerprint FROM gateway_keys WHERE request_id = $1")
+                .bind(request_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// The final answer stored for a request id, as the worker would replay it.
     pub async fn stored_answer(&self, request_id: &str) -> Result<Option<Answer>> {
         Ok(self.stored_answers(&[request_id]).await?.pop())
