@@ -105,6 +105,11 @@ impl Problem {
         )
     }
 
+    /// The database could not be asked; a retry may find it again. Takes the error it replaces.
+    fn database_unreachable<E>(_: E) -> Self {
+        Self::unavailable("the database is not reachable from this gateway", 2)
+    }
+
     /// The key was recorded with another request.
     fn key_reused() -> Self {
         Self::new(
@@ -374,7 +379,7 @@ async fn post_request(
     let (request, canonical, as_operator) = worker_request(&state, &caller, &request_id, &body)?;
 
     let Some(progress) = state.courier.track(&request_id) else {
-        return decided_meanwhile(&state, key, &request_id, &canonical).await;
+        return decided_meanwhile(&state, key, request_id, &canonical).await;
     };
     // From here on, this instance is waiting for the key's answers. If the request is not
     // published, it stops waiting on the way out; once published, it waits until the final
@@ -388,24 +393,23 @@ async fn post_request(
         request_id: request_id.clone(),
         fingerprint: keys::fingerprint(&canonical),
     };
-    let standing =
-        state.keys.offer(claim).await.map_err(|_| {
-            Problem::unavailable("the database is not reachable from this gateway", 2)
-        })?;
+    let standing = state
+        .keys
+        .offer(claim)
+        .await
+        .map_err(Problem::database_unreachable)?;
     match standing {
         KeyStanding::Fresh => {}
         KeyStanding::Mismatch => {
             return Err(Problem::key_reused());
         }
         KeyStanding::Decided => {
-            let stored = state.store.stored_answer(&request_id).await.map_err(|_| {
-                Problem::unavailable("the database is not reachable from this gateway", 2)
-            })?;
-            let progress = Progress {
-                provisional: None,
-                final_answer: stored,
-            };
-            return Ok(RequestView::of(key, request_id.clone(), &progress).respond(None));
+            let stored = state
+                .store
+                .stored_answer(&request_id)
+                .await
+                .map_err(Problem::database_unreachable)?;
+            return Ok(replayed(key, request_id.clone(), stored));
         }
         KeyStanding::Undecided { accepted_secs_ago } if accepted_secs_ago < REPUBLISH_AFTER => {
             return Err(Problem::in_flight());
@@ -450,35 +454,32 @@ async fn post_request(
 async fn decided_meanwhile(
     state: &AppState,
     key: String,
-    request_id: &str,
+    request_id: String,
     canonical: &[u8],
 ) -> Result<Response, Problem> {
-    let unreachable =
-        |_| Problem::unavailable("the database is not reachable from this gateway", 2);
-    let Some(recorded) = state
-        .store
-        .key_fingerprint(request_id)
-        .await
-        .map_err(unreachable)?
-    else {
-        return Err(Problem::in_flight());
-    };
-    if recorded != keys::fingerprint(canonical) {
-        return Err(Problem::key_reused());
+    let recorded = state.store.key_fingerprint(&request_id).await;
+    match recorded.map_err(Problem::database_unreachable)? {
+        Some(recorded) if recorded != keys::fingerprint(canonical) => {
+            return Err(Problem::key_reused());
+        }
+        Some(_) => {}
+        // Not recorded yet: the request in flight has not got that far.
+        None => return Err(Problem::in_flight()),
     }
-    let Some(stored) = state
-        .store
-        .stored_answer(request_id)
-        .await
-        .map_err(unreachable)?
-    else {
-        return Err(Problem::in_flight());
-    };
+    let stored = state.store.stored_answer(&request_id).await;
+    match stored.map_err(Problem::database_unreachable)? {
+        Some(stored) => Ok(replayed(key, request_id, Some(stored))),
+        None => Err(Problem::in_flight()),
+    }
+}
+
+/// The answer to a retry of a decided request: its stored final answer.
+fn replayed(key: String, request_id: String, stored: Option<Answer>) -> Response {
     let progress = Progress {
         provisional: None,
-        final_answer: Some(stored),
+        final_answer: stored,
     };
-    Ok(RequestView::of(key, request_id.to_owned(), &progress).respond(None))
+    RequestView::of(key, request_id, &progress).respond(None)
 }
 
 /// Ends this instance's wait for a request's answers when its handler ends, however it ends
@@ -639,15 +640,13 @@ async fn get_request(
         ));
     }
     let request_id = keys::request_id(caller.student.as_str(), &key);
-    let unreachable =
-        |_| Problem::unavailable("the database is not reachable from this gateway", 2);
     let mut progress = state.courier.progress(&request_id).unwrap_or_default();
     if progress.final_answer.is_none() {
         progress.final_answer = state
             .store
             .stored_answer(&request_id)
             .await
-            .map_err(unreachable)?;
+            .map_err(Problem::database_unreachable)?;
     }
     if progress.final_answer.is_none()
         && progress.provisional.is_none()
@@ -655,7 +654,7 @@ async fn get_request(
             .store
             .key_known(&request_id)
             .await
-            .map_err(unreachable)?
+            .map_err(Problem::database_unreachable)?
     {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
@@ -816,7 +815,7 @@ async fn me(State(state): State<AppState>, Caller(caller): Caller) -> Result<Jso
         .store
         .standing(caller.student.as_str())
         .await
-        .map_err(|_| Problem::unavailable("the database is not reachable from this gateway", 2))?;
+        .map_err(Problem::database_unreachable)?;
     Ok(Json(Me {
         student_id: caller.student.to_string(),
         admin: caller.admin,

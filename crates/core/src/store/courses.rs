@@ -327,13 +327,17 @@ impl Store {
     /// Every existing course id. The catalog is as large as the real course list, whatever
     /// clients send.
     pub async fn course_ids(&self) -> Result<Vec<CourseId>> {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT course_id FROM courses")
+        // Parsed from the rows' own text: an id is allocated once, as the catalog keeps it.
+        let rows = sqlx::query("SELECT course_id FROM courses")
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|id| CourseId::parse(id).ok())
-            .collect())
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Ok(id) = CourseId::parse(row.try_get::<&str, _>(0)?) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
     /// Loads what a course actor needs: settings, enrolled students, the waitlist in order and
@@ -381,7 +385,7 @@ impl Store {
         let mut verdicts: HashMap<String, Vec<(RequestId, Verdict)>> = HashMap::new();
         for row in &decided {
             let course: String = row.try_get("course_id")?;
-            let id = RequestId::parse(row.try_get::<String, _>("request_id")?)
+            let id = RequestId::parse(row.try_get::<&str, _>("request_id")?)
                 .map_err(|e| corrupt(&course, &e))?;
             verdicts
                 .entry(course)
@@ -390,7 +394,7 @@ impl Store {
         }
         rows.iter()
             .map(|row| {
-                let course = CourseId::parse(row.try_get::<String, _>("course_id")?)
+                let course = CourseId::parse(row.try_get::<&str, _>("course_id")?)
                     .map_err(|e| StoreError::Inconsistent(format!("a stored course id: {e}")))?;
                 let decided = verdicts.remove(course.as_str()).unwrap_or_default();
                 let snapshot = snapshot_from_row(&course, row, decided)?;

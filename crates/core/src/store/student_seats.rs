@@ -295,7 +295,7 @@ async fn read_ledger(tx: &mut sqlx::PgConnection, students: &[&str]) -> Result<L
     .fetch_all(&mut *tx)
     .await?;
     for row in &rows {
-        let Ok(student) = StudentId::parse(row.try_get::<String, _>("student_id")?) else {
+        let Ok(student) = StudentId::parse(row.try_get::<&str, _>("student_id")?) else {
             continue;
         };
         if !ledger.contains(&student) {
@@ -477,9 +477,9 @@ pub(super) async fn count_seats_held(tx: &mut sqlx::PgConnection, students: &[&s
     let mut seats = Vec::with_capacity(rows.len());
     for row in &rows {
         let (Ok(student), Ok(course), Ok(request)) = (
-            StudentId::parse(row.try_get::<String, _>("student_id")?),
-            CourseId::parse(row.try_get::<String, _>("course_id")?),
-            RequestId::parse(row.try_get::<String, _>("request_id")?),
+            StudentId::parse(row.try_get::<&str, _>("student_id")?),
+            CourseId::parse(row.try_get::<&str, _>("course_id")?),
+            RequestId::parse(row.try_get::<&str, _>("request_id")?),
         ) else {
             continue;
         };

@@ -63,11 +63,11 @@ fn result_of(row: &sqlx::postgres::PgRow, course: &str) -> Result<DrawResult> {
     }));
     Ok(DrawResult {
         entry: Request {
-            request_id: RequestId::parse(row.try_get::<String, _>("request_id")?)
+            request_id: RequestId::parse(row.try_get::<&str, _>("request_id")?)
                 .map_err(|e| corrupt(&e))?,
             action: Action::Enroll,
             course_id: CourseId::parse(course).map_err(|e| corrupt(&e))?,
-            student_id: StudentId::parse(row.try_get::<String, _>("student_id")?)
+            student_id: StudentId::parse(row.try_get::<&str, _>("student_id")?)
                 .map_err(|e| corrupt(&e))?,
         },
         reply_to: row.try_get("reply_to")?,
