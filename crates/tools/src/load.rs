@@ -589,34 +589,11 @@ mod tests {
     use seatrush_core::domain::{Action, CourseId, RequestId, StudentId};
 
     fn answer(stage: Stage, outcome: &str, reason: Option<&str>) -> Answer {
+        let ids = ["r", "c", "s", "enroll"].map(str::to_owned);
         Answer {
-            request_id: "r".into(),
-            course_id: "c".into(),
-            student_id: "s".into(),
-            action: "enroll".into(),
-            stage,
             outcome: outcome.into(),
             reason: reason.map(str::to_owned),
-            seats_left: 0,
-            waitlist_position: None,
-            opens_at: None,
-            closes_at: None,
-            promoted_by: None,
-            draw_at: None,
-            draw_commitment: None,
-            entries_open_at: None,
-            draw_position: None,
-            holds: None,
-            registration_opens_at: None,
-            credits_held: None,
-            credits_asked: None,
-            credits_allowed: None,
-            conflicts_with: None,
-            drop_course_id: None,
-            replayed: false,
-            revised: false,
-            detail: None,
-            correlation_id: None,
+            ..Answer::about(ids, stage, seatrush_core::domain::Outcome::Rejected)
         }
     }
 

@@ -126,11 +126,7 @@ impl Answer {
         )
     }
 
-    fn of_verdict(
-        [request_id, course_id, student_id, action]: [&str; 4],
-        verdict: &Verdict,
-        stage: Stage,
-    ) -> Self {
+    fn of_verdict(ids: [&str; 4], verdict: &Verdict, stage: Stage) -> Self {
         let instant = |reason| {
             verdict
                 .window_at
@@ -138,18 +134,11 @@ impl Answer {
                 .map(rfc3339)
         };
         Self {
-            request_id: request_id.to_owned(),
-            course_id: course_id.to_owned(),
-            student_id: student_id.to_owned(),
-            action: action.to_owned(),
-            stage,
-            outcome: verdict.outcome.as_str().to_owned(),
             reason: verdict.reason.map(|r| r.as_str().to_owned()),
             seats_left: verdict.seats_left,
             waitlist_position: verdict.waitlist_position,
             opens_at: instant(Reason::NotOpen),
             closes_at: instant(Reason::Closed),
-            promoted_by: None,
             draw_at: draw_at(verdict),
             draw_commitment: verdict.draw.as_ref().and_then(|d| d.commitment.clone()),
             entries_open_at: verdict
@@ -158,17 +147,7 @@ impl Answer {
                 .and_then(|d| d.entries_open_at)
                 .map(rfc3339),
             draw_position: verdict.draw_position(),
-            holds: None,
-            registration_opens_at: None,
-            credits_held: None,
-            credits_asked: None,
-            credits_allowed: None,
-            conflicts_with: None,
-            drop_course_id: None,
-            replayed: false,
-            revised: false,
-            detail: None,
-            correlation_id: None,
+            ..Self::about(ids.map(str::to_owned), stage, verdict.outcome)
         }
         .with_rule(verdict.rule.as_deref())
     }
@@ -191,34 +170,16 @@ impl Answer {
     /// The event for a waitlisted student who took a freed seat: it answers their original
     /// enroll request a second time, final and binding.
     pub fn promoted(promotion: &Promotion) -> Self {
+        let ids = [
+            promotion.request_id.clone(),
+            promotion.course_id.clone(),
+            promotion.student_id.clone(),
+            Action::Enroll.as_str().to_owned(),
+        ];
         Self {
-            request_id: promotion.request_id.clone(),
-            course_id: promotion.course_id.clone(),
-            student_id: promotion.student_id.clone(),
-            action: Action::Enroll.as_str().to_owned(),
-            stage: Stage::Final,
-            outcome: Outcome::Promoted.as_str().to_owned(),
-            reason: None,
             seats_left: promotion.seats_left,
-            waitlist_position: None,
-            opens_at: None,
-            closes_at: None,
             promoted_by: Some(promotion.promoted_by.clone()),
-            draw_at: None,
-            draw_commitment: None,
-            entries_open_at: None,
-            draw_position: None,
-            holds: None,
-            registration_opens_at: None,
-            credits_held: None,
-            credits_asked: None,
-            credits_allowed: None,
-            conflicts_with: None,
-            drop_course_id: None,
-            replayed: false,
-            revised: false,
-            detail: None,
-            correlation_id: None,
+            ..Self::about(ids, Stage::Final, Outcome::Promoted)
         }
     }
 
@@ -245,14 +206,34 @@ impl Answer {
     /// The only answer an invalid request gets: final, rejected, reason invalid.
     pub fn invalid(invalid: &Invalid) -> Self {
         let body = invalid.body.as_ref();
+        let ids = [
+            invalid.request_id.clone().unwrap_or_default(),
+            body.map(|b| b.course_id.clone()).unwrap_or_default(),
+            body.and_then(|b| b.student_id.clone()).unwrap_or_default(),
+            body.map(|b| b.action.clone()).unwrap_or_default(),
+        ];
         Self {
-            request_id: invalid.request_id.clone().unwrap_or_default(),
-            course_id: body.map(|b| b.course_id.clone()).unwrap_or_default(),
-            student_id: body.and_then(|b| b.student_id.clone()).unwrap_or_default(),
-            action: body.map(|b| b.action.clone()).unwrap_or_default(),
-            stage: Stage::Final,
-            outcome: Outcome::Rejected.as_str().to_owned(),
             reason: Some(Reason::Invalid.as_str().to_owned()),
+            detail: Some(invalid.why.clone()),
+            ..Self::about(ids, Stage::Final, Outcome::Rejected)
+        }
+    }
+
+    /// An answer about a request (its id, course, student and action) with none of the facts
+    /// that only some outcomes carry: each constructor above adds its own.
+    pub fn about(
+        [request_id, course_id, student_id, action]: [String; 4],
+        stage: Stage,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            request_id,
+            course_id,
+            student_id,
+            action,
+            stage,
+            outcome: outcome.as_str().to_owned(),
+            reason: None,
             seats_left: 0,
             waitlist_position: None,
             opens_at: None,
@@ -271,7 +252,7 @@ impl Answer {
             drop_course_id: None,
             replayed: false,
             revised: false,
-            detail: Some(invalid.why.clone()),
+            detail: None,
             correlation_id: None,
         }
     }
