@@ -13,6 +13,7 @@ pub mod hostile;
 pub mod intake;
 mod naive;
 mod naive_sql;
+mod peer_schema;
 pub mod redis;
 pub mod report;
 mod round;

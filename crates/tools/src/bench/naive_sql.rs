@@ -36,29 +36,21 @@ impl Naive {
             .min_connections(connections)
             .connect_with(options.application_name("seatrush-bench-naive"))
             .await?;
-        let mut tx = pool.begin().await?;
-        for statement in [
-            "DROP SCHEMA IF EXISTS bench_naive CASCADE",
-            "CREATE SCHEMA bench_naive",
-            // Ids compare as bytes, as in seatrush's own tables: the comparison is one of
-            // designs, not of collations.
-            "CREATE TABLE bench_naive.courses (course_id text COLLATE \"C\" PRIMARY KEY, \
-             capacity integer NOT NULL, enrolled integer NOT NULL DEFAULT 0)",
-            "CREATE TABLE bench_naive.enrollments (course_id text COLLATE \"C\" NOT NULL, \
-             student_id text COLLATE \"C\" NOT NULL, PRIMARY KEY (course_id, student_id))",
-        ] {
-            sqlx::query(statement).execute(&mut *tx).await?;
-        }
-        let ids: Vec<&str> = courses.iter().map(CourseId::as_str).collect();
-        sqlx::query(
-            "INSERT INTO bench_naive.courses (course_id, capacity) \
-             SELECT id, $2 FROM UNNEST($1::text[]) AS id",
+        super::peer_schema::create(
+            &pool,
+            "bench_naive",
+            &[
+                // Ids compare as bytes, as in seatrush's own tables: the comparison is one of
+                // designs, not of collations.
+                "CREATE TABLE bench_naive.courses (course_id text COLLATE \"C\" PRIMARY KEY, \
+                 capacity integer NOT NULL, enrolled integer NOT NULL DEFAULT 0)",
+                "CREATE TABLE bench_naive.enrollments (course_id text COLLATE \"C\" NOT NULL, \
+                 student_id text COLLATE \"C\" NOT NULL, PRIMARY KEY (course_id, student_id))",
+            ],
+            courses,
+            seats,
         )
-        .bind(&ids)
-        .bind(i32::try_from(seats).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(Naive { pool })
     }
 

@@ -51,32 +51,24 @@ impl Ledger {
             .max_connections(2)
             .connect_with(options.application_name("seatrush-bench-redis"))
             .await?;
-        let mut tx = pool.begin().await?;
-        for statement in [
-            "DROP SCHEMA IF EXISTS bench_redis CASCADE",
-            "CREATE SCHEMA bench_redis",
-            // Ids compare as bytes, as in seatrush's own tables.
-            "CREATE TABLE bench_redis.courses (course_id text COLLATE \"C\" PRIMARY KEY, \
-             capacity integer NOT NULL)",
-            "CREATE TABLE bench_redis.decisions (request_id text COLLATE \"C\" PRIMARY KEY, \
-             course_id text COLLATE \"C\" NOT NULL, student_id text COLLATE \"C\" NOT NULL, \
-             outcome text NOT NULL, stream_id text NOT NULL)",
-            "CREATE TABLE bench_redis.enrollments (course_id text COLLATE \"C\" NOT NULL, \
-             student_id text COLLATE \"C\" NOT NULL, request_id text COLLATE \"C\" NOT NULL, \
-             PRIMARY KEY (course_id, student_id))",
-        ] {
-            sqlx::query(statement).execute(&mut *tx).await?;
-        }
-        let ids: Vec<&str> = courses.iter().map(CourseId::as_str).collect();
-        sqlx::query(
-            "INSERT INTO bench_redis.courses (course_id, capacity) \
-             SELECT id, $2 FROM UNNEST($1::text[]) AS id",
+        crate::bench::peer_schema::create(
+            &pool,
+            "bench_redis",
+            &[
+                // Ids compare as bytes, as in seatrush's own tables.
+                "CREATE TABLE bench_redis.courses (course_id text COLLATE \"C\" PRIMARY KEY, \
+                 capacity integer NOT NULL)",
+                "CREATE TABLE bench_redis.decisions (request_id text COLLATE \"C\" PRIMARY KEY, \
+                 course_id text COLLATE \"C\" NOT NULL, student_id text COLLATE \"C\" NOT NULL, \
+                 outcome text NOT NULL, stream_id text NOT NULL)",
+                "CREATE TABLE bench_redis.enrollments (course_id text COLLATE \"C\" NOT NULL, \
+                 student_id text COLLATE \"C\" NOT NULL, request_id text COLLATE \"C\" NOT NULL, \
+                 PRIMARY KEY (course_id, student_id))",
+            ],
+            courses,
+            seats,
         )
-        .bind(&ids)
-        .bind(i32::try_from(seats).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(Ledger { pool })
     }
 
