@@ -9,6 +9,7 @@ mod dead;
 mod nodes;
 mod outbox;
 mod publisher;
+pub mod routed;
 mod topology;
 
 use lapin::{Connection, ConnectionProperties};
@@ -18,6 +19,7 @@ pub use dead::DeadLetter;
 pub use nodes::node_urls;
 pub use outbox::{Outbox, Posted};
 pub use publisher::{Batch, DeadCopy, Kind, Outgoing, PendingConfirm, Publisher, ReplyTo};
+pub use routed::RoutedAnswers;
 pub use topology::{Topology, lane_list, lane_name};
 
 /// Errors at the broker's edge.

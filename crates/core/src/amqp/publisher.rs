@@ -39,6 +39,8 @@ pub struct Outgoing {
     /// An answer for a reply queue that takes batches: the outbox packs it with the other
     /// answers for that queue it sends at the same moment.
     packable: bool,
+    /// The broker returns it if no queue takes it (see [`PendingConfirm::routed`]).
+    mandatory: bool,
 }
 
 const PERSISTENT: u8 = 2;
@@ -66,6 +68,7 @@ impl Outgoing {
             properties,
             kind: Kind::Reply,
             packable: false,
+            mandatory: false,
         }
     }
 
@@ -106,6 +109,7 @@ impl Outgoing {
             body: batch.into_body(),
             kind: Kind::Reply,
             packable: false,
+            mandatory: false,
         }
     }
 
@@ -118,6 +122,7 @@ impl Outgoing {
             properties: json_properties().with_delivery_mode(PERSISTENT),
             kind: Kind::Event,
             packable: false,
+            mandatory: false,
         }
     }
 
@@ -131,11 +136,33 @@ impl Outgoing {
             body: batch.into_body(),
             kind: Kind::Event,
             packable: false,
+            mandatory: false,
         }
     }
 
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// Asks the broker to return the message if no queue takes it, so that the sender learns
+    /// whether it arrived anywhere ([`PendingConfirm::routed`]).
+    pub fn mandatory(mut self) -> Self {
+        self.mandatory = true;
+        self
+    }
+
+    /// The message as it travels when no outbox packs it: an answer marked for packing goes
+    /// as a batch of one, in the form its batching reply queue expects.
+    pub fn unpacked(self) -> Self {
+        if !self.packable {
+            return self;
+        }
+        let mut batch = Batch::new();
+        batch.push(&self.body);
+        Self {
+            mandatory: self.mandatory,
+            ..Self::reply_batch(&self.routing_key, batch)
+        }
     }
 
     /// Whether the outbox may pack this message into a batch for its queue.
@@ -198,6 +225,7 @@ impl Outgoing {
             properties,
             kind: Kind::Request,
             packable: false,
+            mandatory: false,
         }
     }
 
@@ -234,6 +262,7 @@ impl Outgoing {
             properties,
             kind: Kind::Request,
             packable: false,
+            mandatory: false,
         }
     }
 
@@ -264,6 +293,7 @@ impl Outgoing {
             properties,
             kind: Kind::DeadLetter,
             packable: false,
+            mandatory: false,
         }
     }
 }
@@ -356,9 +386,20 @@ pub struct PendingConfirm {
 impl PendingConfirm {
     /// Waits for the broker's confirm; a nack is an error.
     pub async fn confirmed(self) -> Result<()> {
+        self.routed().await.map(drop)
+    }
+
+    /// Waits for the broker's confirm of a [mandatory](Outgoing::mandatory) message: `false`
+    /// if the broker returned it because no queue took it. A nack is an error.
+    ///
+    /// A return names no delivery tag, and the client hands a waiting return to whichever
+    /// confirm it resolves next, so this tells the truth only when the message was the only
+    /// one awaiting its confirm on its channel (see [`super::RoutedAnswers`]).
+    pub async fn routed(self) -> Result<bool> {
         match self.confirm.await? {
             Confirmation::Nack(_) => Err(AmqpError::Nacked(self.target)),
-            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(returned) => Ok(returned.is_none()),
+            Confirmation::NotRequested => Ok(true),
         }
     }
 }
@@ -387,7 +428,10 @@ impl Publisher {
             .basic_publish(
                 message.exchange.into(),
                 message.routing_key.into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: message.mandatory,
+                    ..BasicPublishOptions::default()
+                },
                 &message.body,
                 message.properties,
             )

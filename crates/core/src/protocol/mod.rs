@@ -20,8 +20,9 @@ pub const REASON_HEADER: &str = "x-seatrush-reason";
 /// The protocol version this worker speaks, as `docs/protocol.md` documents it: 2 added batched
 /// answers and batched final events; 3 added draw courses (entries answered `queued`, the
 /// draw's outcome as a second final answer, `configure` with `opening` and `entries_open_at`,
-/// and the `draw` wake-up).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// and the `draw` wake-up); 4 the registrar's rules across courses and the `swap` action; 5
+/// answers an invalid message instead of dead-lettering it wherever a queue takes the answer.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Request header with which a producer asks for its answers packed into batches.
 pub const BATCH_HEADER: &str = "x-seatrush-batch";
@@ -80,6 +81,16 @@ pub const MAX_CREDITS: u32 = 100;
 mod tests {
     use super::*;
     use crate::domain::Action;
+
+    #[test]
+    fn the_protocol_document_states_the_version_the_worker_speaks() {
+        let document = include_str!("../../../../docs/protocol.md");
+        let stated = format!("**Protocol version {PROTOCOL_VERSION}.**");
+        assert!(
+            document.contains(&stated),
+            "docs/protocol.md lacks {stated}"
+        );
+    }
 
     #[test]
     fn a_good_request_parses() {

@@ -43,6 +43,9 @@ pub const PUBLISHED_KINDS: [&str; 4] = ["reply", "event", "request", "dead_lette
 pub const REDELIVERIES: &str = "seatrush_redeliveries_total";
 /// Messages this worker dead-lettered, by `reason`.
 pub const DEAD_LETTERS: &str = "seatrush_dead_letters_total";
+/// Invalid messages answered at their reply address with the reason, which a queue took, so
+/// not dead-lettered.
+pub const INVALID_ANSWERED: &str = "seatrush_invalid_answered_total";
 /// Connections re-established after a failure, by `target` (broker, database).
 pub const RECONNECTS: &str = "seatrush_reconnects_total";
 /// 1 while the `component` (broker, database) is reachable, else 0.
@@ -57,7 +60,7 @@ pub const STAGE_BUSY: &str = "seatrush_stage_busy_nanoseconds_total";
 
 /// Every metric name, for checks (the dashboard, the runbook) against this list. Histograms
 /// export `_bucket`, `_sum` and `_count` series of their name.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 17] = [
     REQUESTS,
     PROMOTIONS,
     DECISION,
@@ -70,6 +73,7 @@ pub const ALL: [&str; 16] = [
     IN_FLIGHT,
     REDELIVERIES,
     DEAD_LETTERS,
+    INVALID_ANSWERED,
     RECONNECTS,
     READY,
     PUBLISHED,
@@ -265,6 +269,7 @@ pub fn install() -> Option<PrometheusHandle> {
             for reason in DeadReason::ALL {
                 counter!(DEAD_LETTERS, "reason" => reason.label()).absolute(0);
             }
+            counter!(INVALID_ANSWERED).absolute(0);
             for target in [Target::Broker, Target::Database] {
                 counter!(RECONNECTS, "target" => target.label()).absolute(0);
             }
@@ -403,6 +408,10 @@ pub fn committed_batch(size: usize, elapsed: Duration) {
 
 pub fn dead_lettered(reason: DeadReason) {
     counter!(DEAD_LETTERS, "reason" => reason.label()).increment(1);
+}
+
+pub fn invalid_answered() {
+    counter!(INVALID_ANSWERED).increment(1);
 }
 
 pub fn redelivered() {

@@ -1,7 +1,7 @@
 //! The intake: consumes one partition, parses each delivery once, and hands it forward: to the
 //! registry (which finds its course actor), or, for a course change from a user who may not
-//! make one, straight to the commit as `forbidden`. What cannot be parsed is dead-lettered with
-//! its reason and answered where possible.
+//! make one, straight to the commit as `forbidden`. What cannot be parsed is answered with its
+//! reason where a queue takes the answer, and dead-lettered with it otherwise.
 
 use std::sync::Arc;
 
@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::fault::Fault;
 use super::judge::Judge;
 use super::registry_watch::RegistryWatch;
-use crate::amqp::{Broker, DeadCopy, Incoming, Lanes, Outbox, Outgoing, ReplyTo, Topology};
+use crate::amqp::{
+    Broker, DeadCopy, Incoming, Lanes, Outbox, Outgoing, ReplyTo, RoutedAnswers, Topology,
+};
 use crate::course::Registry;
 use crate::domain::{Action, Reason, Request, Ruling};
 use crate::pipeline::{CommitQueue, Envelope, InFlight, InFlightGuard};
@@ -29,8 +31,11 @@ pub(super) struct Intake {
     pub bulk: Arc<Broker>,
     pub courses: Registry,
     pub commit: CommitQueue,
-    /// Dead letters of invalid messages, and answers to them.
+    /// Dead letters of invalid messages.
     pub outbox: Outbox,
+    /// Answers to invalid messages, published so that the intake learns whether a queue took
+    /// them.
+    pub routed: RoutedAnswers,
     pub topology: Topology,
     pub prefetch: u16,
     pub fault: Fault,
@@ -312,13 +317,14 @@ impl Intake {
         !self.admin_users.iter().any(|u| u == user.as_str())
     }
 
-    /// Dead-letters a message that is not a valid request, with the reason in a header: the
-    /// returned future posts the dead letter, waits for the broker's confirm, then answers the
-    /// message if it can be answered, only then acks it, and yields `lane`. Nothing of it runs
-    /// in the intake's own loop, so a dead-letter channel the broker reads slowly holds up only
-    /// the lane whose invalid deliveries wait on it (up to [`SETTLING_AT_ONCE`]), not the
-    /// partition. If the dead letter cannot be posted (the session is failing), the delivery
-    /// is not acked: it returns to the broker.
+    /// Settles a message that is not a valid request, and yields `lane`. One with a valid id
+    /// and a reply address is answered there (`rejected`/`invalid`, the reason in `detail`)
+    /// and, once a queue took the answer, acked. Any other, or one whose answer no queue took
+    /// (nobody listens at the address), is dead-lettered with the reason in a header and acked
+    /// once the broker confirmed the copy. Nothing of it runs in the intake's own loop, so a
+    /// broker that confirms slowly holds up only the lane whose invalid deliveries wait on it
+    /// (up to [`SETTLING_AT_ONCE`]), not the partition. If neither can be published (the
+    /// session is failing), the delivery is not acked: it returns to the broker.
     fn reject<'a>(
         &'a self,
         incoming: Incoming,
@@ -327,33 +333,21 @@ impl Intake {
         lane: usize,
     ) -> Settling<'a> {
         tracing::debug!(why = %invalid.why, message_id = ?incoming.message_id, "invalid request");
-        metrics::dead_lettered(metrics::DeadReason::Invalid);
         Box::pin(async move {
-            let dead =
-                Outgoing::dead_letter(&self.topology, &DeadCopy::of(&incoming), &invalid.why);
-            let posted = match self.outbox.post_confirmed(dead).await {
-                Ok(posted) => posted,
+            let answered = match self.answer_invalid(&incoming, &invalid).await {
+                Ok(answered) => answered,
                 Err(e) => {
                     self.fault
-                        .raise(anyhow::Error::new(e).context("dead-lettering an invalid request"));
+                        .raise(anyhow::Error::new(e).context("answering an invalid request"));
                     return lane;
                 }
             };
-            if let Err(e) = posted.confirmed().await {
+            if answered {
+                metrics::invalid_answered();
+            } else if let Err(e) = self.dead_letter_invalid(&incoming, &invalid.why).await {
                 self.fault
                     .raise(anyhow::Error::new(e).context("dead-lettering an invalid request"));
                 return lane;
-            }
-            if let (true, Some(queue)) = (invalid.answerable, &incoming.reply_to) {
-                let to = ReplyTo {
-                    queue: queue.clone(),
-                    correlation_id: incoming.correlation_id.clone(),
-                    batch: takes_batches(&incoming),
-                };
-                let mut answer = Answer::invalid(&invalid);
-                if let Err(e) = self.outbox.post(Outgoing::answer(&to, &mut answer)).await {
-                    tracing::debug!(error = %crate::telemetry::chain(&e), "answer to an invalid request not sent");
-                }
             }
             if let Err(e) = incoming.ack.ack().await {
                 self.fault
@@ -362,6 +356,35 @@ impl Intake {
             drop(guard);
             lane
         })
+    }
+
+    /// Answers an invalid message that has a valid id and a reply address; `true` once a queue
+    /// took the answer, `false` if there is nothing to answer or nobody listens there.
+    async fn answer_invalid(
+        &self,
+        incoming: &Incoming,
+        invalid: &Invalid,
+    ) -> crate::amqp::Result<bool> {
+        let (true, Some(queue)) = (invalid.answerable, &incoming.reply_to) else {
+            return Ok(false);
+        };
+        let to = ReplyTo {
+            queue: queue.clone(),
+            correlation_id: incoming.correlation_id.clone(),
+            batch: takes_batches(incoming),
+        };
+        let mut answer = Answer::invalid(invalid);
+        self.routed
+            .deliver(Outgoing::answer(&to, &mut answer))
+            .await
+    }
+
+    /// Copies an invalid message to the dead-letter exchange with `why`, and waits for the
+    /// broker's confirm.
+    async fn dead_letter_invalid(&self, incoming: &Incoming, why: &str) -> crate::amqp::Result<()> {
+        metrics::dead_lettered(metrics::DeadReason::Invalid);
+        let dead = Outgoing::dead_letter(&self.topology, &DeadCopy::of(incoming), why);
+        self.outbox.post_confirmed(dead).await?.confirmed().await
     }
 }
 

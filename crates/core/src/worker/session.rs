@@ -27,7 +27,7 @@ use super::registry_watch::RegistryWatch;
 use super::shutdown::{
     CLOSE_HALTED_WITHIN, Halt, Left, STORE_CALL_WITHIN, Shutdown, finish_within, until_halted,
 };
-use crate::amqp::{Broker, Lanes, Outbox};
+use crate::amqp::{Broker, Lanes, Outbox, RoutedAnswers, routed};
 use crate::course::{ActorContext, Catalog, Close, Registry, RegistryConfig};
 use crate::domain::Partition;
 use crate::pipeline::{CommitQueue, InFlight};
@@ -100,19 +100,22 @@ pub(super) async fn run(
 /// A connected session, before its pipeline starts.
 struct Session {
     broker: Arc<Broker>,
-    /// A second connection for what a flood fills: the dead letters of invalid deliveries
-    /// with their answers, and the consumers of the named lanes. A connection is one TCP
+    /// A second connection for what a flood fills: the answers to invalid deliveries and
+    /// their dead letters, and the consumers of the named lanes. A connection is one TCP
     /// stream, read in order by one process in the broker and one I/O thread here, so on the
     /// first connection the valid requests' deliveries and answers never queue behind a
     /// flood's.
     bulk: Arc<Broker>,
     outbox: Outbox,
     outbox_task: JoinHandle<()>,
-    /// Dead letters of invalid deliveries and the answers to them, on a channel of their own:
-    /// a flood of them does not queue ahead of the valid requests' answers, in this worker or
-    /// in the broker's channel process.
+    /// Dead letters of invalid deliveries, on a channel of their own: a flood of them does not
+    /// queue ahead of the valid requests' answers, in this worker or in the broker's channel
+    /// process.
     rejects: Outbox,
     rejects_task: JoinHandle<()>,
+    /// The answers to invalid deliveries, on channels of their own for the same reason (they
+    /// close with the second connection).
+    routed: RoutedAnswers,
 }
 
 /// A session whose pipeline and consumers run.
@@ -176,6 +179,9 @@ impl Session {
             .await
             .context("opening the dead-letter channel")?;
         let (rejects, rejects_task) = Outbox::start(rejects, REJECTS_QUEUED);
+        let routed = RoutedAnswers::open(&bulk, routed::CHANNELS)
+            .await
+            .context("opening the channels answering invalid requests")?;
         Ok(Self {
             broker,
             bulk,
@@ -183,6 +189,7 @@ impl Session {
             outbox_task,
             rejects,
             rejects_task,
+            routed,
         })
     }
 
@@ -269,6 +276,7 @@ impl Session {
             judge,
             commit,
             outbox: self.rejects,
+            routed: self.routed,
             topology: config.topology.clone(),
             prefetch: config.prefetch,
             fault: fault.clone(),

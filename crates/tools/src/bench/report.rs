@@ -140,8 +140,8 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
     let mut md = format!(
         "# Hostile scenario\n\n{} hostile messages ({} of them a warm-up), published at {:.0}/s \
          beside valid students: {} answered, {} dead-lettered ({} without a reason), {} neither. A \
-         message that is not a valid request is dead-lettered, and answered too when it has a \
-         valid id and a reply address.\n\n\
+         message that is not a valid request is answered when it has a valid id and a reply \
+         address a queue takes the answer at, and dead-lettered otherwise.\n\n\
          | kind | sent | answered | dead-lettered | neither |\n|---|---:|---:|---:|---:|\n",
         r.messages,
         r.warmup_messages,
