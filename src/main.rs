@@ -15,7 +15,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    seatrush_core::telemetry::init(cli.common.log_format, "info,sqlx=warn,lapin=warn");
+    // The broker client warns of every message the broker returns, body and all; a worker
+    // returns the answers to invalid messages nobody listens for, and dead-letters and counts
+    // each itself, so a flood of them would flood the log.
+    seatrush_core::telemetry::init(
+        cli.common.log_format,
+        "info,sqlx=warn,lapin=warn,lapin::returned_messages=error",
+    );
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {

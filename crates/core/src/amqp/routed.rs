@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use futures::future::join_all;
 use tokio::sync::Mutex;
 
 use super::{Broker, Outgoing, Publisher, Result};
@@ -61,5 +62,19 @@ impl RoutedAnswers {
             .await?
             .routed()
             .await
+    }
+
+    /// Closes every channel, each bounded, all at once; one still awaiting a confirm is left
+    /// to close when it is dropped. Called before the connection closes: a channel that only
+    /// closes itself on being dropped may still be closing when the connection does, and the
+    /// client then reports a frame for a channel it no longer knows.
+    pub async fn close(&self) {
+        join_all(self.channels.iter().map(|channel| async move {
+            let Ok(publisher) = channel.try_lock() else {
+                return;
+            };
+            publisher.clone().close().await;
+        }))
+        .await;
     }
 }

@@ -124,6 +124,8 @@ struct Running {
     bulk: Arc<Broker>,
     outbox_task: JoinHandle<()>,
     rejects_task: JoinHandle<()>,
+    /// Closed with the consumers' channels, before the connections.
+    routed: RoutedAnswers,
     fault: Fault,
     tasks: TaskTracker,
     in_flight: InFlight,
@@ -276,7 +278,7 @@ impl Session {
             judge,
             commit,
             outbox: self.rejects,
-            routed: self.routed,
+            routed: self.routed.clone(),
             topology: config.topology.clone(),
             prefetch: config.prefetch,
             fault: fault.clone(),
@@ -301,6 +303,7 @@ impl Session {
             bulk: self.bulk,
             outbox_task: self.outbox_task,
             rejects_task: self.rejects_task,
+            routed: self.routed,
             fault,
             tasks,
             in_flight,
@@ -366,6 +369,7 @@ impl Running {
                 [&self.broker, &self.bulk],
                 partitions,
                 channels,
+                &self.routed,
                 self.halt.token(),
                 config,
                 store,
@@ -426,6 +430,7 @@ async fn close_and_release(
     brokers: [&Broker; 2],
     partitions: Vec<Partition>,
     channels: Vec<Lanes>,
+    routed: &RoutedAnswers,
     halt: &CancellationToken,
     config: &WorkerConfig,
     store: &Store,
@@ -434,7 +439,10 @@ async fn close_and_release(
     // Each close is bounded; closed together, they take one bound, not one per channel. Once
     // halted, a broker that does not confirm is not waited for: dropping the connection (at
     // the latest when the process exits) returns the deliveries all the same.
-    let closing = join_all(channels.into_iter().map(Lanes::close));
+    let closing = futures::future::join(
+        join_all(channels.into_iter().map(Lanes::close)),
+        routed.close(),
+    );
     until_halted(closing, halt, CLOSE_HALTED_WITHIN).await;
     let closing = join_all(brokers.map(Broker::close));
     if until_halted(closing, halt, CLOSE_HALTED_WITHIN)
