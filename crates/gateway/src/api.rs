@@ -650,11 +650,12 @@ async fn get_request(
     }
     if progress.final_answer.is_none()
         && progress.provisional.is_none()
-        && !state
+        && state
             .store
-            .key_known(&request_id)
+            .key_fingerprint(&request_id)
             .await
             .map_err(Problem::database_unreachable)?
+            .is_none()
     {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,

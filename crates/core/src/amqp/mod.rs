@@ -9,7 +9,7 @@ mod dead;
 mod nodes;
 mod outbox;
 mod publisher;
-pub mod routed;
+mod routed;
 mod topology;
 
 use lapin::{Connection, ConnectionProperties};

@@ -147,16 +147,6 @@ impl Store {
         Ok(())
     }
 
-    /// Whether a key was ever recorded.
-    pub async fn key_known(&self, request_id: &str) -> Result<bool> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM gateway_keys WHERE request_id = $1)")
-                .bind(request_id)
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
     /// The fingerprint recorded with a key, if the key was ever recorded.
     pub async fn key_fingerprint(&self, request_id: &str) -> Result<Option<Vec<u8>>> {
         Ok(

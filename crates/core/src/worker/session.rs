@@ -27,7 +27,7 @@ use super::registry_watch::RegistryWatch;
 use super::shutdown::{
     CLOSE_HALTED_WITHIN, Halt, Left, STORE_CALL_WITHIN, Shutdown, finish_within, until_halted,
 };
-use crate::amqp::{Broker, Lanes, Outbox, RoutedAnswers, routed};
+use crate::amqp::{Broker, Lanes, Outbox, RoutedAnswers};
 use crate::course::{ActorContext, Catalog, Close, Registry, RegistryConfig};
 use crate::domain::Partition;
 use crate::pipeline::{CommitQueue, InFlight};
@@ -113,8 +113,8 @@ struct Session {
     /// process.
     rejects: Outbox,
     rejects_task: JoinHandle<()>,
-    /// The answers to invalid deliveries, on channels of their own for the same reason (they
-    /// close with the second connection).
+    /// The answers to invalid deliveries, on channels of their own for the same reason; closed
+    /// before the connections, with the consumers' channels.
     routed: RoutedAnswers,
 }
 
@@ -181,7 +181,7 @@ impl Session {
             .await
             .context("opening the dead-letter channel")?;
         let (rejects, rejects_task) = Outbox::start(rejects, REJECTS_QUEUED);
-        let routed = RoutedAnswers::open(&bulk, routed::CHANNELS)
+        let routed = RoutedAnswers::open(&bulk)
             .await
             .context("opening the channels answering invalid requests")?;
         Ok(Self {
