@@ -237,12 +237,23 @@ async fn a_hostile_flood_is_answered_or_dead_lettered_beside_valid_students() {
         ("alone", &report["valid_alone"]),
         ("beside", &report["valid_beside"]),
         ("beside on the same lane", &same["valid_beside"]),
+        (
+            "beside the flood nobody read",
+            &report["broker_only"]["valid_beside"],
+        ),
     ] {
         assert_eq!(valid["requests"], 400, "{name}");
         for field in ["lost", "duplicated", "contradicted", "mismatched_seats"] {
             assert_eq!(valid[field], 0, "{name}: {field} in {report:#}");
         }
     }
+    // The third flood, into queues that only ack it: every message taken in once.
+    let broker_only = &report["broker_only"];
+    assert_eq!(broker_only["messages"], same["messages"]);
+    assert_eq!(
+        broker_only["delivered"], broker_only["messages"],
+        "{report:#}"
+    );
     assert_eq!(report["violations"], 0);
     env.cleanup().await;
 }

@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::BenchConfig;
+use super::intake::Sink;
 use crate::load::{self, Pace};
 use crate::rush::{self, Services, WorkerProcess};
 use seatrush_core::amqp::{Broker, DeadLetter, Outbox, Outgoing, ReplyTo, Topology};
@@ -153,6 +154,9 @@ pub struct HostileReport {
     /// The flood again, as many messages, on the valid students' own lane: what a producer
     /// that floods costs those who share its lane.
     pub same_lane: SameLaneFigures,
+    /// The flood a third time, into queues of its own that only ack it: what taking the flood
+    /// in costs the valid students before anything reads it.
+    pub broker_only: BrokerOnlyFigures,
     /// The broker's confirm time for a queue outside the traffic, alone and during each flood.
     pub probe_confirm: ProbeFigures,
     pub violations: usize,
@@ -165,6 +169,20 @@ pub struct ProbeFigures {
     pub alone: Latency,
     pub flood_own_lane: Latency,
     pub flood_same_lane: Latency,
+    pub flood_broker_only: Latency,
+}
+
+/// The third flood: as many messages again, published the same way into partition queues of a
+/// topology of their own, which a consumer acks without reading (no worker, no answer, no dead
+/// letter). The valid students beside it measure what the flood costs them at the broker and
+/// on the machine's cores alone; what the worker's handling adds is the difference.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerOnlyFigures {
+    pub messages: usize,
+    /// Deliveries acked by the sink; every message once when nothing was lost.
+    pub delivered: usize,
+    pub publish_rps: f64,
+    pub valid_beside: ValidFigures,
 }
 
 /// The second flood, on the valid students' lane.
@@ -197,6 +215,8 @@ impl HostileReport {
             && clean(&self.valid_alone)
             && clean(&self.valid_beside)
             && clean(&same.valid_beside)
+            && clean(&self.broker_only.valid_beside)
+            && self.broker_only.delivered >= self.broker_only.messages
             && self.violations == 0
     }
 }
@@ -253,6 +273,7 @@ async fn run_in(
     let (courses_alone, alone) = valid("a", 41).await?;
     let (courses_beside, beside) = valid("b", 43).await?;
     let (courses_same, same) = valid("c", 47).await?;
+    let (courses_sink, sink_crowd) = valid("d", 53).await?;
 
     eprintln!(
         "[bench] hostile: {} valid requests alone, at {VALID_RATE}/s",
@@ -328,13 +349,56 @@ async fn run_in(
     let same_report = crowd.await.context("the valid crowd failed")??;
     same_flood.settle(&same_plan).await;
     let same_phase = same_started..Instant::now();
+    same_flood.close().await;
+
+    // The same flood a third time, into queues that only ack it.
+    let sink_tag = format!("{tag}k");
+    let sink_plan = self::plan(&sink_tag, main);
+    eprintln!(
+        "[bench] hostile: {main} hostile messages into queues that only ack them, beside {} valid requests",
+        sink_crowd.len()
+    );
+    let sink_services = Services {
+        topology: Topology {
+            prefix: format!("{}-sink-{tag}", services.topology.prefix),
+            lanes: Vec::new(),
+            ..services.topology.clone()
+        },
+        ..services.clone()
+    };
+    let sink = Sink::start(
+        &sink_services.amqp_url,
+        &sink_services.topology,
+        seatrush_core::worker::WorkerConfig::DEFAULT_PREFETCH,
+    )
+    .await?;
+    let sunk = async {
+        let sink_flood = Flood::start(&sink_services, &sink_tag, None).await?;
+        let crowd = paced(sink_crowd);
+        let started = Instant::now();
+        let sent = sink_flood.send(&sink_plan).await;
+        let publish = started.elapsed();
+        let report = crowd.await.context("the valid crowd failed");
+        let delivered = sink
+            .drained(main, tokio::time::Instant::now() + QUIET)
+            .await;
+        let phase = started..Instant::now();
+        sink_flood.close().await;
+        sent?;
+        anyhow::Ok((report??, delivered, publish, phase))
+    }
+    .await;
+    // The sink's topology goes whatever happened.
+    let stopped = sink.stop().await;
+    let (sink_report, sink_delivered, sink_publish, sink_phase) = sunk?;
+    stopped.context("stopping the sink")?;
     let probed = probe.finish().await?;
     let worker_alive = worker.usage().is_some();
-    same_flood.close().await;
 
     let valid_alone = valid_figures(&store, &alone_report, &courses_alone).await?;
     let valid_beside = valid_figures(&store, &beside_report, &courses_beside).await?;
     let same_beside = valid_figures(&store, &same_report, &courses_same).await?;
+    let sink_beside = valid_figures(&store, &sink_report, &courses_sink).await?;
     let violations = store.audit().await?.len();
     if let Err(e) = worker.stop(Duration::from_secs(60)).await {
         eprintln!("[bench] hostile: the worker did not stop cleanly: {e:#}");
@@ -382,10 +446,17 @@ async fn run_in(
             publish_rps: main as f64 / same_publish.as_secs_f64().max(1e-9),
             valid_beside: same_beside,
         },
+        broker_only: BrokerOnlyFigures {
+            messages: main,
+            delivered: sink_delivered,
+            publish_rps: main as f64 / sink_publish.as_secs_f64().max(1e-9),
+            valid_beside: sink_beside,
+        },
         probe_confirm: ProbeFigures {
             alone: Probe::during(&probed, &alone_phase),
             flood_own_lane: Probe::during(&probed, &flood_phase),
             flood_same_lane: Probe::during(&probed, &same_phase),
+            flood_broker_only: Probe::during(&probed, &sink_phase),
         },
         violations,
     })

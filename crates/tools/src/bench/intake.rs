@@ -129,6 +129,36 @@ pub async fn run(
     Ok(figures(queues, &requests, published, last_ack, ended))
 }
 
+/// Partition queues that only take traffic in: declared under `topology` (a topology of its
+/// own, deleted by [`Sink::stop`]) and consumed by the intake's consumers, which ack every
+/// delivery and do nothing else. What a stream of messages costs the broker and the machine
+/// before any design does anything with it.
+pub(super) struct Sink {
+    consuming: Consuming,
+}
+
+impl Sink {
+    pub async fn start(amqp_url: &str, topology: &Topology, prefetch: u16) -> anyhow::Result<Self> {
+        // The database is only for streams' offsets; quorum queues need none.
+        let consuming = Consuming::start(amqp_url, "", topology, prefetch, IntakeQueues::Quorum)
+            .await
+            .context("starting the sink's consumers")?;
+        Ok(Self { consuming })
+    }
+
+    /// Waits until `n` deliveries in all were acked, or `deadline`; the count acked.
+    pub async fn drained(&self, n: usize, deadline: tokio::time::Instant) -> usize {
+        let mut settled = self.consuming.tally.subscribe();
+        let _ = tokio::time::timeout_at(deadline, settled.wait_for(|s| s.deliveries >= n)).await;
+        self.consuming.tally.borrow().deliveries
+    }
+
+    /// Stops the consumers and deletes the topology.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.consuming.stop().await.map(|_| ())
+    }
+}
+
 /// When the first request was published, and how long until the broker confirmed the last.
 #[derive(Debug, Clone, Copy)]
 struct Published {

@@ -167,7 +167,10 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
          hostile message; the worker {} at the end.\n\nThe flood came on a lane of its own \
          (`--lanes {}`), the valid students on the default one. Then the same flood again, {} \
          messages published at {:.0}/s, on the valid students' own lane: {} answered, {} \
-         dead-lettered ({} without a reason), {} neither.\n\n",
+         dead-lettered ({} without a reason), {} neither. And a third time, {} messages \
+         published at {:.0}/s into partition queues of their own that a consumer acks without \
+         reading them ({} acked): what taking the flood in costs the valid students before \
+         anything reads it.\n\n",
         r.rss_before_mib,
         r.rss_mid_mib,
         r.rss_after_mib,
@@ -188,6 +191,9 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
         r.same_lane.dead_lettered,
         r.same_lane.dead_without_reason,
         r.same_lane.unaccounted,
+        r.broker_only.messages,
+        r.broker_only.publish_rps,
+        r.broker_only.delivered,
     );
     let c = &r.cpu_us_per_message;
     let cores = |us: f64| us * (r.messages - r.warmup_messages) as f64 / 1e6 / r.flood_s.max(1e-9);
@@ -199,8 +205,9 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
          {:.0}). A write into a quorum queue of the run that nothing else touches was confirmed \
          in {:.0} ms at the median and {:.0} ms at the 99th percentile while the valid students \
          were alone, {:.0} and {:.0} ms during the flood on its own lane, {:.0} and {:.0} ms \
-         during the flood on theirs.\n\n| valid students | alone | beside the flood on its lane | beside the flood \
-         on theirs |\n|---|---:|---:|---:|\n",
+         during the flood on theirs, {:.0} and {:.0} ms during the flood nobody read.\n\n\
+         | valid students | alone | beside the flood on its lane | beside the flood on theirs | \
+         beside the flood nobody read |\n|---|---:|---:|---:|---:|\n",
         r.flood_s,
         cores(c.broker),
         cores(c.workers),
@@ -216,8 +223,15 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
         r.probe_confirm.flood_own_lane.p99_ms,
         r.probe_confirm.flood_same_lane.p50_ms,
         r.probe_confirm.flood_same_lane.p99_ms,
+        r.probe_confirm.flood_broker_only.p50_ms,
+        r.probe_confirm.flood_broker_only.p99_ms,
     );
-    let columns = [&r.valid_alone, &r.valid_beside, &r.same_lane.valid_beside];
+    let columns = [
+        &r.valid_alone,
+        &r.valid_beside,
+        &r.same_lane.valid_beside,
+        &r.broker_only.valid_beside,
+    ];
     type Figure = fn(&super::hostile::ValidFigures) -> f64;
     let rows: [(&str, Figure); 9] = [
         ("requests", |v| v.requests as f64),
