@@ -386,21 +386,44 @@ pub struct PendingConfirm {
 impl PendingConfirm {
     /// Waits for the broker's confirm; a nack is an error.
     pub async fn confirmed(self) -> Result<()> {
-        self.routed().await.map(drop)
-    }
-
-    /// Waits for the broker's confirm of a [mandatory](Outgoing::mandatory) message: `false`
-    /// if the broker returned it because no queue took it. A nack is an error.
-    ///
-    /// A return names no delivery tag, and the client hands a waiting return to whichever
-    /// confirm it resolves next, so this tells the truth only when the message was the only
-    /// one awaiting its confirm on its channel (see [`super::RoutedAnswers`]).
-    pub async fn routed(self) -> Result<bool> {
         match self.confirm.await? {
             Confirmation::Nack(_) => Err(AmqpError::Nacked(self.target)),
-            Confirmation::Ack(returned) => Ok(returned.is_none()),
-            Confirmation::NotRequested => Ok(true),
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
         }
+    }
+
+    /// Waits for the broker's confirm of a [mandatory](Outgoing::mandatory) message, as the
+    /// client reports it: an ack or a nack, either carrying a message the broker returned.
+    /// A return names no delivery tag, and the client hands a waiting return to whichever
+    /// confirm it resolves next, so the message it carries may be another one of the channel
+    /// (see [`super::RoutedAnswers`]). `Err` with the message's target on a nack.
+    pub(super) async fn confirmation(self) -> Result<(Result<(), String>, Option<Returned>)> {
+        Ok(match self.confirm.await? {
+            Confirmation::Ack(returned) => (Ok(()), returned.map(Returned::of)),
+            Confirmation::Nack(returned) => (Err(self.target), returned.map(Returned::of)),
+            Confirmation::NotRequested => (Ok(()), None),
+        })
+    }
+}
+
+/// What identifies a message the broker returned: where it was sent and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Returned {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+}
+
+impl Returned {
+    fn of(message: lapin::message::BasicReturnMessage) -> Self {
+        Self {
+            routing_key: message.delivery.routing_key.to_string(),
+            body: message.delivery.data,
+        }
+    }
+
+    /// Whether `message` is the one returned.
+    pub fn is(&self, message: &Outgoing) -> bool {
+        self.routing_key == message.routing_key && self.body == message.body
     }
 }
 
