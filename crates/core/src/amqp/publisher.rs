@@ -397,7 +397,7 @@ impl PendingConfirm {
     /// A return names no delivery tag, and the client hands a waiting return to whichever
     /// confirm it resolves next, so the message it carries may be another one of the channel
     /// (see [`super::RoutedAnswers`]). `Err` with the message's target on a nack.
-    pub(super) async fn confirmation(self) -> Result<(Result<(), String>, Option<Returned>)> {
+    pub(super) async fn confirmation(self) -> Result<Confirmed> {
         Ok(match self.confirm.await? {
             Confirmation::Ack(returned) => (Ok(()), returned.map(Returned::of)),
             Confirmation::Nack(returned) => (Err(self.target), returned.map(Returned::of)),
@@ -405,6 +405,10 @@ impl PendingConfirm {
         })
     }
 }
+
+/// A confirm as the client reported it: acked, or nacked (with the message's target), and the
+/// message the broker returned that the client handed to this confirm, if any.
+pub(super) type Confirmed = (Result<(), String>, Option<Returned>);
 
 /// What identifies a message the broker returned: where it was sent and its body.
 #[derive(Debug, Clone, PartialEq, Eq)]

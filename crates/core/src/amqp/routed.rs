@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::publisher::Confirmed;
 use super::{AmqpError, Broker, Outgoing, Publisher, Result};
 
 /// Channels answering at once. Each pipelines a whole batch, so a few keep a flood's answers
@@ -135,19 +136,36 @@ async fn serve(publisher: Publisher, mut queued: mpsc::Receiver<Queued>, stop: C
 /// Publishes every answer of `batch`, waits for all their confirms, and tells each whether a
 /// queue took it. Empties `batch`.
 async fn send_batch(publisher: &Publisher, batch: &mut Vec<Queued>) {
-    let mut sent = Vec::with_capacity(batch.len());
-    let mut pending = Vec::with_capacity(batch.len());
-    for (message, told) in batch.drain(..) {
-        // Kept to recognise the message if it comes back; answers are small.
-        pending.push(publisher.send(message.clone()).await);
-        sent.push((message, told));
-    }
+    // All at once, as the outbox does: the client's I/O thread takes the whole batch in one
+    // wake-up instead of one hand-off per answer. Each is cloned to recognise it if it comes
+    // back; answers are small.
+    let pending = join_all(
+        batch
+            .iter()
+            .map(|(message, _)| publisher.send(message.clone())),
+    )
+    .await;
     let confirmed = join_all(
         pending
             .into_iter()
             .map(|pending| async move { pending?.confirmation().await }),
     )
     .await;
+    let outcomes = outcomes(batch.iter().map(|(message, _)| message), confirmed);
+    for ((_, told), outcome) in batch.drain(..).zip(outcomes) {
+        // A sender gone has given up on the answer (its session is halting).
+        let _ = told.send(outcome);
+    }
+}
+
+/// Whether a queue took each message of a batch, from the confirms of the whole batch, in the
+/// order sent: a nack or a failed publish is an error, and each message the broker returned
+/// (carried by whichever confirm the client handed it to) marks the first message alike in
+/// queue and body not yet marked.
+fn outcomes<'a>(
+    messages: impl Iterator<Item = &'a Outgoing>,
+    confirmed: Vec<Result<Confirmed>>,
+) -> Vec<Result<bool>> {
     let mut outcomes = Vec::with_capacity(confirmed.len());
     let mut returned = Vec::new();
     for confirmation in confirmed {
@@ -159,19 +177,17 @@ async fn send_batch(publisher: &Publisher, batch: &mut Vec<Queued>) {
             Err(e) => Err(e),
         });
     }
+    let messages: Vec<&Outgoing> = messages.collect();
     for back in &returned {
-        let whose = sent
+        let whose = messages
             .iter()
             .zip(outcomes.iter_mut())
-            .find(|((message, _), outcome)| matches!(outcome, Ok(true)) && back.is(message));
+            .find(|(message, outcome)| matches!(outcome, Ok(true)) && back.is(message));
         if let Some((_, outcome)) = whose {
             *outcome = Ok(false);
         }
     }
-    for ((_, told), outcome) in sent.into_iter().zip(outcomes) {
-        // A sender gone has given up on the answer (its session is halting).
-        let _ = told.send(outcome);
-    }
+    outcomes
 }
 
 #[cfg(test)]
@@ -180,24 +196,60 @@ mod tests {
     use super::*;
     use crate::domain::ReplyTo;
 
+    fn answer(queue: &str, body: &str) -> Outgoing {
+        Outgoing::reply(&ReplyTo::single(queue, None), body.as_bytes().to_vec())
+    }
+
+    fn returned(queue: &str, body: &str) -> Returned {
+        Returned {
+            routing_key: queue.into(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
     #[test]
     fn a_return_names_its_answer_by_queue_and_body() {
-        let to = |queue: &str| ReplyTo::single(queue, None);
-        let answer = Outgoing::reply(&to("q1"), b"{\"a\":1}".to_vec());
-        let same = Returned {
-            routing_key: "q1".into(),
-            body: b"{\"a\":1}".to_vec(),
-        };
-        let other_queue = Returned {
-            routing_key: "q2".into(),
-            ..same.clone()
-        };
-        let other_body = Returned {
-            body: b"{\"a\":2}".to_vec(),
-            ..same.clone()
-        };
-        assert!(same.is(&answer));
-        assert!(!other_queue.is(&answer));
-        assert!(!other_body.is(&answer));
+        let sent = answer("q1", "{\"a\":1}");
+        assert!(returned("q1", "{\"a\":1}").is(&sent));
+        assert!(!returned("q2", "{\"a\":1}").is(&sent));
+        assert!(!returned("q1", "{\"a\":2}").is(&sent));
+    }
+
+    #[test]
+    fn a_return_handed_to_another_confirm_marks_its_own_answer() {
+        let sent = [
+            answer("live", "1"),
+            answer("gone", "2"),
+            answer("live", "3"),
+        ];
+        // The client handed the second answer's return to the first confirm it resolved.
+        let confirmed = vec![
+            Ok((Ok(()), Some(returned("gone", "2")))),
+            Ok((Ok(()), None)),
+            Ok((Ok(()), None)),
+        ];
+        let outcomes: Vec<bool> = outcomes(sent.iter(), confirmed)
+            .into_iter()
+            .map(|o| o.expect("confirmed"))
+            .collect();
+        assert_eq!(outcomes, [true, false, true]);
+    }
+
+    #[test]
+    fn answers_alike_are_counted_returned_once_per_return_and_nacks_are_errors() {
+        let sent = [
+            answer("gone", "same"),
+            answer("gone", "same"),
+            answer("live", "x"),
+        ];
+        let confirmed = vec![
+            Ok((Ok(()), None)),
+            Ok((Ok(()), None)),
+            Ok((Err("to live".to_owned()), Some(returned("gone", "same")))),
+        ];
+        let outcomes = outcomes(sent.iter(), confirmed);
+        assert!(matches!(outcomes[0], Ok(false)));
+        assert!(matches!(outcomes[1], Ok(true)));
+        assert!(matches!(outcomes[2], Err(AmqpError::Nacked(_))));
     }
 }
