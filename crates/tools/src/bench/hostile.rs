@@ -182,6 +182,13 @@ pub struct BrokerOnlyFigures {
     /// Deliveries acked by the sink; every message once when nothing was lost.
     pub delivered: usize,
     pub publish_rps: f64,
+    /// From the start of this flood until the valid students beside it had their answers and
+    /// every message was acked.
+    pub flood_s: f64,
+    /// The CPU each process spent over `flood_s`, per message, as for the first flood: the
+    /// valid students' share is in both, so the difference is what reading and answering the
+    /// flood costs.
+    pub cpu_us_per_message: crate::cpu::CpuShare,
     pub valid_beside: ValidFigures,
 }
 
@@ -374,6 +381,8 @@ async fn run_in(
     .await?;
     let sunk = async {
         let sink_flood = Flood::start(&sink_services, &sink_tag, None).await?;
+        let cpu_before = servers.before();
+        let worker_before = worker.usage().map(|u| u.cpu);
         let crowd = paced(sink_crowd);
         let started = Instant::now();
         let sent = sink_flood.send(&sink_plan).await;
@@ -383,14 +392,19 @@ async fn run_in(
             .drained(main, tokio::time::Instant::now() + QUIET)
             .await;
         let phase = started..Instant::now();
+        let worker_cpu = worker
+            .usage()
+            .zip(worker_before)
+            .map(|(after, before)| after.cpu.saturating_sub(before));
+        let cpu = cpu_before.per_request(main, worker_cpu);
         sink_flood.close().await;
         sent?;
-        anyhow::Ok((report??, delivered, publish, phase))
+        anyhow::Ok((report??, delivered, publish, phase, cpu))
     }
     .await;
     // The sink's topology goes whatever happened.
     let stopped = sink.stop().await;
-    let (sink_report, sink_delivered, sink_publish, sink_phase) = sunk?;
+    let (sink_report, sink_delivered, sink_publish, sink_phase, sink_cpu) = sunk?;
     stopped.context("stopping the sink")?;
     let probed = probe.finish().await?;
     let worker_alive = worker.usage().is_some();
@@ -450,6 +464,8 @@ async fn run_in(
             messages: main,
             delivered: sink_delivered,
             publish_rps: main as f64 / sink_publish.as_secs_f64().max(1e-9),
+            flood_s: (sink_phase.end - sink_phase.start).as_secs_f64(),
+            cpu_us_per_message: sink_cpu,
             valid_beside: sink_beside,
         },
         probe_confirm: ProbeFigures {
