@@ -31,6 +31,7 @@ async fn intake_of(env: &TestEnv, queues: IntakeQueues) -> IntakeFigures {
         queues,
         crowd(env),
         CROWD_WAIT,
+        None,
     )
     .await
     .expect("the intake runs")
@@ -126,13 +127,14 @@ async fn the_ceiling_echo_answers_every_request_once() {
         let env = TestEnv::new().await;
 
         // Act
-        let report = ceiling::run(
+        let (report, _) = ceiling::run(
             &env.amqp_url,
             env.topology.clone(),
             WorkerConfig::DEFAULT_PREFETCH,
             echo,
             crowd(&env),
             CROWD_WAIT,
+            None,
         )
         .await
         .expect("the ceiling runs");

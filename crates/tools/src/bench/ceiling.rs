@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::intake::next_batch;
+use crate::cpu::{CpuShare, Servers};
 use crate::load::{self, Pace, Progress};
 use seatrush_core::amqp::{
     AckHandle, AmqpError, Broker, Deliveries, Incoming, Outbox, Outgoing, Posted, ReplyTo, Topology,
@@ -47,7 +48,10 @@ pub enum Echo {
 }
 
 /// Runs the echo consumers on a topology of their own, fires `requests` at it, and tears the
-/// topology down. `prefetch` is each partition consumer's, as a worker's `--prefetch`.
+/// topology down. `prefetch` is each partition consumer's, as a worker's `--prefetch`. With
+/// `servers`, also the CPU each of them spent per request from the first publish until the
+/// last answer came back: declaring and deleting the queues is not the traffic's cost.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     amqp_url: &str,
     topology: Topology,
@@ -55,23 +59,25 @@ pub async fn run(
     echo_kind: Echo,
     requests: Vec<Request>,
     timeout: Duration,
-) -> anyhow::Result<load::Report> {
+    servers: Option<&Servers>,
+) -> anyhow::Result<(load::Report, Option<CpuShare>)> {
     let broker = Broker::connect(amqp_url, "seatrush-bench-ceiling")
         .await
         .context("connecting to RabbitMQ")?;
     broker.declare(&topology).await?;
     let fired = echo_and_fire(
-        &broker, amqp_url, &topology, prefetch, echo_kind, requests, timeout,
+        &broker, amqp_url, &topology, prefetch, echo_kind, requests, timeout, servers,
     )
     .await;
     // The topology goes even when the echoes could not start or the crowd failed.
     let deleted = broker.delete_topology(&topology).await;
     broker.close().await;
-    let report = fired?;
+    let (report, cpu) = fired?;
     deleted.context("deleting the ceiling's topology")?;
-    report.fully_published()
+    Ok((report.fully_published()?, cpu))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn echo_and_fire(
     broker: &Broker,
     amqp_url: &str,
@@ -80,8 +86,11 @@ async fn echo_and_fire(
     echo_kind: Echo,
     requests: Vec<Request>,
     timeout: Duration,
-) -> anyhow::Result<load::Report> {
+    servers: Option<&Servers>,
+) -> anyhow::Result<(load::Report, Option<CpuShare>)> {
     let echoes = Echoes::start(broker, topology, prefetch, echo_kind).await?;
+    let n = requests.len();
+    let before = servers.map(Servers::before);
     let fired = load::fire_with(
         amqp_url,
         topology,
@@ -91,8 +100,9 @@ async fn echo_and_fire(
         Arc::new(Progress::default()),
     )
     .await;
+    let cpu = before.map(|b| b.per_request(n, None));
     echoes.stop().await;
-    fired
+    Ok((fired?, cpu))
 }
 
 /// One echo task per partition queue, all posting through one outbox, as a worker's session.

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cpu::{CpuShare, Servers};
 use seatrush_core::amqp::{Broker, Outbox, Outgoing, Topology};
 use seatrush_core::domain::Request;
 use seatrush_core::protocol::request_body;
@@ -87,6 +88,11 @@ pub struct IntakeFigures {
     /// Per stream, the last offset delivered and the offset committed (empty for quorum
     /// queues).
     pub streams: Vec<StreamOffsets>,
+    /// The CPU each process spent per request from the first publish until the last delivery
+    /// was acked, when the run was given the servers to sample (the bench keeps it with the
+    /// other designs').
+    #[serde(skip)]
+    pub cpu_us_per_request: Option<CpuShare>,
 }
 
 /// One stream's offsets at the end of a run.
@@ -103,7 +109,9 @@ pub struct StreamOffsets {
 /// Measures the intake ceiling: declares `topology` (which must be a topology of its own: it is
 /// deleted at the end) with `queues`, consumes every partition with `prefetch`, publishes
 /// `requests`, waits until every one is delivered and acked, and tears everything down. The
-/// whole run, teardown aside, is bounded by `timeout`.
+/// whole run, teardown aside, is bounded by `timeout`. With `servers`, the CPU of each is
+/// sampled around the traffic alone: declaring and deleting the queues is not its cost.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     amqp_url: &str,
     database_url: &str,
@@ -112,6 +120,7 @@ pub async fn run(
     queues: IntakeQueues,
     requests: Vec<Request>,
     timeout: Duration,
+    servers: Option<&Servers>,
 ) -> anyhow::Result<IntakeFigures> {
     let deadline = tokio::time::Instant::now() + timeout;
     let consuming = tokio::time::timeout_at(
@@ -120,7 +129,15 @@ pub async fn run(
     )
     .await
     .with_context(|| format!("setting the intake up took longer than {timeout:?}"))??;
-    let measured = measure(amqp_url, &topology, &requests, &consuming.tally, deadline).await;
+    let measured = measure(
+        amqp_url,
+        &topology,
+        &requests,
+        &consuming.tally,
+        deadline,
+        servers,
+    )
+    .await;
     let tally = consuming.tally.clone();
     let ended = consuming.stop().await;
     let published = measured?;
@@ -164,6 +181,7 @@ impl Sink {
 struct Published {
     start: Instant,
     publish_time: Duration,
+    cpu: Option<CpuShare>,
 }
 
 /// Publishes every request, then waits until the consumers have acked as many deliveries (or
@@ -174,11 +192,13 @@ async fn measure(
     requests: &[Request],
     tally: &Tally,
     deadline: tokio::time::Instant,
+    servers: Option<&Servers>,
 ) -> anyhow::Result<Published> {
     let broker = Broker::connect(amqp_url, "seatrush-bench-intake-publisher")
         .await
         .context("connecting the publisher to RabbitMQ")?;
     let (outbox, outbox_task) = Outbox::start(broker.confirmed_publisher().await?, OUTBOX_CAPACITY);
+    let before = servers.map(Servers::before);
     let start = Instant::now();
     let published = tokio::time::timeout_at(deadline, publish(&outbox, topology, requests)).await;
     let publish_time = start.elapsed();
@@ -199,6 +219,7 @@ async fn measure(
     Ok(Published {
         start,
         publish_time,
+        cpu: before.map(|b| b.per_request(requests.len(), None)),
     })
 }
 
@@ -418,6 +439,7 @@ fn figures(
         batches: consumed.iter().map(|c| c.batches).sum(),
         offset_commits: consumed.iter().map(|c| c.offset_commits).sum(),
         streams,
+        cpu_us_per_request: times.cpu,
     }
 }
 

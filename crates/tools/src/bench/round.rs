@@ -90,19 +90,19 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
         &config.redis_url,
     );
     let mut cpu = BTreeMap::new();
-    let mut measured = |design: &'static str, before: Before| {
-        cpu.insert(design, before.per_request(n, None));
-    };
+    let measured = |before: Before| before.per_request(n, None);
 
+    // The ceilings sample the servers around their traffic only, as the rush does: declaring
+    // and deleting their queues is not their cost per request.
     eprintln!("[bench]   broker ceiling: {n} requests in, one answer out");
-    let before = servers.before();
-    let ceiling = ceiling::run(
+    let (ceiling, ceiling_cpu) = ceiling::run(
         &services.amqp_url,
         own_topology(config, "ceiling", &tag),
         seatrush_core::worker::WorkerConfig::DEFAULT_PREFETCH,
         ceiling::Echo::One,
         requests.clone(),
         config.timeout,
+        Some(&servers),
     )
     .await
     .context("measuring the broker ceiling")?;
@@ -110,7 +110,7 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
         ceiling.complete,
         "the broker ceiling: not every request was answered"
     );
-    measured("ceiling", before);
+    cpu.insert("ceiling", ceiling_cpu.unwrap_or_default());
     let intake = async |queues: IntakeQueues, design: &str| {
         eprintln!("[bench]   intake ceiling ({design}): publish, deliver, ack");
         intake::run(
@@ -121,16 +121,21 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
             queues,
             requests.clone(),
             config.timeout,
+            Some(&servers),
         )
         .await
         .with_context(|| format!("measuring the intake ceiling with {design}"))
     };
-    let before = servers.before();
     let intake_ceiling = intake(IntakeQueues::Quorum, "quorum").await?;
-    measured("intake_ceiling", before);
-    let before = servers.before();
+    cpu.insert(
+        "intake_ceiling",
+        intake_ceiling.cpu_us_per_request.unwrap_or_default(),
+    );
     let stream_intake_ceiling = intake(IntakeQueues::Stream, "stream").await?;
-    measured("stream_intake_ceiling", before);
+    cpu.insert(
+        "stream_intake_ceiling",
+        stream_intake_ceiling.cpu_us_per_request.unwrap_or_default(),
+    );
 
     eprintln!(
         "[bench]   naive Postgres at {:?} connections",
@@ -146,7 +151,7 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
     )
     .await?;
     // Over every connection count tried: the CPU of the best run alone is not told apart.
-    measured("naive_all_connection_counts", before);
+    cpu.insert("naive_all_connection_counts", measured(before));
 
     let redis_design = async |fsync: Fsync| {
         eprintln!("[bench]   Redis ({fsync:?}) with a Postgres writer");
@@ -163,10 +168,10 @@ pub async fn run(config: &BenchConfig, round: usize) -> anyhow::Result<(Round, S
     };
     let before = servers.before();
     let (redis, redis_latencies) = redis_design(Fsync::Always).await?;
-    measured("redis", before);
+    cpu.insert("redis", measured(before));
     let before = servers.before();
     let (redis_everysec, _) = redis_design(Fsync::EverySec).await?;
-    measured("redis_everysec", before);
+    cpu.insert("redis_everysec", measured(before));
 
     let seatrush_with = async |batch: bool| {
         eprintln!(
