@@ -1,12 +1,13 @@
 //! Bad input gets its documented answer or dead-letter reason, and harms nothing else.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use seatrush_core::amqp::{Outgoing, ReplyTo};
+use seatrush_core::amqp::{AckHandle, DeadLetter, Outbox, Outgoing, ReplyTo};
 use seatrush_core::client::parse_answer;
 use seatrush_core::protocol::{REASON_HEADER, Stage};
 
 use crate::helpers::{TestEnv, assert_exactly_one_final, enroll};
+use crate::servers::{Kind, OwnServer, free_port, wait_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_answered_or_dead_lettered_and_the_worker_goes_on() {
@@ -256,4 +257,136 @@ async fn a_hostile_flood_is_answered_or_dead_lettered_beside_valid_students() {
     );
     assert_eq!(report["violations"], 0);
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_messages_in_flight_when_the_broker_restarts_are_answered_or_dead_lettered() {
+    // Arrange: a RabbitMQ node of this test's own, holding invalid messages before a worker
+    // starts on it, so that the worker is still busy with them when the node stops. The
+    // answers go to a quorum queue, whose messages outlive the node's restart (an exclusive
+    // reply queue would die with the test's connection).
+    let own = OwnServer::start(Kind::Broker);
+    let mut env = TestEnv::on(own.url.clone(), crate::helpers::required("DATABASE_URL")).await;
+    let broker = env.broker().await;
+    broker.declare(&env.topology).await.expect("topology");
+    broker
+        .declare_probe(&env.topology)
+        .await
+        .expect("answer queue");
+    let answers_at = ReplyTo::single(env.topology.probe_queue(), None);
+    let nobody = ReplyTo::single(format!("{}-nobody-listens", env.topology.prefix), None);
+    // Three kinds in turn: answerable where a queue listens (answered, never dead-lettered),
+    // answerable where nobody listens (returned, so dead-lettered), and without an id
+    // (dead-lettered). Each is told apart by its routing key.
+    const MESSAGES: usize = 12_000;
+    let kind = |i: usize| i % 3;
+    let (outbox, sending) = Outbox::start(
+        broker.confirmed_publisher().await.expect("publisher"),
+        MESSAGES,
+    );
+    let mut confirms = Vec::with_capacity(MESSAGES);
+    for i in 0..MESSAGES {
+        let id = format!("rb-{i}");
+        let (id, to) = match kind(i) {
+            0 => (Some(id.as_str()), &answers_at),
+            1 => (Some(id.as_str()), &nobody),
+            _ => (None, &answers_at),
+        };
+        let message = Outgoing::raw_request(
+            &env.topology,
+            &format!("key-{i}"),
+            id,
+            Some(to),
+            b"{\"action\": \"enroll\", oops".to_vec(),
+        );
+        confirms.push(outbox.post_confirmed(message).await.expect("queued"));
+    }
+    for confirm in confirms {
+        confirm.confirmed().await.expect("published");
+    }
+    drop(outbox);
+    let _ = sending.await;
+    let health = free_port();
+    let mut config = env.worker_config();
+    config.http_addr = Some(health);
+    env.start_worker(config).await;
+    let mut answers = broker
+        .consume(&env.topology.probe_queue(), "answers", 500)
+        .await
+        .expect("answers");
+    tokio::time::timeout(Duration::from_secs(30), answers.next())
+        .await
+        .expect("the worker answers");
+    answers.cancel().await;
+    broker.close().await;
+
+    // Act: the node stops while the worker answers and dead-letters them, and starts again.
+    let restarted = own.restart().await;
+    wait_ready(health, true).await;
+
+    // Assert: every message is answered or dead-lettered as its kind says, whatever was in
+    // flight when the node stopped (a message whose ack was lost is handled again).
+    let broker = env.broker().await;
+    let mut answers = broker
+        .consume(&env.topology.probe_queue(), "answers", 500)
+        .await
+        .expect("answers");
+    let mut answered = std::collections::HashSet::new();
+    let mut dead = std::collections::HashSet::new();
+    let (mut answers_read, mut dead_read) = (0, 0);
+    let expected_answers = (0..MESSAGES).filter(|i| kind(*i) == 0).count();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while (answered.len() < expected_answers || dead.len() < MESSAGES - expected_answers)
+        && Instant::now() < deadline
+    {
+        for letter in broker
+            .drain_dead_letters(&env.topology, 100, Duration::from_millis(500))
+            .await
+            .expect("dead letters")
+        {
+            let letter = DeadLetter::of(&letter);
+            assert_eq!(letter.source, "seatrush", "{letter:?}");
+            dead.insert(letter.routing_key);
+            dead_read += 1;
+        }
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(200), answers.next()).await
+        {
+            let mut message = message.expect("an answer");
+            let answer = parse_answer(&message.body).expect("answers are JSON");
+            assert_eq!(answer.reason.as_deref(), Some("invalid"));
+            answered.insert(answer.request_id);
+            answers_read += 1;
+            let ack = std::mem::replace(&mut message.ack, AckHandle::detached());
+            ack.ack().await.expect("ack");
+        }
+    }
+    eprintln!(
+        "broker restart with invalid messages in flight: node back after {restarted:?}; {} answered, {} dead-lettered, {} answers and {} dead letters read in all",
+        answered.len(),
+        dead.len(),
+        answers_read,
+        dead_read,
+    );
+    // Some were handled again after the restart (their ack was lost), or the node stopped
+    // after the worker was done and the test proves less than it says.
+    assert!(
+        answers_read + dead_read > MESSAGES,
+        "the restart came after the worker had settled everything"
+    );
+    for i in 0..MESSAGES {
+        let key = format!("key-{i}");
+        let id = format!("rb-{i}");
+        match kind(i) {
+            0 => {
+                assert!(answered.contains(&id), "{id} was not answered");
+                assert!(!dead.contains(&key), "{id} was answered and dead-lettered");
+            }
+            _ => assert!(dead.contains(&key), "{key} was not dead-lettered"),
+        }
+    }
+    answers.cancel().await;
+    broker.close().await;
+    env.cleanup().await;
+    drop(own);
 }
