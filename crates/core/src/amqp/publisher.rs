@@ -39,7 +39,7 @@ pub struct Outgoing {
     /// An answer for a reply queue that takes batches: the outbox packs it with the other
     /// answers for that queue it sends at the same moment.
     packable: bool,
-    /// The broker returns it if no queue takes it (see [`PendingConfirm::routed`]).
+    /// The broker returns it if no queue takes it (see [`super::RoutedAnswers`]).
     mandatory: bool,
 }
 
@@ -145,7 +145,7 @@ impl Outgoing {
     }
 
     /// Asks the broker to return the message if no queue takes it, so that the sender learns
-    /// whether it arrived anywhere ([`PendingConfirm::routed`]).
+    /// whether it arrived anywhere ([`super::RoutedAnswers`]).
     pub fn mandatory(mut self) -> Self {
         self.mandatory = true;
         self
@@ -386,29 +386,27 @@ pub struct PendingConfirm {
 impl PendingConfirm {
     /// Waits for the broker's confirm; a nack is an error.
     pub async fn confirmed(self) -> Result<()> {
-        match self.confirm.await? {
-            Confirmation::Nack(_) => Err(AmqpError::Nacked(self.target)),
-            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
-        }
+        self.confirmation().await?.0
     }
 
     /// Waits for the broker's confirm of a [mandatory](Outgoing::mandatory) message, as the
     /// client reports it: an ack or a nack, either carrying a message the broker returned.
     /// A return names no delivery tag, and the client hands a waiting return to whichever
     /// confirm it resolves next, so the message it carries may be another one of the channel
-    /// (see [`super::RoutedAnswers`]). `Err` with the message's target on a nack.
+    /// (see [`super::RoutedAnswers`]).
     pub(super) async fn confirmation(self) -> Result<Confirmed> {
-        Ok(match self.confirm.await? {
-            Confirmation::Ack(returned) => (Ok(()), returned.map(Returned::of)),
-            Confirmation::Nack(returned) => (Err(self.target), returned.map(Returned::of)),
+        let (acked, returned) = match self.confirm.await? {
+            Confirmation::Ack(returned) => (Ok(()), returned),
+            Confirmation::Nack(returned) => (Err(AmqpError::Nacked(self.target)), returned),
             Confirmation::NotRequested => (Ok(()), None),
-        })
+        };
+        Ok((acked, returned.map(Returned::of)))
     }
 }
 
-/// A confirm as the client reported it: acked, or nacked (with the message's target), and the
-/// message the broker returned that the client handed to this confirm, if any.
-pub(super) type Confirmed = (Result<(), String>, Option<Returned>);
+/// A confirm as the client reported it: acked, or nacked (an error naming the message's
+/// target), and the message the broker returned that the client handed to this confirm, if any.
+pub(super) type Confirmed = (Result<()>, Option<Returned>);
 
 /// What identifies a message the broker returned: where it was sent and its body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -170,24 +170,19 @@ fn outcomes<'a>(
     messages: impl Iterator<Item = &'a Outgoing>,
     confirmed: Vec<Result<Confirmed>>,
 ) -> Vec<Result<bool>> {
-    let mut outcomes = Vec::with_capacity(confirmed.len());
     let mut returned = Vec::new();
-    for confirmation in confirmed {
-        outcomes.push(match confirmation {
-            Ok((acked, came_back)) => {
-                returned.extend(came_back);
-                acked.map(|()| true).map_err(AmqpError::Nacked)
-            }
-            Err(e) => Err(e),
-        });
-    }
-    let messages: Vec<&Outgoing> = messages.collect();
-    for back in &returned {
-        let whose = messages
-            .iter()
-            .zip(outcomes.iter_mut())
-            .find(|(message, outcome)| matches!(outcome, Ok(true)) && back.is(message));
-        if let Some((_, outcome)) = whose {
+    let mut outcomes: Vec<Result<bool>> = confirmed
+        .into_iter()
+        .map(|confirmation| {
+            let (acked, came_back) = confirmation?;
+            returned.extend(came_back);
+            acked.map(|()| true)
+        })
+        .collect();
+    for (message, outcome) in messages.zip(outcomes.iter_mut()) {
+        let back = returned.iter().position(|back| back.is(message));
+        if let (Ok(true), Some(back)) = (&outcome, back) {
+            returned.swap_remove(back);
             *outcome = Ok(false);
         }
     }
@@ -249,7 +244,10 @@ mod tests {
         let confirmed = vec![
             Ok((Ok(()), None)),
             Ok((Ok(()), None)),
-            Ok((Err("to live".to_owned()), Some(returned("gone", "same")))),
+            Ok((
+                Err(AmqpError::Nacked("to live".to_owned())),
+                Some(returned("gone", "same")),
+            )),
         ];
         let outcomes = outcomes(sent.iter(), confirmed);
         assert!(matches!(outcomes[0], Ok(false)));

@@ -195,34 +195,23 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
         r.broker_only.publish_rps,
         r.broker_only.delivered,
     );
-    let c = &r.cpu_us_per_message;
-    let cores = |us: f64| us * (r.messages - r.warmup_messages) as f64 / 1e6 / r.flood_s.max(1e-9);
-    let c0 = &r.broker_only.cpu_us_per_message;
-    let sink_cores =
-        |us: f64| us * r.broker_only.messages as f64 / 1e6 / r.broker_only.flood_s.max(1e-9);
     let _ = write!(
         md,
         "While the flood on its own lane lasted ({:.1} s, until its last message was settled), \
-         the machine's cores went to: the broker {:.2}, the worker {:.2}, the database {:.2}, \
-         the bench's publishers and crowd {:.2} (µs per hostile message: {:.0}, {:.0}, {:.0}, \
-         {:.0}). A write into a quorum queue of the run that nothing else touches was confirmed \
-         in {:.0} ms at the median and {:.0} ms at the 99th percentile while the valid students \
-         were alone, {:.0} and {:.0} ms during the flood on its own lane, {:.0} and {:.0} ms \
-         during the flood on theirs, {:.0} and {:.0} ms during the flood nobody read. While \
-         the flood nobody read lasted ({:.1} s, the valid students beside it as long), the \
-         cores went to: the broker {:.2}, the worker {:.2}, the database {:.2}, the bench {:.2} \
-         (µs per message: {:.0}, {:.0}, {:.0}, {:.0}).\n\n\
+         the machine's cores went to {}. A write into a quorum queue of the run that nothing \
+         else touches was confirmed in {:.0} ms at the median and {:.0} ms at the 99th \
+         percentile while the valid students were alone, {:.0} and {:.0} ms during the flood on \
+         its own lane, {:.0} and {:.0} ms during the flood on theirs, {:.0} and {:.0} ms during \
+         the flood nobody read. While the flood nobody read lasted ({:.1} s, the valid students \
+         beside it as long), the cores went to {}.\n\n\
          | valid students | alone | beside the flood on its lane | beside the flood on theirs | \
          beside the flood nobody read |\n|---|---:|---:|---:|---:|\n",
         r.flood_s,
-        cores(c.broker),
-        cores(c.workers),
-        cores(c.database),
-        cores(c.bench),
-        c.broker,
-        c.workers,
-        c.database,
-        c.bench,
+        cores_went_to(
+            &r.cpu_us_per_message,
+            r.messages - r.warmup_messages,
+            r.flood_s
+        ),
         r.probe_confirm.alone.p50_ms,
         r.probe_confirm.alone.p99_ms,
         r.probe_confirm.flood_own_lane.p50_ms,
@@ -232,14 +221,11 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
         r.probe_confirm.flood_broker_only.p50_ms,
         r.probe_confirm.flood_broker_only.p99_ms,
         r.broker_only.flood_s,
-        sink_cores(c0.broker),
-        sink_cores(c0.workers),
-        sink_cores(c0.database),
-        sink_cores(c0.bench),
-        c0.broker,
-        c0.workers,
-        c0.database,
-        c0.bench,
+        cores_went_to(
+            &r.broker_only.cpu_us_per_message,
+            r.broker_only.messages,
+            r.broker_only.flood_s
+        ),
     );
     let columns = [
         &r.valid_alone,
@@ -273,6 +259,24 @@ pub fn hostile_markdown(r: &super::hostile::HostileReport) -> String {
         if r.passed() { "Passed." } else { "FAILED." }
     );
     md
+}
+
+/// What each process's CPU per message, over `messages` in `seconds`, was as cores of the
+/// machine, and per message.
+fn cores_went_to(c: &crate::cpu::CpuShare, messages: usize, seconds: f64) -> String {
+    let cores = |us: f64| us * messages as f64 / 1e6 / seconds.max(1e-9);
+    format!(
+        "the broker {:.2}, the worker {:.2}, the database {:.2}, the bench's publishers and \
+         crowd {:.2} (µs per message: {:.0}, {:.0}, {:.0}, {:.0})",
+        cores(c.broker),
+        cores(c.workers),
+        cores(c.database),
+        cores(c.bench),
+        c.broker,
+        c.workers,
+        c.database,
+        c.bench,
+    )
 }
 
 pub fn markdown(r: &BenchReport) -> String {
