@@ -210,3 +210,60 @@ async fn a_drop_redelivered_after_a_crash_still_announces_its_promotion() {
     client.close().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_and_restarted_under_the_same_id_serves_its_partitions_again() {
+    // Arrange: a worker under a fixed id, as a container keeps it, holds every partition.
+    let env = TestEnv::new().await;
+    let prefix = format!("{}s", env.topology.prefix);
+    let courses = env.add_courses(&prefix, 10, 20).await;
+    let mut first = env.worker_process_args("fixed", &["--lease-ms", "5000"]);
+    env.wait_for_partitions().await;
+    let (_, before) = env.store.ownership().await.expect("ownership");
+
+    // Act: kill it and start it again at once under the same id, while the leases of its
+    // previous life still run; then a crowd arrives.
+    first
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the worker");
+    first
+        .exited(Duration::from_secs(10))
+        .await
+        .expect("the worker died");
+    let again = env.worker_process_args("fixed", &["--lease-ms", "5000"]);
+    let requests = (0..200)
+        .map(|i| {
+            let course = &courses[i % courses.len()];
+            enroll(&format!("{prefix}-r{i}"), course, &format!("{prefix}-s{i}"))
+        })
+        .collect();
+    let report = seatrush_tools::load::fire(
+        &env.amqp_url,
+        &env.topology,
+        requests,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("fire the crowd");
+    let (_, after) = env.store.ownership().await.expect("ownership");
+    again
+        .stop(Duration::from_secs(60))
+        .await
+        .expect("the restarted worker exits 0");
+
+    // Assert: the restarted worker did not keep its previous life's leases alive unconsumed:
+    // they lapsed, it took every partition again at a new epoch, and every request was
+    // answered.
+    assert_eq!(report.lost(), 0, "request ids without a final answer");
+    for (was, is) in before.iter().zip(&after) {
+        assert_eq!(is.owner.as_deref(), Some("fixed"));
+        assert!(
+            is.epoch > was.epoch,
+            "partition {} still at epoch {}",
+            is.partition,
+            is.epoch
+        );
+    }
+    env.assert_consistent(&report, &courses).await;
+    env.cleanup().await;
+}

@@ -910,7 +910,7 @@ async fn heartbeats_and_commits_over_the_same_partitions_never_deadlock() {
         .await
         .expect("acquire");
     assert_eq!(leases.len(), usize::from(PARTITIONS));
-    let unacked: Vec<(Partition, usize)> = leases.iter().map(|l| (l.partition, 1)).collect();
+    let unacked: Vec<(Lease, usize)> = leases.iter().map(|l| (*l, 1)).collect();
     // Rows rewritten out of order, as a long run leaves them: a scan of the table now meets
     // them in another order than the partition numbers.
     let mut db = sqlx::PgConnection::connect(&env.database_url)
@@ -977,5 +977,72 @@ async fn heartbeats_and_commits_over_the_same_partitions_never_deadlock() {
     for result in results {
         assert!(result.is_ok(), "no heartbeat or commit fails: {result:?}");
     }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_renews_only_the_leases_it_names_and_a_release_only_their_epochs() {
+    // Arrange: a worker's previous life (killed, restarted under the same id) left a short
+    // lease on every partition.
+    let env = TestEnv::new().await;
+    let short = Duration::from_millis(800);
+    let old = env
+        .store
+        .acquire_partitions("same-id", short, 4)
+        .await
+        .expect("acquire");
+    assert_eq!(old.len(), 4);
+
+    // Act: its new life beats with a long lease but holds none of them yet, then waits past
+    // the old leases' end and takes the partitions.
+    let beat = env
+        .store
+        .heartbeat("same-id", Duration::from_secs(60), &[])
+        .await
+        .expect("heartbeat");
+    tokio::time::sleep(short + Duration::from_millis(400)).await;
+    let new = env
+        .store
+        .acquire_partitions("same-id", Duration::from_secs(60), 4)
+        .await
+        .expect("acquire again");
+    let stale = env
+        .store
+        .heartbeat("same-id", Duration::from_secs(60), &[(old[0], 0)])
+        .await
+        .expect("heartbeat with a stale lease");
+    env.store
+        .release_partitions("same-id", &old)
+        .await
+        .expect("release the stale leases");
+    let after_stale_release = env.store.live_partitions().await.expect("live");
+    env.store
+        .release_partitions("same-id", &new)
+        .await
+        .expect("release the new leases");
+    let after_release = env.store.live_partitions().await.expect("live");
+
+    // Assert: the beat renewed nothing it did not name, so the old leases lapsed and were
+    // taken again at the next epoch; a stale lease is neither renewed nor released.
+    assert!(
+        beat.held.is_empty(),
+        "renewed unnamed leases: {:?}",
+        beat.held
+    );
+    assert_eq!(new.len(), 4, "the old leases lapsed");
+    for lease in &new {
+        let before = old
+            .iter()
+            .find(|l| l.partition == lease.partition)
+            .expect("same partitions");
+        assert_eq!(lease.epoch, before.epoch + 1);
+    }
+    assert!(
+        stale.held.is_empty(),
+        "renewed a stale lease: {:?}",
+        stale.held
+    );
+    assert_eq!(after_stale_release, 4, "a stale release freed a partition");
+    assert_eq!(after_release, 0);
     env.cleanup().await;
 }

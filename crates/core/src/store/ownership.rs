@@ -123,24 +123,35 @@ impl Store {
         leases(rows)
     }
 
-    /// The heartbeat: refreshes this worker's liveness, extends the leases it still holds
-    /// (recording what it holds unacked on each, for the operator's view) and reads who is
-    /// alive. A partition missing from `held` was taken over and must no longer be consumed.
+    /// The heartbeat: refreshes this worker's liveness, extends the given leases where it still
+    /// holds them at their epoch (recording what it holds unacked on each, for the operator's
+    /// view) and reads who is alive. A lease missing from the answer's `held` was taken over
+    /// and must no longer be consumed.
+    ///
+    /// Only the leases the caller names are renewed, not every partition recorded under its
+    /// id: a worker restarted under the same id (as a container keeps it) finds the leases of
+    /// its previous life still recorded, and renewing them would keep partitions that nobody
+    /// consumes from ever lapsing.
     pub async fn heartbeat(
         &self,
         worker_id: &str,
         lease: Duration,
-        unacked: &[(Partition, usize)],
+        renew: &[(Lease, usize)],
     ) -> Result<Membership> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE workers SET heartbeat_at = now() WHERE worker_id = $1")
             .bind(worker_id)
             .execute(&mut *tx)
             .await?;
-        let (ids, counts): (Vec<i32>, Vec<i32>) = unacked
+        let ids: Vec<i32> = renew
             .iter()
-            .map(|(p, n)| (i32::from(p.0), i32::try_from(*n).unwrap_or(i32::MAX)))
-            .unzip();
+            .map(|(l, _)| i32::from(l.partition.0))
+            .collect();
+        let epochs: Vec<i64> = renew.iter().map(|(l, _)| l.epoch).collect();
+        let counts: Vec<i32> = renew
+            .iter()
+            .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
+            .collect();
         // A lease that lapsed while the database was unreachable is renewed as long as no
         // other worker took the partition meanwhile: a takeover changes the owner and bumps the
         // epoch, so this cannot revive a lease someone else holds, and the epoch this worker's
@@ -148,17 +159,21 @@ impl Store {
         // the commits' fence locks them in: an update alone locks them in the table's physical
         // order, which a long run shuffles, and two orders over the same rows deadlock.
         let rows = sqlx::query(
-            "WITH held AS (SELECT partition FROM partitions WHERE owner = $1 \
-                           ORDER BY partition FOR UPDATE) \
+            "WITH renew AS (SELECT * FROM unnest($3::int[], $4::bigint[], $5::int[]) \
+                            AS r(partition, epoch, unacked)), \
+                  held AS (SELECT p.partition FROM partitions p \
+                           JOIN renew r ON r.partition = p.partition AND r.epoch = p.epoch \
+                           WHERE p.owner = $1 ORDER BY p.partition FOR UPDATE OF p) \
              UPDATE partitions p SET lease_until = now() + $2 * interval '1 millisecond', \
-                    unacked = COALESCE((SELECT u.n FROM unnest($3::int[], $4::int[]) \
-                                        AS u(partition, n) WHERE u.partition = p.partition), 0) \
-             FROM held WHERE p.partition = held.partition AND p.owner = $1 \
+                    unacked = r.unacked \
+             FROM held JOIN renew r USING (partition) \
+             WHERE p.partition = held.partition AND p.owner = $1 AND p.epoch = r.epoch \
              RETURNING p.partition, p.epoch",
         )
         .bind(worker_id)
         .bind(millis(lease))
         .bind(&ids)
+        .bind(&epochs)
         .bind(&counts)
         .fetch_all(&mut *tx)
         .await?;
@@ -220,23 +235,24 @@ impl Store {
         Ok((workers, partitions))
     }
 
-    /// Gives partitions back (graceful shutdown), so another worker can take them at once.
-    pub async fn release_partitions(
-        &self,
-        worker_id: &str,
-        partitions: &[Partition],
-    ) -> Result<()> {
-        let ids: Vec<i32> = partitions.iter().map(|p| i32::from(p.0)).collect();
+    /// Gives leases back (graceful shutdown), so another worker can take their partitions at
+    /// once. A partition held at another epoch than the lease's is left alone: it was taken
+    /// again since, by another worker or by a later session of this one.
+    pub async fn release_partitions(&self, worker_id: &str, leases: &[Lease]) -> Result<()> {
+        let ids: Vec<i32> = leases.iter().map(|l| i32::from(l.partition.0)).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
         // Locked in partition order, as the heartbeat and the commits' fence lock them.
         sqlx::query(
-            "WITH released AS (SELECT partition FROM partitions \
-                               WHERE owner = $1 AND partition = ANY($2) \
-                               ORDER BY partition FOR UPDATE) \
+            "WITH released AS (SELECT p.partition FROM partitions p \
+                               JOIN unnest($2::int[], $3::bigint[]) AS l(partition, epoch) \
+                                 ON l.partition = p.partition AND l.epoch = p.epoch \
+                               WHERE p.owner = $1 ORDER BY p.partition FOR UPDATE OF p) \
              UPDATE partitions p SET owner = NULL, lease_until = NULL, unacked = 0 \
              FROM released WHERE p.partition = released.partition AND p.owner = $1",
         )
         .bind(worker_id)
         .bind(&ids)
+        .bind(&epochs)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -60,10 +60,38 @@ struct Held {
 /// over itself, only the partitions whose release could not be written.
 #[derive(Default)]
 pub(super) struct Stopped {
-    pub partitions: Vec<Partition>,
+    pub partitions: Vec<Lease>,
     pub channels: Vec<Lanes>,
+    /// Handovers a fault caught under way, to be awaited with the session's teardown (each
+    /// closes its own channel and releases its own partition).
+    pub handovers: Vec<JoinHandle<Option<Partition>>>,
     /// Handed over but not released (the database did not answer): they lapse with their lease.
     pub unreleased: Vec<Partition>,
+}
+
+/// A partition being handed over or given back: its lease (renewed by the heartbeat until the
+/// handover releases it, so a long drain does not let it lapse) and the task doing it.
+type Leaving = (Lease, JoinHandle<Option<Partition>>);
+
+/// Awaits the handovers a fault caught under way: each ends at most a bounded while after the
+/// halt (see `hand_over`); any still running then is aborted, and its partition lapses with
+/// its lease. Returns the partitions whose release could not be written.
+pub(super) async fn finish_handovers(
+    handovers: Vec<JoinHandle<Option<Partition>>>,
+    halt: &CancellationToken,
+) -> Vec<Partition> {
+    let aborts: Vec<_> = handovers.iter().map(JoinHandle::abort_handle).collect();
+    match until_halted(join_all(handovers), halt, STORE_CALL_WITHIN).await {
+        Some(handed) => handed
+            .into_iter()
+            .filter_map(|handed| handed.ok().flatten())
+            .collect(),
+        None => {
+            tracing::warn!(within = ?STORE_CALL_WITHIN, "handovers under way did not end in time after the halt; their leases will lapse");
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+            Vec::new()
+        }
+    }
 }
 
 /// Closes the channel of a partition this worker lost, once its consumer has stopped and the
@@ -134,8 +162,8 @@ async fn hand_over(
     // partition unowned for a lease), then at most STORE_CALL_WITHIN: with the database down
     // the pool would wait its acquire timeout, and with it stalled forever. An unreleased
     // partition passes on when its lease lapses.
-    let partitions = [partition];
-    let release = store.release_partitions(&worker_id, &partitions);
+    let leases = [held.lease];
+    let release = store.release_partitions(&worker_id, &leases);
     match until_halted(release, &halt, STORE_CALL_WITHIN).await {
         Some(Ok(())) => {
             tracing::info!(%partition, epoch = held.lease.epoch, "partition handed over");
@@ -158,7 +186,7 @@ impl Ownership {
     /// the consumers and returns what the session must close and release.
     pub(super) async fn run(self, stop: CancellationToken, fault: CancellationToken) -> Stopped {
         let mut held: HashMap<Partition, Held> = HashMap::new();
-        let mut leaving: Vec<JoinHandle<Option<Partition>>> = Vec::new();
+        let mut leaving: Vec<Leaving> = Vec::new();
         let mut tick = tokio::time::interval(self.lease / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -166,7 +194,7 @@ impl Ownership {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            leaving.retain(|handover| !handover.is_finished());
+            leaving.retain(|(_, handover)| !handover.is_finished());
             // A heartbeat or an acquisition waits as long as the database takes: up to the
             // pool's acquire timeout when it is down, forever when it is stalled. Stopping does
             // not wait for it. Cut short, it leaves at most a lease this worker does not know
@@ -188,13 +216,16 @@ impl Ownership {
             metrics::owned_partitions(held.len());
         }
         if fault.is_cancelled() {
-            let mut stopped = Stopped::default();
-            for (partition, h) in held {
+            let mut stopped = Stopped {
+                handovers: leaving.into_iter().map(|(_, task)| task).collect(),
+                ..Stopped::default()
+            };
+            for h in held.into_values() {
                 h.stop.cancel();
                 if let Ok(Some(channel)) = h.consumer.await {
                     stopped.channels.push(channel);
                 }
-                stopped.partitions.push(partition);
+                stopped.partitions.push(h.lease);
             }
             return stopped;
         }
@@ -207,7 +238,7 @@ impl Ownership {
         metrics::owned_partitions(0);
         leaving.extend(held.into_values().map(|h| self.spawn_hand_over(h)));
         // Each handover ends by the halt plus its bounded channel close and release.
-        let unreleased = join_all(leaving)
+        let unreleased = join_all(leaving.into_iter().map(|(_, task)| task))
             .await
             .into_iter()
             .filter_map(|handed| handed.ok().flatten())
@@ -218,8 +249,9 @@ impl Ownership {
         }
     }
 
-    fn spawn_hand_over(&self, held: Held) -> JoinHandle<Option<Partition>> {
-        tokio::spawn(hand_over(
+    fn spawn_hand_over(&self, held: Held) -> Leaving {
+        let lease = held.lease;
+        let task = tokio::spawn(hand_over(
             self.store.clone(),
             self.worker_id.clone(),
             held,
@@ -227,7 +259,8 @@ impl Ownership {
             self.drain_timeout,
             self.intake.courses.clone(),
             self.intake.halt.clone(),
-        ))
+        ));
+        (lease, task)
     }
 
     /// Beats, drops the partitions another worker took, and returns this worker's fair share;
@@ -235,15 +268,16 @@ impl Ownership {
     async fn heartbeat(
         &self,
         held: &mut HashMap<Partition, Held>,
-        leaving: &mut Vec<JoinHandle<Option<Partition>>>,
+        leaving: &mut Vec<Leaving>,
     ) -> Option<u16> {
-        let unacked: Vec<(Partition, usize)> = held
-            .iter()
-            .map(|(p, h)| (*p, h.in_flight.count()))
+        let renew: Vec<(Lease, usize)> = held
+            .values()
+            .map(|h| (h.lease, h.in_flight.count()))
+            .chain(leaving.iter().map(|(lease, _)| (*lease, 0)))
             .collect();
         let membership = match self
             .store
-            .heartbeat(&self.worker_id, self.lease, &unacked)
+            .heartbeat(&self.worker_id, self.lease, &renew)
             .await
         {
             Ok(membership) => membership,
@@ -275,12 +309,14 @@ impl Ownership {
                 // Another worker took it (this one was too slow to renew). Its commits are
                 // fenced from now on; stop consuming and let the broker redeliver.
                 tracing::warn!(%partition, epoch = h.lease.epoch, "lost partition lease");
-                leaving.push(tokio::spawn(give_back(
+                let lease = h.lease;
+                let task = tokio::spawn(give_back(
                     h,
                     self.grace,
                     self.intake.courses.clone(),
                     self.intake.halt.clone(),
-                )));
+                ));
+                leaving.push((lease, task));
             }
         }
         Some(membership.fair_share(&self.worker_id, self.partitions))
@@ -290,7 +326,7 @@ impl Ownership {
     fn hand_over_surplus(
         &self,
         held: &mut HashMap<Partition, Held>,
-        leaving: &mut Vec<JoinHandle<Option<Partition>>>,
+        leaving: &mut Vec<Leaving>,
         share: u16,
     ) {
         let mut mine: Vec<Partition> = held.keys().copied().collect();

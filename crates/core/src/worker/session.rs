@@ -22,7 +22,7 @@ use super::committer::Committer;
 use super::fault::Fault;
 use super::health::Health;
 use super::intake::Intake;
-use super::ownership::{Ownership, Stopped};
+use super::ownership::{Ownership, Stopped, finish_handovers};
 use super::registry_watch::RegistryWatch;
 use super::shutdown::{
     CLOSE_HALTED_WITHIN, Halt, Left, STORE_CALL_WITHIN, Shutdown, finish_within, until_halted,
@@ -31,7 +31,7 @@ use crate::amqp::{Broker, Lanes, Outbox, RoutedAnswers};
 use crate::course::{ActorContext, Catalog, Close, Registry, RegistryConfig};
 use crate::domain::Partition;
 use crate::pipeline::{CommitQueue, InFlight};
-use crate::store::Store;
+use crate::store::{Lease, Store};
 
 /// How long opening a session may take: connecting, declaring the topology, opening the answer
 /// channel. Milliseconds on a healthy broker; far above that for one busy declaring its queues.
@@ -358,12 +358,15 @@ impl Running {
             returned,
             ..Left::default()
         };
-        left.unreleased = stopped.unreleased;
         let Stopped {
             partitions,
             channels,
-            ..
+            handovers,
+            unreleased,
         } = stopped;
+        left.unreleased = unreleased;
+        left.unreleased
+            .extend(finish_handovers(handovers, self.halt.token()).await);
         left.unreleased.extend(
             close_and_release(
                 [&self.broker, &self.bulk],
@@ -428,7 +431,7 @@ async fn stop_pipeline(
 /// still holds unacked. Returns the partitions it could not release.
 async fn close_and_release(
     brokers: [&Broker; 2],
-    partitions: Vec<Partition>,
+    partitions: Vec<Lease>,
     channels: Vec<Lanes>,
     routed: &RoutedAnswers,
     halt: &CancellationToken,
@@ -452,8 +455,9 @@ async fn close_and_release(
         tracing::debug!("closing the broker connections was not confirmed in time");
     }
     if partitions.is_empty() {
-        return partitions;
+        return Vec::new();
     }
+    let unreleased = || partitions.iter().map(|l| l.partition).collect();
     match tokio::time::timeout(
         STORE_CALL_WITHIN,
         store.release_partitions(&config.worker_id, &partitions),
@@ -463,11 +467,11 @@ async fn close_and_release(
         Ok(Ok(())) => Vec::new(),
         Ok(Err(e)) => {
             tracing::warn!(error = %crate::telemetry::chain(&e), "could not release partitions; their leases will lapse");
-            partitions
+            unreleased()
         }
         Err(_) => {
             tracing::warn!(within = ?STORE_CALL_WITHIN, "could not release partitions in time; their leases will lapse");
-            partitions
+            unreleased()
         }
     }
 }
