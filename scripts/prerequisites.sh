@@ -6,7 +6,9 @@
 #   compiler  a C compiler and the C library's development files (`gcc`, `libc6-dev`) when
 #             `cc` cannot link a program: Rust links its programs with it
 #   services  `rabbitmq-server`, `postgresql` and `redis-server`, whose programs
-#             scripts/services.sh runs as project-private instances
+#             scripts/services.sh runs as project-private instances, and `procps` when `ps` is
+#             missing (minimal images): scripts/services.sh finds a PostgreSQL member's processes
+#             with it
 #   redis     `redis-server` alone (scripts/services.sh still runs a private Redis, for the
 #             benchmark's Redis design, when AMQP_URL and DATABASE_URL are set but REDIS_URL is
 #             not)
@@ -41,6 +43,8 @@ have_postgresql() {
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ||
         { command -v initdb >/dev/null && command -v pg_ctl >/dev/null; }
 }
+# What scripts/services.sh kill-db-member runs.
+have_ps() { command -v ps >/dev/null; }
 
 # True if `cc` exists and links a program: gcc alone is not enough, the linker also needs the C
 # library's start files and libraries from libc6-dev (a recommendation that
@@ -83,6 +87,10 @@ for group in "$@"; do
                 reasons+=("postgresql (the private PostgreSQL instance)")
             fi
             need_redis
+            if ! have_ps; then
+                missing+=(procps)
+                reasons+=("procps (ps, with which scripts/services.sh finds a PostgreSQL member's processes to kill)")
+            fi
             ;;
         redis) need_redis ;;
         browser)
@@ -112,11 +120,16 @@ fi
 
 say "installing with apt-get${sudo:+ (through sudo)}:"
 for reason in "${reasons[@]}"; do say "  $reason"; done
-# Through sudo, a refusal (no sudo rights, no password given) fails here first.
-"${sudo[@]}" apt-get update >&2 ||
+# apt-get waits up to 10 minutes for the dpkg lock instead of failing at once: just after boot,
+# unattended-upgrades (apt-daily-upgrade) often holds it. (apt 2.6 waits so only for the dpkg
+# lock, the install's; the update's lock on the package lists still fails at once while apt-daily
+# refreshes them.) Through sudo, a refusal (no sudo rights, no password given) fails at the update
+# first.
+lock_wait=(-o DPkg::Lock::Timeout=600)
+"${sudo[@]}" apt-get "${lock_wait[@]}" update >&2 ||
     die "apt-get update failed${sudo:+ (through sudo: this user needs sudo rights; or, as root: apt-get install ${missing[*]})}"
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
+    apt-get "${lock_wait[@]}" install -y --no-install-recommends "${missing[@]}" >&2 ||
     die "apt-get install ${missing[*]} failed"
 say "installed: ${missing[*]}"
 

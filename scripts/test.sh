@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit and property tests, and the integration tests
-# against a real RabbitMQ, PostgreSQL and Redis (the benchmark's Redis design). Uses
-# AMQP_URL/DATABASE_URL when both are set, and REDIS_URL when set; otherwise installs what is
-# missing (a C compiler, and Debian's rabbitmq-server, postgresql and redis-server packages,
-# through sudo when not root; scripts/prerequisites.sh says what and why) and starts
-# project-private services on loopback. Debian's chromium and chromium-driver are installed in
-# either case when missing: a test drives the student's page in headless Chromium.
+# against a real RabbitMQ, PostgreSQL and Redis (the benchmark's Redis design). Installs what is
+# missing, in every case (a C compiler; Debian's rabbitmq-server, postgresql and redis-server
+# packages; chromium and chromium-driver, as a test drives the student's page in headless Chromium;
+# through sudo when not root; scripts/prerequisites.sh says what and why). Uses
+# AMQP_URL/DATABASE_URL when both are set, and REDIS_URL when set; otherwise starts
+# project-private services on loopback.
 #
 # A passing run prints the test results, not the workers' logs: worker processes log to files under
 # target/test-logs/<module>/<test>/, in-process workers through libtest's captured output (and to
@@ -22,14 +22,11 @@ fail() {
     exit 1
 }
 
-if [ -n "${AMQP_URL:-}" ] && [ -n "${DATABASE_URL:-}" ]; then
-    # The private Redis still runs unless REDIS_URL names one.
-    redis=redis
-    if [ -n "${REDIS_URL:-}" ]; then redis=; fi
-    scripts/prerequisites.sh compiler $redis browser || fail "could not install the prerequisites (see above)"
-else
-    scripts/prerequisites.sh compiler services browser || fail "could not install the prerequisites (see above)"
-fi
+# Everything, even when AMQP_URL, DATABASE_URL and REDIS_URL name the user's servers: the suite also
+# starts private servers of its own (the fault tests' PostgreSQL and RabbitMQ, the crash run's
+# Redis) through scripts/services.sh, which would otherwise install what is missing from inside
+# tests running in parallel (apt-get against apt-get, or sudo asking for a password mid-run).
+scripts/prerequisites.sh compiler services browser || fail "could not install the prerequisites (see above)"
 
 # The exports are captured first: a failure inside `eval "$(...)"` would not stop the script.
 exports=$(scripts/services.sh start) || fail "could not start the services (see above)"
@@ -47,8 +44,10 @@ cargo clippy --workspace --all-targets --features failpoints -- -D warnings
 # The runtime alone (the worker's build, without the tooling) must build and lint clean too.
 cargo clippy -p seatrush --no-default-features -- -D warnings
 # ... and links none of the tooling's libraries (charts, progress bars, the benchmark).
-if cargo tree -p seatrush --no-default-features -e normal --prefix none \
-    | grep -E '^(seatrush-tools|plotters|indicatif) '; then
+# The tree is captured first: a failing cargo tree in the pipe would read as "no such dependency".
+tree=$(cargo tree -p seatrush --no-default-features -e normal --prefix none) ||
+    fail "cargo tree failed (see above)"
+if grep -E '^(seatrush-tools|plotters|indicatif) ' <<<"$tree"; then
     echo "the worker's build depends on the tooling (above)" >&2
     exit 1
 fi

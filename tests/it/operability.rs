@@ -367,3 +367,31 @@ async fn a_worker_reaches_broker_and_database_over_verified_tls_set_by_its_urls(
     env.cleanup().await;
     drop((db, broker));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_health_port_is_taken_refuses_to_start_and_says_why() {
+    // Arrange: the port the worker is told to serve its health endpoint on is already taken.
+    let env = TestEnv::new().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("its address").to_string();
+
+    // Act
+    let mut worker = env.launch("taken", &["--http-addr", &addr], &[]);
+    let status = worker.exited(WAIT).await.expect("the worker exits");
+
+    // Assert: it did not start without its endpoint (where probes would fail unexplained):
+    // it exited as a worker that could not start, naming the cause, and took no partition.
+    assert_eq!(status.code(), Some(2), "{status}");
+    let log = std::fs::read_to_string(
+        env.log_dir()
+            .join(format!("{}-taken.log", env.topology.prefix)),
+    )
+    .expect("the worker's log");
+    assert!(
+        log.contains(&format!("binding the health endpoint to {addr}")),
+        "the cause is in the log: {log}"
+    );
+    assert_eq!(env.store.live_partitions().await.expect("partitions"), 0);
+    drop(taken);
+    env.cleanup().await;
+}

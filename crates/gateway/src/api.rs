@@ -105,8 +105,12 @@ impl Problem {
         )
     }
 
-    /// The database could not be asked; a retry may find it again. Takes the error it replaces.
-    fn database_unreachable<E>(_: E) -> Self {
+    /// The database could not be asked; a retry may find it again. The error it replaces is
+    /// logged and counted, so that an operator tells an outage from an error of another kind
+    /// (a permission, a schema not migrated) that the client sees as the same 503.
+    fn database_unreachable<E: std::error::Error + 'static>(error: E) -> Self {
+        tracing::warn!(error = %seatrush_core::telemetry::chain(&error), "a database call failed; answering 503");
+        metrics::counter!("seatrush_gateway_rejections_total", "reason" => "database").increment(1);
         Self::unavailable("the database is not reachable from this gateway", 2)
     }
 
@@ -195,7 +199,7 @@ async fn measured(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let began = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
@@ -203,6 +207,28 @@ async fn measured(request: Request, next: Next) -> Response {
     metrics::histogram!("seatrush_gateway_request_seconds", "route" => route)
         .record(began.elapsed().as_secs_f64());
     response
+}
+
+/// A request's method as a metric label. Any token is a valid method on the wire, and every
+/// distinct label value is a series the recorder keeps for good: methods outside the standard
+/// ones are counted together.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::PATCH, "PATCH"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, label)| label)
 }
 
 /// Bounds the requests in flight on this instance: past the bound, 503 at once.
@@ -949,4 +975,20 @@ fn encode_segment(key: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method_label;
+    use axum::http::Method;
+
+    #[test]
+    fn methods_outside_the_standard_ones_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::POST), "POST");
+        for token in ["FOO1", "FOO2", "BREW", "get"] {
+            let method = Method::from_bytes(token.as_bytes()).expect("a method token");
+            assert_eq!(method_label(&method), "other", "{token}");
+        }
+    }
 }

@@ -12,8 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use seatrush_core::store::{KeyClaim, KeyStanding, Store};
 
-/// The database could not record a key (answered 503).
-#[derive(Debug, Clone, Copy)]
+/// The database could not record a key (answered 503); the recorder logged why.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the idempotency key could not be recorded")]
 pub struct Unavailable;
 
 /// The longest key taken.

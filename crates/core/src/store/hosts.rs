@@ -30,12 +30,18 @@ pub(super) fn host_urls(url: &str) -> Vec<String> {
     if !hosts.contains(',') {
         return vec![url.to_owned()];
     }
-    hosts
+    let urls: Vec<String> = hosts
         .split(',')
         .map(str::trim)
         .filter(|h| !h.is_empty())
         .map(|host| format!("{scheme}://{userinfo}{host}{tail}"))
-        .collect()
+        .collect();
+    if urls.is_empty() {
+        // Commas and no host: the URL as given, which the connection refuses with its own
+        // error, rather than no host at all to connect to.
+        return vec![url.to_owned()];
+    }
+    urls
 }
 
 /// The URL of the host of `url` that takes writes: `url` itself when it names one host.
@@ -158,6 +164,12 @@ mod tests {
             ["postgres://a/db", "postgres://b/db"]
         );
         assert_eq!(host_urls("postgres://u@a:1/db"), ["postgres://u@a:1/db"]);
+    }
+
+    #[test]
+    fn a_host_list_of_commas_only_is_left_for_the_connection_to_refuse() {
+        assert_eq!(host_urls("postgres://u:p@,/db"), ["postgres://u:p@,/db"]);
+        assert_eq!(host_urls("postgres://, ,/db"), ["postgres://, ,/db"]);
     }
 
     #[test]

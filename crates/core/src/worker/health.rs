@@ -5,7 +5,6 @@
 //! which of the two is missing. A worker that is not ready holds no partition it could serve:
 //! an orchestrator should wait, not route, and restart it only if it stays unready.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -113,9 +112,9 @@ pub async fn watch_database(store: Store, health: Arc<Health>, shutdown: Cancell
     }
 }
 
-/// Serves `/livez`, `/readyz` and, given a recorder, `/metrics` on `addr` until `shutdown`.
+/// Serves `/livez`, `/readyz` and, given a recorder, `/metrics` on `listener` until `shutdown`.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     health: Arc<Health>,
     recorder: Option<PrometheusHandle>,
     shutdown: CancellationToken,
@@ -141,9 +140,9 @@ pub async fn serve(
             }),
         );
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the health endpoint to {addr}"))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the health endpoint's address")?;
     tracing::info!(%addr, "health endpoint listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

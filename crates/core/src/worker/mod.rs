@@ -146,9 +146,19 @@ pub async fn run_reporting(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Left> {
+    // Bound before anything else: a port already taken is a start-up error the operator sees at
+    // once, not an endpoint missing while the worker runs (and its probes fail unexplained).
+    let endpoint = match config.http_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the health endpoint to {addr}"))?,
+        ),
+        None => None,
+    };
     let (shutdown, timer) = Shutdown::new(shutdown, config.drain_timeout);
     let ended = match shutdown.unless_requested(prepare(&config)).await {
-        Some(Ok(store)) => Ok(serve(&config, store, &shutdown).await),
+        Some(Ok(store)) => Ok(serve(&config, store, endpoint, &shutdown).await),
         Some(Err(e)) => Err(e),
         None => {
             tracing::info!(worker_id = %config.worker_id, "stopped before starting: nothing was taken from the broker");
@@ -183,7 +193,12 @@ async fn prepare(config: &WorkerConfig) -> anyhow::Result<Store> {
 const HEALTH_ENDPOINT_WITHIN: Duration = Duration::from_secs(1);
 
 /// Runs broker sessions until shutdown, then deregisters and reports what was left.
-async fn serve(config: &WorkerConfig, store: Store, shutdown: &Shutdown) -> Left {
+async fn serve(
+    config: &WorkerConfig,
+    store: Store,
+    endpoint: Option<tokio::net::TcpListener>,
+    shutdown: &Shutdown,
+) -> Left {
     // The URLs are logged without their passwords, like every URL this worker logs.
     tracing::info!(
         worker_id = %config.worker_id,
@@ -204,9 +219,9 @@ async fn serve(config: &WorkerConfig, store: Store, shutdown: &Shutdown) -> Left
         background.clone(),
     ));
     let recorder = crate::telemetry::metrics::install();
-    let server = config.http_addr.map(|addr| {
+    let server = endpoint.map(|listener| {
         tokio::spawn(health::serve(
-            addr,
+            listener,
             health.clone(),
             recorder.clone(),
             background.clone(),
