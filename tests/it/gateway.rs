@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use seatrush_core::domain::{Action, CourseSettings};
+use seatrush_core::domain::{Action, CourseSettings, Partition};
 use seatrush_gateway::{AuthConfig, Gateway, GatewayConfig, Limits, TokenClaims};
 
-use crate::helpers::{Listener, TestEnv, eventually, request};
+use crate::helpers::{Listener, TestEnv, WAIT, eventually, request};
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes-long";
 const ISSUER: &str = "https://sso.example.edu";
@@ -55,7 +55,12 @@ pub fn config(env: &TestEnv, amqp_url: &str) -> GatewayConfig {
 }
 
 pub async fn start(config: GatewayConfig) -> (Gateway, Api) {
-    let gateway = Gateway::start(config, CancellationToken::new())
+    start_until(config, CancellationToken::new()).await
+}
+
+/// [`start`], stopped by `shutdown`.
+pub async fn start_until(config: GatewayConfig, shutdown: CancellationToken) -> (Gateway, Api) {
+    let gateway = Gateway::start(config, shutdown)
         .await
         .expect("the gateway starts");
     let api = Api::new(gateway.local_addr());
@@ -1006,5 +1011,59 @@ async fn the_openapi_document_is_served_and_describes_every_route() {
     let refused = Gateway::start(keyless, CancellationToken::new()).await;
     let error = refused.err().expect("refused without keys");
     assert!(format!("{error:#}").contains("no key"), "{error:#}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_answer_when_shutdown_begins_still_gets_it() {
+    // Arrange: no worker yet, so a request waits; a gateway stopped by a token of the test.
+    let mut env = TestEnv::new().await;
+    let courses = env.add_courses("DRAIN", 1, 5).await;
+    let course = courses[0].as_str().to_owned();
+    let broker = env.broker().await;
+    broker.declare(&env.topology).await.expect("declare");
+    broker.close().await;
+    let shutdown = CancellationToken::new();
+    let (gateway, _) = start_until(config(&env, &env.amqp_url), shutdown.clone()).await;
+    let waiting = {
+        let api = Api::new(gateway.local_addr());
+        let body = enroll(&course);
+        tokio::spawn(async move {
+            api.post(
+                &token("s1"),
+                Some("k-drain"),
+                &[("prefer", "wait=30")],
+                body,
+            )
+            .await
+        })
+    };
+    eventually("the request is published", WAIT, || async {
+        let broker = env.broker().await;
+        let mut queued = 0;
+        for p in 0..env.topology.partitions {
+            let queue = env.topology.partition_queue(Partition(p));
+            queued += broker.queue_depth(&queue).await.ok()??.ready;
+        }
+        broker.close().await;
+        (queued > 0).then_some(())
+    })
+    .await;
+
+    // Act: shutdown begins while the request waits; then a worker answers it.
+    shutdown.cancel();
+    let stopping = tokio::spawn(gateway.stopped());
+    env.start_worker(env.worker_config()).await;
+    let reply = waiting.await.expect("the waiting request");
+    let stopped = stopping.await.expect("the stop");
+    env.stop_workers().await;
+
+    // Assert: the request, which asked to wait longer than the gateway's drain, received its
+    // final answer from the broker link during the drain (had the link stopped with the
+    // listener, the answer would only have been looked up in Postgres at the end of the wait,
+    // after the drain had closed the connection), and the gateway stopped.
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["state"], "final", "{}", reply.body);
+    assert!(stopped.is_ok(), "{stopped:?}");
     env.cleanup().await;
 }

@@ -16,6 +16,7 @@ use seatrush_core::client::parse_answers;
 use seatrush_core::protocol::{Answer, Stage};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What has been heard of one request.
 #[derive(Debug, Clone, Default)]
@@ -57,8 +58,13 @@ pub struct Courier {
 const FORGET_AFTER: Duration = Duration::from_secs(120);
 
 impl Courier {
-    /// Starts the link task; it stops with `shutdown`.
-    pub fn start(amqp_url: String, topology: Topology, shutdown: CancellationToken) -> Arc<Self> {
+    /// Starts the link task on `tasks`; it stops with `shutdown`.
+    pub fn start(
+        amqp_url: String,
+        topology: Topology,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Arc<Self> {
         let courier = Arc::new(Self {
             topology,
             link: RwLock::new(None),
@@ -66,7 +72,7 @@ impl Courier {
             user: seatrush_core::amqp::url_user(&amqp_url),
         });
         let task = Arc::clone(&courier);
-        tokio::spawn(keep_connected(
+        tasks.spawn(keep_connected(
             amqp_url,
             "seatrush-gateway",
             shutdown,
@@ -175,6 +181,9 @@ impl Courier {
             publisher,
             reply_queue,
         }));
+        // The link is forgotten however this ends, also when the session is dropped at
+        // shutdown: a request must not publish to a reply queue nobody consumes any more.
+        let forget = ForgetLink(self);
         tracing::info!("connected to the broker");
         let mut sweep = tokio::time::interval(Duration::from_secs(30));
         let ended = loop {
@@ -190,7 +199,7 @@ impl Courier {
                 _ = sweep.tick() => self.sweep(),
             }
         };
-        *self.link.write().unwrap_or_else(|p| p.into_inner()) = None;
+        drop(forget);
         broker.close().await;
         ended
     }
@@ -228,6 +237,15 @@ impl Courier {
             w.progress.receiver_count() > 0
                 || (w.progress.borrow().final_answer.is_none() && w.since.elapsed() < FORGET_AFTER)
         });
+    }
+}
+
+/// Forgets the courier's link when dropped.
+struct ForgetLink<'a>(&'a Courier);
+
+impl Drop for ForgetLink<'_> {
+    fn drop(&mut self) {
+        *self.0.link.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 

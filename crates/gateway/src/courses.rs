@@ -79,13 +79,17 @@ pub struct Courses {
 }
 
 impl Courses {
-    pub async fn start(store: Store, shutdown: CancellationToken) -> Arc<Self> {
+    pub async fn start(
+        store: Store,
+        shutdown: CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Arc<Self> {
         let courses = Arc::new(Self {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
         });
         courses.refresh(&store).await;
         let task = Arc::clone(&courses);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut tick = tokio::time::interval(REFRESH_EVERY);
             loop {
                 tokio::select! {

@@ -58,10 +58,10 @@ pub struct KeyBook {
 }
 
 impl KeyBook {
-    /// Starts the recorder; it stops when every handle is gone.
-    pub fn start(store: Store) -> Self {
+    /// Starts the recorder on `tasks`; it stops when every handle is gone.
+    pub fn start(store: Store, tasks: &tokio_util::task::TaskTracker) -> Self {
         let (tx, rx) = mpsc::channel(4 * KEYS_AT_ONCE);
-        tokio::spawn(record(store, rx));
+        tasks.spawn(record(store, rx));
         Self { tx }
     }
 

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{AppState, router};
 use crate::auth::Verifier;
@@ -34,12 +35,21 @@ const DB_CONNECTIONS: u32 = 16;
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// How long requests in progress get to finish once shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
+/// How long the background tasks get to stop once the requests are done.
+const BACKGROUND_WITHIN: Duration = Duration::from_secs(5);
 
 /// A running gateway.
+///
+/// Two lifetimes: the listener and the event streams stop when `shutdown` is cancelled; the
+/// background tasks the requests in progress depend on (the broker link that receives their
+/// answers, the event recorder, the key recorder, the course list, the housekeeping) run on
+/// until those requests are done, then stop on `background` and are awaited.
 pub struct Gateway {
     local_addr: SocketAddr,
     serving: JoinHandle<()>,
     shutdown: CancellationToken,
+    background: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Gateway {
@@ -68,18 +78,25 @@ impl Gateway {
                 tracing::warn!(error = %seatrush_core::telemetry::chain(&e), "the broker is not reachable yet")
             }
         }
-        let courier = Courier::start(config.amqp_url.clone(), topology.clone(), shutdown.clone());
+        let background = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let courier = Courier::start(
+            config.amqp_url.clone(),
+            topology.clone(),
+            background.clone(),
+            &tasks,
+        );
         let hub = Hub::new(store.clone())
             .await
             .context("reading the events recorded")?;
-        tokio::spawn(Arc::clone(&hub).poll(shutdown.clone()));
+        tasks.spawn(Arc::clone(&hub).poll(background.clone()));
         let recording = Arc::new(AtomicBool::new(false));
         let (recorder_store, recorder_topology, recorder_flag) =
             (store.clone(), topology.clone(), Arc::clone(&recording));
-        tokio::spawn(keep_connected(
+        tasks.spawn(keep_connected(
             config.amqp_url.clone(),
             "seatrush-gateway-events",
-            shutdown.clone(),
+            background.clone(),
             move |broker| {
                 record(
                     broker,
@@ -89,19 +106,19 @@ impl Gateway {
                 )
             },
         ));
-        let courses = Courses::start(store.clone(), shutdown.clone()).await;
+        let courses = Courses::start(store.clone(), background.clone(), &tasks).await;
         let guard = Arc::new(Guard::new(&config.limits));
-        tokio::spawn(upkeep(
+        tasks.spawn(upkeep(
             Arc::clone(&guard),
             Arc::clone(&verifier),
             store.clone(),
             config.limits.retention_days,
-            shutdown.clone(),
+            background.clone(),
         ));
 
         let state = AppState {
             verifier,
-            keys: KeyBook::start(store.clone()),
+            keys: KeyBook::start(store.clone(), &tasks),
             courier,
             hub,
             courses,
@@ -122,6 +139,8 @@ impl Gateway {
             local_addr,
             serving,
             shutdown,
+            background,
+            tasks,
         })
     }
 
@@ -129,11 +148,22 @@ impl Gateway {
         self.local_addr
     }
 
-    /// Waits until the gateway has stopped (after its shutdown signal).
+    /// Waits until the gateway has stopped (after its shutdown signal): the requests in
+    /// progress answered or the drain over, then the background tasks stopped.
     pub async fn stopped(self) -> anyhow::Result<()> {
-        self.serving
+        let served = self
+            .serving
             .await
-            .context("the gateway's server task failed")
+            .context("the gateway's server task failed");
+        self.background.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(BACKGROUND_WITHIN, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(within = ?BACKGROUND_WITHIN, "background tasks still running; leaving them to the process's exit");
+        }
+        served
     }
 
     /// Stops it and waits.
