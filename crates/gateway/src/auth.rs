@@ -245,7 +245,17 @@ impl Verifier {
         let mut validation = Validation::new(algorithm);
         validation.leeway = 30;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // An issuer or an audience the gateway is set to check must be in the token: the
+        // library checks a claim against the expected value only when the claim is there, so a
+        // token signed by a trusted key for another application, without `aud`, would pass.
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &self.audience {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
@@ -346,5 +356,46 @@ mod tests {
         )));
         assert!(role.marks(&claims(serde_json::json!({"roles": "registrar"}))));
         assert!(!role.marks(&claims(serde_json::json!({"roles": ["student"]}))));
+    }
+
+    #[tokio::test]
+    async fn a_configured_issuer_and_audience_must_be_in_the_token() {
+        let secret = "a-secret-of-at-least-thirty-two-bytes";
+        let config = AuthConfig {
+            jwks: None,
+            hs256_secret: Some(secret.to_owned()),
+            issuer: Some("https://sso.example.edu".to_owned()),
+            audience: Some("seatrush".to_owned()),
+            admin_claim: "seatrush_admin".to_owned(),
+            dev_issuer: false,
+            jwks_refresh: Duration::from_secs(300),
+        };
+        let verifier = Verifier::new(&config).await.expect("a verifier");
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).expect("a token")
+        };
+        let exp = now_secs() + 600;
+        let full = serde_json::json!({"sub": "s1", "exp": exp,
+            "iss": "https://sso.example.edu", "aud": "seatrush"});
+        assert!(verifier.verify(&sign(full.clone())).is_ok());
+        for missing in ["iss", "aud"] {
+            let mut claims = full.clone();
+            claims.as_object_mut().expect("an object").remove(missing);
+            assert!(
+                verifier.verify(&sign(claims)).is_err(),
+                "a token without {missing} was accepted"
+            );
+        }
+        // Without an issuer or audience configured, neither is asked for.
+        let open = Verifier::new(&AuthConfig {
+            issuer: None,
+            audience: None,
+            ..config
+        })
+        .await
+        .expect("a verifier");
+        let token = hs256_token(secret.as_bytes(), "s1", Duration::from_secs(600)).expect("token");
+        assert!(open.verify(&token).is_ok());
     }
 }
