@@ -267,3 +267,65 @@ async fn a_worker_killed_and_restarted_under_the_same_id_serves_its_partitions_a
     env.assert_consistent(&report, &courses).await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_fenced_by_a_takeover_is_returned_to_the_queues_without_being_dead_lettered() {
+    // Arrange: a worker holding every partition (30 s leases: a heartbeat every 10 s, so only
+    // the fence itself can tell it soon that they are gone), and a low delivery limit, so that
+    // requests returned to it over and over would be dead-lettered.
+    use sqlx::Connection;
+    let mut env = TestEnv::new().await;
+    env.topology.delivery_limit = 6;
+    let prefix = format!("{}t", env.topology.prefix);
+    let courses = env.add_courses(&prefix, 8, 50).await;
+    let mut config = env.worker_config();
+    config.lease = Duration::from_secs(30);
+    env.start_worker(config).await;
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .expect("connect");
+
+    // Act: another owner takes every partition behind the worker's back (as when a lease
+    // lapsed while the worker could not reach the database), then a crowd arrives: every
+    // commit of the worker is fenced. After a while the other owner lets go, and the worker
+    // takes the partitions again.
+    sqlx::query(
+        "UPDATE partitions SET owner = 'elsewhere', epoch = epoch + 1, \
+                lease_until = now() + interval '60 seconds'",
+    )
+    .execute(&mut db)
+    .await
+    .expect("take the partitions");
+    let requests = (0..200)
+        .map(|i| {
+            let course = &courses[i % courses.len()];
+            enroll(&format!("{prefix}-r{i}"), course, &format!("{prefix}-s{i}"))
+        })
+        .collect();
+    let crowd = env.spawn_crowd(
+        requests,
+        seatrush_tools::load::Pace::Burst,
+        Duration::from_secs(60),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sqlx::query("UPDATE partitions SET owner = NULL, lease_until = NULL WHERE owner = 'elsewhere'")
+        .execute(&mut db)
+        .await
+        .expect("let the partitions go");
+    let report = crowd.await.expect("crowd task").expect("crowd");
+    let broker = env.broker().await;
+    let dead = broker
+        .queue_depth(&env.topology.dead_queue())
+        .await
+        .expect("read the dead-letter queue")
+        .map_or(0, |depth| depth.ready);
+    broker.close().await;
+    env.stop_workers().await;
+
+    // Assert: the fenced requests went back to the queues and were decided once the worker
+    // owned their partitions again; none used up its deliveries and was dead-lettered.
+    assert_eq!(dead, 0, "requests dead-lettered after being fenced");
+    assert_eq!(report.lost(), 0, "request ids without a final answer");
+    env.assert_consistent(&report, &courses).await;
+    env.cleanup().await;
+}

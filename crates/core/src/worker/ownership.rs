@@ -14,9 +14,11 @@
 //! actors load their state after the old owner's last commit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -45,6 +47,9 @@ pub(super) struct Ownership {
     pub drain_timeout: Duration,
     /// Whether the last heartbeat failed, so an outage is logged once.
     pub heartbeat_failing: std::sync::atomic::AtomicBool,
+    /// Told by the committer when a batch was fenced: some partition has a new owner, and the
+    /// heartbeat that finds which runs at once rather than at the next tick.
+    pub fenced: Arc<Notify>,
 }
 
 /// A partition this worker consumes.
@@ -193,6 +198,7 @@ impl Ownership {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
+                () = self.fenced.notified() => {}
             }
             leaving.retain(|(_, handover)| !handover.is_finished());
             // A heartbeat or an acquisition waits as long as the database takes: up to the

@@ -204,6 +204,7 @@ impl Session {
         let halt = Halt::follow(expiry, in_flight.clone());
         let (to_committer, from_actors) = mpsc::channel(config.batch_max * 4);
         let commit = CommitQueue::new(self.outbox.clone(), to_committer);
+        let fenced = Arc::new(tokio::sync::Notify::new());
         let committer = Committer {
             store: store.clone(),
             outbox: self.outbox.clone(),
@@ -215,6 +216,7 @@ impl Session {
             batch_linger: config.batch_linger,
             fault: fault.clone(),
             halt: halt.token().clone(),
+            fenced: fenced.clone(),
         };
         let stop_pipeline = CancellationToken::new();
         tasks.spawn(committer.run(from_actors, stop_pipeline.clone()));
@@ -295,6 +297,7 @@ impl Session {
             grace: config.settle_grace.max(Duration::from_millis(500)),
             drain_timeout: config.drain_timeout,
             heartbeat_failing: Default::default(),
+            fenced,
         };
         let stop_intake = CancellationToken::new();
         let owner = tokio::spawn(ownership.run(stop_intake.clone(), fault.token()));

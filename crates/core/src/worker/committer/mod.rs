@@ -11,9 +11,10 @@
 
 mod finalizer;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +39,9 @@ pub(in crate::worker) struct Committer {
     pub fault: Fault,
     /// The session's halt: the finalizer then stops waiting for confirms and acks.
     pub halt: CancellationToken,
+    /// Told when a batch is fenced, so that the partition ownership beats at once and stops
+    /// consuming the partitions lost, instead of at its next tick.
+    pub fenced: Arc<Notify>,
 }
 
 /// How long a stopping committer waits for its finalizer.
@@ -99,8 +103,9 @@ impl Committer {
     /// A batch the database refuses for good (a broken constraint, a bug) is committed again in
     /// halves, in order, down to the requests it refuses, which are dead-lettered with the
     /// database's reason. One bad request therefore does not send its batch-mates back to the
-    /// queue over and over, and costs at most about 2·log2(batch) extra round trips. A fenced
-    /// batch is returned whole: the partition has a new owner.
+    /// queue over and over, and costs at most about 2·log2(batch) extra round trips. In a
+    /// fenced batch, the items of the partitions lost go back to the queue (they have a new
+    /// owner) and the others are committed again.
     async fn settle(
         &self,
         batch: Vec<Decided>,
@@ -136,7 +141,17 @@ impl Committer {
                         return false;
                     }
                 }
-                Some(Err(e @ StoreError::Fenced { .. })) => self.abandon(chunk, e).await,
+                Some(Err(StoreError::Fenced { partitions })) => {
+                    // Only the items of the partitions lost go back; the others commit again.
+                    let (lost, kept): (Vec<_>, Vec<_>) = chunk
+                        .into_iter()
+                        .partition(|d| partitions.contains(&d.pending.partition.0));
+                    self.fenced.notify_one();
+                    self.abandon(lost, StoreError::Fenced { partitions }).await;
+                    if !kept.is_empty() {
+                        chunks.push(kept);
+                    }
+                }
                 Some(Err(e)) if chunk.len() > 1 => {
                     tracing::warn!(
                         error = %crate::telemetry::chain(&e),
@@ -258,8 +273,11 @@ impl Committer {
         }
     }
 
-    /// A batch fenced out (the partition has a new owner): its deliveries go back to the queue
-    /// for the new owner, and its courses reload before deciding again.
+    /// The items of a fenced batch whose partitions have a new owner: their deliveries go back
+    /// to the queue, and their courses reload before deciding again. The ownership, told of the
+    /// fence, beats at once and stops consuming those partitions, so a returned delivery goes
+    /// to the new owner after at most a round or two here, not once per decision until the
+    /// delivery limit dead-letters it.
     async fn abandon(&self, batch: Vec<Decided>, error: StoreError) {
         tracing::error!(
             error = %crate::telemetry::chain(&error),
