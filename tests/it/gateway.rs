@@ -1067,3 +1067,50 @@ async fn a_request_waiting_for_its_answer_when_shutdown_begins_still_gets_it() {
     assert!(stopped.is_ok(), "{stopped:?}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_do_not_take_the_places_of_the_requests_being_handled() {
+    // Arrange: a gateway that handles two requests at once and waits 2 s for a body.
+    let env = TestEnv::new().await;
+    let mut limited = config(&env, &env.amqp_url);
+    limited.limits.max_in_flight = 2;
+    limited.limits.header_timeout = Duration::from_secs(2);
+    let (gateway, api) = start(limited).await;
+
+    // Act: three clients, with no token, send the headers of a body and then nothing; a
+    // student asks meanwhile.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(gateway.local_addr())
+            .await
+            .expect("connect");
+        stream
+            .write_all(
+                b"POST /v1/dev/token HTTP/1.1\r\nHost: gateway\r\n\
+                  Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+            )
+            .await
+            .expect("send the headers");
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let me = api.me(Some(&token("s1"))).await;
+    let mut answers = Vec::new();
+    for mut stream in slow {
+        let mut buffer = vec![0u8; 512];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("an answer within the body's time")
+            .expect("read");
+        answers.push(String::from_utf8_lossy(&buffer[..read]).into_owned());
+    }
+    gateway.stop().await.expect("the gateway stops");
+
+    // Assert: the student was served while the slow bodies waited, and each slow body was
+    // answered 408 once its time ran out.
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    env.cleanup().await;
+}

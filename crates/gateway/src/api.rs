@@ -61,6 +61,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/me", get(me))
         .route("/v1/dev/token", post(dev_token))
         .layer(axum::middleware::from_fn_with_state(state.clone(), bounded))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            received,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
     Router::new()
         .merge(guarded)
@@ -231,6 +235,37 @@ fn method_label(method: &axum::http::Method) -> &'static str {
         .map_or("other", |(_, label)| label)
 }
 
+/// Reads a request's body whole, within the header timeout, before the request takes one of
+/// the in-flight places: a client that sends its headers and then its body slowly, or never,
+/// holds a connection (which the connection limit bounds), not a place the requests being
+/// handled share. A body over [`MAX_BODY`] gets 413 here, one that does not arrive in time 408.
+async fn received(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let within = state.limits.header_timeout;
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_BODY));
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok(collected)) => {
+            let body = Body::from(collected.to_bytes());
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload Too Large",
+            format!("the body is refused: it is larger than {MAX_BODY} bytes"),
+        )
+        .into_response(),
+        Ok(Err(e)) => {
+            Problem::bad_request(format!("the body could not be read: {e}")).into_response()
+        }
+        Err(_) => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request Timeout",
+            format!("the body did not arrive within {within:?}"),
+        )
+        .into_response(),
+    }
+}
+
 /// Bounds the requests in flight on this instance: past the bound, 503 at once.
 async fn bounded(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match state.guard.enter() {
@@ -378,6 +413,7 @@ impl RequestView {
         (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Acting for another student, or changing a course, without being an admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The same key is still in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive in time", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The key was used for another request", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the student's rate", body = Problem, content_type = "application/problem+json"),

@@ -52,7 +52,8 @@ pub struct Limits {
     pub provisional_wait: Duration,
     /// The longest `Prefer: wait=N` honoured.
     pub max_wait: Duration,
-    /// A client must send its request headers within this.
+    /// A client must send its request headers within this, and then the body of a request
+    /// that takes one (the body is read whole before the request takes an in-flight place).
     pub header_timeout: Duration,
     /// Keys and events are kept this many days.
     pub retention_days: u32,
