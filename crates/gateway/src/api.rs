@@ -64,8 +64,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             received,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
+        ));
     Router::new()
         .merge(guarded)
         .route("/v1/events", get(events))
@@ -425,17 +424,11 @@ async fn post_request(
     State(state): State<AppState>,
     Caller(caller): Caller,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    // Read whole already, and at most `MAX_BODY` long (`received`).
+    body: Bytes,
 ) -> Result<Response, Problem> {
     admit(&state, &caller)?;
     let key = idempotency_key(&headers)?;
-    let body = body.map_err(|e| {
-        Problem::new(
-            e.status(),
-            "Payload Too Large",
-            format!("the body is refused: {e}"),
-        )
-    })?;
     let wait = prefer_wait(&headers, state.limits.max_wait);
     let request_id = keys::request_id(caller.student.as_str(), &key);
     let (request, canonical, as_operator) = worker_request(&state, &caller, &request_id, &body)?;

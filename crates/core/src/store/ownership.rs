@@ -72,6 +72,14 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The partitions and epochs of `leases`, as two arrays for `unnest`.
+fn lease_columns<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> (Vec<i32>, Vec<i64>) {
+    leases
+        .into_iter()
+        .map(|l| (i32::from(l.partition.0), l.epoch))
+        .unzip()
+}
+
 fn leases(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Lease>> {
     rows.iter()
         .map(|row| {
@@ -143,11 +151,7 @@ impl Store {
             .bind(worker_id)
             .execute(&mut *tx)
             .await?;
-        let ids: Vec<i32> = renew
-            .iter()
-            .map(|(l, _)| i32::from(l.partition.0))
-            .collect();
-        let epochs: Vec<i64> = renew.iter().map(|(l, _)| l.epoch).collect();
+        let (ids, epochs) = lease_columns(renew.iter().map(|(l, _)| l));
         let counts: Vec<i32> = renew
             .iter()
             .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
@@ -159,15 +163,14 @@ impl Store {
         // the commits' fence locks them in: an update alone locks them in the table's physical
         // order, which a long run shuffles, and two orders over the same rows deadlock.
         let rows = sqlx::query(
-            "WITH renew AS (SELECT * FROM unnest($3::int[], $4::bigint[], $5::int[]) \
-                            AS r(partition, epoch, unacked)), \
-                  held AS (SELECT p.partition FROM partitions p \
-                           JOIN renew r ON r.partition = p.partition AND r.epoch = p.epoch \
+            "WITH held AS (SELECT p.partition, r.unacked FROM partitions p \
+                           JOIN unnest($3::int[], $4::bigint[], $5::int[]) \
+                             AS r(partition, epoch, unacked) \
+                             ON r.partition = p.partition AND r.epoch = p.epoch \
                            WHERE p.owner = $1 ORDER BY p.partition FOR UPDATE OF p) \
              UPDATE partitions p SET lease_until = now() + $2 * interval '1 millisecond', \
-                    unacked = r.unacked \
-             FROM held JOIN renew r USING (partition) \
-             WHERE p.partition = held.partition AND p.owner = $1 AND p.epoch = r.epoch \
+                    unacked = held.unacked \
+             FROM held WHERE p.partition = held.partition AND p.owner = $1 \
              RETURNING p.partition, p.epoch",
         )
         .bind(worker_id)
@@ -239,8 +242,7 @@ impl Store {
     /// once. A partition held at another epoch than the lease's is left alone: it was taken
     /// again since, by another worker or by a later session of this one.
     pub async fn release_partitions(&self, worker_id: &str, leases: &[Lease]) -> Result<()> {
-        let ids: Vec<i32> = leases.iter().map(|l| i32::from(l.partition.0)).collect();
-        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
+        let (ids, epochs) = lease_columns(leases);
         // Locked in partition order, as the heartbeat and the commits' fence lock them.
         sqlx::query(
             "WITH released AS (SELECT p.partition FROM partitions p \

@@ -147,7 +147,7 @@ impl Committer {
                         .into_iter()
                         .partition(|d| partitions.contains(&d.pending.partition.0));
                     self.fenced.notify_one();
-                    self.abandon(lost, StoreError::Fenced { partitions }).await;
+                    self.abandon(lost, &partitions).await;
                     if !kept.is_empty() {
                         chunks.push(kept);
                     }
@@ -278,11 +278,11 @@ impl Committer {
     /// fence, beats at once and stops consuming those partitions, so a returned delivery goes
     /// to the new owner after at most a round or two here, not once per decision until the
     /// delivery limit dead-letters it.
-    async fn abandon(&self, batch: Vec<Decided>, error: StoreError) {
+    async fn abandon(&self, batch: Vec<Decided>, lost: &[u16]) {
         tracing::error!(
-            error = %crate::telemetry::chain(&error),
+            ?lost,
             size = batch.len(),
-            "group commit fenced; returning the batch to the queues"
+            "group commit fenced: another worker owns these partitions now; returning their requests to the queues"
         );
         let mut unsettled = 0usize;
         for d in batch {
